@@ -1,0 +1,52 @@
+"""mixbridge: lme4's lmer/glmer and arm's bayesglm from Python, in pure Python and through R.
+
+    import mixbridge
+    fit = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)            # Python engine
+    ref = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, engine="r")  # lme4
+    mixbridge.compare(fit, ref).assert_ok()
+"""
+
+from mixbridge.api import bayesglm, glmer, glmer_objective, lmer, lmer_objective
+from mixbridge.errors import (
+    ArgumentError,
+    ConvergenceError,
+    DataError,
+    FormulaError,
+    MixbridgeError,
+    MixbridgeWarning,
+    RModelError,
+    RNotAvailableError,
+    RWarning,
+)
+from mixbridge.results import BayesGLMFit, Message, MixedFit
+
+__version__ = "0.1.0"
+
+
+def compare(a, b, tolerance=None):
+    """Compare two fits of the same model; see `mixbridge.conformance.compare`."""
+    from mixbridge.conformance.compare import compare as _compare
+
+    return _compare(a, b, tolerance=tolerance)
+
+
+__all__ = [
+    "ArgumentError",
+    "BayesGLMFit",
+    "ConvergenceError",
+    "DataError",
+    "FormulaError",
+    "Message",
+    "MixbridgeError",
+    "MixbridgeWarning",
+    "MixedFit",
+    "RModelError",
+    "RNotAvailableError",
+    "RWarning",
+    "bayesglm",
+    "compare",
+    "glmer",
+    "glmer_objective",
+    "lmer",
+    "lmer_objective",
+]

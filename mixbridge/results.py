@@ -1,0 +1,278 @@
+"""Result types shared by every engine (Python, R through the bridge, third-party adapters).
+
+Field names keep lme4's and arm's meanings in snake_case. Every engine fills the same fields, so
+fits from different engines can be compared field by field (`mixbridge.compare`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.errors import MixbridgeWarning, RWarning
+
+MessageKind = Literal["warning", "message", "error", "note"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One diagnostic: a warning, an informational message or an error.
+
+    `origin` says who produced it: "R" (text and `call` straight from R), "python" (our engine),
+    or "mixbridge" (the bridge or a data check). `code` is a short machine-readable key
+    (e.g. "singular", "convergence", "rank_deficient", "na_omit") when one applies.
+    """
+
+    kind: MessageKind
+    text: str
+    origin: str
+    call: str = ""
+    code: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "text": self.text,
+            "origin": self.origin,
+            "call": self.call,
+            "code": self.code,
+        }
+
+
+def emit_warnings(messages: list[Message], stacklevel: int = 3) -> None:
+    """Re-emit the warnings among `messages` as Python warnings (RWarning for R's own)."""
+    for m in messages:
+        if m.kind != "warning":
+            continue
+        category = RWarning if m.origin == "R" else MixbridgeWarning
+        warnings.warn(m.text, category, stacklevel=stacklevel)
+
+
+@dataclass
+class MixedFit:
+    """A fitted linear or generalized linear mixed model, as lme4 reports it.
+
+    Conventions (all engines):
+    - `fixef`: pd.Series indexed by R's coefficient names; `vcov`: DataFrame over the same names;
+      `fixef_se` = sqrt(diag(vcov)).
+    - `theta`: ndarray in lme4's order (terms sorted by decreasing number of levels, lower
+      triangles column-major); `theta_names` like getME(fit, "theta").
+    - `varcorr`: DataFrame with columns grp, var1, var2, vcov, sdcor, exactly like
+      `as.data.frame(VarCorr(fit))` (var2 is None/NaN on variance rows; a "Residual" row for
+      families with a scale).
+    - `ranef`: dict grouping factor -> DataFrame indexed by level (str), columns the terms'
+      coefficient names. `cond_var`: dict grouping factor -> ndarray (levels x nc x nc), the
+      diagonal blocks of lme4's condVar (postVar), in the same level order.
+    - `loglik`, `deviance` with lme4's meanings (lmer REML: `deviance` is the ML deviance at the
+      REML estimates, as `deviance(fit, REML=FALSE)`; glmer: the conditional deviance),
+      `reml_criterion` (None for ML fits), `aic`, `bic`, `df` (logLik's df), `nobs`, `ngroups`
+      (dict factor -> number of levels).
+    - `fitted`, `residuals`: ndarrays over the rows used (after NA omission); response residuals
+      for lmer, deviance residuals for glmer (lme4's defaults).
+    - `singular`, `converged`, `messages` (list of Message), `engine`, `versions`.
+    """
+
+    model: Literal["lmer", "glmer"]
+    formula: str
+    family: str
+    link: str
+    reml: bool
+    fixef: pd.Series
+    vcov: pd.DataFrame
+    theta: np.ndarray
+    theta_names: list[str]
+    varcorr: pd.DataFrame
+    sigma: float
+    ranef: dict[str, pd.DataFrame]
+    cond_var: dict[str, np.ndarray]
+    loglik: float
+    df: int
+    deviance: float
+    reml_criterion: float | None
+    aic: float
+    bic: float
+    nobs: int
+    ngroups: dict[str, int]
+    fitted: np.ndarray
+    residuals: np.ndarray
+    singular: bool
+    converged: bool
+    messages: list[Message]
+    engine: str
+    versions: dict[str, str]
+    nagq: int = 1
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    dropped_columns: list[str] = field(default_factory=list)
+    # Engine-specific hooks, set by engines that support them (not compared across engines).
+    _objective: Callable[..., float] | None = field(default=None, repr=False, compare=False)
+    _predict: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _simulate: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def fixef_se(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.vcov.index)
+
+    @property
+    def criterion(self) -> float:
+        """The value the optimizer minimized: REML criterion, ML deviance, or glmer's -2 logLik."""
+        if self.model == "lmer":
+            return self.reml_criterion if self.reml else -2.0 * self.loglik
+        return -2.0 * self.loglik
+
+    @property
+    def vcov_rx(self) -> pd.DataFrame | None:
+        """glmer: vcov from R_X at the final PIRLS weights (lme4's `use.hessian=FALSE`)."""
+        return self.extra.get("vcov_rx")
+
+    def objective(self, *params: Any) -> float:
+        """The engine's criterion at given parameters: lmer theta; glmer (theta, beta)."""
+        if self._objective is None:
+            raise NotImplementedError(f"engine {self.engine!r} does not expose its objective")
+        return float(self._objective(*params))
+
+    def predict(self, newdata: pd.DataFrame | None = None, **kwargs: Any) -> np.ndarray:
+        """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type)."""
+        if self._predict is None:
+            raise NotImplementedError(f"engine {self.engine!r} does not implement predict()")
+        return self._predict(newdata, **kwargs)
+
+    def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
+        """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""
+        if self._simulate is None:
+            raise NotImplementedError(f"engine {self.engine!r} does not implement simulate()")
+        return self._simulate(nsim, seed)
+
+    def summary(self) -> str:
+        """A text summary in lme4's print layout."""
+        return format_mixed_summary(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+@dataclass
+class BayesGLMFit:
+    """A fitted arm::bayesglm model.
+
+    `coef`, `se` (summary.glm SEs, Pearson dispersion), `se_display` (display() SEs, the fit's
+    internal dispersion), `vcov` (summary's cov.scaled); `dispersion` is arm's final EM value
+    (`fit$dispersion`), `dispersion_pearson` the summary one. `deviance` is unpenalized.
+    """
+
+    formula: str
+    family: str
+    link: str
+    coef: pd.Series
+    se: pd.Series
+    se_display: pd.Series
+    vcov: pd.DataFrame
+    dispersion: float
+    dispersion_pearson: float
+    deviance: float
+    null_deviance: float
+    aic: float
+    df_residual: int
+    iterations: int
+    converged: bool
+    prior_mean: np.ndarray
+    prior_scale: np.ndarray
+    prior_df: np.ndarray
+    prior_sd: np.ndarray
+    fitted: np.ndarray
+    nobs: int
+    messages: list[Message]
+    engine: str
+    versions: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def summary(self) -> str:
+        return format_bayesglm_summary(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing in R's layout
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "NA"
+    return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e5 else f"{x:.{digits}f}"
+
+
+def format_mixed_summary(fit: MixedFit) -> str:
+    lines: list[str] = []
+    if fit.model == "lmer":
+        method = "REML" if fit.reml else "maximum likelihood"
+        lines.append(f"Linear mixed model fit by {method}  ['lmerMod']")
+    else:
+        approx = "Laplace Approximation" if fit.nagq <= 1 else f"Adaptive Gauss-Hermite Quadrature (nAGQ = {fit.nagq})"
+        lines.append(f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']")
+        lines.append(f" Family: {fit.family}  ( {fit.link} )")
+    lines.append(f"Formula: {fit.formula}")
+    lines.append(f"Engine: {fit.engine}")
+    lines.append("")
+    if fit.model == "lmer" and fit.reml:
+        lines.append(f"REML criterion at convergence: {fit.reml_criterion:.4f}")
+    else:
+        lines.append(
+            f"{'AIC':>9} {'BIC':>9} {'logLik':>9} {'deviance':>9} {'df.resid':>9}\n"
+            f"{fit.aic:9.1f} {fit.bic:9.1f} {fit.loglik:9.1f} {-2 * fit.loglik:9.1f} "
+            f"{fit.nobs - fit.df:9d}"
+        )
+    lines.append("")
+    lines.append("Random effects:")
+    vc = fit.varcorr
+    lines.append(f" {'Groups':<10} {'Name':<14} {'Variance':>10} {'Std.Dev.':>9} {'Corr':>6}")
+    var_rows = vc[vc["var2"].isna()] if "var2" in vc else vc
+    for _, row in var_rows.iterrows():
+        grp = row["grp"]
+        name = "" if row["var1"] is None or (isinstance(row["var1"], float)) else row["var1"]
+        corr = vc[(vc["grp"] == grp) & (vc["var2"].notna()) & (vc["var2"] == name)]
+        corr_txt = " ".join(f"{c:6.2f}" for c in corr["sdcor"]) if len(corr) else ""
+        lines.append(f" {grp:<10} {name:<14} {row['vcov']:10.4f} {row['sdcor']:9.4f} {corr_txt}")
+    groups = ", ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
+    lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
+    lines.append("")
+    lines.append("Fixed effects:")
+    se = fit.fixef_se
+    stat_name = "t value" if fit.model == "lmer" else "z value"
+    width = max([len(str(k)) for k in fit.fixef.index] + [11])
+    lines.append(f"{'':<{width}} {'Estimate':>10} {'Std. Error':>10} {stat_name:>8}")
+    for name, est in fit.fixef.items():
+        lines.append(f"{name:<{width}} {est:10.5g} {se[name]:10.5g} {est / se[name]:8.3f}")
+    if fit.singular:
+        lines.append("optimizer: boundary (singular) fit: see help('isSingular')")
+    for m in fit.messages:
+        if m.kind in ("warning", "message"):
+            lines.append(f"{m.kind}: {m.text}")
+    return "\n".join(lines)
+
+
+def format_bayesglm_summary(fit: BayesGLMFit) -> str:
+    lines = [
+        f"bayesglm(formula = {fit.formula}, family = {fit.family}(link = {fit.link}))",
+        f"Engine: {fit.engine}",
+        "",
+        "Coefficients:",
+    ]
+    width = max([len(str(k)) for k in fit.coef.index] + [11])
+    lines.append(f"{'':<{width}} {'coef.est':>10} {'coef.se':>10}")
+    for name, est in fit.coef.items():
+        lines.append(f"{name:<{width}} {est:10.5g} {fit.se_display[name]:10.5g}")
+    lines.append("---")
+    lines.append(f"n = {fit.nobs}, k = {len(fit.coef)}")
+    lines.append(f"residual deviance = {fit.deviance:.1f}, null deviance = {fit.null_deviance:.1f}")
+    if fit.family not in ("binomial", "poisson"):
+        lines.append(f"overdispersion parameter = {fit.dispersion:.1f}")
+    lines.append(f"iterations = {fit.iterations}, converged = {fit.converged}")
+    return "\n".join(lines)

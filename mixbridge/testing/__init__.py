@@ -1,0 +1,1 @@
+"""Tools for users' own conformance tests: hypothesis strategies and the pytest plugin."""
