@@ -1,9 +1,9 @@
 """mixbridge: lme4's lmer/glmer and arm's bayesglm from Python, in pure Python and through R.
 
-    import mixbridge
-    fit = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)            # Python engine
-    ref = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, engine="r")  # lme4
-    mixbridge.compare(fit, ref).assert_ok()
+import mixbridge
+fit = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)            # Python engine
+ref = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, engine="r")  # lme4
+mixbridge.compare(fit, ref).assert_ok()
 """
 
 from mixbridge.api import bayesglm, glmer, glmer_objective, lmer, lmer_objective

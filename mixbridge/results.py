@@ -215,8 +215,14 @@ def format_mixed_summary(fit: MixedFit) -> str:
         method = "REML" if fit.reml else "maximum likelihood"
         lines.append(f"Linear mixed model fit by {method}  ['lmerMod']")
     else:
-        approx = "Laplace Approximation" if fit.nagq <= 1 else f"Adaptive Gauss-Hermite Quadrature (nAGQ = {fit.nagq})"
-        lines.append(f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']")
+        approx = (
+            "Laplace Approximation"
+            if fit.nagq <= 1
+            else f"Adaptive Gauss-Hermite Quadrature (nAGQ = {fit.nagq})"
+        )
+        lines.append(
+            f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']"
+        )
         lines.append(f" Family: {fit.family}  ( {fit.link} )")
     lines.append(f"Formula: {fit.formula}")
     lines.append(f"Engine: {fit.engine}")
