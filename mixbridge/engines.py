@@ -4,7 +4,8 @@ An engine is any object with some of these callables (the API calls them with ke
 exactly as named here; a missing one means "not supported by this engine"):
 
     lmer(formula, data, *, reml, weights, offset, control, **engine_options) -> MixedFit
-    glmer(formula, data, *, family, link, nagq, weights, offset, control, **engine_options) -> MixedFit
+    glmer(formula, data, *, family, link, nagq, weights, offset, control,
+          **engine_options) -> MixedFit
     bayesglm(formula, data, *, family, link, weights, offset, prior_mean, prior_scale, prior_df,
              prior_mean_for_intercept, prior_scale_for_intercept, prior_df_for_intercept,
              min_prior_scale, scaled, drop_baseline, maxit, epsilon, dispersion,
