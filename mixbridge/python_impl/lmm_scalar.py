@@ -1,0 +1,471 @@
+"""The O(G) path for a single scalar random intercept: `y ~ X + (1|g)` (lme4_spec.md §2).
+
+With one `(1|g)` term, Λ = θI and Λ'Z'WZΛ + I = diag(1 + θ²s_j) is diagonal, so every step of
+lme4's penalized least squares reduces to sums over groups. The pipeline:
+
+    rows --group_stats--> GroupStats (one data pass; additive over row chunks)
+         --collapse-----> cross-products per distinct group weight s_j (done once)
+         --criterion----> d(θ) or d_R(θ), O(K p²) per evaluation (K = distinct s_j ≤ G)
+         --1-D search---> θ̂ (grid + bounded Brent, lme4's boundary snapping)
+         --estimates----> β̂, σ̂, A⁻¹, conditional modes b̂_j and their variances
+
+Numerical safety: when X has an intercept column, y and the other columns are shifted by a
+provisional mean before accumulating (the criterion is invariant; β̂ and A⁻¹ are mapped back).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import linalg, optimize
+
+from mixbridge.results import Message
+
+SINGULAR_TOL = 1e-4  # lme4's check.conv.singular tol
+BOUNDARY_TOL = 1e-5  # lme4's boundary.tol
+SINGULAR_TEXT = "boundary (singular) fit: see help('isSingular')"
+_CHUNK_ROWS = 1 << 17  # rows per block in the data pass: keeps temporaries small and in cache
+
+
+@dataclass
+class GroupStats:
+    """Sufficient statistics of `y ~ X + (1|g)` (spec §2.1), on shifted y and X.
+
+    `x_shift` (p,) and `y_shift` are the provisional means subtracted before accumulating (zeros
+    when X has no intercept column). Two GroupStats with the same G, p and shifts add up to the
+    statistics of the concatenated rows.
+    """
+
+    s: np.ndarray  # (G,) Σ w per group
+    Sy: np.ndarray  # (G,) Σ w ỹ per group
+    SX: np.ndarray  # (G, p) Σ w x per group
+    XtX: np.ndarray  # (p, p) X'WX
+    Xty: np.ndarray  # (p,) X'Wỹ
+    yty: float  # ỹ'Wỹ
+    ldW: float  # Σ log w
+    n: int  # number of rows
+    x_shift: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    y_shift: float = 0.0
+    intercept: int | None = None  # index of the all-ones column of X, if any
+    _collapsed: _Collapsed | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.s.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.XtX.shape[0])
+
+    def __add__(self, other: GroupStats) -> GroupStats:
+        if self.s.shape != other.s.shape or self.XtX.shape != other.XtX.shape:
+            raise ValueError("GroupStats differ in number of groups or columns")
+        if (
+            self.intercept != other.intercept
+            or self.y_shift != other.y_shift
+            or not np.array_equal(self.x_shift, other.x_shift)
+        ):
+            raise ValueError("GroupStats were accumulated with different shifts")
+        return GroupStats(
+            s=self.s + other.s,
+            Sy=self.Sy + other.Sy,
+            SX=self.SX + other.SX,
+            XtX=self.XtX + other.XtX,
+            Xty=self.Xty + other.Xty,
+            yty=self.yty + other.yty,
+            ldW=self.ldW + other.ldW,
+            n=self.n + other.n,
+            x_shift=self.x_shift,
+            y_shift=self.y_shift,
+            intercept=self.intercept,
+        )
+
+
+@dataclass
+class ScalarRIResult:
+    """Estimates at θ̂ (spec §2.3). β and A⁻¹ are on the original (unshifted) scale."""
+
+    theta: float
+    beta: np.ndarray
+    sigma: float
+    vcov_unscaled: np.ndarray
+    b: np.ndarray
+    cond_var: np.ndarray
+    criterion: float
+    pwrss: float
+    ldL2: float
+    ldRX2: float
+    singular: bool
+    converged: bool
+    messages: list[Message]
+    n_evals: int
+    # Both criteria at θ̂, for logLik / REMLcrit / deviance(fit, REML=FALSE) (spec §1.7).
+    reml_criterion: float = math.nan
+    ml_deviance: float = math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# One data pass
+
+
+def find_intercept(X: np.ndarray) -> int | None:
+    """Index of a column of X that is identically 1 (checked on the first rows, then fully)."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0:
+        return None
+    head = X[: min(64, X.shape[0])]
+    for k in np.flatnonzero(np.all(head == 1.0, axis=0)):
+        if np.all(X[:, k] == 1.0):
+            return int(k)
+    return None
+
+
+def default_shift(
+    X: np.ndarray, y: np.ndarray, intercept: int | None, rows: int = 100_000
+) -> tuple[np.ndarray, float]:
+    """Provisional means (of the first `rows` rows) to centre on; zeros without an intercept."""
+    p = X.shape[1]
+    if intercept is None or X.shape[0] == 0:
+        return np.zeros(p), 0.0
+    x_shift = np.asarray(X[:rows].mean(axis=0), dtype=float)
+    x_shift[intercept] = 0.0
+    return x_shift, float(np.mean(y[:rows]))
+
+
+def group_stats(
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    codes: np.ndarray,
+    n_groups: int,
+    *,
+    shift: tuple[np.ndarray, float] | None = None,
+    intercept: int | None | bool = True,
+) -> GroupStats:
+    """Accumulate the §2.1 statistics in one pass over the rows (y already minus the offset).
+
+    `codes` are integer group codes in [0, n_groups). `w` None means unit weights.
+    `intercept=True` detects an all-ones column; pass its index (or None) to skip detection, e.g.
+    per chunk of a larger data set. `shift` (x_shift, y_shift) fixes the centring, which must be
+    the same for chunks that will be added together; by default it comes from these rows.
+    """
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n, p = X.shape
+    if intercept is True:
+        icol = find_intercept(X)
+    else:
+        icol = None if intercept is False else intercept
+    x_shift, y_shift = shift if shift is not None else default_shift(X, y, icol)
+    x_shift = np.asarray(x_shift, dtype=float)
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise TypeError("codes must be integers")
+
+    s = np.zeros(n_groups)
+    Sy = np.zeros(n_groups)
+    SX = np.zeros((n_groups, p))
+    aug = np.zeros((p + 1, p + 1))  # [X y]'W[X y] on the shifted scale
+    ldW = 0.0
+    others = [k for k in range(p) if k != icol]
+    # Chunks large enough that the O(G) cost per bincount call stays small against the rows.
+    chunk = max(_CHUNK_ROWS, 4 * n_groups)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        c = codes[a:b]
+        # Columns of the shifted [X y] as contiguous rows: fast bincount and one BLAS syrk-like call.
+        Zt = np.empty((p + 1, b - a))
+        np.subtract(X[a:b].T, x_shift[:, None], out=Zt[:p])
+        np.subtract(y[a:b], y_shift, out=Zt[p])
+        if w is None:
+            s += np.bincount(c, minlength=n_groups)
+            aug += Zt @ Zt.T
+            Sy += np.bincount(c, weights=Zt[p], minlength=n_groups)
+            for k in others:
+                SX[:, k] += np.bincount(c, weights=Zt[k], minlength=n_groups)
+        else:
+            wc = np.asarray(w[a:b], dtype=float)
+            s += np.bincount(c, weights=wc, minlength=n_groups)
+            Wz = Zt * wc
+            aug += Wz @ Zt.T
+            Sy += np.bincount(c, weights=Wz[p], minlength=n_groups)
+            for k in others:
+                SX[:, k] += np.bincount(c, weights=Wz[k], minlength=n_groups)
+            ldW += float(np.sum(np.log(wc)))
+    if icol is not None:
+        SX[:, icol] = s
+    aug = (aug + aug.T) / 2.0
+    return GroupStats(
+        s=s,
+        Sy=Sy,
+        SX=SX,
+        XtX=aug[:p, :p].copy(),
+        Xty=aug[:p, p].copy(),
+        yty=float(aug[p, p]),
+        ldW=ldW,
+        n=int(n),
+        x_shift=x_shift,
+        y_shift=float(y_shift),
+        intercept=icol,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The criterion as a function of θ alone
+
+
+@dataclass
+class _Collapsed:
+    """Groups pooled by their weight s_j: ω_j = θ²/(1+θ²s_j) depends on s_j only, so
+    Σ_j ω_j a_j a_j' = Σ_k ω(s_k) M_k with M_k = Σ_{j: s_j = s_k} a_j a_j', a_j = [SX_j, Sy_j]."""
+
+    s: np.ndarray  # (K,) distinct group weights
+    count: np.ndarray  # (K,) groups per weight
+    M: np.ndarray  # (T, K): upper triangles (T entries, row-major) of the M_k, as columns
+    aug_upper: np.ndarray  # (T,) upper triangle of [X y]'W[X y]
+    iu: np.ndarray
+    ju: np.ndarray
+
+
+def _distinct(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique(s, return_inverse, return_counts), by counting when s holds small integers
+    (unit weights: s_j = n_j), which avoids a sort over G."""
+    if s.size and s.min() >= 0 and s.max() < 1e7 and np.all(s == np.floor(s)):
+        si = s.astype(np.int64)
+        present = np.bincount(si)
+        vals = np.flatnonzero(present)
+        lookup = np.zeros(present.shape[0], dtype=np.int64)
+        lookup[vals] = np.arange(vals.shape[0])
+        return vals.astype(float), lookup[si], present[vals]
+    return np.unique(s, return_inverse=True, return_counts=True)
+
+
+def _collapse(stats: GroupStats) -> _Collapsed:
+    if stats._collapsed is not None:
+        return stats._collapsed
+    s_vals, inv, count = _distinct(stats.s)
+    a = np.column_stack([stats.SX, stats.Sy])
+    m = a.shape[1]
+    K = s_vals.shape[0]
+    iu, ju = np.triu_indices(m)
+    # Only the upper triangle, one row per entry: the per-θ update is one contiguous GEMV.
+    M = np.empty((iu.shape[0], K))
+    for r, (i, j) in enumerate(zip(iu, ju)):
+        prod = a[:, i] * a[:, j]
+        if K == stats.n_groups:  # all weights distinct: inv is a permutation
+            M[r, inv] = prod
+        else:
+            M[r] = np.bincount(inv, weights=prod, minlength=K)
+    aug = np.empty((m, m))
+    aug[: m - 1, : m - 1] = stats.XtX
+    aug[: m - 1, m - 1] = stats.Xty
+    aug[m - 1, : m - 1] = stats.Xty
+    aug[m - 1, m - 1] = stats.yty
+    stats._collapsed = _Collapsed(
+        s=s_vals, count=count.astype(float), M=M, aug_upper=aug[iu, ju], iu=iu, ju=ju
+    )
+    return stats._collapsed
+
+
+@dataclass
+class _Eval:
+    """Everything the PLS solve gives at one θ (shifted scale)."""
+
+    theta: float
+    criterion: float
+    pwrss: float
+    ldL2: float
+    ldRX2: float
+    L: np.ndarray | None  # lower Cholesky factor of the augmented [A r; r' yty(θ)]
+    reml_criterion: float
+    ml_deviance: float
+
+
+def _evaluate(theta: float, stats: GroupStats, reml: bool) -> _Eval:
+    c = _collapse(stats)
+    p = stats.p
+    t2 = theta * theta
+    omega = t2 / (1.0 + t2 * c.s)
+    # [A r; r' yty(θ)] = [X y]'W[X y] − Σ_j ω_j a_j a_j': one Cholesky gives R_X (its leading
+    # block), c_β (its last row) and √pwrss (its last diagonal entry), as in MixedModels.jl.
+    upper = c.aug_upper - c.M @ omega
+    aug = np.empty((p + 1, p + 1))
+    aug[c.iu, c.ju] = upper
+    aug[c.ju, c.iu] = upper
+    ldL2 = float(np.dot(c.count, np.log1p(t2 * c.s)))
+    try:
+        L = np.linalg.cholesky(aug)
+    except np.linalg.LinAlgError:  # pwrss = 0 (perfect fit) or A(θ) not positive definite
+        return _Eval(theta, math.inf, math.nan, ldL2, math.nan, None, math.inf, math.inf)
+    diag = np.diagonal(L)
+    pwrss = float(diag[p] ** 2)
+    ldRX2 = float(2.0 * np.sum(np.log(diag[:p])))
+    n = stats.n
+    two_pi = 2.0 * math.pi
+    ml = ldL2 - stats.ldW + n * (1.0 + math.log(two_pi * pwrss / n))
+    nmp = n - p
+    rc = ldL2 + ldRX2 - stats.ldW + nmp * (1.0 + math.log(two_pi * pwrss / nmp))
+    return _Eval(theta, rc if reml else ml, pwrss, ldL2, ldRX2, L, rc, ml)
+
+
+def scalar_ri_criterion(theta: float, stats: GroupStats, reml: bool) -> float:
+    """lme4's profiled deviance d(θ) (ML) or REML criterion d_R(θ) (spec §2.2)."""
+    return _evaluate(abs(float(theta)), stats, reml).criterion
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-D optimization and the estimates
+
+
+def _start_theta(stats: GroupStats) -> float:
+    """A scale for θ from the between/within split of y (cf. lme4's v_g/v_e start, §1.6)."""
+    sw = float(np.sum(stats.s))
+    if sw <= 0:
+        return 1.0
+    mean = float(np.sum(stats.Sy)) / sw
+    occupied = stats.s > 0
+    gm = stats.Sy[occupied] / stats.s[occupied]
+    v_g = float(np.sum(stats.s[occupied] * (gm - mean) ** 2)) / sw
+    v_e = max(stats.yty / sw - mean * mean - v_g, 0.0)
+    if v_e > 0 and v_g > 0:
+        return max(min(math.sqrt(v_g / v_e), 1e6), 1e-3)
+    return 1.0
+
+
+def scalar_ri_fit(stats: GroupStats, reml: bool) -> ScalarRIResult:
+    """Minimize the criterion over θ ≥ 0 and return the estimates at θ̂ (spec §2.3–2.4)."""
+    evals = 0
+    cache: dict[float, float] = {}
+
+    def f(t: float) -> float:
+        nonlocal evals
+        t = float(t)
+        if t not in cache:
+            evals += 1
+            cache[t] = _evaluate(t, stats, reml).criterion
+        return cache[t]
+
+    messages: list[Message] = []
+    converged = True
+    # A log-spaced grid around the data's own scale finds the basin (the criterion can have a
+    # local minimum at 0 and another inside); Brent then polishes within the best bracket.
+    t0 = _start_theta(stats)
+    grid = [0.0] + list(t0 * np.logspace(-4, 3, 15))
+    vals = [f(t) for t in grid]
+    i = int(np.argmin(vals))
+    while i == len(grid) - 1 and grid[-1] < 1e12:  # minimum beyond the grid: extend upwards
+        grid.append(grid[-1] * 10.0)
+        vals.append(f(grid[-1]))
+        i = int(np.argmin(vals))
+    lo = grid[max(i - 1, 0)]
+    hi = grid[min(i + 1, len(grid) - 1)]
+    if i == len(grid) - 1:
+        converged = False
+        theta = grid[i]
+        messages.append(
+            Message(
+                "warning", "theta did not reach a minimum (unbounded)", "python", code="convergence"
+            )
+        )
+    elif hi > lo:
+        res = optimize.minimize_scalar(
+            f,
+            bounds=(lo, hi),
+            method="bounded",
+            options={"xatol": 1e-12 * max(hi, 1e-8), "maxiter": 500},
+        )
+        theta = float(res.x)
+        if not res.success:
+            converged = False
+            messages.append(
+                Message("warning", f"theta search: {res.message}", "python", code="convergence")
+            )
+        if vals[i] < f(theta):  # the bracket's centre was better than Brent's answer
+            theta = grid[i]
+    else:
+        theta = grid[i]
+    # lme4's check.boundary: snap to the bound if that does not worsen the criterion.
+    if 0.0 < theta < BOUNDARY_TOL and f(0.0) <= f(theta):
+        theta = 0.0
+    final = _evaluate(theta, stats, reml)
+    if not math.isfinite(final.criterion):
+        converged = False
+        messages.append(
+            Message(
+                "warning", "criterion is not finite at the optimum", "python", code="convergence"
+            )
+        )
+    singular = theta < SINGULAR_TOL
+    if singular:
+        messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
+    return _estimates(final, stats, reml, singular, converged, messages, evals)
+
+
+def _estimates(
+    ev: _Eval,
+    stats: GroupStats,
+    reml: bool,
+    singular: bool,
+    converged: bool,
+    messages: list[Message],
+    n_evals: int,
+) -> ScalarRIResult:
+    p = stats.p
+    theta = ev.theta
+    sigma2 = ev.pwrss / (stats.n - p if reml else stats.n)
+    if ev.L is None:
+        nan = np.full(p, np.nan)
+        return ScalarRIResult(
+            theta, nan, math.nan, np.full((p, p), np.nan), np.full(stats.n_groups, np.nan),
+            np.full(stats.n_groups, np.nan), ev.criterion, ev.pwrss, ev.ldL2, ev.ldRX2,
+            singular, False, messages, n_evals, ev.reml_criterion, ev.ml_deviance,
+        )  # fmt: skip
+    RXt = ev.L[:p, :p]  # R_X' (lower)
+    gamma = linalg.solve_triangular(RXt, ev.L[p, :p], lower=True, trans="T")
+    R_inv_t = linalg.solve_triangular(RXt, np.eye(p), lower=True)  # R_X'^{-1}
+    A_inv = R_inv_t.T @ R_inv_t
+    # Map the shifted problem back: X_shifted = X·S with S = I − e_int·x_shift' (det 1), so
+    # β = S·γ + y_shift·e_int and A⁻¹ = S·A_shifted⁻¹·S'.
+    beta = gamma.copy()
+    if stats.intercept is not None:
+        S = np.eye(p)
+        S[stats.intercept, :] -= stats.x_shift
+        beta = S @ beta
+        beta[stats.intercept] += stats.y_shift
+        A_inv = S @ A_inv @ S.T
+    t2 = theta * theta
+    d = 1.0 + t2 * stats.s
+    # Residual group sums are unchanged by the shift, so use the shifted statistics.
+    b = t2 * (stats.Sy - stats.SX @ gamma) / d
+    cond_var = sigma2 * t2 / d
+    return ScalarRIResult(
+        theta=theta,
+        beta=beta,
+        sigma=math.sqrt(sigma2),
+        vcov_unscaled=(A_inv + A_inv.T) / 2.0,
+        b=b,
+        cond_var=cond_var,
+        criterion=ev.criterion,
+        pwrss=ev.pwrss,
+        ldL2=ev.ldL2,
+        ldRX2=ev.ldRX2,
+        singular=singular,
+        converged=converged,
+        messages=messages,
+        n_evals=n_evals,
+        reml_criterion=ev.reml_criterion,
+        ml_deviance=ev.ml_deviance,
+    )
+
+
+def scalar_ri_fitted(
+    X: np.ndarray, codes: np.ndarray, result: ScalarRIResult, offset: np.ndarray | None = None
+) -> np.ndarray:
+    """μ_i = o_i + x_i'β̂ + b̂_{g(i)}: the second (and last) pass over the rows."""
+    mu = np.asarray(X, dtype=float) @ result.beta
+    mu += result.b[codes]
+    if offset is not None:
+        mu += offset
+    return mu
