@@ -175,7 +175,7 @@ def group_stats(
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         c = codes[a:b]
-        # Columns of the shifted [X y] as contiguous rows: fast bincount and one BLAS syrk-like call.
+        # Shifted [X y] columns as contiguous rows: fast bincounts and one BLAS Gram product.
         Zt = np.empty((p + 1, b - a))
         np.subtract(X[a:b].T, x_shift[:, None], out=Zt[:p])
         np.subtract(y[a:b], y_shift, out=Zt[p])
@@ -252,7 +252,7 @@ def _collapse(stats: GroupStats) -> _Collapsed:
     iu, ju = np.triu_indices(m)
     # Only the upper triangle, one row per entry: the per-θ update is one contiguous GEMV.
     M = np.empty((iu.shape[0], K))
-    for r, (i, j) in enumerate(zip(iu, ju)):
+    for r, (i, j) in enumerate(zip(iu, ju, strict=True)):
         prod = a[:, i] * a[:, j]
         if K == stats.n_groups:  # all weights distinct: inv is a permutation
             M[r, inv] = prod
