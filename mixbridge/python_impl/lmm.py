@@ -1,0 +1,531 @@
+"""lme4's lmer in pure Python (lme4_spec.md §1, §2, §4).
+
+The pipeline, as in lme4's modular functions:
+
+    formula, data --build_mixed_terms--> MixedTerms           (lFormula)
+                  --LmerDevfun---------> d(θ) / d_R(θ)         (mkLmerDevfun: a pure function of θ)
+                  --optimize_theta-----> θ̂ + diagnostics       (optimizeLmer, checkConv)
+                  --_build_fit---------> MixedFit              (mkMerMod)
+
+A model whose only random term is a scalar `(1|g)` takes the O(G) path of `lmm_scalar` (§2);
+everything else goes through the blocked PLS core in `predictor`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.errors import ArgumentError, DataError
+from mixbridge.python_impl import output
+from mixbridge.python_impl.optimize import OptResult, optimize_theta
+from mixbridge.python_impl.predictor import Predictor, lower_bounds, theta_start
+from mixbridge.results import Message, MixedFit
+
+_CONTROL_KEYS = {"restart_edge", "boundary_tol", "calc_derivs", "maxeval", "start"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points (engine protocol)
+
+
+def lmer(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    reml: bool = True,
+    weights: Any = None,
+    offset: Any = None,
+    control: Mapping[str, Any] | None = None,
+    **_: Any,
+) -> MixedFit:
+    """Fit `lmer(formula, data, REML = reml)`; see the module docstring for the pipeline."""
+    terms = build_terms(formula, data, weights, offset)
+    return fit_terms(terms, formula=formula, reml=reml, control=control)
+
+
+def lmer_objective(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    theta: Any,
+    reml: bool = True,
+    weights: Any = None,
+    offset: Any = None,
+    **_: Any,
+) -> float:
+    """lme4's deviance function (devFunOnly=TRUE) at θ: the REML criterion or ML deviance."""
+    terms = build_terms(formula, data, weights, offset)
+    check_terms(terms)
+    devfun = LmerDevfun(terms, reml)
+    return devfun(devfun.check_theta(theta))
+
+
+def build_terms(formula: str, data: pd.DataFrame, weights: Any, offset: Any) -> Any:
+    from mixbridge.formula import build_mixed_terms
+
+    return build_mixed_terms(formula, data, weights=weights, offset=offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks (lme4's checkNlevels, checkZdims and our own guards when called directly)
+
+
+def check_terms(terms: Any) -> None:
+    """Raise DataError for models lme4 refuses (or that would give meaningless numbers)."""
+    n = int(terms.n)
+    if n == 0:
+        raise DataError("no observations left to fit (all rows were dropped as missing)")
+    y = np.asarray(terms.y)
+    if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
+        raise DataError("the response must be numeric for lmer", "response")
+    if not np.all(np.isfinite(y)):
+        raise DataError("the response has non-finite values (Inf or NaN)", "response")
+    if n > 1 and np.all(y == y[0]):
+        raise DataError(
+            "the response is constant: a linear mixed model cannot be fitted", "response"
+        )
+    if not terms.reterms:
+        raise DataError(
+            "no random effects terms specified in formula: use an ordinary linear model "
+            "(e.g. statsmodels OLS) instead of lmer"
+        )
+    if terms.weights is not None:
+        w = np.asarray(terms.weights, dtype=float)
+        if w.shape != (n,):
+            raise DataError(f"weights must have one value per row ({n}), got {w.shape}", "weights")
+        if not np.all(np.isfinite(w)):
+            raise DataError("weights must be finite (found NaN or Inf)", "weights")
+        if np.any(w < 0):
+            raise DataError(
+                f"weights must be non-negative ({int(np.sum(w < 0))} negative)", "weights"
+            )
+    if terms.offset is not None:
+        o = np.asarray(terms.offset, dtype=float)
+        if o.shape != (n,) or not np.all(np.isfinite(o)):
+            raise DataError(f"offset must be {n} finite values", "offset")
+    for t in terms.reterms:
+        if t.n_levels < 2:
+            raise DataError(f"grouping factor '{t.group}' must have > 1 sampled level", t.group)
+        if t.n_levels >= n:
+            raise DataError(
+                f"number of levels of each grouping factor must be < number of observations "
+                f"(problems: {t.group}: {t.n_levels} levels, {n} observations)",
+                t.group,
+            )
+        if t.n_levels * t.p >= n:
+            raise DataError(
+                f"number of observations (={n}) <= number of random effects "
+                f"(={t.n_levels * t.p}) for term ({' + '.join(t.cnames)} | {t.group}); the "
+                "random-effects parameters and the residual variance are probably unidentifiable",
+                t.group,
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The profiled criterion
+
+
+def profiled_criteria(
+    ldL2: float, ldRX2: float, ldW: float, pwrss: float, n: int, p: int
+) -> tuple[float, float]:
+    """(ML deviance d, REML criterion d_R) from the PLS pieces (spec §1.4, lmerResp::Laplace)."""
+    two_pi = 2.0 * math.pi
+    ml = ldL2 - ldW + n * (1.0 + math.log(two_pi * pwrss / n))
+    nmp = n - p
+    rc = ldL2 + ldRX2 - ldW + nmp * (1.0 + math.log(two_pi * pwrss / nmp))
+    return ml, rc
+
+
+@dataclass
+class PLSState:
+    """Everything the outputs need at one θ (cf. lme4's devcomp)."""
+
+    theta: np.ndarray
+    beta: np.ndarray
+    u: np.ndarray
+    pwrss: float
+    ldL2: float
+    ldRX2: float
+    ml_deviance: float
+    reml_criterion: float
+
+
+class LmerDevfun:
+    """d(θ) or d_R(θ) for fixed model terms: lme4's `devfun` (setTheta → updateDecomp → solve →
+    Laplace). Calling it is a pure function of θ; `state(θ)` returns the full PLS solution."""
+
+    def __init__(self, terms: Any, reml: bool) -> None:
+        self.terms = terms
+        self.reml = bool(reml)
+        self.pred = Predictor(terms)
+        off = np.zeros(terms.n) if terms.offset is None else np.asarray(terms.offset, float)
+        self.offset = off
+        self.y = np.asarray(terms.y, dtype=float) - off
+        w = self.pred.prior_w
+        self.ldW = float(np.sum(np.log(w[w > 0])))
+        self.lower = lower_bounds(self.pred.reterms)
+
+    def check_theta(self, theta: Any) -> np.ndarray:
+        th = np.atleast_1d(np.asarray(theta, dtype=float)).ravel()
+        if th.size != self.pred.n_theta:
+            raise ArgumentError(
+                f"theta must have length {self.pred.n_theta} for this model, got {th.size}", "theta"
+            )
+        if not np.all(np.isfinite(th)):
+            raise ArgumentError("theta must be finite", "theta")
+        return th
+
+    def state(self, theta: np.ndarray) -> PLSState:
+        pred = self.pred
+        pred.update(theta)
+        beta, u = pred.solve(self.y)
+        r2 = pred.pwrss(self.y, beta, u)
+        ml, rc = profiled_criteria(pred.ldL2, pred.ldRX2, self.ldW, r2, pred.n, pred.p)
+        return PLSState(np.array(theta, float), beta, u, r2, pred.ldL2, pred.ldRX2, ml, rc)
+
+    def __call__(self, theta: np.ndarray) -> float:
+        st = self.state(theta)
+        return st.reml_criterion if self.reml else st.ml_deviance
+
+
+def scalar_start(terms: Any) -> np.ndarray | None:
+    """lme4's special start when every term is a scalar (1|f) on its own factor (§1.6)."""
+    rts = terms.reterms
+    groups = [t.group for t in rts]
+    if not all(t.p == 1 and list(t.cnames) == ["(Intercept)"] for t in rts):
+        return None
+    if len(set(groups)) != len(groups):
+        return None
+    y = np.asarray(terms.y, dtype=float)
+    vk = []
+    for t in rts:
+        codes = np.asarray(t.codes)
+        means = np.bincount(codes, weights=y, minlength=t.n_levels) / np.maximum(
+            np.bincount(codes, minlength=t.n_levels), 1
+        )
+        vk.append(float(np.var(means[codes], ddof=1)))
+    ve = float(np.var(y, ddof=1)) - sum(vk)
+    if ve <= 0:
+        return None
+    return np.sqrt(np.array(vk) / ve)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _control(control: Mapping[str, Any] | None) -> dict[str, Any]:
+    ctrl = dict(control or {})
+    unknown = set(ctrl) - _CONTROL_KEYS
+    if unknown:
+        raise ArgumentError(
+            f"unknown lmer control setting(s) {sorted(unknown)}; known: {sorted(_CONTROL_KEYS)}",
+            sorted(unknown)[0],
+        )
+    return ctrl
+
+
+def _is_scalar_ri(terms: Any) -> bool:
+    rts = terms.reterms
+    return len(rts) == 1 and rts[0].p == 1 and list(rts[0].cnames) == ["(Intercept)"]
+
+
+def fit_terms(
+    terms: Any, *, formula: str, reml: bool, control: Mapping[str, Any] | None = None
+) -> MixedFit:
+    """Fit lmer on already-built model terms."""
+    ctrl = _control(control)
+    check_terms(terms)
+    devfun = LmerDevfun(terms, reml)
+    if _is_scalar_ri(terms) and "start" not in ctrl and _scalar_path_available():
+        return _fit_scalar(terms, devfun, formula=formula, reml=reml)
+    start = ctrl.get("start")
+    if start is None:
+        start = scalar_start(terms)
+    theta0 = theta_start(devfun.pred.reterms) if start is None else devfun.check_theta(start)
+    opt = optimize_theta(
+        devfun,
+        theta0,
+        devfun.lower,
+        restart_edge=bool(ctrl.get("restart_edge", True)),
+        boundary_tol=float(ctrl.get("boundary_tol", 1e-5)),
+        calc_derivs=bool(ctrl.get("calc_derivs", True)),
+        maxeval=int(ctrl.get("maxeval", 100_000)),
+    )
+    st = devfun.state(opt.theta)  # leave the model state at the final θ (lme4's last step)
+    pred = devfun.pred
+    sigma = math.sqrt(st.pwrss / (pred.n - pred.p if reml else pred.n))
+    b = pred.b(st.u)
+    return _build_fit(
+        terms,
+        formula=formula,
+        reml=reml,
+        theta=st.theta,
+        beta=st.beta,
+        b=b,
+        sigma=sigma,
+        vcov_unscaled=pred.rx_inverse(),
+        cond_var=pred.cond_var_by_factor(sigma),
+        ml_deviance=st.ml_deviance,
+        reml_criterion=st.reml_criterion,
+        fitted=devfun.offset + pred.Xb(st.beta) + pred.Zb(st.u),
+        opt=opt,
+        objective=devfun,
+    )
+
+
+def _scalar_path_available() -> bool:
+    try:
+        from mixbridge.python_impl import lmm_scalar  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fit_scalar(terms: Any, devfun: LmerDevfun, *, formula: str, reml: bool) -> MixedFit:
+    """The O(G) path for a single (1|g) (spec §2), built into the same MixedFit."""
+    from mixbridge.python_impl import lmm_scalar as ls
+
+    t = terms.reterms[0]
+    w = None if terms.weights is None else np.asarray(terms.weights, dtype=float)
+    stats = ls.group_stats(terms.X, devfun.y, w, np.asarray(t.codes), t.n_levels)
+    res = ls.scalar_ri_fit(stats, reml)
+    theta = np.array([res.theta])
+    fitted = devfun.offset + terms.X @ res.beta + res.b[np.asarray(t.codes)]
+    opt = OptResult(
+        theta=theta,
+        fval=float(res.criterion),
+        n_evals=int(res.n_evals),
+        status="scalar random-intercept path (1-D search)",
+        converged=bool(res.converged),
+        singular=bool(res.singular),
+        gradient=np.zeros(0),
+        hessian=np.zeros((0, 0)),
+        messages=list(res.messages),
+    )
+
+    def objective(th: Any) -> float:
+        return ls.scalar_ri_criterion(float(devfun.check_theta(th)[0]), stats, reml)
+
+    return _build_fit(
+        terms,
+        formula=formula,
+        reml=reml,
+        theta=theta,
+        beta=np.asarray(res.beta, float),
+        b=np.asarray(res.b, float),
+        sigma=float(res.sigma),
+        vcov_unscaled=np.asarray(res.vcov_unscaled, float),
+        cond_var={t.group: np.asarray(res.cond_var, float).reshape(-1, 1, 1)},
+        ml_deviance=float(res.ml_deviance),
+        reml_criterion=float(res.reml_criterion),
+        fitted=fitted,
+        opt=opt,
+        objective=objective,
+        optimizer_name="scalar-ri-brent",
+    )
+
+
+def _build_fit(
+    terms: Any,
+    *,
+    formula: str,
+    reml: bool,
+    theta: np.ndarray,
+    beta: np.ndarray,
+    b: np.ndarray,
+    sigma: float,
+    vcov_unscaled: np.ndarray,
+    cond_var: dict[str, np.ndarray],
+    ml_deviance: float,
+    reml_criterion: float,
+    fitted: np.ndarray,
+    opt: OptResult,
+    objective: Any,
+    optimizer_name: str = "L-BFGS-B+Powell",
+) -> MixedFit:
+    reterms = list(terms.reterms)
+    n, p = int(terms.n), int(terms.X.shape[1])
+    names = list(terms.x_names)
+    gp = np.concatenate([[0], np.cumsum([t.n_levels * t.p for t in reterms])])
+    tks = _lambda_blocks(reterms, theta)
+    df = p + theta.size + 1
+    crit = reml_criterion if reml else ml_deviance
+    lik = output.likelihood_summary(crit, n, df)
+    y = np.asarray(terms.y, dtype=float)
+    vcov = sigma**2 * vcov_unscaled
+    vcov = (vcov + vcov.T) / 2.0
+    messages = [m for m in getattr(terms, "messages", []) if isinstance(m, Message)]
+    messages += opt.messages
+    fit = MixedFit(
+        model="lmer",
+        formula=formula,
+        family="gaussian",
+        link="identity",
+        reml=bool(reml),
+        fixef=pd.Series(beta, index=names, dtype=float),
+        vcov=pd.DataFrame(vcov, index=names, columns=names),
+        theta=np.asarray(theta, float),
+        theta_names=output.theta_names(reterms),
+        varcorr=output.varcorr_frame(reterms, tks, sigma),
+        sigma=float(sigma),
+        ranef=output.ranef_frames(reterms, b, gp),
+        cond_var=cond_var,
+        loglik=lik["loglik"],
+        df=int(df),
+        deviance=float(ml_deviance),
+        reml_criterion=float(reml_criterion) if reml else None,
+        aic=lik["aic"],
+        bic=lik["bic"],
+        nobs=n,
+        ngroups=output.ngroups(reterms),
+        fitted=fitted,
+        residuals=y - fitted,
+        singular=bool(opt.singular),
+        converged=bool(opt.converged),
+        messages=messages,
+        engine="python",
+        versions=output.versions(),
+        optimizer={**opt.as_dict(optimizer_name), "fval": float(opt.fval)},
+        dropped_columns=list(getattr(terms, "dropped_columns", []) or []),
+    )
+    fit._objective = objective
+    fit._predict = _make_predict(terms, beta, b, gp)
+    fit._simulate = _make_simulate(terms, beta, tks, sigma, fitted)
+    fit.extra["b"] = b
+    return fit
+
+
+def _lambda_blocks(reterms: list[Any], theta: np.ndarray) -> list[np.ndarray]:
+    from mixbridge.python_impl.predictor import theta_layout
+
+    out, pos = [], 0
+    for t in reterms:
+        r, c = theta_layout(t.p)
+        tk = np.zeros((t.p, t.p))
+        tk[r, c] = theta[pos : pos + r.size]
+        pos += r.size
+        out.append(tk)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# predict and simulate (predict.merMod, simulate.merMod)
+
+
+def _group_values(t: Any, newdata: pd.DataFrame) -> np.ndarray:
+    """The grouping values of newdata as strings, for naming unseen levels."""
+    if t.group in newdata.columns:
+        return newdata[t.group].astype(str).to_numpy()
+    parts = t.group.split(":")
+    if all(pc in newdata.columns for pc in parts):
+        vals = newdata[parts[0]].astype(str)
+        for pc in parts[1:]:
+            vals = vals + ":" + newdata[pc].astype(str)
+        return vals.to_numpy()
+    return np.array(["?"] * len(newdata))
+
+
+def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, gp: np.ndarray) -> Any:
+    reterms = list(terms.reterms)
+    base = (0.0 if terms.offset is None else np.asarray(terms.offset, float)) + terms.X @ beta
+    fitted_all = None
+
+    def predict(
+        newdata: pd.DataFrame | None = None,
+        re_form: Any = None,
+        allow_new_levels: bool = False,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        nonlocal fitted_all
+        if kwargs:
+            raise ArgumentError(
+                f"unknown predict() argument(s): {sorted(kwargs)}", next(iter(kwargs))
+            )
+        population = _parse_re_form(re_form)
+        if newdata is None:
+            eta = np.array(base, dtype=float, copy=True)
+            if population:
+                return eta
+            codes = [np.asarray(t.codes) for t in reterms]
+            zs = [np.asarray(t.Z, float).reshape(len(eta), -1) for t in reterms]
+        else:
+            x_new = np.asarray(terms.fixed_matrix(newdata), dtype=float)
+            eta = x_new @ beta
+            off = terms.offset_for(newdata) if hasattr(terms, "offset_for") else None
+            if off is not None:
+                eta = eta + np.asarray(off, float)
+            if population:
+                return eta
+            codes, zs = [], []
+            for t in reterms:
+                c = np.asarray(t.codes_for(newdata))
+                bad = c < 0
+                if bad.any() and not allow_new_levels:
+                    vals = _group_values(t, newdata)[bad]
+                    raise DataError(
+                        f"new level(s) {sorted(set(vals.tolist()))[:5]} in grouping factor "
+                        f"'{t.group}' not in the fitted data; use allow_new_levels=True for "
+                        "population-level predictions on those rows",
+                        t.group,
+                    )
+                codes.append(c)
+                zs.append(np.asarray(t.Z_for(newdata), float).reshape(len(eta), -1))
+        for k, t in enumerate(reterms):
+            bk = b[gp[k] : gp[k + 1]].reshape(t.n_levels, t.p)
+            c = codes[k]
+            ok = c >= 0
+            contrib = np.einsum("ic,ic->i", zs[k][ok], bk[c[ok]])
+            eta[ok] += contrib
+        return eta
+
+    return predict
+
+
+def _parse_re_form(re_form: Any) -> bool:
+    """True for population-level predictions (re_form "~0", "~ 0", NA); False for all terms."""
+    if re_form is None:
+        return False
+    if isinstance(re_form, float) and math.isnan(re_form):
+        return True
+    if isinstance(re_form, str) and re_form.replace(" ", "") in ("~0", "NA", "~-1"):
+        return True
+    raise ArgumentError(
+        f"re_form must be None (all random effects) or '~0' (none), got {re_form!r}", "re_form"
+    )
+
+
+def _make_simulate(
+    terms: Any, beta: np.ndarray, tks: list[np.ndarray], sigma: float, fitted: np.ndarray
+) -> Any:
+    reterms = list(terms.reterms)
+    n = int(terms.n)
+    eta_fixed = terms.X @ beta
+    if terms.offset is not None:
+        eta_fixed = eta_fixed + np.asarray(terms.offset, float)
+    w = np.ones(n) if terms.weights is None else np.asarray(terms.weights, float)
+
+    def simulate(nsim: int = 1, seed: int | None = None) -> np.ndarray:
+        if not isinstance(nsim, (int, np.integer)) or nsim < 1:
+            raise ArgumentError(f"nsim must be a positive integer, got {nsim!r}", "nsim")
+        rng = np.random.default_rng(seed)
+        out = np.repeat(eta_fixed[:, None], nsim, axis=1)
+        for t, tk in zip(reterms, tks, strict=True):
+            # b ~ N(0, σ²T T') per level: b = σ T u with u ~ N(0, I)
+            u = rng.standard_normal((nsim, t.n_levels, t.p))
+            bnew = sigma * np.einsum("ab,slb->sla", tk, u)
+            z = np.asarray(t.Z, float).reshape(n, -1)
+            codes = np.asarray(t.codes)
+            out += np.einsum("ic,sic->is", z, bnew[:, codes, :])
+        with np.errstate(divide="ignore"):
+            scale = sigma / np.sqrt(w)
+        out += rng.standard_normal((n, nsim)) * scale[:, None]
+        return out
+
+    return simulate

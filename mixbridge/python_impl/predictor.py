@@ -1,0 +1,360 @@
+"""The penalized least squares (PLS) core shared by lmer and glmer (lme4's `merPredD`).
+
+The predictor knows the model matrices (X, Z through the random-effects terms) and Λ_θ, but no
+family and no response distribution: lmer calls it once per θ with the prior weights, glmer calls
+it inside PIRLS with working weights.
+
+Structure (built once from the model terms, spec §4):
+
+* Z is n×q with level-major columns per term, terms in lme4 order (already sorted by the formula
+  module); `gp` holds the column offsets of the terms.
+* Λ_θ is block diagonal, I_{ℓ_k} ⊗ T_k; its structural non-zeros take the values `theta[lind]`
+  (lme4's Lind), so the sparsity pattern never changes.
+
+Factorization (MixedModels.jl's blocked scheme instead of a general sparse Cholesky): with
+V = Λ'Z'WZΛ + I split after the first term's q1 = ℓ_1 p_1 columns,
+
+    V11 is block diagonal (each row belongs to one level of the first term's factor):
+        L11 = per-level Cholesky factors, O(ℓ_1 p_1³)
+    L21 = V21 L11⁻ᵀ                        (sparse, same pattern as V21)
+    L22 L22' = V22 − L21 L21'              (dense Schur complement of the remaining terms)
+
+so L = [[L11, 0], [L21, L22]] is the Cholesky factor of V (with the identity permutation; lme4's
+results do not depend on CHOLMOD's fill-reducing permutation). Then, as in lme4's
+`updateDecomp`, R_ZX = L⁻¹Λ'Z'WX and R_X'R_X = X'WX − R_ZX'R_ZX.
+
+API (used by lmm.py and by glmer's PIRLS):
+
+    pred = Predictor(terms)             # terms: MixedTerms (X, reterms, weights)
+    pred.update(theta, sqrt_w=None)     # set θ and the weights, factorize L, R_ZX, R_X
+        sqrt_w=None uses the prior weights (terms.weights, or 1); otherwise sqrt_w are the full
+        square-root weights √W_i (lme4's sqrtXwt: for glmer these already include the prior
+        weights). X'WX, Z'WZ, Z'WX are cached per weight vector.
+    beta, u = pred.solve(y)             # joint PLS solution for response y (offset removed)
+    u = pred.solve_u(y)                 # u alone, β held fixed (y = response − offset − Xβ):
+                                        #   u = L⁻ᵀL⁻¹Λ'Z'Wy  (glmer's u-only PIRLS stage)
+    pred.ldL2, pred.ldRX2               # log|L|², log|R_X|² at the current θ and weights
+    pred.pwrss(y, beta, u)              # ‖W^{1/2}(y − Xβ − ZΛu)‖² + ‖u‖²  (y offset-free)
+    pred.b(u)  -> Λu (q,);  pred.Zb(u) -> ZΛu (n,);  pred.Xb(beta) -> Xβ (n,)
+    pred.rx_inverse()                   # (R_X'R_X)⁻¹, p×p
+    pred.cond_var(sigma)                # list per term of (ℓ_k, p_k, p_k) arrays: diagonal blocks
+                                        #   of σ²Λ(LL')⁻¹Λ' (lme4's condVar / postVar)
+    pred.cond_var_by_factor(sigma)      # dict group -> (ℓ, nc, nc), terms on one factor combined
+                                        #   block-diagonally, as ranef(condVar=TRUE)
+    pred.lambda_blocks(theta)           # list of T_k (p_k×p_k lower triangular)
+
+All per-level work is vectorized (batched numpy Cholesky/inverse, sparse products); no Python
+loops over rows or levels. The dense Schur block is (q − q1)², which covers crossed designs of
+InstEval's size (q − q1 = 1142).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+
+def theta_layout(p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of T's lower triangle in θ order (column-major)."""
+    rows, cols = [], []
+    for c in range(p):
+        for r in range(c, p):
+            rows.append(r)
+            cols.append(c)
+    return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
+
+
+def lower_bounds(reterms: list[Any]) -> np.ndarray:
+    """lme4's lower bounds: 0 on diagonal θ, −∞ off the diagonal."""
+    out = []
+    for t in reterms:
+        r, c = theta_layout(t.p)
+        out.append(np.where(r == c, 0.0, -np.inf))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def theta_start(reterms: list[Any]) -> np.ndarray:
+    """lme4's default start: T_k = I (1 on the diagonal, 0 elsewhere)."""
+    out = []
+    for t in reterms:
+        r, c = theta_layout(t.p)
+        out.append((r == c).astype(float))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+class Predictor:
+    """lme4's merPredD with MixedModels.jl's blocked Cholesky. See the module docstring."""
+
+    def __init__(self, terms: Any) -> None:
+        self.terms = terms
+        self.reterms = list(terms.reterms)
+        self.X = np.ascontiguousarray(terms.X, dtype=float)
+        self.n, self.p = self.X.shape
+        w = getattr(terms, "weights", None)
+        self.prior_w = np.ones(self.n) if w is None else np.asarray(w, dtype=float)
+
+        # Column offsets of the terms in u / b (lme4's Gp) and of their θ pieces.
+        self.nlev = [int(t.n_levels) for t in self.reterms]
+        self.pk = [int(t.p) for t in self.reterms]
+        self.gp = np.concatenate(
+            [[0], np.cumsum([lv * pk for lv, pk in zip(self.nlev, self.pk, strict=True)])]
+        )
+        self.q = int(self.gp[-1])
+        self.nth = [pk * (pk + 1) // 2 for pk in self.pk]
+        self.toff = np.concatenate([[0], np.cumsum(self.nth)]).astype(int)
+        self.n_theta = int(self.toff[-1])
+
+        self.Z = self._build_z()
+        self._lam_rows, self._lam_cols, self.lind = self._build_lambda_pattern()
+
+        # Blocked split: the first term's columns, then the rest.
+        self.p1 = self.pk[0]
+        self.l1 = self.nlev[0]
+        self.q1 = self.l1 * self.p1
+        self.q2 = self.q - self.q1
+
+        self._weights_key: Any = None
+        self.theta: np.ndarray | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # Structure
+
+    def _build_z(self) -> sp.csr_matrix:
+        """Sparse n×q Z, level-major columns within each term (lme4's Zt transposed)."""
+        rows, cols, vals = [], [], []
+        idx = np.arange(self.n)
+        for k, t in enumerate(self.reterms):
+            codes = np.asarray(t.codes, dtype=np.int64)
+            zk = np.asarray(t.Z, dtype=float).reshape(self.n, -1)
+            for c in range(self.pk[k]):
+                rows.append(idx)
+                cols.append(self.gp[k] + codes * self.pk[k] + c)
+                vals.append(zk[:, c])
+        z = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(self.n, self.q),
+        )
+        z.sum_duplicates()
+        return z
+
+    def _build_lambda_pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row, column and θ index (Lind) of every structural non-zero of Λ."""
+        rows, cols, lind = [], [], []
+        for k in range(len(self.reterms)):
+            r, c = theta_layout(self.pk[k])
+            base = self.gp[k] + np.arange(self.nlev[k]) * self.pk[k]
+            rows.append((base[:, None] + r[None, :]).ravel())
+            cols.append((base[:, None] + c[None, :]).ravel())
+            lind.append(np.tile(self.toff[k] + np.arange(self.nth[k]), self.nlev[k]))
+        return np.concatenate(rows), np.concatenate(cols), np.concatenate(lind)
+
+    def lambda_matrix(self, theta: np.ndarray) -> sp.csr_matrix:
+        """Λ_θ (q×q, lower block triangular) with values theta[Lind]."""
+        return sp.csr_matrix(
+            (np.asarray(theta, dtype=float)[self.lind], (self._lam_rows, self._lam_cols)),
+            shape=(self.q, self.q),
+        )
+
+    def lambda_blocks(self, theta: np.ndarray) -> list[np.ndarray]:
+        """The p_k×p_k lower-triangular T_k of each term."""
+        out = []
+        for k in range(len(self.reterms)):
+            r, c = theta_layout(self.pk[k])
+            tk = np.zeros((self.pk[k], self.pk[k]))
+            tk[r, c] = theta[self.toff[k] : self.toff[k + 1]]
+            out.append(tk)
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    # Weighted cross-products (depend on the weights only, not on θ)
+
+    def _set_weights(self, sqrt_w: np.ndarray | None) -> None:
+        if sqrt_w is None:
+            if isinstance(self._weights_key, str):
+                return  # prior weights already in place
+            self.w = self.prior_w
+            self._weights_key = "prior"
+        else:
+            key = np.asarray(sqrt_w, dtype=float)
+            if isinstance(self._weights_key, np.ndarray) and np.array_equal(self._weights_key, key):
+                return
+            self.w = key**2
+            self._weights_key = key.copy()
+        zw = self.Z.multiply(self.w[:, None]).tocsr()
+        self.ZtWZ = (self.Z.T @ zw).tocsr()
+        self.ZtWX = np.asarray(zw.T @ self.X)
+        self.XtWX = self.X.T @ (self.X * self.w[:, None])
+
+    # ----------------------------------------------------------------------------------------
+    # Factorization
+
+    def update(self, theta: np.ndarray, sqrt_w: np.ndarray | None = None) -> None:
+        """Factorize L (blocked), R_ZX and R_X at θ with the given square-root weights."""
+        self._set_weights(sqrt_w)
+        theta = np.asarray(theta, dtype=float)
+        self.theta = theta.copy()
+        lam = self.lambda_matrix(theta)
+        self.Lam = lam
+        v = (lam.T @ self.ZtWZ @ lam).tocsr()
+        p1, l1, q1 = self.p1, self.l1, self.q1
+
+        # V11: block diagonal (ℓ1 blocks of p1×p1) plus the identity.
+        v11 = v[:q1, :q1].tocoo()
+        blocks = np.zeros((l1, p1, p1))
+        np.add.at(blocks, (v11.row // p1, v11.row % p1, v11.col % p1), v11.data)
+        blocks += np.eye(p1)[None, :, :]
+        self.L11 = np.linalg.cholesky(blocks)
+        self.L11inv = np.linalg.inv(self.L11)
+        ld = 2.0 * np.log(np.diagonal(self.L11, axis1=1, axis2=2)).sum()
+
+        if self.q2 > 0:
+            self._B11inv = self._block_diag(self.L11inv)  # blockdiag(L11_j⁻¹)
+            v21 = v[q1:, :q1]
+            self.L21 = (v21 @ self._B11inv.T).tocsr()
+            s22 = v[q1:, q1:].toarray() + np.eye(self.q2)
+            s22 -= (self.L21 @ self.L21.T).toarray()
+            self.L22 = sla.cholesky(s22, lower=True, check_finite=False)
+            ld += 2.0 * np.log(np.diag(self.L22)).sum()
+        self.ldL2 = float(ld)
+
+        # R_ZX and R_X (lme4's updateDecomp).
+        self.RZX = self._forward(np.asarray(lam.T @ self.ZtWX))
+        rxtrx = self.XtWX - self.RZX.T @ self.RZX
+        if self.p > 0:
+            self.RX = sla.cholesky(rxtrx, lower=False, check_finite=False)
+            self.ldRX2 = float(2.0 * np.log(np.abs(np.diag(self.RX))).sum())
+        else:
+            self.RX = np.zeros((0, 0))
+            self.ldRX2 = 0.0
+
+    def _block_diag(self, blocks: np.ndarray) -> sp.csr_matrix:
+        """Sparse block-diagonal matrix from a (ℓ, p, p) stack."""
+        nb, pb, _ = blocks.shape
+        base = np.arange(nb) * pb
+        r = (base[:, None, None] + np.arange(pb)[None, :, None]) + 0 * np.arange(pb)[None, None, :]
+        c = (base[:, None, None] + np.arange(pb)[None, None, :]) + 0 * np.arange(pb)[None, :, None]
+        return sp.csr_matrix((blocks.ravel(), (r.ravel(), c.ravel())), shape=(nb * pb, nb * pb))
+
+    def _forward(self, rhs: np.ndarray) -> np.ndarray:
+        """Solve L x = rhs (rhs q or q×m)."""
+        vec = rhs.ndim == 1
+        r = rhs.reshape(self.q, -1)
+        m = r.shape[1]
+        x1 = np.einsum("jab,jbm->jam", self.L11inv, r[: self.q1].reshape(self.l1, self.p1, m))
+        x1 = x1.reshape(self.q1, m)
+        if self.q2 > 0:
+            x2 = sla.solve_triangular(
+                self.L22, r[self.q1 :] - self.L21 @ x1, lower=True, check_finite=False
+            )
+            x = np.vstack([x1, x2])
+        else:
+            x = x1
+        return x.ravel() if vec else x
+
+    def _backward(self, rhs: np.ndarray) -> np.ndarray:
+        """Solve L' x = rhs (rhs q or q×m)."""
+        vec = rhs.ndim == 1
+        r = rhs.reshape(self.q, -1)
+        m = r.shape[1]
+        r1 = r[: self.q1]
+        if self.q2 > 0:
+            x2 = sla.solve_triangular(
+                self.L22, r[self.q1 :], lower=True, trans="T", check_finite=False
+            )
+            r1 = r1 - self.L21.T @ x2
+        x1 = np.einsum("jba,jbm->jam", self.L11inv, r1.reshape(self.l1, self.p1, m))
+        x1 = x1.reshape(self.q1, m)
+        x = np.vstack([x1, x2]) if self.q2 > 0 else x1
+        return x.ravel() if vec else x
+
+    # ----------------------------------------------------------------------------------------
+    # Solutions
+
+    def solve(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Joint PLS solution (β̂_θ, ũ) for the offset-free response y (lme4's merPredD::solve)."""
+        wy = self.w * y
+        cu = self._forward(np.asarray(self.Lam.T @ (self.Z.T @ wy)))
+        if self.p > 0:
+            cb = sla.solve_triangular(
+                self.RX, self.X.T @ wy - self.RZX.T @ cu, trans="T", check_finite=False
+            )
+            beta = sla.solve_triangular(self.RX, cb, check_finite=False)
+        else:
+            beta = np.zeros(0)
+        u = self._backward(cu - self.RZX @ beta)
+        return beta, u
+
+    def solve_u(self, y: np.ndarray) -> np.ndarray:
+        """u alone for the response y with Xβ already removed (lme4's solveU)."""
+        wy = self.w * y
+        return self._backward(self._forward(np.asarray(self.Lam.T @ (self.Z.T @ wy))))
+
+    def b(self, u: np.ndarray) -> np.ndarray:
+        return np.asarray(self.Lam @ u)
+
+    def Zb(self, u: np.ndarray) -> np.ndarray:
+        return np.asarray(self.Z @ (self.Lam @ u))
+
+    def Xb(self, beta: np.ndarray) -> np.ndarray:
+        return self.X @ beta if self.p > 0 else np.zeros(self.n)
+
+    def pwrss(self, y: np.ndarray, beta: np.ndarray, u: np.ndarray) -> float:
+        """Penalized weighted residual sum of squares, computed from residuals (stable)."""
+        res = y - self.Xb(beta) - self.Zb(u)
+        return float(np.dot(self.w * res, res) + np.dot(u, u))
+
+    def rx_inverse(self) -> np.ndarray:
+        """(R_X'R_X)⁻¹, the unscaled covariance of β̂."""
+        rinv = sla.solve_triangular(self.RX, np.eye(self.p), check_finite=False)
+        return rinv @ rinv.T
+
+    # ----------------------------------------------------------------------------------------
+    # Conditional variances
+
+    def _vinv_diag_blocks(self) -> list[np.ndarray]:
+        """Per term, the (ℓ_k, p_k, p_k) diagonal blocks of (LL')⁻¹ = V⁻¹."""
+        p1, l1 = self.p1, self.l1
+        # Block 1: L11⁻ᵀL11⁻¹ + L11⁻ᵀL21'S⁻¹L21L11⁻¹, with S⁻¹ = L22⁻ᵀL22⁻¹.
+        first = np.einsum("jca,jcb->jab", self.L11inv, self.L11inv)
+        out = []
+        if self.q2 > 0:
+            h = sla.solve_triangular(
+                self.L22, (self.L21 @ self._B11inv).toarray(), lower=True, check_finite=False
+            ).reshape(self.q2, l1, p1)
+            first = first + np.einsum("ija,ijb->jab", h, h)
+            l22inv = sla.solve_triangular(self.L22, np.eye(self.q2), lower=True, check_finite=False)
+            out.append(first)
+            for k in range(1, len(self.reterms)):
+                lo, pk, nl = self.gp[k] - self.q1, self.pk[k], self.nlev[k]
+                cols = l22inv[:, lo : lo + nl * pk].reshape(self.q2, nl, pk)
+                out.append(np.einsum("ija,ijb->jab", cols, cols))
+        else:
+            out.append(first)
+        return out
+
+    def cond_var(self, sigma: float) -> list[np.ndarray]:
+        """Per term, diagonal blocks of σ²Λ(LL')⁻¹Λ' as (ℓ_k, p_k, p_k) arrays."""
+        tks = self.lambda_blocks(self.theta)
+        out = []
+        for tk, blk in zip(tks, self._vinv_diag_blocks(), strict=True):
+            out.append(sigma**2 * np.einsum("ab,jbc,dc->jad", tk, blk, tk))
+        return out
+
+    def cond_var_by_factor(self, sigma: float) -> dict[str, np.ndarray]:
+        """Group -> (ℓ, nc, nc): several terms on one factor combined block-diagonally."""
+        per_term = self.cond_var(sigma)
+        out: dict[str, np.ndarray] = {}
+        for g in dict.fromkeys(t.group for t in self.reterms):
+            idx = [k for k, t in enumerate(self.reterms) if t.group == g]
+            nc = sum(self.pk[k] for k in idx)
+            arr = np.zeros((self.nlev[idx[0]], nc, nc))
+            pos = 0
+            for k in idx:
+                pk = self.pk[k]
+                arr[:, pos : pos + pk, pos : pos + pk] = per_term[k]
+                pos += pk
+            out[g] = arr
+        return out
