@@ -1,0 +1,591 @@
+"""Compare two fits of the same model, quantity by quantity, under the one tolerance policy.
+
+    cmp = mixbridge.compare(py_fit, r_fit)      # a = candidate, b = reference
+    print(cmp); cmp.assert_ok()
+
+Pipeline: align each quantity by label (coefficient, θ name, group level) -> differences scaled
+the way the policy says (fixef by SE, ranef by the term's sd, ...) -> rows beyond tolerance are
+offered first to the flat-optimum evidence (each engine's objective at the other's parameters),
+then to the known-divergence registry -> status ok / explained / FAIL with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.conformance import divergences as div
+from mixbridge.conformance.tolerance import (
+    CRITERION_QUANTITIES,
+    PARAMETER_QUANTITIES,
+    Policy,
+    Tol,
+    policy_for,
+)
+from mixbridge.results import BayesGLMFit, MixedFit
+
+OK, EXPLAINED, FAIL = "ok", "explained", "FAIL"
+
+
+@dataclass
+class Row:
+    """One compared quantity: worst differences, where, the tolerance, the verdict and why."""
+
+    quantity: str
+    max_abs: float
+    max_rel: float
+    where: str
+    tolerance: str
+    status: str
+    reason: str = ""
+    n: int = 1
+    signed_diff: float | None = field(default=None, repr=False)
+    bound: float = field(default=0.0, repr=False)
+
+
+@dataclass
+class Comparison:
+    """The result of `compare(a, b)`: one Row per quantity, plus notes."""
+
+    a: str
+    b: str
+    model: str
+    policy: str
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != FAIL for r in self.rows)
+
+    @property
+    def failures(self) -> list[Row]:
+        return [r for r in self.rows if r.status == FAIL]
+
+    def row(self, quantity: str) -> Row:
+        for r in self.rows:
+            if r.quantity == quantity:
+                return r
+        raise KeyError(f"no row {quantity!r}; rows: {[r.quantity for r in self.rows]}")
+
+    def to_frame(self) -> pd.DataFrame:
+        cols = ["quantity", "max_abs", "max_rel", "where", "tolerance", "status", "reason", "n"]
+        return pd.DataFrame([{c: getattr(r, c) for c in cols} for r in self.rows], columns=cols)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for r in self.rows:
+            d = asdict(r)
+            d.pop("signed_diff")
+            d.pop("bound")
+            rows.append(d)
+        return {
+            "a": self.a,
+            "b": self.b,
+            "model": self.model,
+            "policy": self.policy,
+            "ok": self.ok,
+            "rows": rows,
+            "notes": list(self.notes),
+        }
+
+    def __str__(self) -> str:
+        head = f"compare {self.model}: a = {self.a}, b = {self.b}  (policy {self.policy})"
+        table = [("quantity", "max|a-b|", "max rel", "where", "tolerance", "status", "reason")]
+        for r in self.rows:
+            table.append(
+                (
+                    r.quantity,
+                    _num(r.max_abs),
+                    _num(r.max_rel),
+                    _clip(r.where, 28),
+                    r.tolerance,
+                    r.status,
+                    r.reason,
+                )
+            )
+        widths = [max(len(t[i]) for t in table) for i in range(6)]
+        lines = [head]
+        for t in table:
+            cells = [t[i].ljust(widths[i]) for i in range(6)]
+            lines.append("  ".join(cells) + ("  " + t[6] if t[6] else ""))
+        verdict = "OK" if self.ok else f"FAIL ({len(self.failures)} quantities)"
+        lines.append(f"verdict: {verdict}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def assert_ok(self) -> None:
+        if not self.ok:
+            raise AssertionError("fits disagree beyond tolerance\n" + str(self))
+
+
+def _num(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.2e}"
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def compare(
+    a: MixedFit | BayesGLMFit,
+    b: MixedFit | BayesGLMFit,
+    tolerance: Any = None,
+    *,
+    registry: list[div.Divergence] | None = None,
+) -> Comparison:
+    """Compare fit `a` (candidate) with fit `b` (reference).
+
+    `tolerance`: None (policy chosen from model and engines), a policy name from
+    `mixbridge.conformance.tolerance.POLICIES`, a `Policy`, or {quantity: value} overrides.
+    `registry`: known divergences (default: the packaged divergences.toml).
+    """
+    policy = policy_for(a, b, tolerance)
+    if isinstance(a, MixedFit) and isinstance(b, MixedFit):
+        return _compare_mixed(a, b, policy, registry)
+    if isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
+        return _compare_bayesglm(a, b, policy, registry)
+    if {type(a), type(b)} == {BayesGLMFit, MixedFit}:
+        bayes, mixed = (a, b) if isinstance(a, BayesGLMFit) else (b, a)
+        return _compare_shrinkage(bayes, mixed, policy, registry)
+    raise TypeError(f"cannot compare {type(a).__name__} with {type(b).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Element-wise rows
+
+
+def _row(
+    quantity: str,
+    labels: list[str],
+    va: np.ndarray,
+    vb: np.ndarray,
+    scales: np.ndarray,
+    tol: Tol,
+) -> Row:
+    va, vb = np.asarray(va, dtype=float), np.asarray(vb, dtype=float)
+    scales = np.broadcast_to(np.asarray(scales, dtype=float), va.shape)
+    if va.size == 0:
+        return Row(quantity, 0.0, 0.0, "", tol.describe(), OK, "nothing to compare", n=0)
+    both_nan = np.isnan(va) & np.isnan(vb)
+    d = np.where(both_nan, 0.0, np.abs(va - vb))
+    d = np.where(np.isnan(d), np.inf, d)
+    bounds = np.array([tol.bound(s) for s in scales])
+    denom = np.maximum(np.abs(scales), max(tol.floor, 1e-300))
+    rel = d / denom
+    if tol.one_sided:
+        signed = np.where(both_nan, 0.0, va - vb)
+        excess = np.where(np.isnan(signed), np.inf, signed) - bounds
+    else:
+        excess = d - bounds
+    i = int(np.argmax(excess)) if np.any(np.isfinite(excess)) else 0
+    failed = bool(np.any(excess > 0))
+    signed_diff = float(va[0] - vb[0]) if va.size == 1 else None
+    return Row(
+        quantity=quantity,
+        max_abs=float(np.max(d)),
+        max_rel=float(np.max(rel)),
+        where=labels[int(np.argmax(d))] if not failed else labels[i],
+        tolerance=tol.describe(),
+        status=FAIL if failed else OK,
+        reason="" if not failed else f"{labels[i]}: a={va[i]:.10g}, b={vb[i]:.10g}",
+        n=int(va.size),
+        signed_diff=signed_diff,
+        bound=float(bounds[i]),
+    )
+
+
+def _aligned(quantity: str, sa: pd.Series, sb: pd.Series, scale_of: Any, tol: Tol) -> Row:
+    """Rows for labelled values; labels missing on one side fail, naming them."""
+    la, lb = [str(x) for x in sa.index], [str(x) for x in sb.index]
+    only_a = [x for x in la if x not in lb]
+    only_b = [x for x in lb if x not in la]
+    if only_a or only_b:
+        parts = []
+        if only_b:
+            parts.append(f"missing in a: {', '.join(only_b)}")
+        if only_a:
+            parts.append(f"missing in b: {', '.join(only_a)}")
+        where = (only_b or only_a)[0]
+        return Row(quantity, math.nan, math.nan, where, tol.describe(), FAIL, "; ".join(parts))
+    sa = pd.Series(sa.to_numpy(dtype=float), index=la)
+    sb = pd.Series(sb.to_numpy(dtype=float), index=lb)
+    sa = sa.loc[lb]
+    scales = np.array([scale_of(lbl) for lbl in lb], dtype=float)
+    return _row(quantity, lb, sa.to_numpy(), sb.to_numpy(), scales, tol)
+
+
+def _scalar(quantity: str, va: float | None, vb: float | None, scale: float, tol: Tol) -> Row:
+    if va is None or vb is None:
+        missing = "a" if va is None else "b"
+        if va is None and vb is None:
+            return Row(quantity, 0.0, 0.0, "", tol.describe(), OK, "not reported by either", 0)
+        return Row(quantity, math.nan, math.nan, quantity, tol.describe(), FAIL,
+                   f"not reported by {missing}")  # fmt: skip
+    return _row(quantity, [quantity], np.array([va]), np.array([vb]), np.array([scale]), tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# MixedFit
+
+
+def _theta_series(fit: MixedFit) -> pd.Series:
+    names = list(fit.theta_names) or [f"theta[{i}]" for i in range(len(fit.theta))]
+    return pd.Series(np.asarray(fit.theta, dtype=float), index=names)
+
+
+def _varcorr_series(fit: MixedFit) -> tuple[pd.Series, dict[str, bool]]:
+    vc = fit.varcorr
+    labels, values, is_cor = [], [], {}
+    for _, r in vc.iterrows():
+        v1 = "" if _isna(r["var1"]) else str(r["var1"])
+        v2 = "" if _isna(r.get("var2")) else str(r["var2"])
+        label = f"{r['grp']}:{v1}" + (f"~{v2}" if v2 else "")
+        labels.append(label)
+        values.append(float(r["sdcor"]))
+        is_cor[label] = bool(v2)
+    return pd.Series(values, index=labels, dtype=float), is_cor
+
+
+def _isna(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _term_sd(fit: MixedFit, factor: str, column: str) -> float:
+    """The sd of ranef column `column` of `factor` (VarCorr groups may be `f`, `f.1`, ...)."""
+    vc = fit.varcorr
+    for _, r in vc.iterrows():
+        grp = str(r["grp"])
+        if grp != factor and not (
+            grp.startswith(factor + ".") and grp[len(factor) + 1 :].isdigit()
+        ):
+            continue
+        if str(r["var1"]) == column and _isna(r.get("var2")):
+            return float(r["sdcor"])
+    return math.nan
+
+
+def _ranef_series(fit: MixedFit) -> pd.Series:
+    out = {}
+    for factor, frame in fit.ranef.items():
+        for col in frame.columns:
+            for level, v in frame[col].items():
+                out[f"{factor}[{level}].{col}"] = float(v)
+    return pd.Series(out, dtype=float)
+
+
+def _cond_var_series(fit: MixedFit) -> tuple[pd.Series, dict[str, float]]:
+    out, scale = {}, {}
+    for factor, arr in fit.cond_var.items():
+        frame = fit.ranef.get(factor)
+        levels = [str(x) for x in frame.index] if frame is not None else None
+        arr = np.asarray(arr, dtype=float)
+        if arr.ndim == 1:
+            arr = arr[:, None, None]
+        cols = list(frame.columns) if frame is not None else list(range(arr.shape[1]))
+        for k in range(arr.shape[0]):
+            # a level count that disagrees with ranef's is an engine bug: label by position
+            lv = levels[k] if levels and len(levels) == arr.shape[0] else f"#{k}"
+            for i in range(arr.shape[1]):
+                for j in range(i + 1):
+                    label = f"{factor}[{lv}]({cols[i]},{cols[j]})"
+                    out[label] = arr[k, i, j]
+                    scale[label] = math.sqrt(abs(arr[k, i, i] * arr[k, j, j]))
+    return pd.Series(out, dtype=float), scale
+
+
+@dataclass
+class _Flatness:
+    """Each engine's criterion at both parameter vectors, and what it proves."""
+
+    f_a: float | None = None  # the chosen function at a's parameters
+    f_b: float | None = None  # ... at b's parameters
+    whose: str = ""  # "a" or "b": whose objective function
+    consistent: bool = False  # the two engines' objectives agree where both were evaluated
+    verdict: str = "unknown"  # "flat" | "b_early" | "a_early" | "unknown"
+    text: str = ""
+
+
+def _params(fit: MixedFit, like: MixedFit) -> tuple[Any, ...]:
+    """`fit`'s parameters in `like`'s order: (theta,) for lmer, (theta, beta) for glmer."""
+    theta = _theta_series(fit).reindex(_theta_series(like).index).to_numpy()
+    if fit.model == "lmer":
+        return (theta,)
+    beta = fit.fixef.reindex(like.fixef.index).to_numpy(dtype=float)
+    return (theta, beta)
+
+
+def _eval(fit: MixedFit, params: tuple[Any, ...]) -> float | None:
+    if fit._objective is None or any(np.isnan(np.asarray(p, dtype=float)).any() for p in params):
+        return None
+    try:
+        return float(fit.objective(*params))
+    except NotImplementedError:
+        return None
+
+
+def _cross_objectives(a: MixedFit, b: MixedFit, policy: Policy) -> tuple[Row | None, _Flatness]:
+    x_aa = _eval(a, _params(a, a))
+    x_ab = _eval(a, _params(b, a)) if x_aa is not None else None
+    x_bb = _eval(b, _params(b, b))
+    x_ba = _eval(b, _params(a, b)) if x_bb is not None else None
+    tol = policy["objective"]
+    flat = _Flatness()
+    # objective consistency: two engines, same parameters
+    pairs: list[tuple[str, float, float]] = []
+    if x_ab is not None:
+        pairs.append(("at b's parameters", x_ab, x_bb if x_bb is not None else b.criterion))
+    if x_ba is not None:
+        pairs.append(("at a's parameters", x_aa if x_aa is not None else a.criterion, x_ba))
+    if not pairs:
+        return None, flat
+    labels = [p[0] for p in pairs]
+    row = _row(
+        "objective",
+        labels,
+        np.array([p[1] for p in pairs]),
+        np.array([p[2] for p in pairs]),
+        np.array([abs(p[2]) for p in pairs]),
+        tol,
+    )
+    row.signed_diff = float(pairs[0][1] - pairs[0][2])
+    flat.consistent = row.status == OK
+    if x_aa is not None and x_ab is not None:
+        flat.f_a, flat.f_b, flat.whose = x_aa, x_ab, "a"
+    else:
+        flat.f_a, flat.f_b, flat.whose = x_ba, x_bb, "b"
+    slack = policy.flat_slack(flat.f_b)
+    delta = flat.f_a - flat.f_b
+    if delta > slack:
+        flat.verdict = "a_early"
+    elif delta < -slack:
+        flat.verdict = "b_early"
+    else:
+        flat.verdict = "flat"
+    flat.text = (
+        f"{flat.whose}'s criterion at a's params {flat.f_a:.10g}, at b's params {flat.f_b:.10g} "
+        f"(Δ {delta:.2e}, slack {slack:.1e})"
+    )
+    return row, flat
+
+
+def _compare_mixed(
+    a: MixedFit, b: MixedFit, policy: Policy, registry: list[div.Divergence] | None
+) -> Comparison:
+    model = a.model if a.model == b.model else f"{a.model}/{b.model}"
+    notes: list[str] = []
+    if a.model != b.model:
+        notes.append(f"comparing a {a.model} fit with a {b.model} fit")
+    if a.reml != b.reml:
+        notes.append("a and b differ in REML/ML: criteria are not comparable")
+    rows: list[Row] = []
+    t = policy.tols
+    rows.append(_scalar("nobs", a.nobs, b.nobs, 0.0, t["nobs"]))
+    obj_row, flat = _cross_objectives(a, b, policy)
+    if obj_row is not None:
+        rows.append(obj_row)
+    else:
+        notes.append(
+            f"neither engine exposes its objective ({a.engine}, {b.engine}): parameter "
+            "differences cannot be attributed to a flat optimum"
+        )
+    crit_a, crit_b = a.criterion, b.criterion
+    rows.append(_scalar("criterion", crit_a, crit_b, abs(crit_b or 0.0), t["criterion"]))
+    rows.append(_scalar("loglik", a.loglik, b.loglik, 0.0, t["loglik"]))
+    rows.append(_scalar("aic", a.aic, b.aic, 0.0, t["aic"]))
+    rows.append(_scalar("bic", a.bic, b.bic, 0.0, t["bic"]))
+    rows.append(_aligned("theta", _theta_series(a), _theta_series(b), _theta_scale(b), t["theta"]))
+    se_b = b.fixef_se
+    rows.append(
+        _aligned(
+            "fixef",
+            a.fixef,
+            b.fixef,
+            lambda k: max(abs(float(b.fixef[k])), float(se_b.get(k, 0.0))),
+            t["fixef"],
+        )
+    )
+    rows.append(_aligned("fixef_se", a.fixef_se, se_b, lambda k: float(se_b[k]), t["fixef_se"]))
+    rows.append(_scalar("sigma", a.sigma, b.sigma, abs(b.sigma), t["sigma"]))
+    vca, _ = _varcorr_series(a)
+    vcb, is_cor = _varcorr_series(b)
+    sig = abs(b.sigma) if b.sigma else 1.0
+    rows.append(
+        _aligned(
+            "varcorr",
+            vca,
+            vcb,
+            lambda k: 1.0 if is_cor[k] else max(abs(vcb[k]), 1e-3 * sig),
+            t["varcorr"],
+        )
+    )
+    rows.append(
+        _aligned("ranef", _ranef_series(a), _ranef_series(b), _ranef_scale(a, b), t["ranef"])
+    )
+    cva, _ = _cond_var_series(a)
+    cvb, cscale = _cond_var_series(b)
+    rows.append(_aligned("cond_var", cva, cvb, lambda k: cscale[k], t["cond_var"]))
+    for r in rows:
+        _judge(r, model, a, b, policy, flat, registry)
+    if a.singular != b.singular:
+        notes.append(f"singular: a={a.singular}, b={b.singular} (boundary fit on one side only)")
+    for fit, name in ((a, "a"), (b, "b")):
+        if not fit.converged:
+            notes.append(f"{name} ({fit.engine}) reports converged=False")
+    return Comparison(_label(a), _label(b), model, policy.name, rows, notes)
+
+
+def _theta_scale(b: MixedFit) -> Any:
+    th = _theta_series(b)
+    return lambda k: abs(float(th[k]))
+
+
+def _ranef_scale(a: MixedFit, b: MixedFit) -> Any:
+    sig = abs(b.sigma) if b.sigma and math.isfinite(b.sigma) else 1.0
+
+    def scale(label: str) -> float:
+        factor, rest = label.split("[", 1)
+        column = rest.split("].", 1)[1]
+        sds = [_term_sd(f, factor, column) for f in (a, b)]
+        sds = [s for s in sds if math.isfinite(s)]
+        # the larger of the two engines' sds; a tiny floor relative to σ for zero-variance terms
+        return max(sds + [1e-8 * sig])
+
+    return scale
+
+
+def _judge(
+    r: Row,
+    model: str,
+    a: Any,
+    b: Any,
+    policy: Policy,
+    flat: _Flatness | None,
+    registry: list[div.Divergence] | None,
+) -> None:
+    """Turn a FAIL into "explained" when the evidence allows; run applicable divergence checks."""
+    ctx = div.RowContext(r.quantity, r.signed_diff, r.bound or 0.0, policy)
+    found = div.explain(model, r.quantity, a, b, ctx, registry)
+    if found is not None:
+        d, outcome = found
+        if outcome.holds:
+            if r.status == FAIL:
+                r.status = EXPLAINED
+                r.reason = f"known divergence {d.id}: {outcome.detail}"
+            else:  # the row passes anyway; say the divergence's check also holds
+                r.reason = (r.reason + "; " if r.reason else "") + f"{d.id} check holds"
+        else:
+            r.status = FAIL
+            r.reason = f"known divergence {d.id} does not hold: {outcome.detail}"
+        return
+    if r.status != FAIL or flat is None or not flat.consistent:
+        return
+    if r.quantity in PARAMETER_QUANTITIES and flat.verdict in ("flat", "b_early"):
+        why = "flat optimum" if flat.verdict == "flat" else "b stopped early (a's optimum is lower)"
+        r.status = EXPLAINED
+        r.reason = f"{why}: {flat.text}; worst {r.reason}"
+    elif r.quantity in CRITERION_QUANTITIES and flat.verdict == "b_early":
+        r.status = EXPLAINED
+        r.reason = f"b stopped early (a's optimum is lower): {flat.text}"
+    elif flat.verdict == "a_early":
+        r.reason = (
+            f"a stopped early (b's parameters are better under {flat.whose}'s criterion): "
+            + (flat.text)
+        )
+
+
+def _label(fit: Any) -> str:
+    return str(fit.engine)
+
+
+# ---------------------------------------------------------------------------------------------
+# BayesGLMFit
+
+
+def _compare_bayesglm(
+    a: BayesGLMFit, b: BayesGLMFit, policy: Policy, registry: list[div.Divergence] | None
+) -> Comparison:
+    t = policy.tols
+    notes: list[str] = []
+    if a.family != b.family:
+        notes.append(f"families differ: a={a.family}, b={b.family}")
+    se_b = b.se
+    rows = [
+        _scalar("nobs", a.nobs, b.nobs, 0.0, t["nobs"]),
+        _aligned(
+            "coef",
+            a.coef,
+            b.coef,
+            lambda k: max(abs(float(b.coef[k])), abs(float(se_b.get(k, 0.0)))),
+            t["coef"],
+        ),
+        _aligned("se", a.se, se_b, lambda k: abs(float(se_b[k])), t["se"]),
+        _aligned(
+            "se_display",
+            a.se_display,
+            b.se_display,
+            lambda k: abs(float(b.se_display[k])),
+            t["se_display"],
+        ),
+        _scalar("dispersion", a.dispersion, b.dispersion, abs(b.dispersion), t["dispersion"]),
+        _scalar("deviance", a.deviance, b.deviance, abs(b.deviance), t["deviance"]),
+        _scalar("aic", a.aic, b.aic, abs(b.aic), t["aic"]),
+    ]
+    for r in rows:
+        _judge(r, "bayesglm", a, b, policy, None, registry)
+    for fit, name in ((a, "a"), (b, "b")):
+        if not fit.converged:
+            notes.append(f"{name} ({fit.engine}) reports converged=False")
+    if a.iterations != b.iterations:
+        notes.append(f"iterations differ: a={a.iterations}, b={b.iterations}")
+    return Comparison(_label(a), _label(b), "bayesglm", policy.name, rows, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# bayesglm(y ~ 0 + g) vs a mixed model's fixef + ranef
+
+
+def _compare_shrinkage(
+    bayes: BayesGLMFit, mixed: MixedFit, policy: Policy, registry: list[div.Divergence] | None
+) -> Comparison:
+    from mixbridge.conformance.shrinkage import level_names
+
+    t = policy.tols
+    if len(mixed.ranef) != 1 or list(mixed.fixef.index) != ["(Intercept)"]:
+        raise ValueError("shrinkage comparison needs a mixed fit of y ~ 1 + (1|g)")
+    factor, frame = next(iter(mixed.ranef.items()))
+    levels = [str(x) for x in frame.index]
+    mu = float(mixed.fixef["(Intercept)"])
+    vc = mixed.varcorr
+    tau = float(vc.loc[vc["grp"] == factor, "sdcor"].iloc[0])
+    names = level_names(list(bayes.coef.index), levels, factor)
+    coef = pd.Series([float(bayes.coef[names[lv]]) for lv in levels], index=levels)
+    means = pd.Series(mu + frame["(Intercept)"].to_numpy(dtype=float), index=levels)
+    pm = np.asarray(bayes.prior_mean, dtype=float).ravel()
+    ps = np.asarray(bayes.prior_scale, dtype=float).ravel()
+    prior_a = pd.Series(
+        np.concatenate([pm, ps]),
+        index=[f"prior_mean[{i}]" for i in range(len(pm))]
+        + [f"prior_scale[{i}]" for i in range(len(ps))],
+    )
+    prior_b = pd.Series(np.concatenate([np.full(len(pm), mu), np.full(len(ps), tau)]),
+                        index=prior_a.index)  # fmt: skip
+    rows = [
+        _aligned("prior", prior_a, prior_b, lambda k: abs(float(prior_b[k])), t["prior"]),
+        _aligned("group_means", coef, means, lambda k: abs(float(means[k])), t["group_means"]),
+    ]
+    notes = [f"bayesglm {bayes.family} dispersion {bayes.dispersion:.10g}; "
+             f"mixed σ² {mixed.sigma**2:.10g} ({'REML' if mixed.reml else 'ML'})"]  # fmt: skip
+    for r in rows:
+        _judge(r, "shrinkage", bayes, mixed, policy, None, registry)
+    return Comparison(_label(bayes), _label(mixed), "shrinkage", policy.name, rows, notes)

@@ -1,0 +1,273 @@
+"""Known divergences between engines: the registry (divergences.toml) and the checks behind it.
+
+A divergence is never a silent pass. `compare` asks every entry matching a row's model and
+quantity to run its check, which recomputes the expected difference from the fits themselves:
+- the check holds  -> the row is "explained", with the entry's id, explanation and the numbers;
+- the check fails  -> the row is a FAIL ("known divergence no longer holds");
+- not applicable   -> the row is judged on its tolerance alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What a divergence check found: it applies or not, and whether the difference matches."""
+
+    applies: bool
+    holds: bool = False
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What a check may use about the row being judged."""
+
+    quantity: str
+    signed_diff: float | None  # a - b for scalar rows, None for vector rows
+    bound: float  # the row's tolerance: the residual after the divergence must stay within it
+    policy: Any = None
+
+
+@dataclass(frozen=True)
+class Divergence:
+    id: str
+    models: tuple[str, ...]
+    quantities: tuple[str, ...]
+    condition: str
+    explanation: str
+    check: str
+    versions: dict[str, str] = field(default_factory=dict)
+    reference: str = ""
+
+    def matches(self, model: str, quantity: str) -> bool:
+        return model in self.models and quantity in self.quantities
+
+    def versions_apply(self, *fits: Any) -> bool:
+        """True when every listed package's version (from any fit that reports it) matches.
+
+        A package no fit reports does not exclude the entry: the check still has to hold.
+        """
+        for package, requirement in self.versions.items():
+            found = [f.versions.get(package) for f in fits if getattr(f, "versions", None)]
+            found = [v for v in found if v]
+            if found and not all(version_matches(v, requirement) for v in found):
+                return False
+        return True
+
+    def run(self, a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
+        fn = CHECKS.get(self.check)
+        if fn is None:
+            return CheckOutcome(True, False, f"check function {self.check!r} is not defined")
+        try:
+            return fn(a, b, ctx)
+        except Exception as exc:  # a broken check must surface as a FAIL, not crash compare
+            return CheckOutcome(True, False, f"check {self.check} raised {exc!r}")
+
+
+def _parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", str(text)))
+
+
+def version_matches(version: str, requirement: str) -> bool:
+    """`requirement` like "<2.0", ">=1.1-31", or several joined by commas."""
+    have = _parse_version(version)
+    for clause in str(requirement).split(","):
+        m = re.match(r"\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$", clause)
+        if not m:
+            raise ValueError(f"bad version requirement {clause!r}")
+        op, want = m.group(1), _parse_version(m.group(2))
+        n = max(len(have), len(want))
+        h, w = have + (0,) * (n - len(have)), want + (0,) * (n - len(want))
+        ok = {
+            "<": h < w,
+            "<=": h <= w,
+            ">": h > w,
+            ">=": h >= w,
+            "==": h == w,
+            "!=": h != w,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def load_divergences(path: str | Path | None = None) -> list[Divergence]:
+    """Read the registry (the packaged divergences.toml unless `path` is given)."""
+    if path is None:
+        return list(_packaged())
+    return _parse(Path(path).read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=1)
+def _packaged() -> tuple[Divergence, ...]:
+    text = resources.files("mixbridge.conformance").joinpath("divergences.toml").read_text("utf-8")
+    return tuple(_parse(text))
+
+
+def _parse(text: str) -> list[Divergence]:
+    data = tomllib.loads(text)
+    out = []
+    for entry in data.get("divergence", []):
+        missing = [
+            k for k in ("id", "models", "quantities", "explanation", "check") if k not in entry
+        ]
+        if missing:
+            raise ValueError(f"divergence entry {entry.get('id', '?')!r} lacks {missing}")
+        out.append(
+            Divergence(
+                id=entry["id"],
+                models=tuple(entry["models"]),
+                quantities=tuple(entry["quantities"]),
+                condition=entry.get("condition", ""),
+                explanation=" ".join(entry["explanation"].split()),
+                check=entry["check"],
+                versions=dict(entry.get("versions", {})),
+                reference=entry.get("reference", ""),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: each recomputes the expected difference from the fits (never trusts the row alone).
+
+LOGLIK_CONSTANT_KEY = "lme4_loglik_constant"
+
+
+def check_agq_saturated_constant(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
+    """logLik(a) - logLik(b) == c_a - c_b, c = fit.extra["lme4_loglik_constant"] (0 if absent)."""
+    if max(getattr(a, "nagq", 1), getattr(b, "nagq", 1)) <= 1:
+        return CheckOutcome(False)
+    c_a = float(a.extra.get(LOGLIK_CONSTANT_KEY, 0.0) or 0.0)
+    c_b = float(b.extra.get(LOGLIK_CONSTANT_KEY, 0.0) or 0.0)
+    shift = c_a - c_b
+    if shift == 0.0 or ctx.signed_diff is None:
+        return CheckOutcome(False)
+    factor = 1.0 if ctx.quantity == "loglik" else -2.0  # criterion/AIC/BIC are -2 logLik + const
+    expected = factor * shift
+    # the objective (deviance function) may follow lme4's convention even when logLik does not
+    candidates = [expected, 0.0] if ctx.quantity == "objective" else [expected]
+    residual = min((ctx.signed_diff - e for e in candidates), key=abs)
+    holds = abs(residual) <= ctx.bound
+    detail = (
+        f"a - b = {ctx.signed_diff:.10g}, expected {expected:.10g} "
+        f"(saturated constant {shift:.10g}); residual {residual:.3g} vs tolerance {ctx.bound:.3g}"
+    )
+    return CheckOutcome(True, holds, detail)
+
+
+def _binomial_aic(y: np.ndarray, m: np.ndarray, wt: np.ndarray, mu: np.ndarray) -> float:
+    """R's binomial()$aic(y, n, mu, wt, dev) given the resolved m (R: n if any(n > 1) else wt)."""
+    from scipy.stats import binom
+
+    k = np.rint(m * y)
+    coef = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
+    logp = binom.logpmf(k, np.rint(m), mu)
+    return float(-2.0 * np.sum(np.where(coef > 0, coef * logp, 0.0)))
+
+
+def _bayesglm_data(fit: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y as proportions, prior weights = trials) from a fit's extra, if the engine stores them."""
+    y = fit.extra.get("y")
+    w = fit.extra.get("prior_weights", fit.extra.get("weights"))
+    if y is None or w is None:
+        return None
+    return np.asarray(y, dtype=float), np.asarray(w, dtype=float)
+
+
+def check_arm_binomial_aic(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
+    """One fit reports arm's aic (family aic with n = n.ok), the other glm's (n = trials)."""
+    if a.family != "binomial" or b.family != "binomial" or ctx.signed_diff is None:
+        return CheckOutcome(False)
+    data = _bayesglm_data(a) or _bayesglm_data(b)
+    if data is None:
+        if abs(ctx.signed_diff) <= ctx.bound:
+            return CheckOutcome(False)
+        return CheckOutcome(
+            True, False, "cannot verify: neither fit stores extra['y'] and extra['prior_weights']"
+        )
+    y, wt = data
+    if not np.any(wt > 1):
+        return CheckOutcome(False)  # 0/1 data: arm's and glm's aic coincide
+    mu = np.asarray(a.fitted, dtype=float)
+    n_ok = float(np.sum(wt > 0))
+    rank = len(a.coef)
+    aic_arm = _binomial_aic(y, np.full_like(y, n_ok), wt, mu) + 2 * rank
+    aic_glm = _binomial_aic(y, wt, wt, mu) + 2 * rank
+    expected = {  # a - b for each way the two engines can report it
+        "a glm, b arm": aic_glm - aic_arm,
+        "a arm, b glm": aic_arm - aic_glm,
+    }
+    label, e = min(expected.items(), key=lambda kv: abs(ctx.signed_diff - kv[1]))
+    residual = ctx.signed_diff - e
+    holds = abs(residual) <= max(ctx.bound, 1e-8 * abs(aic_glm))
+    detail = (
+        f"arm aic (n = n.ok = {n_ok:g}) = {aic_arm:.10g}, glm aic (n = trials) = {aic_glm:.10g}; "
+        f"{label}: a - b = {ctx.signed_diff:.10g}, residual {residual:.3g}"
+    )
+    return CheckOutcome(True, holds, detail)
+
+
+def check_bayesglm_own_dispersion(bayes: Any, mixed: Any, ctx: RowContext) -> CheckOutcome:
+    """Closed form at bayesglm's own dispersion reproduces its coefficients (spec §12)."""
+    if bayes.family != "gaussian":
+        return CheckOutcome(False)
+    from mixbridge.conformance.shrinkage import closed_form_group_means, one_way_pieces
+
+    pieces = one_way_pieces(mixed)
+    sigma2 = pieces["sigma"] ** 2
+    phi = float(bayes.dispersion)
+    if abs(phi - sigma2) <= 1e-12 * sigma2:
+        return CheckOutcome(False)  # same dispersion: nothing to explain
+    predicted = closed_form_group_means(pieces, dispersion=phi)
+    coef = _aligned_coef(bayes, pieces["levels"], pieces["factor"])
+    worst = float(np.max(np.abs(coef - predicted) / np.maximum(np.abs(predicted), 1.0)))
+    holds = worst <= ctx.bound
+    detail = (
+        f"bayesglm dispersion {phi:.12g} vs mixed σ² {sigma2:.12g}; closed form at bayesglm's "
+        f"dispersion reproduces its coefficients to {worst:.2e} (tolerance {ctx.bound:.0e})"
+    )
+    return CheckOutcome(True, holds, detail)
+
+
+def _aligned_coef(bayes: Any, levels: list[str], factor: str) -> np.ndarray:
+    from mixbridge.conformance.shrinkage import level_names
+
+    mapping = level_names(list(bayes.coef.index), levels, factor)
+    return np.array([float(bayes.coef[mapping[lv]]) for lv in levels])
+
+
+CHECKS: dict[str, Callable[[Any, Any, RowContext], CheckOutcome]] = {
+    "check_agq_saturated_constant": check_agq_saturated_constant,
+    "check_arm_binomial_aic": check_arm_binomial_aic,
+    "check_bayesglm_own_dispersion": check_bayesglm_own_dispersion,
+}
+
+
+def explain(
+    model: str, quantity: str, a: Any, b: Any, ctx: RowContext, registry: list[Divergence] | None
+) -> tuple[Divergence, CheckOutcome] | None:
+    """The first applicable divergence for this row and its outcome, or None."""
+    for d in registry if registry is not None else load_divergences():
+        if not d.matches(model, quantity) or not d.versions_apply(a, b):
+            continue
+        outcome = d.run(a, b, ctx)
+        if outcome.applies:
+            return d, outcome
+    return None
