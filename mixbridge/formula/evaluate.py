@@ -1,0 +1,314 @@
+"""Evaluating formula variables (`x`, `log(x)`, `factor(g)`, `poly(x, 2)`, ...) on a DataFrame.
+
+Like R's model.frame, data-dependent transforms (`scale`, `poly`) are evaluated on all rows of the
+data before NA rows are dropped, and their coefficients are kept in a `Transforms` state (R's
+`predvars`) so that new data is transformed with the original centre, scale and polynomial
+coefficients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.errors import DataError, FormulaError
+from mixbridge.formula.levels import r_label, r_sorted_strings
+from mixbridge.formula.parse import BinOp, Call, Name, Node, Num, Paren, UnaryOp, deparse
+
+
+@dataclass
+class Numeric:
+    """A numeric variable: (n,) vector, or an (n, k) matrix with column suffixes (poly)."""
+
+    values: np.ndarray
+    colnames: list[str] | None = None  # suffixes for matrix columns, e.g. ["1", "2"]
+
+    def na_mask(self) -> np.ndarray:
+        v = self.values
+        return np.isnan(v) if v.ndim == 1 else np.isnan(v).any(axis=1)
+
+    def take(self, rows: np.ndarray) -> Numeric:
+        return Numeric(self.values[rows], self.colnames)
+
+
+@dataclass
+class Factor:
+    """A factor: 0-based codes (-1 = NA) into `levels` (R labels).
+
+    kind: "factor" (pandas Categorical or factor()), "character" or "logical". Character and
+    logical variables become factors in R's model.matrix, from the rows actually used, so their
+    unused levels always go; a real factor keeps unused levels unless drop.unused.levels.
+    """
+
+    codes: np.ndarray
+    levels: list[str]
+    ordered: bool = False
+    kind: str = "factor"
+
+    def na_mask(self) -> np.ndarray:
+        return self.codes < 0
+
+    def take(self, rows: np.ndarray) -> Factor:
+        return Factor(self.codes[rows], self.levels, self.ordered, self.kind)
+
+    def drop_unused(self) -> Factor:
+        used = np.zeros(len(self.levels), dtype=bool)
+        used[self.codes[self.codes >= 0]] = True
+        if used.all():
+            return self
+        new_index = np.cumsum(used) - 1
+        codes = np.where(self.codes >= 0, new_index[np.maximum(self.codes, 0)], -1)
+        levels = [lv for lv, u in zip(self.levels, used, strict=True) if u]
+        return Factor(codes.astype(np.int32), levels, self.ordered, self.kind)
+
+    def recode(self, levels: list[str], what: str) -> Factor:
+        """Codes against fixed `levels` (new data); unseen labels raise DataError."""
+        index = {lv: i for i, lv in enumerate(levels)}
+        mine = np.array([index.get(lv, -2) for lv in self.levels] + [-1], dtype=np.int64)
+        codes = mine[np.where(self.codes >= 0, self.codes, len(self.levels))]
+        if (codes == -2).any():
+            new = sorted({self.levels[c] for c in self.codes[codes == -2]})
+            raise DataError(
+                f"factor {what!r} has new level(s) {', '.join(map(repr, new))} not seen when "
+                f"fitting (levels: {', '.join(levels)})",
+                column=what,
+            )
+        return Factor(codes.astype(np.int32), list(levels), self.ordered, self.kind)
+
+
+Value = Numeric | Factor
+
+
+@dataclass
+class Transforms:
+    """Coefficients of data-dependent transforms, keyed by the call's text (R's predvars)."""
+
+    params: dict[str, tuple] = field(default_factory=dict)
+    fitting: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns
+
+
+def read_column(data: pd.DataFrame, name: str) -> Value:
+    """A data column as R would see it: numeric, factor, character or logical."""
+    if name not in data.columns:
+        raise DataError(f"column {name!r} not found in data", column=name)
+    col = data[name]
+    if isinstance(col, pd.DataFrame):
+        raise DataError(f"column name {name!r} is duplicated in data", column=name)
+    dtype = col.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        cats = [r_label(c) for c in dtype.categories]
+        codes = col.cat.codes.to_numpy().astype(np.int32)
+        return Factor(codes, cats, bool(dtype.ordered), "factor")
+    if pd.api.types.is_bool_dtype(dtype):
+        mask = col.isna().to_numpy()
+        vals = col.fillna(False).to_numpy().astype(bool)
+        return _logical(vals, mask)
+    if pd.api.types.is_numeric_dtype(dtype):
+        return Numeric(col.astype("float64").to_numpy(dtype=float, na_value=np.nan))
+    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        mask = col.isna().to_numpy()
+        present = col[~mask]
+        if len(present) == 0 or all(isinstance(v, str) for v in present):
+            levels = r_sorted_strings(present.tolist())
+            index = {lv: i for i, lv in enumerate(levels)}
+            codes = np.full(len(col), -1, dtype=np.int32)
+            codes[~mask] = [index[v] for v in present]
+            return Factor(codes, levels, False, "character")
+        if all(isinstance(v, (bool, np.bool_)) for v in present):
+            vals = np.zeros(len(col), dtype=bool)
+            vals[~mask] = np.asarray(present.tolist(), dtype=bool)
+            return _logical(vals, mask)
+        try:
+            return Numeric(pd.to_numeric(col).astype("float64").to_numpy())
+        except (TypeError, ValueError):
+            pass
+        kinds = sorted({type(v).__name__ for v in present})
+        raise DataError(
+            f"column {name!r} mixes value types ({', '.join(kinds)}); use one type per column",
+            column=name,
+        )
+    raise DataError(
+        f"column {name!r} has unsupported type {dtype}; use numbers, strings, bool or categorical",
+        column=name,
+    )
+
+
+def _logical(vals: np.ndarray, mask: np.ndarray) -> Factor:
+    codes = np.where(mask, -1, vals.astype(np.int32)).astype(np.int32)
+    return Factor(codes, ["FALSE", "TRUE"], False, "logical")
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions
+
+
+def evaluate(node: Node, data: pd.DataFrame, state: Transforms) -> Value:
+    """Value of one formula variable on the rows of `data`."""
+    if isinstance(node, Paren):
+        return evaluate(node.expr, data, state)
+    if isinstance(node, Name):
+        return read_column(data, node.id)
+    if isinstance(node, Call):
+        if node.fn == "factor":
+            return _as_factor(evaluate(node.args[0], data, state))
+        if node.fn == "poly":
+            return _poly(node, data, state)
+        if node.fn == "offset":
+            return Numeric(numeric(node.args[0], data, state))
+    return Numeric(numeric(node, data, state))
+
+
+def numeric(node: Node, data: pd.DataFrame, state: Transforms) -> np.ndarray:
+    """Evaluate an arithmetic expression to a float vector (R's arithmetic, NaN for NA)."""
+    n = len(data)
+    if isinstance(node, Num):
+        return np.full(n, node.value)
+    if isinstance(node, Paren):
+        return numeric(node.expr, data, state)
+    if isinstance(node, Name):
+        val = read_column(data, node.id)
+        if isinstance(val, Factor):
+            if val.kind == "logical":  # R coerces logicals to 0/1 in arithmetic
+                return np.where(val.codes < 0, np.nan, val.codes.astype(float))
+            raise DataError(
+                f"column {node.id!r} is not numeric ({val.kind}); it cannot be used in "
+                "arithmetic or as a numeric variable here",
+                column=node.id,
+            )
+        if val.values.ndim != 1:  # pragma: no cover - columns are vectors
+            raise DataError(f"column {node.id!r} is not a vector", column=node.id)
+        return val.values
+    with np.errstate(all="ignore"):  # R returns NaN/Inf here (with a warning), never raises
+        if isinstance(node, UnaryOp):
+            v = numeric(node.operand, data, state)
+            return -v if node.op == "-" else v
+        if isinstance(node, BinOp):
+            a = numeric(node.left, data, state)
+            b = numeric(node.right, data, state)
+            if node.op == "+":
+                return a + b
+            if node.op == "-":
+                return a - b
+            if node.op == "*":
+                return a * b
+            if node.op == "/":
+                return a / b
+            if node.op == "^":
+                return np.power(a, b)
+        if isinstance(node, Call):
+            if node.fn == "I":
+                return numeric(node.args[0], data, state)
+            if node.fn == "log":
+                return np.log(numeric(node.args[0], data, state))
+            if node.fn == "exp":
+                return np.exp(numeric(node.args[0], data, state))
+            if node.fn == "sqrt":
+                return np.sqrt(numeric(node.args[0], data, state))
+            if node.fn == "scale":
+                return _scale(node, data, state)
+    raise FormulaError(f"cannot evaluate {deparse(node)!r} as a number", token=deparse(node))
+
+
+def _scale(node: Call, data: pd.DataFrame, state: Transforms) -> np.ndarray:
+    x = numeric(node.args[0], data, state)
+    key = deparse(node)
+    if key not in state.params:
+        ok = x[~np.isnan(x)]
+        center = float(ok.mean()) if len(ok) else np.nan
+        dev = ok - center
+        scale = float(np.sqrt(np.sum(dev * dev) / max(1, len(ok) - 1)))
+        state.params[key] = (center, scale)
+    center, scale = state.params[key]
+    return (x - center) / scale
+
+
+def _poly(node: Call, data: pd.DataFrame, state: Transforms) -> Numeric:
+    """R's poly(x, degree): orthogonal polynomials; coefficients (alpha, norm2) kept in state."""
+    x = numeric(node.args[0], data, state)
+    degree = int(node.args[1].value)  # validated: positive integer
+    key = deparse(node)
+    if key not in state.params:
+        if np.isnan(x).any():
+            raise DataError(
+                f"missing values are not allowed in poly() ('{key}'; R: poly() stops on NA)",
+                column=deparse(node.args[0]),
+            )
+        if degree >= len(np.unique(x)):
+            raise DataError(
+                f"'degree' must be less than number of unique points in '{key}'",
+                column=deparse(node.args[0]),
+            )
+        # Stieltjes three-term recurrence: monic orthogonal polynomials on the data points,
+        # which is what R's QR construction yields (alpha, norm2 as in attr(, "coefs"))
+        alpha = np.zeros(degree)
+        norm2 = np.zeros(degree + 2)
+        norm2[0] = 1.0
+        prev = np.zeros_like(x)
+        cur = np.ones_like(x)
+        for j in range(degree + 1):
+            norm2[j + 1] = float(np.dot(cur, cur))
+            if j == degree:
+                break
+            alpha[j] = float(np.dot(x * cur, cur)) / norm2[j + 1]
+            nxt = (x - alpha[j]) * cur - (norm2[j + 1] / norm2[j]) * prev
+            prev, cur = cur, nxt
+        state.params[key] = (alpha, norm2)
+    alpha, norm2 = state.params[key]
+    z = np.empty((len(x), degree + 1))
+    z[:, 0] = 1.0
+    z[:, 1] = x - alpha[0]
+    for i in range(1, degree):
+        z[:, i + 1] = (x - alpha[i]) * z[:, i] - (norm2[i + 1] / norm2[i]) * z[:, i - 1]
+    z = z / np.sqrt(norm2[1:])
+    return Numeric(z[:, 1:], [str(k) for k in range(1, degree + 1)])
+
+
+def _as_factor(val: Value) -> Factor:
+    """R's factor(): factors lose unused levels; numbers get their sorted unique values."""
+    if isinstance(val, Factor):
+        f = Factor(val.codes, val.levels, val.ordered, "factor").drop_unused()
+        return f
+    v = val.values
+    if v.ndim != 1:
+        raise FormulaError("factor() of a matrix is not supported")
+    ok = ~np.isnan(v)
+    uniq = np.unique(v[ok])
+    codes = np.full(len(v), -1, dtype=np.int32)
+    codes[ok] = np.searchsorted(uniq, v[ok])
+    return Factor(codes, [r_label(float(u)) for u in uniq], False, "factor")
+
+
+def interaction_factor(factors: list[Factor]) -> Factor:
+    """lme4's grouping factor for a:b: observed combinations, first factor varying slowest."""
+    n = len(factors[0].codes)
+    na = np.zeros(n, dtype=bool)
+    for f in factors:
+        na |= f.codes < 0
+    combo = np.zeros(n, dtype=np.int64)
+    for f in factors:
+        combo = combo * len(f.levels) + np.maximum(f.codes, 0)
+    uniq, inverse = np.unique(combo[~na], return_inverse=True)
+    labels = []
+    for u in uniq:
+        parts = []
+        rest = int(u)
+        for f in reversed(factors):
+            parts.append(f.levels[rest % len(f.levels)])
+            rest //= len(f.levels)
+        labels.append(":".join(reversed(parts)))
+    codes = np.full(n, -1, dtype=np.int32)
+    codes[~na] = inverse
+    return Factor(codes, labels, False, "factor")
+
+
+def as_grouping_factor(val: Value) -> Factor:
+    """A grouping variable as a factor (numbers: sorted unique values, like factor())."""
+    if isinstance(val, Factor):
+        return Factor(val.codes, val.levels, False, val.kind)
+    return _as_factor(val)

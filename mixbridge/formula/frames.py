@@ -1,0 +1,518 @@
+"""Model frames: formula + DataFrame -> response, X, random-effects terms (the engines' input).
+
+Pipeline (as lme4's `lFormula` and arm's `bayesglm`):
+    validate + parse -> split fixed / random parts -> expand terms -> evaluate every variable on all
+    rows -> na.omit over all of them (and weights, offset) -> drop unused levels -> model matrices
+    -> (lmer/glmer) drop rank-deficient columns -> sort random-effects terms by number of levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.errors import DataError
+from mixbridge.formula.evaluate import (
+    Factor,
+    Numeric,
+    Transforms,
+    Value,
+    as_grouping_factor,
+    evaluate,
+    interaction_factor,
+    numeric,
+)
+from mixbridge.formula.model_matrix import Design, rank_keep
+from mixbridge.formula.parse import Call, Node, Paren, deparse
+from mixbridge.formula.terms import BarTerm, TermsInfo, expand_bars, expand_terms, split_bars
+from mixbridge.formula.validate import parse_and_validate
+from mixbridge.results import Message
+
+RANK_TOL = 1e-7  # lme4's chkRank.drop.cols default tolerance
+
+
+# ---------------------------------------------------------------------------------------------
+# Result types
+
+
+@dataclass
+class _Part:
+    """A bar-free one-sided formula (fixed part or the left side of a bar) with its state."""
+
+    info: TermsInfo
+    design: Design
+    state: Transforms
+
+    def values(self, data: pd.DataFrame, which: list[int] | None = None) -> dict[int, Value]:
+        state = Transforms(self.state.params, fitting=False)
+        out: dict[int, Value] = {}
+        needed = which if which is not None else sorted({v for t in self.info.terms for v in t})
+        for i in needed:
+            val = evaluate(self.info.variables[i], data, state)
+            if i in self.design.levels:
+                name = self.info.var_names[i]
+                if not isinstance(val, Factor):
+                    raise DataError(
+                        f"variable {name!r} was a factor when fitting but is numeric in newdata",
+                        column=name,
+                    )
+                val = val.recode(self.design.levels[i], name)
+            elif isinstance(val, Factor):
+                if val.kind != "logical":
+                    name = self.info.var_names[i]
+                    raise DataError(
+                        f"variable {name!r} was numeric when fitting but is a factor in newdata",
+                        column=name,
+                    )
+            out[i] = val
+        return out
+
+    def matrix(self, data: pd.DataFrame) -> np.ndarray:
+        return self.design.matrix(self.values(data), len(data))
+
+
+@dataclass
+class ReTerm:
+    """One random-effects term `(expr | group)` in lme4's order."""
+
+    group: str
+    codes: np.ndarray
+    levels: list[str]
+    Z: np.ndarray
+    cnames: list[str]
+    _group_nodes: tuple[Node, ...] = field(default=(), repr=False)
+    _lhs: _Part | None = field(default=None, repr=False)
+    _state: Transforms | None = field(default=None, repr=False)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def p(self) -> int:
+        return self.Z.shape[1]
+
+    def codes_for(self, newdata: pd.DataFrame) -> np.ndarray:
+        """0-based level index of each row of newdata; -1 for unseen or missing levels."""
+        state = Transforms(self._state.params if self._state else {}, fitting=False)
+        parts = [as_grouping_factor(evaluate(g, newdata, state)) for g in self._group_nodes]
+        n = len(newdata)
+        labels = np.empty(n, dtype=object)
+        na = np.zeros(n, dtype=bool)
+        for f in parts:
+            na |= f.codes < 0
+        lv = [np.asarray(f.levels + [""], dtype=object)[f.codes] for f in parts]
+        for i in range(n):
+            labels[i] = ":".join(str(x[i]) for x in lv)
+        index = {lab: k for k, lab in enumerate(self.levels)}
+        out = np.array([index.get(lab, -1) for lab in labels], dtype=np.int32)
+        out[na] = -1
+        return out
+
+    def Z_for(self, newdata: pd.DataFrame) -> np.ndarray:  # noqa: N802 - lme4's name
+        assert self._lhs is not None
+        return self._lhs.matrix(newdata)
+
+
+@dataclass
+class _Common:
+    formula: str
+    response_name: str
+    y: np.ndarray
+    n_trials: np.ndarray | None
+    weights: np.ndarray
+    offset: np.ndarray
+    X: np.ndarray
+    x_names: list[str]
+    messages: list[Message]
+    row_index: pd.Index
+    family: str | None
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.X.shape[1])
+
+
+@dataclass
+class MixedTerms(_Common):
+    """Everything an lmer/glmer engine needs, with lme4's names and ordering."""
+
+    dropped_columns: list[str] = field(default_factory=list)
+    reterms: list[ReTerm] = field(default_factory=list)
+    _fixed: _Part | None = field(default=None, repr=False)
+    _keep: np.ndarray | None = field(default=None, repr=False)
+
+    def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
+        """X for newdata with the fit's levels, contrasts and transforms; columns = x_names."""
+        assert self._fixed is not None and self._keep is not None
+        return self._fixed.matrix(newdata)[:, self._keep]
+
+    def offset_for(self, newdata: pd.DataFrame) -> np.ndarray:
+        """Sum of the formula's offset() terms on newdata (the offset= argument is not data)."""
+        assert self._fixed is not None
+        return _formula_offset(self._fixed.info, newdata, self._fixed.state)
+
+
+@dataclass
+class GLMTerms(_Common):
+    """Everything a bayesglm engine needs: terms in formula order, all columns kept."""
+
+    has_intercept: bool = True
+    _fixed: _Part | None = field(default=None, repr=False)
+
+    def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
+        assert self._fixed is not None
+        return self._fixed.matrix(newdata)
+
+    def offset_for(self, newdata: pd.DataFrame) -> np.ndarray:
+        assert self._fixed is not None
+        return _formula_offset(self._fixed.info, newdata, self._fixed.state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def build_mixed_terms(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    weights: Any = None,
+    offset: Any = None,
+    model: str = "lmer",
+    family: str | None = None,
+) -> MixedTerms:
+    """lme4's lFormula/glFormula: response, X (rank-deficient columns dropped), reterms."""
+    frame = _Frame(formula, data, model, family, weights, offset, keep_order=False)
+    frame.evaluate(with_bars=True)
+    frame.na_omit()
+    fixed = frame.fixed_part(contrasts="treatment", drop_unused=True)
+    x_full = fixed.design.matrix(frame.fixed_values, frame.n)
+    _check_finite(x_full, fixed.design.names, "fixed-effects model matrix")
+    keep = rank_keep(x_full, RANK_TOL)
+    names = fixed.design.names
+    dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
+    if dropped:
+        k = len(dropped)
+        s = "s" if k > 1 else ""
+        frame.messages.append(
+            Message(
+                kind="message",
+                text=f"fixed-effect model matrix is rank deficient so dropping {k} column{s} / "
+                f"coefficient{s}",
+                origin="mixbridge",
+                code="rank_deficient",
+            )
+        )
+    y, n_trials, w = frame.response()
+    reterms = frame.reterms()
+    return MixedTerms(
+        formula=formula,
+        response_name=frame.response_name,
+        y=y,
+        n_trials=n_trials,
+        weights=w,
+        offset=frame.total_offset(),
+        X=np.ascontiguousarray(x_full[:, keep]),
+        x_names=[names[j] for j in keep],
+        messages=frame.messages,
+        row_index=frame.row_index,
+        family=family,
+        dropped_columns=dropped,
+        reterms=reterms,
+        _fixed=fixed,
+        _keep=keep,
+    )
+
+
+def build_glm_terms(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    weights: Any = None,
+    offset: Any = None,
+    family: str = "gaussian",
+    drop_baseline: bool = True,
+) -> GLMTerms:
+    """arm's bayesglm frame: keep.order=TRUE terms, drop.baseline contrasts, no column dropping.
+
+    Like arm (which rebuilds X with model.frame's default drop.unused.levels=FALSE), categories of
+    a pandas Categorical that are absent from the rows used keep their (all-zero) columns.
+    """
+    frame = _Frame(formula, data, "bayesglm", family, weights, offset, keep_order=True)
+    frame.evaluate(with_bars=False)
+    frame.na_omit()
+    contrasts = "treatment" if drop_baseline else "bayes"
+    fixed = frame.fixed_part(contrasts=contrasts, drop_unused=False)
+    x = fixed.design.matrix(frame.fixed_values, frame.n)
+    _check_finite(x, fixed.design.names, "model matrix")
+    y, n_trials, w = frame.response()
+    return GLMTerms(
+        formula=formula,
+        response_name=frame.response_name,
+        y=y,
+        n_trials=n_trials,
+        weights=w,
+        offset=frame.total_offset(),
+        X=x,
+        x_names=list(fixed.design.names),
+        messages=frame.messages,
+        row_index=frame.row_index,
+        family=family,
+        has_intercept=fixed.info.intercept,
+        _fixed=fixed,
+    )
+
+
+def _check_finite(x: np.ndarray, names: list[str], what: str) -> None:
+    bad = ~np.isfinite(x).all(axis=0)
+    if bad.any():
+        cols = [names[j] for j in np.flatnonzero(bad)]
+        raise DataError(
+            f"column(s) {', '.join(map(repr, cols))} of the {what} have infinite values "
+            "(e.g. log(0)); transform or filter the data",
+            column=cols[0],
+        )
+
+
+def _formula_offset(info: TermsInfo, data: pd.DataFrame, state: Transforms) -> np.ndarray:
+    total = np.zeros(len(data))
+    st = Transforms(state.params, fitting=False)
+    for node in info.offsets:
+        assert isinstance(node, Call)
+        total = total + numeric(node.args[0], data, st)
+    return total
+
+
+def _is_binomial(family: str | None) -> bool:
+    return family is not None and str(family).lower() in ("binomial", "quasibinomial")
+
+
+class _Frame:
+    """Working state while building terms (one instance per call)."""
+
+    def __init__(
+        self,
+        formula: str,
+        data: pd.DataFrame,
+        model: str,
+        family: str | None,
+        weights: Any,
+        offset: Any,
+        keep_order: bool,
+    ) -> None:
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+        self.formula = formula
+        self.data = data
+        self.model = model
+        self.family = family
+        self.tree = parse_and_validate(formula, data.columns, model)
+        fixed_rhs, bars = split_bars(self.tree.rhs)
+        self.bars: list[BarTerm] = expand_bars(bars)
+        self.info = expand_terms(fixed_rhs, keep_order=keep_order)
+        self.state = Transforms()
+        self.lhs = self.tree.lhs
+        assert self.lhs is not None
+        self.response_name = deparse(self.lhs)
+        self.weights_in = _argument_vector(weights, data, "weights")
+        self.offset_in = _argument_vector(offset, data, "offset")
+        self.messages: list[Message] = []
+
+    # -- evaluation on all rows ------------------------------------------------------------
+    def evaluate(self, with_bars: bool) -> None:
+        data, st = self.data, self.state
+        lhs = self.lhs
+        while isinstance(lhs, Paren):
+            lhs = lhs.expr
+        self.cbind = isinstance(lhs, Call) and lhs.fn == "cbind"
+        if self.cbind:
+            assert isinstance(lhs, Call)
+            self.resp: list[Value] = [Numeric(numeric(a, data, st)) for a in lhs.args]
+        else:
+            self.resp = [evaluate(lhs, data, st)]
+        self.fixed_all = {i: evaluate(v, data, st) for i, v in enumerate(self.info.variables)}
+        self.bar_infos: list[TermsInfo] = []
+        self.bar_states: list[Transforms] = []
+        self.bar_values: list[dict[int, Value]] = []
+        self.group_values: list[list[Value]] = []
+        if with_bars:
+            for bar in self.bars:
+                info = expand_terms(bar.lhs)
+                bst = Transforms()
+                self.bar_infos.append(info)
+                self.bar_states.append(bst)
+                self.bar_values.append(
+                    {i: evaluate(v, data, bst) for i, v in enumerate(info.variables)}
+                )
+                self.group_values.append([evaluate(g, data, st) for g in bar.group])
+
+    def na_omit(self) -> None:
+        n = len(self.data)
+        if n == 0:
+            raise DataError("data has 0 rows")
+        na = np.zeros(n, dtype=bool)
+        for v in self.resp:
+            na |= v.na_mask()
+        for v in self.fixed_all.values():
+            na |= v.na_mask()
+        for vals in self.bar_values:
+            for v in vals.values():
+                na |= v.na_mask()
+        for gs in self.group_values:
+            for v in gs:
+                na |= v.na_mask()
+        for arr in (self.weights_in, self.offset_in):
+            if arr is not None:
+                na |= np.isnan(arr)
+        keep = np.flatnonzero(~na)
+        if len(keep) == 0:
+            raise DataError(
+                f"all {n} rows have missing values in the variables used by {self.formula!r} "
+                "(after na.omit no rows are left)"
+            )
+        if len(keep) < n:
+            k = n - len(keep)
+            self.messages.append(
+                Message(
+                    kind="message",
+                    text=f"{k} row{'s' if k > 1 else ''} with missing values dropped (na.omit)",
+                    origin="mixbridge",
+                    code="na_omit",
+                )
+            )
+        self.rows = keep
+        self.n = len(keep)
+        self.row_index = self.data.index[keep]
+        self.resp = [v.take(keep) for v in self.resp]
+        self.fixed_all = {i: v.take(keep) for i, v in self.fixed_all.items()}
+        self.bar_values = [{i: v.take(keep) for i, v in d.items()} for d in self.bar_values]
+        self.group_values = [[v.take(keep) for v in gs] for gs in self.group_values]
+        self.weights = None if self.weights_in is None else self.weights_in[keep]
+        self.offset = None if self.offset_in is None else self.offset_in[keep]
+
+    # -- parts -----------------------------------------------------------------------------
+    def fixed_part(self, contrasts: str, drop_unused: bool) -> _Part:
+        vals = {i: _drop_levels(v, drop_unused) for i, v in self.fixed_all.items()}
+        self.fixed_values = vals
+        design = Design.from_values(self.info, vals, contrasts)
+        return _Part(self.info, design, self.state)
+
+    def total_offset(self) -> np.ndarray:
+        total = np.zeros(self.n)
+        for node in self.info.offsets:
+            i = self.info.var_names.index(deparse(node))
+            val = self.fixed_all[i]
+            assert isinstance(val, Numeric)
+            total = total + val.values
+        if self.offset is not None:
+            total = total + self.offset
+        if not np.isfinite(total).all():
+            raise DataError("offset has infinite values (e.g. log(0))", column="offset")
+        return total
+
+    def response(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        name = self.response_name
+        w = np.ones(self.n) if self.weights is None else self.weights.astype(float)
+        if self.cbind:
+            s, f = (v.values for v in self.resp)  # type: ignore[union-attr]
+            trials = s + f
+            with np.errstate(invalid="ignore", divide="ignore"):
+                y = np.where(trials == 0, 0.0, s / np.where(trials == 0, 1.0, trials))
+            return y, trials, w * trials
+        val = self.resp[0]
+        if isinstance(val, Factor):
+            if val.kind == "logical":
+                return (np.asarray(val.levels)[val.codes] == "TRUE").astype(float), None, w
+            if val.kind == "character" or not _is_binomial(self.family):
+                what = "a string" if val.kind == "character" else "a factor"
+                hint = (
+                    "; for a binomial response use 0/1, bool, a two-level pandas Categorical "
+                    "or cbind(successes, failures)"
+                    if _is_binomial(self.family)
+                    else "; the response must be numeric"
+                )
+                raise DataError(f"response {name!r} is {what} column{hint}", column=name)
+            used = val.drop_unused()
+            return (used.codes != 0).astype(float), None, w
+        y = val.values
+        if y.ndim != 1:
+            raise DataError(f"response {name!r} must be a single column", column=name)
+        if not np.isfinite(y).all():
+            raise DataError(f"response {name!r} has infinite values", column=name)
+        return y.astype(float), None, w
+
+    def reterms(self) -> list[ReTerm]:
+        out: list[ReTerm] = []
+        for bar, info, bst, vals, gvals in zip(
+            self.bars,
+            self.bar_infos,
+            self.bar_states,
+            self.bar_values,
+            self.group_values,
+            strict=True,
+        ):
+            vals = {i: _drop_levels(v, True) for i, v in vals.items()}
+            design = Design.from_values(info, vals, "treatment")
+            z = design.matrix(vals, self.n)
+            _check_finite(z, design.names, f"random-effects model matrix of ({bar.group_name})")
+            factors = [_drop_levels(as_grouping_factor(g), True) for g in gvals]
+            g = factors[0] if len(factors) == 1 else interaction_factor(factors)
+            g = g.drop_unused()
+            out.append(
+                ReTerm(
+                    group=bar.group_name,
+                    codes=g.codes.astype(np.int32),
+                    levels=list(g.levels),
+                    Z=z,
+                    cnames=list(design.names),
+                    _group_nodes=bar.group,
+                    _lhs=_Part(info, design, bst),
+                    _state=self.state,
+                )
+            )
+        # lme4 mkReTrms: reorder only if some later term has more levels; ties then reverse
+        nl = [t.n_levels for t in out]
+        if any(b > a for a, b in zip(nl, nl[1:], strict=False)):
+            order = sorted(range(len(out)), key=lambda k: nl[k])  # stable, like order()
+            out = [out[k] for k in reversed(order)]
+        return out
+
+
+def _drop_levels(val: Value, drop_unused: bool) -> Value:
+    if isinstance(val, Factor) and (drop_unused or val.kind in ("character", "logical")):
+        return val.drop_unused()
+    return val
+
+
+def _argument_vector(arg: Any, data: pd.DataFrame, what: str) -> np.ndarray | None:
+    """weights=/offset= as a float vector over the rows of data (NaN = missing)."""
+    if arg is None:
+        return None
+    if isinstance(arg, str):
+        if arg not in data.columns:
+            raise DataError(
+                f"{what}={arg!r} is not a column of data; available: "
+                f"{', '.join(map(str, list(data.columns)[:30]))}",
+                column=arg,
+            )
+        col = data[arg]
+        if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+            raise DataError(f"{what} column {arg!r} must be numeric", column=arg)
+        return col.astype("float64").to_numpy(dtype=float, na_value=np.nan)
+    try:
+        arr = np.asarray(arg, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what} must be numeric ({exc})", column=what) from None
+    if arr.ndim != 1 or len(arr) != len(data):
+        raise DataError(
+            f"{what} has {arr.size} value(s) but data has {len(data)} rows", column=what
+        )
+    return arr
