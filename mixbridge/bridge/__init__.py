@@ -1,1 +1,333 @@
-"""(being built)"""
+"""The "r" engine: lme4's lmer/glmer and arm's bayesglm through R.
+
+Pipeline: pandas columns -> R vectors (`convert`) -> an `mb_*` function in
+r_scripts/mixbridge.R (fit, then every result as a plain list, R's warnings/errors as data)
+-> MixedFit / BayesGLMFit (`build`). Two transports reach R:
+
+* "embedded": rpy2 in this process, one lock around every call (`embedded`);
+* "subprocess": a fresh `Rscript mixbridge_cli.R` per call, data as raw bytes (`subproc`).
+
+Both return identical results. Keyword arguments follow `mixbridge.engines`' protocol, plus
+`transport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.bridge import build
+from mixbridge.bridge.convert import Column, encode_frame
+from mixbridge.errors import ArgumentError
+from mixbridge.results import BayesGLMFit, MixedFit, emit_warnings
+
+TRANSPORTS = ("embedded", "subprocess")
+OPTIMIZERS = ("nloptwrap", "bobyqa", "Nelder_Mead", "nlminbwrap")
+
+# control key -> (type check, description); the R side maps them to lmerControl/glmerControl.
+_COMMON_CONTROL = {
+    "optimizer": "optimizer name",
+    "calc_derivs": "bool",
+    "boundary_tol": "number",
+    "restart_edge": "bool",
+    "maxfun": "number",
+}
+_GLMER_CONTROL = {**_COMMON_CONTROL, "tol_pwrss": "number", "nagq0_init_step": "bool"}
+
+
+def _check_control(control: Mapping[str, Any] | None, allowed: dict[str, str]) -> dict:
+    out: dict[str, Any] = {}
+    for key, value in dict(control or {}).items():
+        if key not in allowed:
+            raise ArgumentError(
+                f"unknown control key {key!r} for the R engine; known: {', '.join(allowed)}",
+                key,
+            )
+        kind = allowed[key]
+        if kind == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise ArgumentError(f"control[{key!r}] must be True or False", key)
+            value = bool(value)
+        elif kind == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ArgumentError(f"control[{key!r}] must be a number", key)
+            if not np.isfinite(value) or value <= 0:
+                raise ArgumentError(f"control[{key!r}] must be a positive number", key)
+            value = float(value)
+        else:
+            names = [value] if isinstance(value, str) else list(value)
+            if not names or len(names) > 2 or any(n not in OPTIMIZERS for n in names):
+                raise ArgumentError(
+                    f"control['optimizer'] must be one of {', '.join(OPTIMIZERS)} "
+                    f"(or two of them for glmer), got {value!r}",
+                    key,
+                )
+            value = names
+        out[key] = value
+    return out
+
+
+def _check_transport(transport: str) -> None:
+    if transport not in TRANSPORTS:
+        raise ArgumentError(
+            f"transport must be 'embedded' or 'subprocess', got {transport!r}", "transport"
+        )
+
+
+def _rpy2_version() -> str | None:
+    try:
+        import rpy2
+
+        return str(rpy2.__version__)
+    except ImportError:
+        return None
+
+
+def _run(
+    function: str,
+    transport: str,
+    args: dict[str, Any],
+    columns: list[Column] | None,
+    nrow: int,
+) -> dict[str, Any]:
+    """Call an mb_* R function with the data as `data`; returns {ok, value, messages, error}."""
+    _check_transport(transport)
+    if transport == "subprocess":
+        from mixbridge.bridge import subproc
+
+        return subproc.call(function, args, columns, nrow)
+    from mixbridge.bridge import embedded
+
+    with embedded.LOCK:
+        ri, env = embedded.session()
+        if columns is not None:
+            args = {**args, "data": embedded.data_frame(ri, env, columns, nrow)}
+        return embedded.call(function, **args)
+
+
+def _versions(value: dict[str, Any]) -> dict[str, str]:
+    return build.versions(value, _rpy2_version())
+
+
+# ---------------------------------------------------------------------------------------------
+# Deviance functions (also behind MixedFit.objective for R fits)
+
+
+def _devfun_hook(
+    function: str, transport: str, args: dict[str, Any], columns: list[Column], nrow: int
+) -> Callable[..., float]:
+    """fit.objective(...) for an R fit: lme4's deviance function for the same model.
+
+    Embedded: the R closure is built once (devFunOnly=TRUE) and kept; subprocess: one Rscript
+    per evaluation.
+    """
+    cache: dict[str, Any] = {}
+    glmm = function == "mb_glmer_devfun"
+
+    def params_of(*params: Any) -> np.ndarray:
+        return np.concatenate([np.atleast_1d(np.asarray(p, dtype=float)) for p in params])
+
+    def objective(*params: Any) -> float:
+        p = params_of(*params)
+        if transport == "subprocess":
+            fn = "mb_glmer_objective" if glmm else "mb_lmer_objective"
+            key = "params" if glmm else "theta"
+            res = _run(fn, transport, {**args, key: p}, columns, nrow)
+            return float(build.check(res, fn)[0])
+        from mixbridge.bridge import embedded
+
+        with embedded.LOCK:
+            if "devfun" not in cache:
+                res = _run(function, transport, args, columns, nrow)
+                cache["devfun"] = build.check(res, function)
+            res = embedded.call("mb_call_devfun", cache["devfun"], p)
+        return float(build.check(res, "devfun")[0])
+
+    return objective
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine protocol
+
+
+def lmer(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    reml: bool,
+    weights: Any,
+    offset: Any,
+    control: Mapping[str, Any] | None,
+    transport: str = "embedded",
+) -> MixedFit:
+    """lme4::lmer(formula, data, REML = reml, weights, offset, control)."""
+    _check_transport(transport)
+    ctrl = _check_control(control, _COMMON_CONTROL)
+    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    base = {"formula": formula, "REML": bool(reml), "has_weights": has_w, "has_offset": has_o}
+    res = _run("mb_lmer", transport, {**base, "control": ctrl}, columns, nrow)
+    value = build.check(res, "lmer")
+    fit = build.mixed_fit(res, model="lmer", formula=formula, versions_=_versions(value))
+    fit._objective = _devfun_hook("mb_lmer_devfun", transport, base, columns, nrow)
+    emit_warnings(fit.messages)
+    return fit
+
+
+def glmer(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    family: str,
+    link: str | None,
+    nagq: int,
+    weights: Any,
+    offset: Any,
+    control: Mapping[str, Any] | None,
+    transport: str = "embedded",
+) -> MixedFit:
+    """lme4::glmer(formula, data, family(link), nAGQ = nagq, weights, offset, control)."""
+    _check_transport(transport)
+    ctrl = _check_control(control, _GLMER_CONTROL)
+    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    base = {
+        "formula": formula,
+        "family": family,
+        "link": link,
+        "nAGQ": int(nagq),
+        "has_weights": has_w,
+        "has_offset": has_o,
+        "control": ctrl,
+    }
+    res = _run("mb_glmer", transport, base, columns, nrow)
+    value = build.check(res, "glmer")
+    fit = build.mixed_fit(res, model="glmer", formula=formula, versions_=_versions(value))
+    fit._objective = _devfun_hook("mb_glmer_devfun", transport, base, columns, nrow)
+    emit_warnings(fit.messages)
+    return fit
+
+
+def lmer_objective(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    theta: np.ndarray,
+    reml: bool,
+    weights: Any,
+    offset: Any,
+    transport: str = "embedded",
+) -> float:
+    """lme4's lmer deviance function (devFunOnly=TRUE) at theta."""
+    _check_transport(transport)
+    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    args = {
+        "formula": formula,
+        "theta": np.asarray(theta, dtype=float),
+        "REML": bool(reml),
+        "has_weights": has_w,
+        "has_offset": has_o,
+    }
+    res = _run("mb_lmer_objective", transport, args, columns, nrow)
+    value = build.check(res, "lmer_objective")
+    emit_warnings(build.messages(res))
+    return float(value[0])
+
+
+def glmer_objective(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    theta: np.ndarray,
+    beta: np.ndarray,
+    family: str,
+    link: str | None,
+    nagq: int,
+    weights: Any,
+    offset: Any,
+    control: Mapping[str, Any] | None,
+    transport: str = "embedded",
+) -> float:
+    """glmer's deviance function at c(theta, beta) (stage 2; nAGQ = 0: stage 1 at theta)."""
+    _check_transport(transport)
+    ctrl = _check_control(control, _GLMER_CONTROL)
+    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    theta = np.atleast_1d(np.asarray(theta, dtype=float))
+    beta = np.atleast_1d(np.asarray(beta, dtype=float))
+    params = theta if int(nagq) == 0 else np.concatenate([theta, beta])
+    args = {
+        "formula": formula,
+        "params": params,
+        "family": family,
+        "link": link,
+        "nAGQ": int(nagq),
+        "has_weights": has_w,
+        "has_offset": has_o,
+        "control": ctrl,
+    }
+    res = _run("mb_glmer_objective", transport, args, columns, nrow)
+    value = build.check(res, "glmer_objective")
+    emit_warnings(build.messages(res))
+    return float(value[0])
+
+
+def bayesglm(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    family: str,
+    link: str | None,
+    weights: Any,
+    offset: Any,
+    prior_mean: Any,
+    prior_scale: Any,
+    prior_df: Any,
+    prior_mean_for_intercept: float,
+    prior_scale_for_intercept: float | None,
+    prior_df_for_intercept: float,
+    min_prior_scale: float,
+    scaled: bool,
+    drop_baseline: bool,
+    maxit: int,
+    epsilon: float,
+    dispersion: float | None,
+    transport: str = "embedded",
+) -> BayesGLMFit:
+    """arm::bayesglm with the same arguments (dispersion: fixed-phi extension, see the R side)."""
+    _check_transport(transport)
+    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+
+    def num(x: Any) -> Any:
+        if x is None:
+            return None
+        arr = np.atleast_1d(np.asarray(x, dtype=float))
+        return float(arr[0]) if arr.size == 1 else arr
+
+    args = {
+        "formula": formula,
+        "family": family,
+        "link": link,
+        "has_weights": has_w,
+        "has_offset": has_o,
+        "prior_mean": num(prior_mean),
+        "prior_scale": num(prior_scale),
+        "prior_df": num(prior_df),
+        "prior_mean_for_intercept": num(prior_mean_for_intercept),
+        "prior_scale_for_intercept": num(prior_scale_for_intercept),
+        "prior_df_for_intercept": num(prior_df_for_intercept),
+        "min_prior_scale": num(min_prior_scale),
+        "scaled": bool(scaled),
+        "drop_baseline": bool(drop_baseline),
+        "maxit": int(maxit),
+        "epsilon": float(epsilon),
+        "dispersion": num(dispersion),
+    }
+    res = _run("mb_bayesglm", transport, args, columns, nrow)
+    value = build.check(res, "bayesglm")
+    fit = build.bayesglm_fit(res, formula=formula, versions_=_versions(value))
+    emit_warnings(fit.messages)
+    return fit
+
+
+__all__ = ["bayesglm", "glmer", "glmer_objective", "lmer", "lmer_objective"]

@@ -1,0 +1,210 @@
+"""Turn the plain result lists returned by r_scripts/mixbridge.R into MixedFit / BayesGLMFit.
+
+Both transports decode R's answer into the same structure (dicts, lists, float64 arrays), so
+this module is the single place where R's names become mixbridge's fields.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.errors import RModelError
+from mixbridge.results import BayesGLMFit, Message, MixedFit
+
+
+def _f(x: Any) -> float:
+    return float(np.asarray(x, dtype=float)[0])
+
+
+def _i(x: Any) -> int:
+    return int(x[0])
+
+
+def _b(x: Any) -> bool:
+    return bool(x[0])
+
+
+def _s(x: Any) -> str:
+    return "" if not x or x[0] is None else str(x[0])
+
+
+def _series(nv: dict[str, Any]) -> pd.Series:
+    return pd.Series(np.asarray(nv["values"], dtype=float), index=list(nv["names"]))
+
+
+def _matrix(m: dict[str, Any]) -> pd.DataFrame:
+    nr, nc = (int(d) for d in m["dim"])
+    data = np.asarray(m["data"], dtype=float).reshape((nr, nc), order="F")
+    return pd.DataFrame(
+        data, index=list(m["rownames"]) or None, columns=list(m["colnames"]) or None
+    )
+
+
+def message_code(text: str) -> str:
+    t = text.lower()
+    if "singular" in t and "boundary" in t:
+        return "singular"
+    if "rank deficient" in t:
+        return "rank_deficient"
+    if "converge" in t or "hessian" in t or "eigenvalue" in t or "max|grad|" in t:
+        return "convergence"
+    if "scale" in t and "predictor" in t:
+        return "scale"
+    return ""
+
+
+def messages(res: dict[str, Any]) -> list[Message]:
+    out = []
+    for m in res.get("messages") or []:
+        text = _s(m["text"])
+        out.append(
+            Message(
+                kind=_s(m["kind"]),
+                text=text,
+                origin="R",
+                call=_s(m["call"]),
+                code=message_code(text),
+            )  # fmt: skip
+        )
+    return out
+
+
+def check(res: dict[str, Any], function: str) -> dict[str, Any]:
+    """The value of a successful call; R's error (message and call) as RModelError otherwise."""
+    if not _b(res["ok"]):
+        err = res.get("error") or {}
+        raise RModelError(_s(err.get("text")), _s(err.get("call")), function=function)
+    return res["value"]
+
+
+def versions(value: dict[str, Any], rpy2_version: str | None) -> dict[str, str]:
+    v = {"python": platform.python_version()}
+    for key in ("R", "lme4", "Matrix", "arm"):
+        got = value.get("versions", {}).get(key)
+        if got and got[0] is not None:
+            v[key] = str(got[0])
+    if rpy2_version:
+        v["rpy2"] = rpy2_version
+    return v
+
+
+def mixed_fit(
+    res: dict[str, Any], *, model: str, formula: str, versions_: dict[str, str]
+) -> MixedFit:
+    v = res["value"]
+    msgs = messages(res)
+    oi = v["optinfo"]
+    # lme4 has no "converged" flag: the optimizer must report success and lme4's post-fit
+    # checks (gradient, Hessian) must not have warned. A singular fit can still be converged.
+    known = {m.text for m in msgs}
+    for w in oi["warnings"]:
+        if w not in known:
+            msgs.append(Message("warning", w, origin="R", code=message_code(w)))
+    opt_ok = bool(oi["code"]) and oi["code"][0] == 0
+    conv_warn = any(m.kind == "warning" and m.code == "convergence" for m in msgs)
+    lme4_conv = [t for t in oi["lme4_messages"] if message_code(t) == "convergence"]
+    converged = opt_ok and not conv_warn and not lme4_conv
+
+    vc = v["varcorr"]
+    varcorr = pd.DataFrame(
+        {
+            "grp": vc["grp"],
+            "var1": vc["var1"],
+            "var2": vc["var2"],
+            "vcov": np.asarray(vc["vcov"], dtype=float),
+            "sdcor": np.asarray(vc["sdcor"], dtype=float),
+        }
+    )
+    ranef: dict[str, pd.DataFrame] = {}
+    cond_var: dict[str, np.ndarray] = {}
+    for r in v["ranef"]:
+        name = _s(r["factor"])
+        modes = _matrix(r["modes"])
+        modes.index = [str(i) for i in modes.index]
+        ranef[name] = modes
+        nc, _, nl = (int(d) for d in r["cond_var_dim"])
+        # R array nc x nc x levels, column-major -> (levels, nc, nc)
+        arr = np.asarray(r["cond_var"], dtype=float).reshape((nl, nc, nc)).transpose(0, 2, 1)
+        cond_var[name] = arr
+    ng = v["ngrps"]
+    extra: dict[str, Any] = {}
+    if "vcov_rx" in v:
+        extra["vcov_rx"] = _matrix(v["vcov_rx"])
+    rc = v.get("reml_criterion")
+    return MixedFit(
+        model=model,  # type: ignore[arg-type]
+        formula=formula,
+        family=_s(v["family"]),
+        link=_s(v["link"]),
+        reml=_b(v["reml"]),
+        fixef=_series(v["fixef"]),
+        vcov=_matrix(v["vcov"]),
+        theta=np.asarray(v["theta"]["values"], dtype=float),
+        theta_names=list(v["theta"]["names"]),
+        varcorr=varcorr,
+        sigma=_f(v["sigma"]),
+        ranef=ranef,
+        cond_var=cond_var,
+        loglik=_f(v["loglik"]),
+        df=_i(v["df"]),
+        deviance=_f(v["deviance"]),
+        reml_criterion=None if rc is None else _f(rc),
+        aic=_f(v["aic"]),
+        bic=_f(v["bic"]),
+        nobs=_i(v["nobs"]),
+        ngroups={str(k): int(n) for k, n in zip(ng["names"], ng["values"])},
+        fitted=np.asarray(v["fitted"], dtype=float),
+        residuals=np.asarray(v["residuals"], dtype=float),
+        singular=_b(v["singular"]),
+        converged=converged,
+        messages=msgs,
+        engine="r",
+        versions=versions_,
+        nagq=_i(v["nagq"]),
+        optimizer={
+            "name": list(oi["optimizer"]),
+            "code": oi["code"][0] if oi["code"] else None,
+            "message": _s(oi["message"]),
+            "feval": oi["feval"][0] if oi["feval"] else None,
+            "warnings": list(oi["warnings"]),
+            "lme4_messages": list(oi["lme4_messages"]),
+            "lme4_code": list(oi["lme4_code"]),
+        },
+        dropped_columns=list(v["dropped_columns"]),
+        extra=extra,
+    )
+
+
+def bayesglm_fit(res: dict[str, Any], *, formula: str, versions_: dict[str, str]) -> BayesGLMFit:
+    v = res["value"]
+    return BayesGLMFit(
+        formula=formula,
+        family=_s(v["family"]),
+        link=_s(v["link"]),
+        coef=_series(v["coef"]),
+        se=_series(v["se"]),
+        se_display=_series(v["se_display"]),
+        vcov=_matrix(v["vcov"]),
+        dispersion=_f(v["dispersion"]),
+        dispersion_pearson=_f(v["dispersion_pearson"]),
+        deviance=_f(v["deviance"]),
+        null_deviance=_f(v["null_deviance"]),
+        aic=_f(v["aic"]),
+        df_residual=_i(v["df_residual"]),
+        iterations=_i(v["iter"]),
+        converged=_b(v["converged"]),
+        prior_mean=np.asarray(v["prior_mean"], dtype=float),
+        prior_scale=np.asarray(v["prior_scale"], dtype=float),
+        prior_df=np.asarray(v["prior_df"], dtype=float),
+        prior_sd=np.asarray(v["prior_sd"], dtype=float),
+        fitted=np.asarray(v["fitted"], dtype=float),
+        nobs=_i(v["nobs"]),
+        messages=messages(res),
+        engine="r",
+        versions=versions_,
+        extra={"fixed_dispersion": _b(v["fixed_dispersion"])},
+    )

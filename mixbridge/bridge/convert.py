@@ -1,0 +1,155 @@
+"""pandas -> R column encoding shared by both transports.
+
+Each column becomes one flat numpy vector plus a kind (and levels for factors), so the embedded
+transport can hand it to R with a single memory copy and the subprocess transport can write it
+as raw bytes. R rebuilds the data frame in `mb_make_df` (r_scripts/mixbridge.R):
+
+    float            -> double   (NaN -> NA_real_)
+    int (fits int32) -> integer  (larger ints -> double)
+    nullable Int     -> integer  (NA -> NA_integer_)
+    bool / boolean   -> logical  (NA -> NA)
+    Categorical      -> factor   (same level order; ordered -> ordered factor)
+    str / object     -> factor   (levels sorted by R, as factor() would)
+
+This is deliberately not pandas2ri, which takes seconds per million rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.errors import DataError
+
+NA_INTEGER = np.iinfo(np.int32).min  # R's NA_integer_
+# R's NA_real_ is a NaN whose low word is 1954 (R_NaReal); plain NaN would read as NaN in R.
+NA_REAL = np.array([0x7FF00000000007A2], dtype=np.uint64).view(np.float64)[0]
+
+WEIGHTS_COLUMN = ".mb_weights"
+OFFSET_COLUMN = ".mb_offset"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # double, integer, logical, factor, ordered, string
+    values: np.ndarray  # float64 for double, int32 otherwise (codes are 1-based)
+    levels: tuple[str, ...] = ()
+
+
+def _float(values: np.ndarray) -> np.ndarray:
+    arr = np.array(values, dtype=np.float64, copy=True)
+    mask = np.isnan(arr)
+    if mask.any():
+        arr[mask] = NA_REAL
+    return arr
+
+
+def _codes(codes: np.ndarray) -> np.ndarray:
+    out = codes.astype(np.int32) + 1
+    out[codes < 0] = NA_INTEGER
+    return out
+
+
+def encode_series(name: str, s: pd.Series) -> Column:
+    """One pandas column as an R-ready vector. Raises DataError for unsupported types."""
+    dtype = s.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        cat = s.cat
+        kind = "ordered" if dtype.ordered else "factor"
+        levels = tuple(str(c) for c in cat.categories)
+        if len(set(levels)) != len(levels):
+            raise DataError(f"column {name!r}: category labels are not distinct as strings", name)
+        return Column(name, kind, _codes(np.asarray(cat.codes)), levels)
+    if pd.api.types.is_bool_dtype(dtype):
+        if isinstance(dtype, pd.BooleanDtype):
+            vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            out = np.where(np.isnan(vals), NA_INTEGER, vals).astype(np.int32)
+            return Column(name, "logical", out)
+        return Column(name, "logical", np.asarray(s, dtype=np.int32))
+    if pd.api.types.is_integer_dtype(dtype):
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype):
+            vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            finite = vals[~np.isnan(vals)]
+        else:
+            vals = np.asarray(s)
+            finite = vals
+        lo, hi = np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max
+        if finite.size and (finite.min() < lo or finite.max() > hi):
+            return Column(name, "double", _float(vals.astype(np.float64)))
+        if vals.dtype.kind == "f":
+            out = np.where(np.isnan(vals), NA_INTEGER, vals).astype(np.int32)
+        else:
+            out = vals.astype(np.int32)
+        return Column(name, "integer", out)
+    if pd.api.types.is_float_dtype(dtype):
+        return Column(name, "double", _float(s.to_numpy(dtype=np.float64, na_value=np.nan)))
+    if pd.api.types.is_string_dtype(dtype) or dtype == object:
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        if all(isinstance(u, str) for u in uniques):
+            return Column(name, "string", _codes(codes), tuple(uniques))
+        if all(isinstance(u, (bool, np.bool_)) for u in uniques):
+            vals = np.full(len(s), NA_INTEGER, dtype=np.int32)
+            ok = codes >= 0
+            vals[ok] = np.asarray([bool(u) for u in uniques], dtype=np.int32)[codes[ok]]
+            return Column(name, "logical", vals)
+        try:
+            return Column(name, "double", _float(pd.to_numeric(s).to_numpy(dtype=np.float64)))
+        except (TypeError, ValueError):
+            bad = next(type(u).__name__ for u in uniques if not isinstance(u, str))
+            raise DataError(
+                f"column {name!r} mixes strings with {bad} values; R needs one type per column",
+                name,
+            ) from None
+    raise DataError(f"column {name!r} has dtype {dtype} which cannot be sent to R", name)
+
+
+def _vector_arg(arg: object, data: pd.DataFrame, what: str) -> np.ndarray:
+    if isinstance(arg, str):
+        if arg not in data.columns:
+            raise DataError(f"{what} column {arg!r} is not in the data", what)
+        vals = data[arg]
+    else:
+        vals = arg
+    try:
+        arr = np.asarray(vals, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be numeric", what) from None
+    if arr.ndim != 1 or arr.shape[0] != len(data):
+        raise DataError(f"{what} has {arr.size} values but the data have {len(data)} rows", what)
+    return arr
+
+
+def _mentions(formula: str, name: str) -> bool:
+    return re.search(r"(?<![\w.])" + re.escape(name) + r"(?![\w.])", formula) is not None
+
+
+def encode_frame(
+    data: pd.DataFrame, formula: str, weights: object = None, offset: object = None
+) -> tuple[list[Column], int, bool, bool]:
+    """All columns R may need, plus weights/offset as `.mb_weights`/`.mb_offset`.
+
+    A column whose type R cannot take is an error only when the formula mentions it;
+    otherwise it is left out. Returns (columns, nrow, has_weights, has_offset).
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}", "data")
+    cols: list[Column] = []
+    for name in data.columns:
+        if not isinstance(name, str):
+            raise DataError(f"column names must be strings, got {name!r}", str(name))
+        try:
+            cols.append(encode_series(name, data[name]))
+        except DataError:
+            if _mentions(formula, name):
+                raise
+    has_w = weights is not None
+    has_o = offset is not None
+    if has_w:
+        cols.append(Column(WEIGHTS_COLUMN, "double", _float(_vector_arg(weights, data, "weights"))))
+    if has_o:
+        cols.append(Column(OFFSET_COLUMN, "double", _float(_vector_arg(offset, data, "offset"))))
+    return cols, len(data), has_w, has_o

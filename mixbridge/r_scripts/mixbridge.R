@@ -1,0 +1,424 @@
+# mixbridge R side: fit lmer / glmer / bayesglm and return every result as a plain list.
+#
+# Contract (shared by the embedded rpy2 transport and the Rscript subprocess transport):
+# * every entry point returns list(ok = TRUE/FALSE, value = <plain list>, messages = <list>,
+#   error = NULL or list(text, call)); nothing is printed, nothing is thrown.
+# * values are nested lists of unnamed atomic vectors: names travel in separate fields
+#   (.mb_nv), matrices and arrays as list(dim, rownames, colnames, data) (.mb_mat).
+# * only the formula string is ever parsed as R code (as.formula); every other argument
+#   arrives as data (numbers, strings, logicals).
+
+.mb <- new.env()
+
+# ---------------------------------------------------------------------------------------------
+# Encoding helpers
+
+.mb_nv <- function(x) {
+  nm <- names(x)
+  list(names = if (is.null(nm)) character(0) else as.character(nm), values = unname(as.vector(x)))
+}
+
+.mb_mat <- function(m) {
+  m <- as.matrix(m)
+  storage.mode(m) <- "double"
+  dn <- dimnames(m)
+  list(
+    dim = as.integer(dim(m)),
+    rownames = if (is.null(dn[[1]])) character(0) else as.character(dn[[1]]),
+    colnames = if (is.null(dn[[2]])) character(0) else as.character(dn[[2]]),
+    data = as.vector(m)
+  )
+}
+
+.mb_call_text <- function(cond) {
+  cl <- conditionCall(cond)
+  if (is.null(cl)) return("")
+  # Calls can embed large objects; keep the first lines only.
+  paste(deparse(cl, nlines = 3L, width.cutoff = 200L), collapse = " ")
+}
+
+# Evaluate `expr`, collecting warnings, messages and an error (if any) as data.
+.mb_capture <- function(expr) {
+  msgs <- list()
+  add <- function(kind, cond) {
+    msgs[[length(msgs) + 1L]] <<- list(
+      kind = kind,
+      text = sub("\n+$", "", conditionMessage(cond)),
+      call = .mb_call_text(cond)
+    )
+  }
+  err <- NULL
+  value <- withCallingHandlers(
+    tryCatch(expr, error = function(e) {
+      err <<- list(text = sub("\n+$", "", conditionMessage(e)), call = .mb_call_text(e))
+      NULL
+    }),
+    warning = function(w) {
+      add("warning", w)
+      invokeRestart("muffleWarning")
+    },
+    message = function(m) {
+      add("message", m)
+      invokeRestart("muffleMessage")
+    }
+  )
+  list(ok = is.null(err), value = value, messages = msgs, error = err)
+}
+
+.mb_versions <- function() {
+  # packageVersion reads DESCRIPTION only: no namespace gets loaded (arm is slow to load).
+  v <- function(p) {
+    tryCatch(as.character(utils::packageVersion(p)), error = function(e) NA_character_)
+  }
+  list(
+    R = paste(R.version$major, R.version$minor, sep = "."),
+    lme4 = v("lme4"), Matrix = v("Matrix"), arm = v("arm"), jsonlite = v("jsonlite")
+  )
+}
+
+mb_versions <- function() .mb_capture(.mb_versions())
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+# The formula is the only user text parsed as R code (validated by the Python side first).
+.mb_formula <- function(formula) {
+  if (!is.character(formula) || length(formula) != 1L) stop("formula must be one string")
+  f <- stats::as.formula(formula, env = new.env(parent = globalenv()))
+  f
+}
+
+.mb_families <- c("gaussian", "binomial", "poisson", "Gamma", "inverse.gaussian",
+                  "quasibinomial", "quasipoisson")
+
+.mb_family <- function(family, link) {
+  if (!is.character(family) || length(family) != 1L || !(family %in% .mb_families)) {
+    stop(sprintf("unsupported family '%s'", paste(family, collapse = " ")))
+  }
+  fn <- get(family, envir = asNamespace("stats"), mode = "function")
+  if (is.null(link) || length(link) == 0L) fn() else fn(link = as.character(link))
+}
+
+# Build a data frame from column vectors sent by Python. kinds: double, integer, logical,
+# factor, ordered, string (factor codes index `uniques`; levels are R's sort of them).
+mb_make_df <- function(cols, names, kinds, levels, nrow) {
+  out <- vector("list", length(cols))
+  for (j in seq_along(cols)) {
+    x <- cols[[j]]
+    k <- kinds[[j]]
+    if (k == "logical") {
+      x <- as.logical(x)
+    } else if (k %in% c("factor", "ordered")) {
+      x <- structure(as.integer(x), levels = as.character(levels[[j]]),
+                     class = if (k == "ordered") c("ordered", "factor") else "factor")
+    } else if (k == "string") {
+      u <- as.character(levels[[j]])
+      lev <- sort(u)
+      x <- structure(match(u, lev)[as.integer(x)], levels = lev, class = "factor")
+    }
+    out[[j]] <- x
+  }
+  names(out) <- names
+  attr(out, "row.names") <- .set_row_names(as.integer(nrow))
+  class(out) <- "data.frame"
+  out
+}
+
+# ---------------------------------------------------------------------------------------------
+# lmer / glmer
+
+.mb_lmer_control <- function(control) {
+  args <- list()
+  if (!is.null(control$optimizer)) args$optimizer <- as.character(control$optimizer)
+  if (!is.null(control$calc_derivs)) args$calc.derivs <- as.logical(control$calc_derivs)
+  if (!is.null(control$boundary_tol)) args$boundary.tol <- as.numeric(control$boundary_tol)
+  if (!is.null(control$restart_edge)) args$restart_edge <- as.logical(control$restart_edge)
+  if (!is.null(control$maxfun)) args$optCtrl <- list(maxfun = as.numeric(control$maxfun))
+  do.call(lme4::lmerControl, args)
+}
+
+.mb_glmer_control <- function(control) {
+  args <- list()
+  if (!is.null(control$optimizer)) args$optimizer <- as.character(control$optimizer)
+  if (!is.null(control$calc_derivs)) args$calc.derivs <- as.logical(control$calc_derivs)
+  if (!is.null(control$boundary_tol)) args$boundary.tol <- as.numeric(control$boundary_tol)
+  if (!is.null(control$restart_edge)) args$restart_edge <- as.logical(control$restart_edge)
+  if (!is.null(control$tol_pwrss)) args$tolPwrss <- as.numeric(control$tol_pwrss)
+  if (!is.null(control$nagq0_init_step)) args$nAGQ0initStep <- as.logical(control$nagq0_init_step)
+  if (!is.null(control$maxfun)) args$optCtrl <- list(maxfun = as.numeric(control$maxfun))
+  do.call(lme4::glmerControl, args)
+}
+
+# Build the (unevaluated) lmer/glmer call: symbols only, so no data is deparsed into messages.
+.mb_mer_call <- function(glmm, has_weights, has_offset, dev_fun_only = FALSE) {
+  cl <- if (glmm) {
+    quote(lme4::glmer(formula = fml, data = data, family = fam, nAGQ = nAGQ, control = ctrl))
+  } else {
+    quote(lme4::lmer(formula = fml, data = data, REML = REML, control = ctrl))
+  }
+  if (isTRUE(has_weights)) cl$weights <- quote(.mb_weights)
+  if (isTRUE(has_offset)) cl$offset <- quote(.mb_offset)
+  if (dev_fun_only) cl$devFunOnly <- TRUE
+  cl
+}
+
+.mb_ranef <- function(fit) {
+  re <- lme4::ranef(fit, condVar = TRUE)
+  lapply(names(re), function(f) {
+    d <- re[[f]]
+    pv <- attr(d, "postVar")
+    nc <- ncol(d)
+    nl <- nrow(d)
+    if (is.list(pv)) {
+      # Several terms on one factor, e.g. (x || g): lme4 gives one array per term; assemble
+      # the block-diagonal nc x nc x levels array (lme4 reports no cross-term blocks).
+      full <- array(0, c(nc, nc, nl))
+      off <- 0L
+      for (a in pv) {
+        k <- dim(a)[1]
+        full[off + seq_len(k), off + seq_len(k), ] <- a
+        off <- off + k
+      }
+      pv <- full
+    }
+    m <- as.matrix(d)
+    dimnames(m) <- list(rownames(d), colnames(d))
+    list(factor = f, modes = .mb_mat(m), cond_var_dim = as.integer(dim(pv)),
+         cond_var = as.vector(pv))
+  })
+}
+
+.mb_extract_mer <- function(fit, glmm) {
+  fam <- stats::family(fit)
+  reml <- !glmm && lme4::isREML(fit)
+  ll <- stats::logLik(fit)
+  oi <- fit@optinfo
+  X <- lme4::getME(fit, "X")
+  vc <- as.data.frame(lme4::VarCorr(fit))
+  out <- list(
+    family = fam$family, link = fam$link, reml = reml,
+    fixef = .mb_nv(lme4::fixef(fit)),
+    vcov = .mb_mat(as.matrix(stats::vcov(fit))),
+    theta = .mb_nv(lme4::getME(fit, "theta")),
+    varcorr = list(grp = as.character(vc$grp), var1 = as.character(vc$var1),
+                   var2 = as.character(vc$var2), vcov = as.numeric(vc$vcov),
+                   sdcor = as.numeric(vc$sdcor)),
+    sigma = as.numeric(stats::sigma(fit)),
+    ranef = .mb_ranef(fit),
+    loglik = as.numeric(ll), df = as.integer(attr(ll, "df")),
+    deviance = as.numeric(if (reml) stats::deviance(fit, REML = FALSE) else stats::deviance(fit)),
+    reml_criterion = if (reml) as.numeric(lme4::REMLcrit(fit)) else NULL,
+    aic = as.numeric(stats::AIC(fit)), bic = as.numeric(stats::BIC(fit)),
+    nobs = as.integer(stats::nobs(fit)),
+    ngrps = .mb_nv(as.integer(lme4::ngrps(fit))),
+    ngrps_names = names(lme4::ngrps(fit)),
+    fitted = unname(as.numeric(stats::fitted(fit))),
+    residuals = unname(as.numeric(stats::residuals(fit))),
+    singular = lme4::isSingular(fit),
+    nagq = as.integer(if (glmm) fit@devcomp$dims[["nAGQ"]] else 1L),
+    dropped_columns = as.character(names(attr(X, "col.dropped"))),
+    optinfo = list(
+      optimizer = as.character(oi$optimizer),
+      code = as.integer(oi$conv$opt),
+      message = as.character(if (is.null(oi$message)) "" else oi$message),
+      feval = as.integer(if (is.null(oi$feval)) NA else oi$feval),
+      warnings = as.character(unlist(oi$warnings)),
+      lme4_messages = as.character(unlist(oi$conv$lme4$messages)),
+      lme4_code = as.integer(unlist(oi$conv$lme4$code))
+    )
+  )
+  if (glmm) {
+    # Our own extra call: its "vcov ... from finite-difference Hessian and from RX differ"
+    # warning is not one the user's glmer() call would give, so it is not reported.
+    out$vcov_rx <- .mb_mat(as.matrix(suppressWarnings(stats::vcov(fit, use.hessian = FALSE))))
+  }
+  out$versions <- .mb_versions()
+  out
+}
+
+mb_lmer <- function(formula, data, REML = TRUE, has_weights = FALSE, has_offset = FALSE,
+                    control = list()) {
+  .mb_capture({
+    fml <- .mb_formula(formula)
+    ctrl <- .mb_lmer_control(control)
+    fit <- eval(.mb_mer_call(FALSE, has_weights, has_offset))
+    .mb_extract_mer(fit, glmm = FALSE)
+  })
+}
+
+mb_glmer <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
+                     has_weights = FALSE, has_offset = FALSE, control = list()) {
+  .mb_capture({
+    fml <- .mb_formula(formula)
+    fam <- .mb_family(family, link)
+    nAGQ <- as.integer(nAGQ)
+    ctrl <- .mb_glmer_control(control)
+    fit <- eval(.mb_mer_call(TRUE, has_weights, has_offset))
+    .mb_extract_mer(fit, glmm = TRUE)
+  })
+}
+
+# Deviance functions (devFunOnly = TRUE), returned as R closures for the embedded transport.
+mb_lmer_devfun <- function(formula, data, REML = TRUE, has_weights = FALSE, has_offset = FALSE) {
+  .mb_capture({
+    fml <- .mb_formula(formula)
+    ctrl <- lme4::lmerControl()
+    eval(.mb_mer_call(FALSE, has_weights, has_offset, dev_fun_only = TRUE))
+  })
+}
+
+# glmer with nAGQ >= 1 and devFunOnly runs stage 1 and returns the stage-2 function of
+# c(theta, beta); with nAGQ = 0 it returns the stage-1 function of theta.
+mb_glmer_devfun <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
+                            has_weights = FALSE, has_offset = FALSE, control = list()) {
+  .mb_capture({
+    fml <- .mb_formula(formula)
+    fam <- .mb_family(family, link)
+    nAGQ <- as.integer(nAGQ)
+    ctrl <- .mb_glmer_control(control)
+    eval(.mb_mer_call(TRUE, has_weights, has_offset, dev_fun_only = TRUE))
+  })
+}
+
+mb_call_devfun <- function(devfun, params) {
+  .mb_capture(as.numeric(devfun(as.numeric(params))))
+}
+
+mb_lmer_objective <- function(formula, data, theta, REML = TRUE, has_weights = FALSE,
+                              has_offset = FALSE) {
+  d <- mb_lmer_devfun(formula, data, REML, has_weights, has_offset)
+  if (!d$ok) return(d)
+  r <- mb_call_devfun(d$value, theta)
+  r$messages <- c(d$messages, r$messages)
+  r
+}
+
+mb_glmer_objective <- function(formula, data, params, family = "binomial", link = NULL,
+                               nAGQ = 1L, has_weights = FALSE, has_offset = FALSE,
+                               control = list()) {
+  d <- mb_glmer_devfun(formula, data, family, link, nAGQ, has_weights, has_offset, control)
+  if (!d$ok) return(d)
+  r <- mb_call_devfun(d$value, params)
+  r$messages <- c(d$messages, r$messages)
+  r
+}
+
+# ---------------------------------------------------------------------------------------------
+# bayesglm
+
+# arm::bayesglm with the dispersion held at 1 (our `dispersion = phi` extension passes prior
+# weights w / phi). arm fixes the dispersion only for families *named* poisson/binomial
+# (bayesglm_spec.md section 12 point 1 relabels the family). Relabelling also switches off
+# arm's gaussian prior scaling (2 sd(y), x-scaling only in iteration 1), so instead we run
+# copies of bayesglm/bayesglm.fit whose `%in%` reports every family as fixed-dispersion:
+# those are its only two uses in bayesglm.fit (the start value and the EM update).
+.mb_fixed_dispersion_bayesglm <- function() {
+  if (!is.null(.mb$bayesglm_fixed)) return(.mb$bayesglm_fixed)
+  ns <- asNamespace("arm")
+  env <- new.env(parent = ns)
+  env[["%in%"]] <- function(x, table) {
+    if (identical(table, c("poisson", "binomial"))) return(rep(TRUE, length(x)))
+    base::match(x, table, nomatch = 0L) > 0L
+  }
+  fitfun <- get("bayesglm.fit", envir = ns)
+  environment(fitfun) <- env
+  env$bayesglm.fit <- fitfun
+  top <- get("bayesglm", envir = ns)
+  environment(top) <- env
+  .mb$bayesglm_fixed <- top
+  top
+}
+
+mb_bayesglm <- function(formula, data, family = "gaussian", link = NULL,
+                        has_weights = FALSE, has_offset = FALSE,
+                        prior_mean = 0, prior_scale = NULL, prior_df = 1,
+                        prior_mean_for_intercept = 0, prior_scale_for_intercept = NULL,
+                        prior_df_for_intercept = 1, min_prior_scale = 1e-12, scaled = TRUE,
+                        drop_baseline = TRUE, maxit = 100L, epsilon = 1e-8,
+                        dispersion = NULL) {
+  .mb_capture({
+    suppressPackageStartupMessages(requireNamespace("arm", quietly = TRUE))
+    fml <- .mb_formula(formula)
+    fam <- .mb_family(family, link)
+    fixed <- !is.null(dispersion)
+    if (fixed) {
+      phi <- as.numeric(dispersion)
+      if (!is.finite(phi) || phi <= 0) stop("dispersion must be a positive number")
+      w0 <- if (isTRUE(has_weights)) data$.mb_weights else rep(1, nrow(data))
+      data$.mb_weights <- w0 / phi
+      has_weights <- TRUE
+    }
+    fn <- if (fixed) .mb_fixed_dispersion_bayesglm() else arm::bayesglm
+    cl <- quote(fn(formula = fml, data = data, family = fam,
+                   prior.mean = prior_mean, prior.scale = prior_scale, prior.df = prior_df,
+                   prior.mean.for.intercept = prior_mean_for_intercept,
+                   prior.scale.for.intercept = prior_scale_for_intercept,
+                   prior.df.for.intercept = prior_df_for_intercept,
+                   min.prior.scale = min_prior_scale, scaled = scaled,
+                   drop.baseline = drop_baseline, maxit = maxit,
+                   control = list(epsilon = epsilon)))
+    if (isTRUE(has_weights)) cl$weights <- quote(.mb_weights)
+    if (isTRUE(has_offset)) cl$offset <- quote(.mb_offset)
+    maxit <- as.integer(maxit)
+    fit <- eval(cl)
+    # summary.glm: Pearson dispersion (SEs reported by summary/vcov/se.coef); display() uses
+    # fit$dispersion. With a fixed phi both are phi: the fit ran at dispersion 1 with weights
+    # w / phi, so cov.unscaled is already the posterior covariance at phi.
+    s <- if (fixed) summary(fit, dispersion = 1) else summary(fit)
+    s_disp <- summary(fit, dispersion = if (fixed) 1 else fit$dispersion)
+    cf <- stats::coef(fit)
+    list(
+      family = fam$family, link = fam$link,
+      coef = .mb_nv(cf),
+      se = .mb_nv(s$coefficients[, 2]),
+      se_display = .mb_nv(s_disp$coefficients[, 2]),
+      vcov = .mb_mat(s$cov.scaled),
+      dispersion = if (fixed) phi else as.numeric(fit$dispersion),
+      dispersion_pearson = if (fixed) phi else as.numeric(s$dispersion),
+      deviance = as.numeric(fit$deviance),
+      null_deviance = as.numeric(fit$null.deviance),
+      aic = as.numeric(fit$aic),
+      df_residual = as.integer(fit$df.residual),
+      iter = as.integer(fit$iter),
+      converged = isTRUE(fit$converged),
+      prior_mean = as.numeric(fit$prior.mean),
+      prior_scale = as.numeric(fit$prior.scale),
+      prior_df = as.numeric(fit$prior.df),
+      prior_sd = as.numeric(fit$prior.sd),
+      fitted = unname(as.numeric(stats::fitted(fit))),
+      nobs = as.integer(stats::nobs(fit)),
+      fixed_dispersion = fixed,
+      versions = .mb_versions()
+    )
+  })
+}
+
+# ---------------------------------------------------------------------------------------------
+# Data sets
+
+mb_dataset <- function(name, package = "lme4") {
+  .mb_capture({
+    if (!is.character(name) || length(name) != 1L || !grepl("^[A-Za-z][A-Za-z0-9._]*$", name)) {
+      stop("invalid data set name")
+    }
+    e <- new.env()
+    utils::data(list = name, package = package, envir = e)
+    d <- as.data.frame(get(name, envir = e))
+    cols <- lapply(names(d), function(nm) {
+      x <- d[[nm]]
+      if (is.factor(x)) {
+        list(kind = if (is.ordered(x)) "ordered" else "factor", values = as.integer(x),
+             levels = levels(x))
+      } else if (is.logical(x)) {
+        list(kind = "logical", values = as.integer(x), levels = character(0))
+      } else if (is.integer(x)) {
+        list(kind = "integer", values = x, levels = character(0))
+      } else if (is.numeric(x)) {
+        list(kind = "double", values = as.numeric(x), levels = character(0))
+      } else {
+        list(kind = "string", values = as.character(x), levels = character(0))
+      }
+    })
+    list(names = names(d), nrow = nrow(d), columns = cols)
+  })
+}
