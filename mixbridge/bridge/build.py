@@ -156,7 +156,7 @@ def mixed_fit(
         aic=_f(v["aic"]),
         bic=_f(v["bic"]),
         nobs=_i(v["nobs"]),
-        ngroups={str(k): int(n) for k, n in zip(ng["names"], ng["values"])},
+        ngroups={str(k): int(n) for k, n in zip(ng["names"], ng["values"], strict=True)},
         fitted=np.asarray(v["fitted"], dtype=float),
         residuals=np.asarray(v["residuals"], dtype=float),
         singular=_b(v["singular"]),

@@ -87,7 +87,7 @@ def encode_series(name: str, s: pd.Series) -> Column:
         return Column(name, "integer", out)
     if pd.api.types.is_float_dtype(dtype):
         return Column(name, "double", _float(s.to_numpy(dtype=np.float64, na_value=np.nan)))
-    if pd.api.types.is_string_dtype(dtype) or dtype == object:
+    if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
         codes, uniques = pd.factorize(s, use_na_sentinel=True)
         if all(isinstance(u, str) for u in uniques):
             return Column(name, "string", _codes(codes), tuple(uniques))

@@ -65,7 +65,9 @@ def load_r_dataset(name: str, package: str = "lme4", transport: str | None = Non
 
         res = embedded.call("mb_dataset", name=name, package=package)
     value = build.check(res, "load_r_dataset")
-    frame = pd.DataFrame({str(n): _column(c) for n, c in zip(value["names"], value["columns"])})
+    frame = pd.DataFrame(
+        {str(n): _column(c) for n, c in zip(value["names"], value["columns"], strict=True)}
+    )
     with _CACHE_LOCK:
         _CACHE[key] = frame
     return frame.copy()

@@ -136,7 +136,7 @@ def from_r(ri: Any, x: Any) -> Any:
         items = [from_r(ri, v) for v in x]
         if names is ri.NULL or isinstance(names, type(ri.NULL)):
             return items
-        return dict(zip([str(n) for n in names], items))
+        return dict(zip([str(n) for n in names], items, strict=True))
     if isinstance(x, ri.FloatSexpVector):
         return np.array(x.memoryview(), dtype=np.float64) if len(x) else np.zeros(0)
     if isinstance(x, (ri.IntSexpVector, ri.BoolSexpVector)):
