@@ -16,6 +16,7 @@ provisional mean before accumulating (the criterion is invariant; β̂ and A⁻�
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -310,6 +311,35 @@ def _evaluate(theta: float, stats: GroupStats, reml: bool) -> _Eval:
     return _Eval(theta, rc if reml else ml, pwrss, ldL2, ldRX2, L, rc, ml)
 
 
+def _dcriterion_dphi(phi: float, stats: GroupStats, reml: bool) -> float:
+    """d criterion / dφ with φ = θ², analytically (its root pins θ̂ to ~1e-13, where a
+    derivative-free search on the flat criterion stops near sqrt(machine eps) ≈ 1e-8).
+
+    With D = Σ_j M_j/(1+φs_j)² (= −d aug/dφ) and v = [−β̂; 1]:
+    dpwrss/dφ = −v'Dv,  d ldL2/dφ = Σ_j s_j/(1+φs_j),  d log det A/dφ = −tr(A⁻¹ D_XX).
+    """
+    c = _collapse(stats)
+    p = stats.p
+    ev = _evaluate(math.sqrt(phi), stats, reml)
+    if ev.L is None:
+        return math.nan
+    den = 1.0 + phi * c.s
+    upper = c.M @ (1.0 / (den * den))
+    D = np.empty((p + 1, p + 1))
+    D[c.iu, c.ju] = upper
+    D[c.ju, c.iu] = upper
+    # Small dense solves with A itself (p×p): cheaper here than triangular solves on L's block.
+    A = ev.L[:p, :p] @ ev.L[:p, :p].T
+    sol = np.linalg.solve(A, np.column_stack([ev.L[:p, :p] @ ev.L[p, :p], D[:p, :p]]))
+    v = np.append(-sol[:, 0], 1.0)
+    dpwrss = -float(v @ D @ v)
+    dldL2 = float(np.dot(c.count, c.s / den))
+    if not reml:
+        return dldL2 + stats.n * dpwrss / ev.pwrss
+    dldRX2 = -float(np.trace(sol[:, 1:]))
+    return dldL2 + dldRX2 + (stats.n - p) * dpwrss / ev.pwrss
+
+
 def scalar_ri_criterion(theta: float, stats: GroupStats, reml: bool) -> float:
     """lme4's profiled deviance d(θ) (ML) or REML criterion d_R(θ) (spec §2.2)."""
     return _evaluate(abs(float(theta)), stats, reml).criterion
@@ -370,19 +400,8 @@ def scalar_ri_fit(stats: GroupStats, reml: bool) -> ScalarRIResult:
             )
         )
     elif hi > lo:
-        res = optimize.minimize_scalar(
-            f,
-            bounds=(lo, hi),
-            method="bounded",
-            options={"xatol": 1e-12 * max(hi, 1e-8), "maxiter": 500},
-        )
-        theta = float(res.x)
-        if not res.success:
-            converged = False
-            messages.append(
-                Message("warning", f"theta search: {res.message}", "python", code="convergence")
-            )
-        if vals[i] < f(theta):  # the bracket's centre was better than Brent's answer
+        theta = _polish(f, lambda t: _dcriterion_dphi(t * t, stats, reml), lo, hi, grid[i])
+        if vals[i] < f(theta):  # never return worse than the best grid point
             theta = grid[i]
     else:
         theta = grid[i]
@@ -401,6 +420,26 @@ def scalar_ri_fit(stats: GroupStats, reml: bool) -> ScalarRIResult:
     if singular:
         messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
     return _estimates(final, stats, reml, singular, converged, messages, evals)
+
+
+def _polish(
+    f: Callable[[float], float], g: Callable[[float], float], lo: float, hi: float, mid: float
+) -> float:
+    """θ̂ in the bracket [lo, hi] around the best grid point `mid`: a root of the derivative g
+    (in φ = θ²) when g changes sign, else a bounded Brent search on f itself."""
+    g_lo = g(lo) if lo > 0 else g(0.0)
+    if lo == 0.0 and g_lo >= 0.0:  # increasing from the bound: the minimum is θ = 0
+        return 0.0
+    g_hi = g(hi)
+    if g_lo < 0.0 < g_hi:
+        phi = optimize.brentq(
+            lambda ph: g(math.sqrt(ph)), lo * lo, hi * hi, xtol=1e-300, rtol=1e-15, maxiter=200
+        )
+        return math.sqrt(phi)
+    res = optimize.minimize_scalar(
+        f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12 * hi, "maxiter": 500}
+    )
+    return float(res.x)
 
 
 def _estimates(

@@ -1,0 +1,272 @@
+"""The O(G) `(1|g)` path (mixbridge.python_impl.lmm_scalar) against lme4, run live.
+
+R is called once per session (one Rscript run for all cases, to keep the suite fast): it fits each
+model with lme4, evaluates lme4's own deviance function (`devFunOnly=TRUE`) at fixed θ values, and
+writes the data it used, so both sides fit identical numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixbridge.python_impl.lmm_scalar import (
+    SINGULAR_TEXT,
+    GroupStats,
+    group_stats,
+    scalar_ri_criterion,
+    scalar_ri_fit,
+    scalar_ri_fitted,
+)
+
+THETAS = [0.0, 0.05, 0.3, 1.0, 4.0]
+
+# name -> (R data source, response, fixed-effect columns, group, weights?, offset?)
+CASES = {
+    "Dyestuff": ("Dyestuff", "Yield", [], "Batch", False, False),
+    "Dyestuff2": ("Dyestuff2", "Yield", [], "Batch", False, False),
+    "sleepstudy": ("sleepstudy", "Reaction", ["Days"], "Subject", False, False),
+    "weighted": ("csv", "y", ["x1", "x2"], "g", True, True),
+    # x2 = a calendar year: a large mean stresses the centring of the one-pass sums.
+    "year": ("csv", "y", ["x1", "year"], "g", False, False),
+}
+
+R_SCRIPT = r"""
+suppressMessages({library(lme4); library(jsonlite)})
+args <- commandArgs(TRUE)
+spec <- fromJSON(args[1], simplifyVector = FALSE)
+out <- list()
+for (nm in names(spec)) {
+  s <- spec[[nm]]
+  d <- if (s$source == "csv") read.csv(s$path) else get(s$source, asNamespace("lme4"))
+  if (s$source != "csv") write.csv(d, file.path(dirname(args[2]), paste0(nm, ".csv")),
+                                   row.names = FALSE)
+  rhs <- if (length(s$x)) paste(unlist(s$x), collapse = " + ") else "1"
+  f <- as.formula(paste(s$y, "~", rhs, "+ (1|", s$g, ")"))
+  res <- list()
+  for (reml in c(TRUE, FALSE)) {
+    a <- list(formula = f, data = d, REML = reml)
+    if (isTRUE(s$w)) a$weights <- d$w
+    if (isTRUE(s$o)) a$offset <- d$o
+    dev <- do.call(lmer, c(a, devFunOnly = TRUE))
+    fit <- suppressMessages(do.call(lmer, a))
+    re <- ranef(fit, condVar = TRUE)[[s$g]]
+    res[[if (reml) "reml" else "ml"]] <- list(
+      devfun = vapply(unlist(s$thetas), function(t) dev(t), 0),
+      theta = unname(getME(fit, "theta")),
+      devfun_hat = dev(getME(fit, "theta")),
+      fixef = unname(fixef(fit)), se = unname(sqrt(diag(as.matrix(vcov(fit))))),
+      sigma = sigma(fit), ranef = re[[1]], levels = rownames(re),
+      cond_var = as.vector(attr(re, "postVar")),
+      tau = as.data.frame(VarCorr(fit))$sdcor[1],
+      crit = if (reml) REMLcrit(fit) else deviance(fit),
+      singular = isSingular(fit))
+  }
+  out[[nm]] <- res
+}
+writeLines(toJSON(out, digits = NA, auto_unbox = TRUE), args[2])
+"""
+
+
+def _make_csv_data(path: Path, name: str) -> None:
+    rng = np.random.default_rng(20261122 if name == "weighted" else 7)
+    G = 40
+    sizes = rng.integers(2, 25, G)  # unbalanced groups
+    g = np.repeat(np.arange(G), sizes)
+    n = g.shape[0]
+    b = rng.normal(0.0, 0.8, G)
+    x1 = rng.normal(size=n)
+    d = {"g": [f"L{j:02d}" for j in g], "x1": x1}
+    if name == "weighted":
+        d["x2"] = rng.uniform(-2, 2, n)
+        d["w"] = rng.uniform(0.2, 3.0, n)
+        d["o"] = rng.normal(0.0, 0.5, n)
+        d["y"] = 1 + 0.5 * x1 - d["x2"] + b[g] + d["o"] + rng.normal(size=n) / np.sqrt(d["w"])
+    else:
+        d["year"] = rng.integers(1990, 2021, n).astype(float)
+        d["y"] = 3 + x1 + 0.02 * (d["year"] - 2000) + b[g] + rng.normal(size=n)
+    pd.DataFrame(d).to_csv(path, index=False, float_format="%.17g")
+
+
+@pytest.fixture(scope="module")
+def r_ref(needs_r, tmp_path_factory):
+    """Run lme4 once on every case; returns {case: (data frame, {"reml"|"ml": results})}."""
+    if shutil.which("Rscript") is None:  # needs_r already failed/skipped; keep mypy-style safety
+        pytest.skip("Rscript not found")
+    tmp = tmp_path_factory.mktemp("lmm_scalar_r")
+    spec = {}
+    for nm, (src, y, xs, g, w, o) in CASES.items():
+        entry = {"source": src, "y": y, "x": xs, "g": g, "w": w, "o": o, "thetas": THETAS}
+        if src == "csv":
+            path = tmp / f"{nm}.csv"
+            _make_csv_data(path, nm)
+            entry["path"] = str(path)
+        spec[nm] = entry
+    out_path = tmp / "out.json"
+    proc = subprocess.run(
+        ["Rscript", "--vanilla", "-e", R_SCRIPT, json.dumps(spec), str(out_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out_path.read_text())
+    return {nm: (pd.read_csv(tmp / f"{nm}.csv"), results[nm]) for nm in CASES}
+
+
+def _stats(case: str, data: pd.DataFrame):
+    _, y, xs, g, w, o = CASES[case]
+    X = np.column_stack([np.ones(len(data))] + [data[x].to_numpy(float) for x in xs])
+    # R's levels for these groups are the sorted labels (factor levels of the data sets are
+    # in sorted order too for Dyestuff, Dyestuff2; sleepstudy's Subject levels are sorted numbers).
+    levels, codes = np.unique(data[g].astype(str).to_numpy(), return_inverse=True)
+    yy = data[y].to_numpy(float)
+    if o:
+        yy = yy - data["o"].to_numpy(float)
+    weights = data["w"].to_numpy(float) if w else None
+    return X, yy, weights, codes, levels, group_stats(X, yy, weights, codes, len(levels))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_criterion_equals_lme4_devfun(r_ref, case, method):
+    data, ref = r_ref[case]
+    *_, stats = _stats(case, data)
+    ref = ref[method]
+    thetas = THETAS + [ref["theta"]]
+    for theta, r_value in zip(thetas, ref["devfun"] + [ref["devfun_hat"]], strict=True):
+        ours = scalar_ri_criterion(theta, stats, reml=method == "reml")
+        # 1e-10 relative: the same arithmetic in a different order (lme4_spec §2 verified 1e-12).
+        assert ours == pytest.approx(r_value, rel=1e-10), (case, method, theta)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_estimates_match_lme4(r_ref, case, method):
+    data, ref = r_ref[case]
+    X, y, w, codes, levels, stats = _stats(case, data)
+    ref = ref[method]
+    fit = scalar_ri_fit(stats, reml=method == "reml")
+    assert fit.converged
+    # Our 1-D search is exact to ~1e-9 in θ; lme4's BOBYQA stops at xtol_abs 1e-8, and the
+    # criterion is flat at the optimum, so its θ is good to about 1e-6 relative (spec §5).
+    assert fit.theta == pytest.approx(ref["theta"], rel=1e-5, abs=1e-7)
+    # Never worse than lme4 at its own optimum (1e-6 relative slack for R's rounding of θ).
+    assert fit.criterion <= ref["crit"] + 1e-6 * abs(ref["crit"])
+    assert fit.criterion == pytest.approx(ref["crit"], rel=1e-7)
+    se = np.asarray(ref["se"])
+    beta_r = np.asarray(ref["fixef"])
+    # β: 1e-5 relative or 1e-4 standard errors, whichever is looser (β moves with θ at the
+    # optimizer's tolerance).
+    assert np.all(np.abs(fit.beta - beta_r) <= np.maximum(1e-5 * np.abs(beta_r), 1e-4 * se))
+    se_ours = fit.sigma * np.sqrt(np.diag(fit.vcov_unscaled))
+    np.testing.assert_allclose(se_ours, se, rtol=1e-4)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-5)
+    assert list(levels) == [str(v) for v in ref["levels"]]
+    tau = max(ref["tau"], 1e-8)
+    # ranef and condVar: 1e-4 of the random-intercept SD (τ), same reasoning as θ.
+    np.testing.assert_allclose(fit.b, ref["ranef"], rtol=0, atol=1e-4 * tau)
+    np.testing.assert_allclose(fit.cond_var, ref["cond_var"], rtol=0, atol=1e-4 * tau**2)
+    assert fit.singular == bool(ref["singular"])
+    fitted = scalar_ri_fitted(X, codes, fit)
+    assert fitted.shape == y.shape
+
+
+def test_singular_fit_is_flagged_like_lme4(r_ref):
+    data, ref = r_ref["Dyestuff2"]
+    *_, stats = _stats("Dyestuff2", data)
+    fit = scalar_ri_fit(stats, reml=True)
+    assert ref["reml"]["singular"] and ref["reml"]["theta"] == 0.0
+    assert fit.theta == 0.0 and fit.singular
+    assert [(m.kind, m.code, m.text) for m in fit.messages] == [
+        ("message", "singular", SINGULAR_TEXT)
+    ]
+    np.testing.assert_array_equal(fit.b, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties that need no R
+
+
+def _random_problem(seed: int, n: int = 600, G: int = 30, weights: bool = True):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, G, n)
+    X = np.column_stack([np.ones(n), rng.normal(size=n), rng.uniform(100, 101, n)])
+    y = X @ [1.0, -2.0, 0.5] + rng.normal(0, 0.7, G)[codes] + rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, n) if weights else None
+    return X, y, w, codes, G
+
+
+def _dense_criterion(theta, X, y, w, codes, G, reml):
+    """lme4_spec §1.3–1.4 with dense matrices: an independent transcription for checking."""
+    n, p = X.shape
+    w = np.ones(n) if w is None else w
+    Z = np.zeros((n, G))
+    Z[np.arange(n), codes] = 1.0
+    sw = np.sqrt(w)
+    ZL = theta * Z * sw[:, None]
+    Xw, yw = X * sw[:, None], y * sw
+    L = np.linalg.cholesky(ZL.T @ ZL + np.eye(G))
+    RZX = np.linalg.solve(L, ZL.T @ Xw)
+    cu = np.linalg.solve(L, ZL.T @ yw)
+    RX = np.linalg.cholesky(Xw.T @ Xw - RZX.T @ RZX).T
+    cb = np.linalg.solve(RX.T, Xw.T @ yw - RZX.T @ cu)
+    pwrss = yw @ yw - cu @ cu - cb @ cb
+    ldL2 = 2 * np.sum(np.log(np.diag(L)))
+    ldW = np.sum(np.log(w))
+    if reml:
+        ldRX2 = 2 * np.sum(np.log(np.abs(np.diag(RX))))
+        return ldL2 + ldRX2 - ldW + (n - p) * (1 + math.log(2 * math.pi * pwrss / (n - p)))
+    return ldL2 - ldW + n * (1 + math.log(2 * math.pi * pwrss / n))
+
+
+@pytest.mark.parametrize("weights", [True, False])
+@pytest.mark.parametrize("reml", [True, False])
+def test_criterion_matches_dense_pls(weights, reml):
+    X, y, w, codes, G = _random_problem(3, weights=weights)
+    stats = group_stats(X, y, w, codes, G)
+    for theta in (0.0, 0.2, 1.3, 25.0):
+        dense = _dense_criterion(theta, X, y, w, codes, G, reml)
+        # 1e-10: both are exact reformulations; the dense one loses a few digits in X'WX.
+        assert scalar_ri_criterion(theta, stats, reml) == pytest.approx(dense, rel=1e-10)
+
+
+def test_group_stats_add_over_chunks():
+    X, y, w, codes, G = _random_problem(5)
+    whole = group_stats(X, y, w, codes, G)
+    shift = (whole.x_shift, whole.y_shift)
+    parts = [
+        group_stats(X[a:b], y[a:b], w[a:b], codes[a:b], G, shift=shift, intercept=0)
+        for a, b in [(0, 100), (100, 333), (333, 600)]
+    ]
+    total = parts[0] + parts[1] + parts[2]
+    assert isinstance(total, GroupStats) and total.n == whole.n
+    for field in ("s", "Sy", "SX", "XtX", "Xty"):
+        np.testing.assert_allclose(getattr(total, field), getattr(whole, field), rtol=1e-12)
+    assert total.yty == pytest.approx(whole.yty, rel=1e-12)
+    assert total.ldW == pytest.approx(whole.ldW, rel=1e-12)
+    f1, f2 = scalar_ri_fit(whole, True), scalar_ri_fit(total, True)
+    # θ̂ is a root of the analytic derivative, so chunked sums (rounding ~1e-16) move it by
+    # ~1e-14 at most; 1e-11 leaves room for the conditioning of the root.
+    assert f2.theta == pytest.approx(f1.theta, rel=1e-11)
+    np.testing.assert_allclose(f2.beta, f1.beta, rtol=1e-11)
+    np.testing.assert_allclose(f2.b, f1.b, rtol=0, atol=1e-11 * np.max(np.abs(f1.b)))
+    with pytest.raises(ValueError, match="shifts"):
+        _ = parts[0] + group_stats(X, y, w, codes, G, shift=(shift[0] + 1, shift[1]))
+
+
+def test_shift_does_not_change_estimates():
+    X, y, w, codes, G = _random_problem(11)
+    centred = scalar_ri_fit(group_stats(X, y, w, codes, G), reml=False)
+    raw = scalar_ri_fit(group_stats(X, y, w, codes, G, shift=(np.zeros(3), 0.0)), reml=False)
+    assert centred.criterion == pytest.approx(raw.criterion, rel=1e-10)
+    # X[:,2] has mean 100.5 and sd 0.29: uncentred sums lose ~5 digits, hence 1e-6 here.
+    np.testing.assert_allclose(centred.beta, raw.beta, rtol=1e-6)
+    np.testing.assert_allclose(centred.vcov_unscaled, raw.vcov_unscaled, rtol=1e-5)
