@@ -1,0 +1,720 @@
+"""lme4's glmer in pure Python (engine="python"): Laplace and adaptive Gauss–Hermite GLMMs.
+
+Pipeline (spec §3):
+
+    formula, data -> MixedTerms (mixbridge.formula) -> GlmResponse + predictor
+        -> deviance functions (PIRLS -> Laplace / AGQ), pure functions of their parameters
+        -> stage 1: θ with β inside PIRLS;  stage 2: (θ, β) with u-only PIRLS
+        -> MixedFit
+
+A single scalar random-effects term (`(1|g)`) uses `ScalarPredictor` (O(n) per PIRLS step, L
+diagonal); anything else uses the shared sparse `Predictor`. Every deviance evaluation restarts
+PIRLS from the stored linear predictor lp0, as lme4 does, so the objective is deterministic and
+reproduces lme4's devfun including its PIRLS stopping quirk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize as sopt
+
+from mixbridge.errors import ArgumentError, ConvergenceError, DataError
+from mixbridge.python_impl.agq import MAX_NAGQ, agq_deviance
+from mixbridge.python_impl.pirls import (
+    GlmResponse,
+    PirlsState,
+    ScalarPredictor,
+    pirls,
+    saturated_log_lik,
+)
+from mixbridge.results import Message, MixedFit
+
+SUPPORTED = {"binomial": ("logit", "probit", "cloglog"), "poisson": ("log",)}
+AGQ_SCALAR_ONLY = "nAGQ > 1 is only available for models with a single, scalar random-effects term"
+SINGULAR_TEXT = "boundary (singular) fit: see help('isSingular')"
+BOUNDARY_TOL = 1e-5  # glmerControl boundary.tol
+
+
+# ---------------------------------------------------------------------------------------------
+# Model setup: terms -> response + predictor
+
+
+@dataclass
+class GlmerModel:
+    """Everything fixed for a fit: terms, response, predictor, θ layout and the PIRLS controls."""
+
+    terms: Any
+    resp: GlmResponse
+    pred: Any
+    scalar: bool
+    theta0: np.ndarray
+    theta_lower: np.ndarray
+    eta_init: np.ndarray
+    nagq: int
+    tol: float
+    maxit: int
+    messages: list[Message]
+
+    @property
+    def n_theta(self) -> int:
+        return self.theta0.size
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.terms.X
+
+    def lambda_blocks(self, theta: np.ndarray) -> list[np.ndarray]:
+        if self.scalar:
+            return [np.array([[float(theta[0])]])]
+        return self.pred.lambda_blocks(theta)
+
+
+def _control(control: dict[str, Any] | None) -> tuple[float, int]:
+    control = dict(control or {})
+    tol = float(control.pop("tol_pwrss", 1e-7))
+    maxit = int(control.pop("maxit", 100))
+    if control:
+        raise ArgumentError(
+            f"unknown glmer control option(s): {', '.join(sorted(control))}; "
+            "supported: tol_pwrss, maxit",
+            "control",
+        )
+    if not tol > 0:
+        raise ArgumentError(f"control tol_pwrss must be > 0, got {tol}", "control")
+    return tol, maxit
+
+
+def build_model(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    family: str,
+    link: str | None,
+    nagq: int,
+    weights: Any,
+    offset: Any,
+    control: dict[str, Any] | None,
+) -> GlmerModel:
+    from mixbridge.formula import build_mixed_terms
+    from mixbridge.python_impl.families import get_family
+
+    tol, maxit = _control(control)
+    if family not in SUPPORTED:
+        raise ArgumentError(
+            f"glmer (engine='python') supports families {', '.join(SUPPORTED)}, not {family!r}",
+            "family",
+        )
+    link = SUPPORTED[family][0] if link is None else link
+    if link not in SUPPORTED[family]:
+        raise ArgumentError(
+            f"link {link!r} is not supported for glmer {family}; use one of "
+            f"{', '.join(SUPPORTED[family])}",
+            "link",
+        )
+    if not 0 <= nagq <= MAX_NAGQ:
+        raise ArgumentError(f"nagq must be an integer from 0 to {MAX_NAGQ}, got {nagq}", "nagq")
+    fam = get_family(family, link)
+    terms = build_mixed_terms(
+        formula, data, weights=weights, offset=offset, model="glmer", family=family
+    )
+    messages = list(terms.messages)
+    y = np.asarray(terms.y, dtype=float)
+    w = np.asarray(terms.weights, dtype=float)
+    off = np.asarray(terms.offset, dtype=float)
+    _check_response(terms, fam, y, w, off, messages)
+    init = fam.initialize(y, w, n_trials=terms.n_trials, response=terms.response_name)
+    for text in init.warnings:
+        messages.append(Message("warning", text, "python", code="non_integer"))
+    resp = GlmResponse(fam, np.asarray(init.y), np.asarray(init.weights), off, np.asarray(init.n))
+
+    reterms = list(terms.reterms)
+    scalar = len(reterms) == 1 and reterms[0].p == 1
+    if nagq > 1 and not scalar:
+        raise ArgumentError(AGQ_SCALAR_ONLY, "nagq")
+    if scalar:
+        t = reterms[0]
+        zcol = np.asarray(t.Z, dtype=float)[:, 0]
+        pred: Any = ScalarPredictor(
+            terms.X, t.codes, t.n_levels, None if np.all(zcol == 1.0) else zcol
+        )
+        theta0, lower = np.ones(1), np.zeros(1)
+    else:
+        from mixbridge.python_impl.predictor import Predictor, lower_bounds, theta_start
+
+        pred = Predictor(terms)
+        theta0, lower = theta_start(reterms), lower_bounds(reterms)
+    eta_init = off + np.asarray(fam.linkfun(init.mustart), dtype=float)
+    return GlmerModel(
+        terms, resp, pred, scalar, theta0, lower, eta_init, nagq, tol, maxit, messages
+    )
+
+
+def _check_response(
+    terms: Any, fam: Any, y: np.ndarray, w: np.ndarray, off: np.ndarray, messages: list[Message]
+) -> None:
+    """Bad input becomes a DataError naming the column; doubtful input a warning Message."""
+    name = terms.response_name
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"response {name!r} has non-finite values", name)
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise DataError(
+            f"weights must be finite and >= 0 ({int(np.sum(w < 0))} negative)", "weights"
+        )
+    if not np.all(np.isfinite(off)):
+        raise DataError("offset has non-finite values", "offset")
+    if fam.family == "binomial" and (np.any(y < 0) or np.any(y > 1)):
+        bad = np.flatnonzero((y < 0) | (y > 1))
+        raise DataError(
+            f"binomial response {name!r} must be 0/1, a proportion in [0, 1] or cbind(successes,"
+            f" failures) with non-negative counts; {bad.size} rows outside (first: row "
+            f"{int(bad[0])}, value {y[bad[0]]:g})",
+            name,
+        )
+    if fam.family == "binomial" and terms.n_trials is not None:
+        n = np.asarray(terms.n_trials, dtype=float)
+        if np.any(n < 0):
+            raise DataError(f"cbind() response {name!r} has negative counts", name)
+    if np.ptp(y) == 0:
+        raise DataError(f"response {name!r} is constant", name)
+    if fam.family == "poisson" and np.any(y < 0):
+        raise DataError(f"poisson response {name!r} has negative values", name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The deviance functions (lme4's devfun for stage 1 and stage 2)
+
+
+class Devfun:
+    """lme4's glmer deviance functions over one model, restarting PIRLS from lp0 every time.
+
+    `stage1(theta)`: joint (u, β) PIRLS, Laplace deviance (lme4's nAGQ = 0 devfun).
+    `stage2(params)`: params = (θ, β); u-only PIRLS with offset o + Xβ; Laplace or AGQ.
+    After any call, `self.state` and the predictor hold that evaluation's PIRLS state.
+    """
+
+    def __init__(self, model: GlmerModel) -> None:
+        self.m = model
+        self.base_offset = model.resp.offset
+        # initial joint PIRLS at θ0 from mustart (mkGlmerDevfun) gives the first lp0
+        st = self._pirls(model.theta0, model.eta_init, self.base_offset, u_only=False)
+        self.lp0 = st.lin_pred(model.pred)
+        self.state: PirlsState = st
+        self.n_evals = 0
+
+    def _pirls(self, theta: np.ndarray, eta: np.ndarray, offset: np.ndarray, u_only: bool):
+        m = self.m
+        return pirls(m.pred, m.resp, theta, eta, offset, u_only=u_only, tol=m.tol, maxit=m.maxit)
+
+    def stage1(self, theta: np.ndarray) -> float:
+        self.n_evals += 1
+        theta = np.asarray(theta, dtype=float)
+        st = self._pirls(theta, self.base_offset + self.lp0, self.base_offset, u_only=False)
+        self.state = st
+        return st.laplace(self.m.resp)
+
+    def start_stage2(self) -> None:
+        """lp0 <- the linear predictor of the last evaluation (the stage-1 optimum)."""
+        self.lp0 = self.state.lin_pred(self.m.pred)
+
+    def stage2(self, params: np.ndarray) -> float:
+        self.n_evals += 1
+        m = self.m
+        params = np.asarray(params, dtype=float)
+        theta, beta = params[: m.n_theta], params[m.n_theta :]
+        offset = self.base_offset + m.X @ beta
+        st = self._pirls(theta, self.base_offset + self.lp0, offset, u_only=True)
+        self.state = st
+        self.offset = offset
+        if m.nagq <= 1:
+            return st.laplace(m.resp)
+        return agq_deviance(m.pred, m.resp, st, offset, m.nagq)
+
+
+def _safe(f: Callable[[np.ndarray], float]) -> Callable[[np.ndarray], float]:
+    """Inside an optimizer a failed PIRLS (lme4 would stop) is an infinitely bad point."""
+
+    def g(x: np.ndarray) -> float:
+        try:
+            v = f(x)
+        except (ConvergenceError, np.linalg.LinAlgError, FloatingPointError):
+            return np.inf
+        return v if np.isfinite(v) else np.inf
+
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimization
+
+
+def _nelder_mead(
+    f: Callable[[np.ndarray], float],
+    x0: np.ndarray,
+    step: np.ndarray,
+    lower: np.ndarray,
+    maxfev: int,
+) -> tuple[np.ndarray, float, int]:
+    """Bounded Nelder–Mead from a lme4-style axis simplex, restarted until it stops improving.
+
+    lme4's stage 2 stops at FtolAbs = 1e-5; we converge much tighter and restart with a fresh
+    simplex (a standard guard against NM's premature collapse) so our optimum is at least as good.
+    """
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    x, fx, nfev = np.asarray(x0, dtype=float), f(x0), 1
+    for _ in range(6):
+        simplex = np.vstack([x] + [x + step[i] * np.eye(x.size)[i] for i in range(x.size)])
+        simplex = np.maximum(simplex, np.where(np.isfinite(lower), lower, -np.inf))
+        res = sopt.minimize(
+            f,
+            x,
+            method="Nelder-Mead",
+            bounds=bounds,
+            options={
+                "initial_simplex": simplex,
+                # far below lme4's FtolAbs = 1e-5 (its criterion is ~1e-9 relative flat here)
+                "xatol": 1e-6,
+                "fatol": 1e-8,
+                "maxfev": maxfev,
+                "adaptive": x.size > 4,
+            },
+        )
+        nfev += int(res.nfev)
+        improved = fx - float(res.fun)
+        if float(res.fun) <= fx:
+            x, fx = np.asarray(res.x, dtype=float), float(res.fun)
+        step = step * 0.1
+        if improved < 1e-10 * max(1.0, abs(fx)):
+            break
+    return x, fx, nfev
+
+
+def _optimize_stage1(dev: Devfun, model: GlmerModel) -> tuple[np.ndarray, float, int]:
+    f = _safe(dev.stage1)
+    if model.scalar:
+        # 1-D: bounded Brent on [0, hi] (expanding hi when the minimum sits at its end), and θ = 0
+        hi, nfev = 10.0, 0
+        while True:
+            res = sopt.minimize_scalar(
+                lambda t: f(np.array([t])),
+                bounds=(0.0, hi),
+                method="bounded",
+                options={"xatol": 1e-10, "maxiter": 500},
+            )
+            nfev += int(res.nfev)
+            if res.x < 0.99 * hi or hi > 1e4:
+                break
+            hi *= 10.0
+        theta, fval = np.array([float(res.x)]), float(res.fun)
+        f0 = f(np.zeros(1))
+        if f0 <= fval:
+            theta, fval = np.zeros(1), f0
+        return theta, fval, nfev + 1
+    step = 0.2 * np.maximum(np.abs(model.theta0), 1.0)
+    return _nelder_mead(f, model.theta0, step, model.theta_lower, 10000)
+
+
+def _check_boundary(
+    f: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """lme4's check.boundary: θ_i within 1e-5 of a zero bound is set to the bound if that helps."""
+    for i in np.flatnonzero((lower == 0) & (x > 0) & (x < BOUNDARY_TOL)):
+        xx = x.copy()
+        xx[i] = 0.0
+        fxx = f(xx)
+        if fxx < fx:
+            x, fx = xx, fxx
+    return x, fx
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def glmer(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    family: str = "binomial",
+    link: str | None = None,
+    nagq: int = 1,
+    weights: Any = None,
+    offset: Any = None,
+    control: dict[str, Any] | None = None,
+) -> MixedFit:
+    """Fit `glmer(formula, data, family, nAGQ = nagq)` (spec §3.4) and build the MixedFit."""
+    model = build_model(
+        formula,
+        data,
+        family=family,
+        link=link,
+        nagq=nagq,
+        weights=weights,
+        offset=offset,
+        control=control,
+    )
+    dev = Devfun(model)
+    theta1, f1, nfev1 = _optimize_stage1(dev, model)
+    dev.stage1(theta1)  # re-evaluate at the optimum: sets lp0 and the stage-1 state (lme4 too)
+    beta1 = np.asarray(dev.state.beta, dtype=float)
+    rx_se = np.sqrt(np.diag(model.pred.rx_inverse()))
+    info: dict[str, Any] = {"stage1": {"theta": theta1.tolist(), "fval": f1, "n_evals": nfev1}}
+    if nagq == 0:
+        return _finish_stage1(model, dev, theta1, f1, info)
+
+    dev.start_stage2()
+    lower = np.concatenate([model.theta_lower, np.full(beta1.size, -np.inf)])
+    x0 = np.concatenate([theta1, beta1])
+    step = 0.2 * np.concatenate([np.full(theta1.size, 0.1), np.minimum(rx_se, 10.0)])
+    f2 = _safe(dev.stage2)
+    x, fx, nfev2 = _nelder_mead(f2, x0, step, lower, 10000)
+    x, fx = _check_boundary(f2, x, fx, lower)
+    info["stage2"] = {"fval": fx, "n_evals": nfev2}
+    return _finish_stage2(model, dev, x, fx, lower, info)
+
+
+def glmer_objective(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    theta: np.ndarray,
+    beta: np.ndarray,
+    family: str = "binomial",
+    link: str | None = None,
+    nagq: int = 1,
+    weights: Any = None,
+    offset: Any = None,
+    control: dict[str, Any] | None = None,
+) -> float:
+    """lme4's `glmer(..., devFunOnly = TRUE)` evaluated at (θ, β): the stage-2 deviance function
+    (after the stage-1 optimization that sets its starting linear predictor); for nagq = 0 the
+    stage-1 function of θ (β is ignored)."""
+    model = build_model(
+        formula,
+        data,
+        family=family,
+        link=link,
+        nagq=nagq,
+        weights=weights,
+        offset=offset,
+        control=control,
+    )
+    theta = np.asarray(theta, dtype=float).reshape(-1)
+    beta = np.asarray(beta, dtype=float).reshape(-1)
+    if theta.size != model.n_theta:
+        raise ArgumentError(f"theta must have length {model.n_theta}, got {theta.size}", "theta")
+    dev = Devfun(model)
+    if nagq == 0:
+        return dev.stage1(theta)
+    if beta.size != model.X.shape[1]:
+        raise ArgumentError(f"beta must have length {model.X.shape[1]}, got {beta.size}", "beta")
+    theta1, _, _ = _optimize_stage1(dev, model)
+    dev.stage1(theta1)
+    dev.start_stage2()
+    return dev.stage2(np.concatenate([theta, beta]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the result
+
+
+def _vcov_from_hessian(hess: np.ndarray, n_theta: int) -> np.ndarray | None:
+    """lme4's default glmer vcov: 2·[H⁻¹]_ββ, symmetrized; None if not positive definite."""
+    try:
+        hinv = np.linalg.inv(hess)
+    except np.linalg.LinAlgError:
+        return None
+    v = 2.0 * hinv[n_theta:, n_theta:]
+    v = 0.5 * (v + v.T)
+    if not np.all(np.isfinite(v)):
+        return None
+    try:
+        np.linalg.cholesky(v)
+    except np.linalg.LinAlgError:
+        return None
+    return v
+
+
+def _finish_stage2(
+    model: GlmerModel,
+    dev: Devfun,
+    x: np.ndarray,
+    fx: float,
+    lower: np.ndarray,
+    info: dict[str, Any],
+) -> MixedFit:
+    from mixbridge.python_impl.optimize import check_conv, deriv12
+
+    nth = model.n_theta
+    f2 = _safe(dev.stage2)
+    grad, hess = deriv12(f2, x, fx, lower)
+    messages = list(model.messages)
+    singular, converged, conv_msgs = check_conv(grad, hess, x, lower)
+    messages += conv_msgs
+    vcov = _vcov_from_hessian(hess, nth)
+    fval = dev.stage2(x)  # lme4 re-evaluates at the optimum: the state below belongs to it
+    state = dev.state
+    vcov_rx = model.pred.rx_inverse()
+    if vcov is None:
+        vcov = vcov_rx
+        messages.append(
+            Message(
+                "warning",
+                "the Hessian-based vcov is not positive definite; using the R_X-based one",
+                "python",
+                code="vcov_fallback",
+            )
+        )
+    info.update({"gradient": grad.tolist(), "hessian": hess.tolist()})
+    return _build_fit(
+        model,
+        dev,
+        state,
+        x[:nth],
+        x[nth:],
+        fval,
+        vcov,
+        vcov_rx,
+        singular,
+        converged,
+        messages,
+        info,
+    )
+
+
+def _finish_stage1(
+    model: GlmerModel, dev: Devfun, theta: np.ndarray, fx: float, info: dict[str, Any]
+) -> MixedFit:
+    f1 = _safe(dev.stage1)
+    theta, fx = _check_boundary(f1, theta, fx, model.theta_lower)
+    fval = dev.stage1(theta)
+    state = dev.state
+    vcov = model.pred.rx_inverse()
+    singular = bool(np.any((model.theta_lower == 0) & (theta < 1e-4)))
+    messages = list(model.messages)
+    if singular:
+        messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
+    dev.offset = model.resp.offset + model.X @ state.beta
+    return _build_fit(
+        model,
+        dev,
+        state,
+        theta,
+        np.asarray(state.beta),
+        fval,
+        vcov,
+        vcov,
+        singular,
+        True,
+        messages,
+        info,
+    )
+
+
+def _build_fit(
+    model: GlmerModel,
+    dev: Devfun,
+    state: PirlsState,
+    theta: np.ndarray,
+    beta: np.ndarray,
+    fval: float,
+    vcov: np.ndarray,
+    vcov_rx: np.ndarray,
+    singular: bool,
+    converged: bool,
+    messages: list[Message],
+    info: dict[str, Any],
+) -> MixedFit:
+    from mixbridge.python_impl import output
+
+    terms, resp, pred = model.terms, model.resp, model.pred
+    reterms = list(terms.reterms)
+    names = list(terms.x_names)
+    tks = model.lambda_blocks(theta)
+    gp = np.concatenate([[0], np.cumsum([t.n_levels * t.p for t in reterms])]).astype(int)
+    b = _b_from_u(reterms, tks, state.u)
+    if model.scalar:
+        cv = {reterms[0].group: pred.cond_var_scalar().reshape(-1, 1, 1)}
+    else:
+        cv = pred.cond_var_by_factor(1.0)
+
+    mu = state.mu
+    devres = resp.dev_resids(mu)
+    # lme4 1.1's AGQ deviance leaves out the saturated constant; we report the normalized one
+    const = saturated_log_lik(resp) if model.nagq > 1 else 0.0
+    criterion = fval - 2.0 * const
+    df = len(names) + theta.size
+    lik = output.likelihood_summary(criterion, terms.n, df)
+    if singular and not any(m.code == "singular" for m in messages):
+        messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
+    extra: dict[str, Any] = {"vcov_rx": pd.DataFrame(vcov_rx, index=names, columns=names)}
+    if model.nagq > 1:
+        extra["lme4_loglik_constant"] = const
+        extra["lme4_deviance"] = fval
+    extra["u"] = state.u
+    base_eta = resp.offset + model.X @ beta
+
+    fit = MixedFit(
+        model="glmer",
+        formula=terms.formula,
+        family=resp.family_name,
+        link=resp.family.link,
+        reml=False,
+        fixef=pd.Series(beta, index=names),
+        vcov=pd.DataFrame(vcov, index=names, columns=names),
+        theta=np.asarray(theta, dtype=float),
+        theta_names=output.theta_names(reterms),
+        varcorr=output.varcorr_frame(reterms, tks, None),
+        sigma=1.0,
+        ranef=output.ranef_frames(reterms, b, gp),
+        cond_var=cv,
+        loglik=lik["loglik"],
+        df=df,
+        deviance=float(np.sum(devres)),
+        reml_criterion=None,
+        aic=lik["aic"],
+        bic=lik["bic"],
+        nobs=int(terms.n),
+        ngroups=output.ngroups(reterms),
+        fitted=mu,
+        residuals=np.sign(resp.y - mu) * np.sqrt(np.maximum(devres, 0.0)),
+        singular=bool(singular),
+        converged=bool(converged),
+        messages=messages,
+        engine="python",
+        versions=output.versions(),
+        nagq=int(model.nagq),
+        optimizer={"name": "brent/nelder_mead", **info},
+        dropped_columns=list(terms.dropped_columns),
+        extra=extra,
+    )
+    objective_dev = dev
+
+    def objective(theta_: Any, beta_: Any = None) -> float:
+        if model.nagq == 0:
+            return objective_dev.stage1(np.asarray(theta_, dtype=float))
+        return objective_dev.stage2(
+            np.concatenate(
+                [np.ravel(np.asarray(theta_, float)), np.ravel(np.asarray(beta_, float))]
+            )
+        )
+
+    fit._objective = objective
+    fit._predict = _make_predict(model, beta, tks, b, gp, state.eta, mu)
+    fit._simulate = _make_simulate(model, base_eta, tks)
+    return fit
+
+
+def _b_from_u(reterms: list[Any], tks: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+    """b = Λu, term by term (level-major blocks: B_k = U_k T_kᵀ)."""
+    out, pos = [], 0
+    for t, tk in zip(reterms, tks, strict=True):
+        size = t.n_levels * t.p
+        uk = np.asarray(u[pos : pos + size]).reshape(t.n_levels, t.p)
+        out.append((uk @ tk.T).reshape(-1))
+        pos += size
+    return np.concatenate(out)
+
+
+def _re_contribution(
+    reterms: list[Any], bmats: list[np.ndarray], codes: list[np.ndarray], zs: list[np.ndarray]
+) -> np.ndarray:
+    """Σ_k Σ_c Z_k[i, c]·B_k[code_k(i), c], with unseen levels (code −1) contributing 0."""
+    total = np.zeros(len(codes[0]) if codes else 0)
+    for bk, ck, zk in zip(bmats, codes, zs, strict=True):
+        ok = ck >= 0
+        rows = np.where(ok, ck, 0)
+        total += np.where(ok, np.sum(np.asarray(zk, float) * bk[rows], axis=1), 0.0)
+    return total
+
+
+def _make_predict(
+    model: GlmerModel,
+    beta: np.ndarray,
+    tks: list[np.ndarray],
+    b: np.ndarray,
+    gp: np.ndarray,
+    eta_fit: np.ndarray,
+    mu_fit: np.ndarray,
+) -> Callable[..., np.ndarray]:
+    terms, resp = model.terms, model.resp
+    reterms = list(terms.reterms)
+    bmats = [b[gp[k] : gp[k + 1]].reshape(t.n_levels, t.p) for k, t in enumerate(reterms)]
+
+    def predict(
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = None,
+        allow_new_levels: bool = False,
+        type: str = "link",
+    ) -> np.ndarray:
+        if type not in ("link", "response"):
+            raise ArgumentError(f"type must be 'link' or 'response', got {type!r}", "type")
+        no_re = re_form is not None
+        if re_form is not None and str(re_form).replace(" ", "") not in ("~0", "NA"):
+            raise ArgumentError(
+                f"re_form must be None (all random effects) or '~0' (none), got {re_form!r}",
+                "re_form",
+            )
+        if newdata is None:
+            if not no_re:
+                return eta_fit.copy() if type == "link" else mu_fit.copy()
+            eta = resp.offset + model.X @ beta
+        else:
+            eta = (
+                np.asarray(terms.offset_for(newdata), float)
+                + np.asarray(terms.fixed_matrix(newdata), float) @ beta
+            )
+            if not no_re:
+                codes = [np.asarray(t.codes_for(newdata)) for t in reterms]
+                for t, c in zip(reterms, codes, strict=True):
+                    if np.any(c < 0) and not allow_new_levels:
+                        bad = int(np.sum(c < 0))
+                        raise DataError(
+                            f"newdata has {bad} rows with levels of grouping factor {t.group!r} "
+                            "not in the fit (or NA); use allow_new_levels=True to predict them at "
+                            "the population level",
+                            t.group,
+                        )
+                zs = [np.asarray(t.Z_for(newdata), float) for t in reterms]
+                eta = eta + _re_contribution(reterms, bmats, codes, zs)
+        return eta if type == "link" else resp.linkinv(eta)
+
+    return predict
+
+
+def _make_simulate(
+    model: GlmerModel, base_eta: np.ndarray, tks: list[np.ndarray]
+) -> Callable[[int, int | None], np.ndarray]:
+    """simulate.merMod's default (use.u = FALSE): new random effects b ~ N(0, ΛΛ'), then y | b.
+
+    Binomial: the number of successes out of the trials of each row (0/1 for a Bernoulli
+    response); poisson: counts.
+    """
+    terms, resp = model.terms, model.resp
+    reterms = list(terms.reterms)
+    zs = [np.asarray(t.Z, float) for t in reterms]
+    codes = [np.asarray(t.codes) for t in reterms]
+
+    def simulate(nsim: int = 1, seed: int | None = None) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.empty((base_eta.size, int(nsim)))
+        trials = np.round(resp.n_trials if resp.n_trials is not None else 1.0)
+        if resp.family_name == "binomial" and not np.any(resp.n_trials > 1):
+            trials = np.round(resp.weights)
+        for s in range(int(nsim)):
+            bmats = [
+                rng.standard_normal((t.n_levels, t.p)) @ tk.T
+                for t, tk in zip(reterms, tks, strict=True)
+            ]
+            mu = resp.linkinv(base_eta + _re_contribution(reterms, bmats, codes, zs))
+            if resp.family_name == "binomial":
+                out[:, s] = rng.binomial(trials.astype(np.int64), mu)
+            else:
+                out[:, s] = rng.poisson(mu)
+        return out
+
+    return simulate
