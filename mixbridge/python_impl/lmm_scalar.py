@@ -60,6 +60,32 @@ class GroupStats:
     def p(self) -> int:
         return int(self.XtX.shape[0])
 
+    def select(self, keep: np.ndarray | list[int]) -> GroupStats:
+        """The statistics of X[:, keep] (e.g. after dropping rank-deficient columns)."""
+        keep = [int(k) for k in keep]
+        icol = keep.index(self.intercept) if self.intercept in keep else None
+        return GroupStats(
+            s=self.s,
+            Sy=self.Sy,
+            SX=self.SX[:, keep],
+            XtX=self.XtX[np.ix_(keep, keep)],
+            Xty=self.Xty[keep],
+            yty=self.yty,
+            ldW=self.ldW,
+            n=self.n,
+            x_shift=self.x_shift[keep],
+            y_shift=self.y_shift,
+            intercept=icol,
+        )
+
+    def gram_unshifted(self) -> np.ndarray:
+        """X'WX of the original (unshifted) columns: S⁻ᵀ·XtX·S⁻¹ with S⁻¹ = I + e_int·x_shift'."""
+        if self.intercept is None:
+            return self.XtX.copy()
+        S_inv = np.eye(self.p)
+        S_inv[self.intercept, :] += self.x_shift
+        return S_inv.T @ self.XtX @ S_inv
+
     def __add__(self, other: GroupStats) -> GroupStats:
         if self.s.shape != other.s.shape or self.XtX.shape != other.XtX.shape:
             raise ValueError("GroupStats differ in number of groups or columns")
