@@ -9,7 +9,7 @@ the first variable fastest; names join the pieces with ':'.
 Contrasts: treatment (first level is the baseline) for unordered factors, R's contr.poly
 (.L, .Q, .C, ^4, ...) for ordered ones. `contrasts="bayes"` is arm's drop.baseline=FALSE: every
 level of an unordered factor gets a dummy, and ordered factors get all k polynomial columns
-including the constant `^0` (contr.poly(k, contrasts = FALSE)).
+including the normalized constant `^0` column (arm's contr.bayes.ordered).
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ from mixbridge.formula.evaluate import Factor, Numeric, Value
 from mixbridge.formula.terms import Term, TermsInfo
 
 
-def contr_poly(k: int, contrasts: bool = True) -> tuple[np.ndarray, list[str]]:
-    """R's contr.poly(k): orthonormal polynomials in the scores 1..k."""
+def contr_poly(k: int, contrasts: bool = True, keep_constant: bool = False):
+    """R's contr.poly(k): orthonormal polynomials in the scores 1..k, and column names.
+
+    contrasts=True: columns .L, .Q, .C, ^4, ... (keep_constant: also the normalized "^0" column
+    first, as arm's contr.bayes.ordered). contrasts=False: "^0" (all ones), "^1", ... .
+    """
     scores = np.arange(1.0, k + 1.0)
     scores = scores - scores.mean()
     cols = [np.ones(k)]
@@ -39,19 +43,24 @@ def contr_poly(k: int, contrasts: bool = True) -> tuple[np.ndarray, list[str]]:
     if not contrasts:
         z[:, 0] = 1.0
         return z, names
-    names = names[1:]
-    names[: min(3, k - 1)] = [".L", ".Q", ".C"][: min(3, k - 1)]
-    return z[:, 1:], names
+    names[1 : min(4, k)] = [".L", ".Q", ".C"][: min(3, k - 1)]
+    if keep_constant:
+        return z, names
+    return z[:, 1:], names[1:]
 
 
 def factor_coding(f: Factor, full: bool, contrasts: str) -> tuple[np.ndarray, list[str]]:
-    """The (levels x columns) coding matrix of a factor and its column suffixes."""
+    """The (levels x columns) coding matrix of a factor and its column suffixes.
+
+    full=True is term code 2 (indicator columns for every level). With contrasts="bayes" (arm's
+    drop.baseline=FALSE) unordered factors keep every level and ordered ones the "^0" column.
+    """
     k = len(f.levels)
-    if f.ordered and not full:
-        return contr_poly(k, contrasts=contrasts != "bayes")
-    if full or contrasts == "bayes":
-        if f.ordered:  # bayes + ordered: all k polynomial columns
-            return contr_poly(k, contrasts=False)
+    if full:  # R's model.c builds indicator columns for full coding, ordered or not
+        return np.eye(k), list(f.levels)
+    if f.ordered:
+        return contr_poly(k, contrasts=True, keep_constant=contrasts == "bayes")
+    if contrasts == "bayes":
         return np.eye(k), list(f.levels)
     return np.eye(k)[:, 1:], list(f.levels[1:])
 

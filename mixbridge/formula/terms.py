@@ -240,10 +240,13 @@ def _colon_factors(node: Node) -> list[Node]:
         node = node.expr
     if isinstance(node, BinOp) and node.op == ":":
         return _colon_factors(node.left) + _colon_factors(node.right)
-    if isinstance(node, (Name, Call)):
+    if isinstance(node, Name):
         return [node]
+    # lme4 evaluates grouping factors in the model frame, where a call such as factor(g) is not
+    # found ("couldn't evaluate grouping factor"), so only variables are accepted
     raise FormulaError(
-        f"invalid grouping factor {deparse(node)!r}: use a variable, a:b or a/b",
+        f"invalid grouping factor {deparse(node)!r}: use a column name, a:b or a/b "
+        "(lme4 cannot evaluate expressions as grouping factors)",
         token=deparse(node),
     )
 
