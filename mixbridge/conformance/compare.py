@@ -181,8 +181,10 @@ def _row(
     d = np.where(both_nan, 0.0, np.abs(va - vb))
     d = np.where(np.isnan(d), np.inf, d)
     bounds = np.array([tol.bound(s) for s in scales])
-    denom = np.maximum(np.abs(scales), max(tol.floor, 1e-300))
-    rel = d / denom
+    # relative to the quantity's scale; absolute-tolerance rows (scale 0) relative to |b|
+    denom = np.where(np.abs(scales) > 0, np.maximum(np.abs(scales), tol.floor), np.abs(vb))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(d == 0, 0.0, d / denom)
     if tol.one_sided:
         signed = np.where(both_nan, 0.0, va - vb)
         excess = np.where(np.isnan(signed), np.inf, signed) - bounds
