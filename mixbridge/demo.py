@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 import mixbridge
-from mixbridge.errors import MixbridgeError
+from mixbridge.errors import RNotAvailableError
 
 SMALL_N, LARGE_N, N_GROUPS = 2, 100, 12
 
@@ -145,19 +145,6 @@ def write_plots(table: pd.DataFrame, engine: str, out_dir: Path) -> list[Path]:
     return paths
 
 
-def r_available() -> str | None:
-    """None when the R engine can run, else the reason."""
-    try:
-        from mixbridge.bridge import check_r_available
-    except ImportError as exc:  # the bridge itself is broken
-        return str(exc)
-    try:
-        check_r_available()
-    except MixbridgeError as exc:
-        return str(exc)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixbridge demo", description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulated data")
@@ -169,24 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if "r" in engines:
-        problem = r_available()
-        if problem is not None:
-            print(
-                f"R engine unavailable, showing the Python engine only: {problem}", file=sys.stderr
-            )
-            engines.remove("r")
     data, true_means = twelve_group_data(args.seed)
-    table = demo_table(data, true_means, engines)
+    try:
+        table = demo_table(data, true_means, engines)
+    except RNotAvailableError as exc:
+        # The demo stays useful without R: show the Python engine and say what is missing.
+        print(f"R engine unavailable, showing the Python engine only:\n{exc}", file=sys.stderr)
+        engines = [e for e in engines if e != "r"]
+        table = demo_table(data, true_means, engines)
 
     print("Twelve-group shrinkage demonstration (background.md)")
     print(f"true means ~ N(0, 1); noise sd 5; n = {LARGE_N} (g01-g06) and {SMALL_N} (g07-g12)\n")
     for engine in engines:
         c = table.attrs[engine]
         print(f"[{engine}] lmer REML: mu = {c.mu:.6f}, tau = {c.tau:.6f}, sigma = {c.sigma:.6f}")
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
+    # Side by side per quantity: closed form, lmer, bayesglm (phi = sigma^2), bayesglm (own phi).
+    order = ["true_mean", "sample_mean", "n"]
+    for stem in ("closed_form", "lmer", "bayesglm_phi=sigma2", "bayesglm"):
+        order += [f"{stem}[{engine}]" for engine in engines]
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
         print()
-        print(table.round(4).to_string())
+        print(table[order].round(4).to_string())
     print()
     for engine in engines:
         gap = (table[f"lmer[{engine}]"] - table[f"bayesglm_phi=sigma2[{engine}]"]).abs().max()
