@@ -65,6 +65,17 @@ out <- list()
 datasets <- list()
 for (case in inp$cases) {
   res <- tryCatch({
+    if (case$kind == "terms") {
+      tt <- terms(as.formula(case$formula), keep.order = isTRUE(case$keep_order))
+      fm <- attr(tt, "factors")
+      codes <- lapply(seq_len(ncol(fm)), function(j) {
+        v <- fm[, j]; as.list(v[v > 0])
+      })
+      return_value <- list(labels = attr(tt, "term.labels"), intercept = attr(tt, "intercept"),
+                           codes = codes)
+      out[[case$id]] <- return_value
+      next
+    }
     if (!is.null(case$dataset)) {
       e <- new.env(); data(list = case$dataset, package = "lme4", envir = e)
       d <- get(case$dataset, e)
@@ -95,6 +106,12 @@ for (case in inp$cases) {
            cnms = unname(rt$cnms),
            term_groups = names(rt$cnms),
            Z = unname(lapply(rt$Ztlist, function(z) dense(t(as.matrix(z))))))
+    } else if (case$kind == "newdata") {
+      fr <- model.frame(f, d)
+      tt <- delete.response(terms(fr))
+      nd <- make_df(inp$data[[case$newdata]])
+      X <- model.matrix(tt, model.frame(tt, nd, xlev = .getXlevels(tt, fr)))
+      list(x_names = colnames(X), X = dense(X), nrow = nrow(X))
     } else {
       fam <- if (is.null(case$family)) gaussian() else get(case$family)()
       fit <- suppressWarnings(bayesglm(f, data = d, family = fam, x = TRUE,
@@ -182,7 +199,11 @@ def _make_data() -> dict[str, pd.DataFrame]:
     d2.loc[[11, 30], "g"] = None
     d2.loc[[19], "f"] = np.nan
     d2.loc[[3], "h"] = np.nan
-    return {"d1": d1, "d2": d2}
+    # new data for predictions: a subset of the rows, in another order, fewer levels present
+    d3 = d1.iloc[[5, 1, 30, 12, 7, 44, 20]].reset_index(drop=True).copy()
+    d3["x"] = d3["x"] + 0.25  # new values: poly()/scale() must use the fit's coefficients
+    d3["z"] = d3["z"] * 2.0
+    return {"d1": d1, "d2": d2, "d3": d3}
 
 
 FIXED = [
@@ -252,8 +273,49 @@ DATASETS = [
 ]
 
 
+TERMS = [
+    ("y ~ a*b*c", False),
+    ("y ~ (a+b+c)^2 - a:b", False),
+    ("y ~ a/b", False),
+    ("y ~ (a+b)/c", False),
+    ("y ~ a %in% b", False),
+    ("y ~ b:a + a", False),
+    ("y ~ a + b:a", False),
+    ("y ~ c:a + b + a:b:c", False),
+    ("y ~ c:a + b + a:b:c", True),
+    ("y ~ 0 + a", False),
+    ("y ~ a - 1", False),
+    ("y ~ -1 + a + 1", False),
+    ("y ~ a + b - b", False),
+    ("y ~ (a + b):(c + d)", False),
+    ("y ~ a:b + a:c", False),
+    ("y ~ a:b + a:c + b:c", False),
+    ("y ~ a*b + c - a", False),
+    ("y ~ log(a) + log(a):b + I(a^2)", False),
+    ("y ~ a/b/c", False),
+    ("y ~ (a+b+c)^3", False),
+    ("y ~ a:b:c + a", False),
+    ("y ~ a:b:c + a", True),
+    ("y ~ a + b %in% a", False),
+    ("y ~ (a + b + c)^2 - a", False),
+    ("y ~ a*b - 1", False),
+    ("y ~ poly(a, 2)*b", False),
+    ("y ~ b + a + a:b + a:b:c + c", True),
+]
+NEWDATA = [
+    "y ~ poly(x, 2) + scale(z) + f + g + b",
+    "y ~ x*f + log(t) + o + factor(h)",
+]
+
+
 def _cases() -> list[dict]:
     cases = []
+    for i, (f, keep) in enumerate(TERMS):
+        cases.append({"id": f"terms-{i}", "kind": "terms", "formula": f, "keep_order": keep})
+    for i, f in enumerate(NEWDATA):
+        cases.append(
+            {"id": f"newdata-{i}", "kind": "newdata", "data": "d1", "newdata": "d3", "formula": f}
+        )
     for data in ("d1", "d2"):
         for i, f in enumerate(FIXED):
             if data == "d2" and "poly" in f:
@@ -400,3 +462,34 @@ def test_lme4_datasets_match_lformula(r_results, name, formula, family):
     r = res[f"ds-{name}"]
     _check_fixed(t, r)
     _check_random(t, r)
+
+
+@pytest.mark.parametrize("i", range(len(TERMS)))
+def test_terms_match_r_terms_formula(r_results, i):
+    from mixbridge.formula.model_matrix import term_codes
+    from mixbridge.formula.parse import parse_formula
+    from mixbridge.formula.terms import expand_terms
+
+    _, res, _ = r_results
+    f, keep = TERMS[i]
+    r = res[f"terms-{i}"]
+    info = expand_terms(parse_formula(f).rhs, keep_order=keep)
+    assert info.labels == (r["labels"] or [])
+    assert info.intercept == bool(r["intercept"][0])
+    # R's attr(terms, "factors"): 1 = coded by contrasts, 2 = by indicators (before
+    # model.matrix's no-intercept adjustment, hence intercept=True here)
+    codes = term_codes(info.terms, [True] * len(info.variables), intercept=True)
+    for term, code, r_code in zip(info.terms, codes, r["codes"], strict=True):
+        mine = {info.var_names[v]: code[v] for v in term}
+        assert mine == {k: v[0] for k, v in r_code.items()}
+
+
+@pytest.mark.parametrize("i", range(len(NEWDATA)))
+def test_fixed_matrix_for_newdata_uses_fit_levels_and_predvars(r_results, i):
+    data, res, _ = r_results
+    t = build_mixed_terms(NEWDATA[i] + " + (1 | h)", data["d1"])
+    r = res[f"newdata-{i}"]
+    assert "error" not in r, r.get("error")
+    x_r = _mat(r["X"]).reshape(r["nrow"][0], len(r["x_names"]))
+    cols = [r["x_names"].index(c) for c in t.x_names]  # R keeps dropped columns here
+    np.testing.assert_allclose(t.fixed_matrix(data["d3"]), x_r[:, cols], rtol=RTOL, atol=ATOL)
