@@ -22,6 +22,7 @@ import pandas as pd
 from mixbridge.bridge import build
 from mixbridge.bridge.convert import Column, encode_frame
 from mixbridge.errors import ArgumentError
+from mixbridge.formula import validate_formula
 from mixbridge.results import BayesGLMFit, MixedFit, emit_warnings
 
 TRANSPORTS = ("embedded", "subprocess")
@@ -75,6 +76,14 @@ def _check_transport(transport: str) -> None:
         raise ArgumentError(
             f"transport must be 'embedded' or 'subprocess', got {transport!r}", "transport"
         )
+
+
+def _encode(model: str, formula: str, data: pd.DataFrame, weights: Any, offset: Any):
+    """Validate the formula against the allow-list (again: the engine may be called directly,
+    and the formula is the one string R parses), then encode the data columns for R."""
+    columns = list(data.columns) if isinstance(data, pd.DataFrame) else []
+    validate_formula(formula, columns, model)
+    return encode_frame(data, formula, weights, offset)
 
 
 def _rpy2_version() -> str | None:
@@ -166,7 +175,7 @@ def lmer(
     """lme4::lmer(formula, data, REML = reml, weights, offset, control)."""
     _check_transport(transport)
     ctrl = _check_control(control, _COMMON_CONTROL)
-    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    columns, nrow, has_w, has_o = _encode("lmer", formula, data, weights, offset)
     base = {"formula": formula, "REML": bool(reml), "has_weights": has_w, "has_offset": has_o}
     res = _run("mb_lmer", transport, {**base, "control": ctrl}, columns, nrow)
     value = build.check(res, "lmer")
@@ -191,7 +200,7 @@ def glmer(
     """lme4::glmer(formula, data, family(link), nAGQ = nagq, weights, offset, control)."""
     _check_transport(transport)
     ctrl = _check_control(control, _GLMER_CONTROL)
-    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    columns, nrow, has_w, has_o = _encode("glmer", formula, data, weights, offset)
     base = {
         "formula": formula,
         "family": family,
@@ -221,7 +230,7 @@ def lmer_objective(
 ) -> float:
     """lme4's lmer deviance function (devFunOnly=TRUE) at theta."""
     _check_transport(transport)
-    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    columns, nrow, has_w, has_o = _encode("lmer", formula, data, weights, offset)
     args = {
         "formula": formula,
         "theta": np.asarray(theta, dtype=float),
@@ -252,7 +261,7 @@ def glmer_objective(
     """glmer's deviance function at c(theta, beta) (stage 2; nAGQ = 0: stage 1 at theta)."""
     _check_transport(transport)
     ctrl = _check_control(control, _GLMER_CONTROL)
-    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    columns, nrow, has_w, has_o = _encode("glmer", formula, data, weights, offset)
     theta = np.atleast_1d(np.asarray(theta, dtype=float))
     beta = np.atleast_1d(np.asarray(beta, dtype=float))
     params = theta if int(nagq) == 0 else np.concatenate([theta, beta])
@@ -296,7 +305,7 @@ def bayesglm(
 ) -> BayesGLMFit:
     """arm::bayesglm with the same arguments (dispersion: fixed-phi extension, see the R side)."""
     _check_transport(transport)
-    columns, nrow, has_w, has_o = encode_frame(data, formula, weights, offset)
+    columns, nrow, has_w, has_o = _encode("bayesglm", formula, data, weights, offset)
 
     def num(x: Any) -> Any:
         if x is None:
@@ -331,3 +340,10 @@ def bayesglm(
 
 
 __all__ = ["bayesglm", "glmer", "glmer_objective", "lmer", "lmer_objective"]
+
+
+def describe_data(data: pd.DataFrame, transport: str = "embedded") -> list[dict[str, Any]]:
+    """How R received `data` (class, levels, NA positions, values per column): a diagnostic."""
+    columns, nrow, _, _ = encode_frame(data, "")
+    res = _run("mb_describe_df", transport, {}, columns, nrow)
+    return build.check(res, "describe_data")

@@ -421,3 +421,16 @@ mb_dataset <- function(name, package = "lme4") {
     list(names = names(d), nrow = nrow(d), columns = cols)
   })
 }
+
+# What R received: per column its class, levels, NA positions and values (for tests/doctor).
+mb_describe_df <- function(data) {
+  .mb_capture({
+    lapply(names(data), function(nm) {
+      x <- data[[nm]]
+      list(name = nm, class = class(x), type = typeof(x),
+           levels = if (is.factor(x)) levels(x) else character(0),
+           na = which(is.na(x)),
+           values = if (is.factor(x)) as.character(x) else as.vector(x))
+    })
+  })
+}
