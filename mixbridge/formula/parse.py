@@ -141,8 +141,10 @@ def tokenize(text: str) -> list[Token]:
             continue
         if ch == ":" and text.startswith("::", i):
             _bad(":::" if text.startswith(":::", i) else "::", "namespace operator", i)
-        if ch == "<" and text.startswith("<-", i):
-            _bad("<<-" if text.startswith("<<-", i) else "<-", "assignment", i)
+        if text.startswith("<<-", i):
+            _bad("<<-", "assignment", i)
+        if text.startswith("<-", i):
+            _bad("<-", "assignment", i)
         if ch == "-" and text.startswith("->", i):
             _bad("->", "assignment", i)
         if ch in "\"'":
@@ -308,6 +310,10 @@ def parse_formula(text: str) -> Formula:
     """Parse an R formula string into a `Formula` AST (no validation of names or functions)."""
     if not isinstance(text, str):
         raise FormulaError(f"formula must be a string, got {type(text).__name__}")
+    if "~" not in text:
+        raise FormulaError(
+            f"formula {text!r} has no '~' (expected e.g. 'y ~ x + (1 | g)')", token=None
+        )
     if text.count("~") > 1:
         raise FormulaError(f"formula {text!r} has more than one '~'", token="~")
     return _Parser(text).formula()

@@ -24,6 +24,7 @@ from mixbridge.formula.parse import (
     deparse,
     parse_formula,
 )
+from mixbridge.formula.terms import expand_bars, expand_terms, split_bars
 
 MODELS = ("lmer", "glmer", "bayesglm")
 # numeric transforms allowed anywhere a number is expected
@@ -57,6 +58,11 @@ def parse_and_validate(formula: str, columns: Iterable[str], model: str) -> Form
             "or statsmodels OLS)",
             token=None,
         )
+    # the term algebra itself can fail (e.g. a number other than 0/1 as a term)
+    fixed, bars = split_bars(tree.rhs)
+    expand_terms(fixed)
+    for bar in expand_bars(bars):
+        expand_terms(bar.lhs)
     return tree
 
 
@@ -121,13 +127,30 @@ class _Validator:
                     )
                 self.n_bars += 1
                 self.formula_part(node.left, in_bar=True)
-                self.formula_part(node.right, in_bar=True)
+                self.group_part(node.right)
             else:
                 keep_top = top and node.op in ("+", "-")
                 self.formula_part(node.left, top=keep_top, in_bar=in_bar)
                 self.formula_part(node.right, top=keep_top, in_bar=in_bar)
         else:  # pragma: no cover - the parser makes no other nodes
             raise FormulaError(f"invalid formula element {node!r}")
+
+    def group_part(self, node: Node) -> None:
+        """Grouping factors: column names combined with ':' or '/' (as lme4 evaluates them)."""
+        if isinstance(node, Paren):
+            self.group_part(node.expr)
+        elif isinstance(node, Name):
+            self.name(node)
+        elif isinstance(node, BinOp) and node.op in (":", "/"):
+            self.group_part(node.left)
+            self.group_part(node.right)
+        else:
+            tok = node.fn if isinstance(node, Call) else deparse(node)
+            raise FormulaError(
+                f"invalid grouping factor '{deparse(node)}': use a column name, a:b or a/b "
+                "(lme4 cannot evaluate expressions as grouping factors)",
+                token=tok,
+            )
 
     def call(self, node: Call, top_level: bool = False) -> None:
         fn = node.fn
