@@ -251,6 +251,8 @@ RANDOM = [
     "y ~ x + (1 | f) + (1 | h)",
     "y ~ x + (1 + log(t) | b)",
     "y ~ x + (poly(z, 2) | g)",
+    "y ~ x + (1 | f) + (1 | f2) + (1 | g)",  # a tie in levels: lme4 reverses it
+    "y ~ x + (b | f2:g) + (1 | f2)",
 ]
 GLM = [
     ("y ~ f + x:f + b", "gaussian", True),

@@ -1,0 +1,258 @@
+"""Input checks: every rejection is a mixbridge error naming the column, argument or token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixbridge.checks import check_bayesglm_args, check_inputs
+from mixbridge.errors import ArgumentError, DataError, FormulaError
+
+
+@pytest.fixture
+def df() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    n = 24
+    return pd.DataFrame(
+        {
+            "y": rng.normal(size=n),
+            "x": rng.normal(size=n),
+            "g": np.repeat(list("abcdef"), 4).astype(object),
+            "yb": (np.arange(n) % 2).astype(float),
+            "flag": np.arange(n) % 3 == 0,
+            "cat": pd.Categorical(np.where(np.arange(n) % 2 == 0, "no", "yes")),
+            "s": rng.integers(0, 5, n).astype(float),
+            "f": rng.integers(0, 5, n).astype(float),
+            "cnt": rng.integers(0, 9, n).astype(float),
+            "w": rng.uniform(0.5, 2, n),
+            "word": np.array(["u", "v"] * 12, dtype=object),
+            "id": np.arange(n).astype(float),
+        }
+    )
+
+
+def test_valid_inputs_pass(df):
+    check_inputs("lmer", "y ~ x + (1 | g)", df)
+    check_inputs("lmer", "y ~ x + (1 | g)", df, weights="w", offset=np.zeros(len(df)))
+    for resp in ("yb", "flag", "cat", "cbind(s, f)"):
+        check_inputs("glmer", f"{resp} ~ x + (1 | g)", df, family="binomial")
+        check_inputs("bayesglm", f"{resp} ~ x", df, family="binomial")
+    check_inputs("glmer", "cnt ~ x + (1 | g)", df, family="poisson")
+    check_inputs("bayesglm", "y ~ x + word", df)
+    # glmer allows as many levels as observations (lme4: nlevels <= n)
+    check_inputs("glmer", "cnt ~ x + (1 | id)", df, family="poisson")
+
+
+def test_data_must_be_a_dataframe(df):
+    with pytest.raises(DataError, match="must be a pandas DataFrame, got dict"):
+        check_inputs("lmer", "y ~ x + (1 | g)", df.to_dict())
+
+
+def test_empty_data(df):
+    with pytest.raises(DataError, match="data has 0 rows"):
+        check_inputs("lmer", "y ~ x + (1 | g)", df.iloc[:0])
+
+
+def test_missing_column_names_token(df):
+    with pytest.raises(FormulaError, match="column 'nope' not found in data") as info:
+        check_inputs("lmer", "y ~ nope + (1 | g)", df)
+    assert info.value.token == "nope"
+
+
+def test_formula_allow_list_applies(df):
+    with pytest.raises(FormulaError) as info:
+        check_inputs("lmer", "y ~ system(x) + (1 | g)", df)
+    assert info.value.token == "system"
+
+
+@pytest.mark.parametrize("resp,what", [("word", "a string"), ("cat", "a factor")])
+def test_lmer_needs_numeric_response(df, resp, what):
+    with pytest.raises(DataError, match=f"response '{resp}' is {what} column") as info:
+        check_inputs("lmer", f"{resp} ~ x + (1 | g)", df)
+    assert info.value.column == resp
+
+
+def test_binomial_rejects_strings_and_out_of_range(df):
+    with pytest.raises(DataError, match="two-level pandas Categorical") as info:
+        check_inputs("glmer", "word ~ x + (1 | g)", df, family="binomial")
+    assert info.value.column == "word"
+    with pytest.raises(DataError, match="0 <= y <= 1") as info:
+        check_inputs("bayesglm", "cnt ~ x", df, family="binomial")
+    assert info.value.column == "cnt"
+
+
+def test_cbind_needs_non_negative_counts(df):
+    df.loc[3, "f"] = -1
+    with pytest.raises(DataError, match="non-negative counts") as info:
+        check_inputs("glmer", "cbind(s, f) ~ x + (1 | g)", df, family="binomial")
+    assert info.value.column == "cbind(s, f)"
+
+
+def test_poisson_negative_response(df):
+    with pytest.raises(DataError, match="negative values") as info:
+        check_inputs("glmer", "y ~ x + (1 | g)", df, family="poisson")
+    assert info.value.column == "y"
+
+
+def test_grouping_factor_with_one_level_after_na_omit(df):
+    # 'b' .. 'f' rows all have a missing response, so only level 'a' is left
+    df.loc[4:, "y"] = np.nan
+    with pytest.raises(DataError, match="grouping factor 'g' has only 1 level") as info:
+        check_inputs("lmer", "y ~ x + (1 | g)", df)
+    assert "needs at least 2" in str(info.value)
+    assert info.value.column == "g"
+
+
+def test_lmer_levels_must_be_fewer_than_observations(df):
+    with pytest.raises(DataError, match="number of levels of each grouping factor") as info:
+        check_inputs("lmer", "y ~ x + (1 | id)", df)
+    assert "24 levels for 24 observations" in str(info.value)
+    assert info.value.column == "id"
+
+
+def test_lmer_random_effects_must_be_fewer_than_observations(df):
+    # 12 levels x 2 coefficients = 24 random effects for 24 observations
+    df["g12"] = np.repeat(np.arange(12), 2).astype(float)
+    with pytest.raises(DataError, match=r"number of random effects \(24\)") as info:
+        check_inputs("lmer", "y ~ x + (x | g12)", df)
+    assert info.value.column == "g12"
+
+
+def test_interaction_grouping_factor_levels(df):
+    with pytest.raises(DataError, match="grouping factor 'g:id'"):
+        check_inputs("lmer", "y ~ x + (1 | g:id)", df)
+
+
+@pytest.mark.parametrize(
+    "kw,argument,words",
+    [
+        ({"weights": "wt"}, "wt", "weights='wt' is not a column of data"),
+        ({"offset": "off"}, "off", "offset='off' is not a column of data"),
+        ({"weights": np.ones(5)}, "weights", "weights has 5 value(s) but data has 24 rows"),
+        ({"offset": [0.0] * 30}, "offset", "offset has 30 value(s) but data has 24 rows"),
+        ({"weights": "word"}, "word", "weights column 'word' must be numeric"),
+    ],
+)
+def test_weights_offset_arguments(df, kw, argument, words):
+    with pytest.raises(DataError) as info:
+        check_inputs("lmer", "y ~ x + (1 | g)", df, **kw)
+    assert words in str(info.value)
+    assert info.value.column == argument
+
+
+def test_negative_and_infinite_weights_name_rows(df):
+    w = np.ones(len(df))
+    w[[2, 9]] = -1.0
+    with pytest.raises(DataError, match=r"negative in 2 row\(s\) \(positions 2, 9\)") as info:
+        check_inputs("bayesglm", "y ~ x", df, weights=w)
+    assert info.value.column == "weights"
+    w[[2, 9]] = [1.0, np.inf]
+    with pytest.raises(DataError, match=r"infinite in 1 row\(s\) \(positions 9\)"):
+        check_inputs("lmer", "y ~ x + (1 | g)", df, weights=w)
+    off = np.zeros(len(df))
+    off[4] = -np.inf
+    with pytest.raises(DataError, match="offset has infinite values") as info:
+        check_inputs("lmer", "y ~ x + (1 | g)", df, offset=off)
+    assert info.value.column == "offset"
+
+
+def test_missing_weights_only_drop_rows(df):
+    w = np.ones(len(df))
+    w[:3] = np.nan
+    check_inputs("lmer", "y ~ x + (1 | g)", df, weights=w)
+
+
+def test_all_rows_dropped(df):
+    df["x"] = np.nan
+    with pytest.raises(DataError, match="all 24 rows have missing values"):
+        check_inputs("lmer", "y ~ x + (1 | g)", df)
+
+
+def test_constant_response(df):
+    df["y"] = 3.0
+    with pytest.raises(DataError, match="response 'y' is constant") as info:
+        check_inputs("lmer", "y ~ x + (1 | g)", df)
+    assert "-Inf" in str(info.value)  # what lme4 1.1-31 does (checked with Rscript)
+    assert info.value.column == "y"
+    df["yb"] = 1.0
+    with pytest.raises(DataError, match="Response is constant"):
+        check_inputs("glmer", "yb ~ x + (1 | g)", df, family="binomial")
+    check_inputs("bayesglm", "yb ~ x", df, family="binomial")  # glm fits it (prior keeps it finite)
+
+
+@pytest.mark.parametrize(
+    "model,family,words",
+    [
+        ("glmer", "gamma", "R spells it 'Gamma'"),
+        ("glmer", "negbin", "unknown family 'negbin' for glmer"),
+        ("bayesglm", "foo", "unknown family 'foo' for bayesglm"),
+        ("lmer", "poisson", "lmer fits a gaussian model"),
+    ],
+)
+def test_unknown_family(df, model, family, words):
+    formula = "cnt ~ x + (1 | g)" if model != "bayesglm" else "cnt ~ x"
+    with pytest.raises(ArgumentError) as info:
+        check_inputs(model, formula, df, family=family)
+    assert words in str(info.value)
+    assert info.value.argument == "family"
+
+
+def test_unknown_link(df):
+    with pytest.raises(ArgumentError, match="link 'logit' is not available for family 'poisson'"):
+        check_inputs("glmer", "cnt ~ x + (1 | g)", df, family="poisson", link="logit")
+    check_inputs("glmer", "yb ~ x + (1 | g)", df, family="binomial", link="probit")
+
+
+def test_unknown_model(df):
+    with pytest.raises(ArgumentError, match="unknown model 'lm'"):
+        check_inputs("lm", "y ~ x", df)
+
+
+@pytest.mark.parametrize(
+    "argument,value",
+    [
+        ("prior_scale", 0.0),
+        ("prior_scale", [2.5, -1.0]),
+        ("prior_scale_for_intercept", -10.0),
+        ("prior_df", 0.0),
+        ("prior_df_for_intercept", -1.0),
+        ("min_prior_scale", 0.0),
+        ("epsilon", 0.0),
+        ("dispersion", -1.0),
+        ("prior_scale", float("nan")),
+        ("prior_scale", float("inf")),
+        ("prior_mean", float("nan")),
+        ("prior_scale", "wide"),
+    ],
+)
+def test_bayesglm_args_rejected(argument, value):
+    with pytest.raises(ArgumentError) as info:
+        check_bayesglm_args(**{argument: value})
+    assert info.value.argument == argument
+    assert argument in str(info.value)
+
+
+@pytest.mark.parametrize("maxit", [0, -3, 2.5, True])
+def test_bayesglm_maxit(maxit):
+    with pytest.raises(ArgumentError, match="maxit must be an integer >= 1") as info:
+        check_bayesglm_args(maxit=maxit)
+    assert info.value.argument == "maxit"
+
+
+def test_bayesglm_defaults_pass():
+    check_bayesglm_args(
+        prior_mean=0.0,
+        prior_scale=None,
+        prior_df=1.0,
+        prior_mean_for_intercept=0.0,
+        prior_scale_for_intercept=None,
+        prior_df_for_intercept=1.0,
+        min_prior_scale=1e-12,
+        scaled=True,
+        drop_baseline=True,
+        maxit=100,
+        epsilon=1e-8,
+        dispersion=None,
+    )
+    check_bayesglm_args(prior_df=float("inf"), prior_scale=[1.0, 2.0])  # Inf df: normal prior
