@@ -1,0 +1,166 @@
+"""MixedTerms / GLMTerms mechanics that need no R: NA handling, weights/offset, responses,
+new-data helpers and data errors. (Agreement with R's numbers is in test_formula_vs_r.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixbridge.errors import DataError
+from mixbridge.formula import build_glm_terms, build_mixed_terms
+
+
+@pytest.fixture
+def df() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    n = 20
+    return pd.DataFrame(
+        {
+            "y": rng.normal(size=n),
+            "x": rng.uniform(1, 2, n),
+            "g": np.tile(list("pqrs"), 5).astype(object),
+            "h": np.repeat([10.0, 20.0], 10),
+            "f": pd.Categorical(np.tile(["lo", "hi"], 10), categories=["lo", "hi"]),
+            "s": rng.integers(0, 5, n).astype(float),
+            "fl": rng.integers(0, 5, n).astype(float),
+            "t": rng.uniform(1, 3, n),
+        }
+    )
+
+
+def test_na_omit_over_all_variables_and_message(df):
+    df.loc[1, "y"] = np.nan
+    df.loc[2, "x"] = np.nan
+    df.loc[3, "g"] = None
+    w = np.ones(len(df))
+    w[4] = np.nan
+    off = np.zeros(len(df))
+    off[5] = np.nan
+    t = build_mixed_terms("y ~ x + (1 | g)", df, weights=w, offset=off)
+    assert t.n == 15 and len(t.y) == len(t.weights) == len(t.offset) == t.reterms[0].codes.size
+    assert list(t.row_index) == [0] + list(range(6, 20))
+    na = [m for m in t.messages if m.code == "na_omit"]
+    assert len(na) == 1 and na[0].kind == "message" and na[0].origin == "mixbridge"
+    assert na[0].text == "5 rows with missing values dropped (na.omit)"
+    np.testing.assert_array_equal(t.y, df["y"].to_numpy()[t.row_index])
+
+
+def test_no_message_without_missing_values(df):
+    t = build_mixed_terms("y ~ x + (1 | g)", df)
+    assert t.messages == [] and t.dropped_columns == []
+
+
+def test_weights_and_offset_as_columns_and_formula_offsets_add(df):
+    t = build_mixed_terms("y ~ x + offset(log(t)) + (1 | g)", df, weights="t", offset="x")
+    np.testing.assert_allclose(t.weights, df["t"])
+    np.testing.assert_allclose(t.offset, np.log(df["t"]) + df["x"])
+    assert t.x_names == ["(Intercept)", "x"]
+    # offset_for (prediction) holds only the formula's offset() terms
+    np.testing.assert_allclose(t.offset_for(df.iloc[:3]), np.log(df["t"].iloc[:3]))
+
+
+def test_cbind_response_gives_proportion_trials_and_weights(df):
+    df.loc[0, ["s", "fl"]] = 0.0  # zero trials: y = 0, as R's binomial initialize
+    t = build_mixed_terms(
+        "cbind(s, fl) ~ x + (1 | g)", df, weights="t", model="glmer", family="binomial"
+    )
+    n = df["s"] + df["fl"]
+    assert t.y[0] == 0.0
+    np.testing.assert_allclose(t.n_trials, n)
+    np.testing.assert_allclose(t.weights, df["t"] * n)
+    pos = (n > 0).to_numpy()
+    np.testing.assert_allclose(t.y[pos], (df["s"] / n)[pos])
+    assert (t.y[~pos] == 0.0).all()
+    assert t.response_name == "cbind(s, fl)"
+
+
+def test_binomial_factor_and_bool_responses(df):
+    t = build_mixed_terms("f ~ x + (1 | g)", df, model="glmer", family="binomial")
+    np.testing.assert_array_equal(t.y, (df["f"] == "hi").astype(float))  # level != first level
+    assert t.n_trials is None
+    df["b"] = df["x"] > 1.5
+    t = build_glm_terms("b ~ x", df, family="binomial")
+    np.testing.assert_array_equal(t.y, df["b"].astype(float))
+    only_true = df[df["b"]]
+    t = build_glm_terms("b ~ x", only_true, family="binomial")
+    assert (t.y == 1.0).all()
+
+
+def test_non_numeric_response_for_gaussian(df):
+    with pytest.raises(DataError, match="response 'g' is a string column") as info:
+        build_mixed_terms("g ~ x + (1 | h)", df)
+    assert info.value.column == "g"
+
+
+def test_newdata_helpers(df):
+    t = build_mixed_terms("y ~ x + f + (1 + x | g) + (1 | h)", df)
+    np.testing.assert_allclose(t.fixed_matrix(df), t.X)
+    g_term = next(r for r in t.reterms if r.group == "g")
+    h_term = next(r for r in t.reterms if r.group == "h")
+    assert h_term.levels == ["10", "20"]  # numbers labelled like R's as.character
+    new = pd.DataFrame(
+        {
+            "x": [1.0, 2.0, 3.0, 4.0],
+            "f": ["hi", "lo", "hi", "lo"],
+            "g": ["q", "zz", None, "p"],
+            "h": [20.0, 10.0, 30.0, np.nan],
+        }
+    )
+    np.testing.assert_array_equal(g_term.codes_for(new), [1, -1, -1, 0])
+    np.testing.assert_array_equal(h_term.codes_for(new), [1, 0, -1, -1])
+    np.testing.assert_allclose(g_term.Z_for(new), np.column_stack([np.ones(4), new["x"]]))
+    np.testing.assert_allclose(
+        t.fixed_matrix(new), np.column_stack([np.ones(4), new["x"], [1, 0, 1, 0]])
+    )
+    with pytest.raises(DataError, match="factor 'f' has new level\\(s\\) 'mid'") as info:
+        t.fixed_matrix(new.assign(f=["hi", "mid", "lo", "lo"]))
+    assert info.value.column == "f"
+
+
+def test_double_bar_gives_separate_terms_on_one_factor(df):
+    t = build_mixed_terms("y ~ x + (x || g)", df)
+    assert [(r.group, r.cnames) for r in t.reterms] == [("g", ["(Intercept)"]), ("g", ["x"])]
+
+
+def test_poly_with_missing_values_is_an_error_like_r(df):
+    df.loc[2, "x"] = np.nan
+    with pytest.raises(DataError, match="missing values are not allowed in poly") as info:
+        build_mixed_terms("y ~ poly(x, 2) + (1 | g)", df)
+    assert info.value.column == "x"
+
+
+def test_single_level_factor_in_fixed_part(df):
+    df["one"] = pd.Categorical(["a"] * len(df))
+    with pytest.raises(DataError, match="factor 'one' has 1 level") as info:
+        build_mixed_terms("y ~ one + (1 | g)", df)
+    assert "2 or more levels" in str(info.value)
+    assert info.value.column == "one"
+
+
+def test_infinite_transformed_values(df):
+    df.loc[4, "x"] = 0.0
+    with pytest.raises(DataError, match="'log\\(x\\)' of the fixed-effects model matrix") as info:
+        build_mixed_terms("y ~ log(x) + (1 | g)", df)
+    assert info.value.column == "log(x)"
+
+
+def test_factor_used_in_arithmetic(df):
+    with pytest.raises(DataError, match="column 'g' is not numeric") as info:
+        build_mixed_terms("y ~ log(g) + (1 | h)", df)
+    assert info.value.column == "g"
+
+
+def test_mixed_type_column(df):
+    df["m"] = pd.Series([1, "a"] * 10, dtype=object)
+    with pytest.raises(DataError, match="column 'm' mixes value types") as info:
+        build_glm_terms("y ~ m", df)
+    assert info.value.column == "m"
+
+
+def test_glm_terms_keep_all_columns(df):
+    df["x2"] = 2 * df["x"]
+    t = build_glm_terms("y ~ x + x2", df)
+    assert t.x_names == ["(Intercept)", "x", "x2"] and t.has_intercept
+    t0 = build_glm_terms("y ~ 0 + f", df)
+    assert t0.x_names == ["flo", "fhi"] and not t0.has_intercept
