@@ -434,3 +434,8 @@ mb_describe_df <- function(data) {
     })
   })
 }
+
+# Rows and columns R received (transfer benchmarks; loads no package).
+mb_ping <- function(data) {
+  .mb_capture(c(nrow(data), ncol(data)))
+}

@@ -1,0 +1,109 @@
+"""Bridge overhead: data transfer into R and lmer fit time, embedded (rpy2) vs subprocess.
+
+    python benchmarks/bridge_overhead.py [--rows 100000 1000000] [--repeat 3]
+
+Model: y ~ x1 + x2 + x3 + (1|g), with n/20 groups (5e4 groups at 1e6 rows). Reported:
+* encode: pandas -> flat numpy vectors (shared by both transports);
+* to R: encode + building the R data.frame (embedded) or encode + raw file + a fresh Rscript
+  that reads it (subprocess; "startup" is the same Rscript with a 10-row frame, so
+  transfer = to R - startup);
+* fit: the whole mixbridge.lmer(engine="r") call (transfer, lme4, results back).
+Times are the best of --repeat runs (fits: one run each at 1e6 rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+
+import numpy as np
+import pandas as pd
+
+import mixbridge
+from mixbridge import bridge
+from mixbridge.bridge import embedded, subproc
+from mixbridge.bridge.convert import encode_frame
+
+FORMULA = "y ~ x1 + x2 + x3 + (1 | g)"
+
+
+def make_data(n: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    groups = max(n // 20, 2)
+    g = rng.integers(0, groups, size=n)
+    b = rng.normal(scale=0.5, size=groups)
+    x = rng.normal(size=(n, 3))
+    y = 1.0 + x @ np.array([0.5, -0.3, 0.2]) + b[g] + rng.normal(size=n)
+    return pd.DataFrame(
+        {
+            "y": y,
+            "x1": x[:, 0],
+            "x2": x[:, 1],
+            "x3": x[:, 2],
+            "g": pd.Categorical.from_codes(g, [f"g{i}" for i in range(groups)]),
+        }
+    )
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def to_r_embedded(df: pd.DataFrame) -> None:
+    cols, n, _, _ = encode_frame(df, FORMULA)
+    with embedded.LOCK:
+        ri, env = embedded.session()
+        frame = embedded.data_frame(ri, env, cols, n)
+        res = embedded.call("mb_ping", frame)
+    assert res["value"][0] == n
+
+
+def to_r_subprocess(df: pd.DataFrame) -> None:
+    cols, n, _, _ = encode_frame(df, FORMULA)
+    res = subproc.call("mb_ping", {}, cols, n)
+    assert res["value"][0] == n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-fit", action="store_true", help="measure the transfer only")
+    args = ap.parse_args()
+
+    embedded.session()  # R start-up is not transfer time
+    tiny = make_data(10)
+    startup = best(lambda: to_r_subprocess(tiny), args.repeat)
+    print(f"Rscript start-up (10 rows, no lme4): {startup:.2f} s")
+    print(
+        f"{'rows':>9} {'groups':>7} {'encode':>8} {'to R emb':>9} {'to R sub':>9} "
+        f"{'fit emb':>8} {'fit sub':>8}"
+    )
+    for n in args.rows:
+        df = make_data(n)
+        enc = best(partial(encode_frame, df, FORMULA), args.repeat)
+        emb = best(partial(to_r_embedded, df), args.repeat)
+        sub = best(partial(to_r_subprocess, df), args.repeat)
+        fit_e = fit_s = float("nan")
+        if not args.no_fit:
+            reps = 1 if n >= 1_000_000 else args.repeat
+            fit_e = best(partial(mixbridge.lmer, FORMULA, df, engine="r"), reps)
+            fit_s = best(
+                partial(mixbridge.lmer, FORMULA, df, engine="r", transport="subprocess"), reps
+            )
+        print(
+            f"{n:>9} {df['g'].cat.categories.size:>7} {enc:8.3f} {emb:9.3f} {sub:9.3f} "
+            f"{fit_e:8.2f} {fit_s:8.2f}",
+            flush=True,
+        )
+    _ = bridge  # the engine module under test
+
+
+if __name__ == "__main__":
+    main()
