@@ -97,13 +97,16 @@ def lmer_dask(
     factor_cols = _factor_columns(tree, data, group)
 
     # 1. small aggregates: global levels (computed on the workers, only the uniques come back)
-    clean = data[used].dropna()
-    uniques = dask.compute(*[clean[c].drop_duplicates() for c in [group, *factor_cols]])
+    parts = data.to_delayed()
+    level_cols = [group, *factor_cols]
+    found = [dask.delayed(_partition_uniques)(p, used, level_cols) for p in parts]
+    uniques = _tree(dask, found, _union_uniques).compute()
     group_values, levels = _level_order(group, uniques[0])
     if len(levels) < 2:
         raise DataError(f"grouping factor '{group}' must have > 1 sampled level", group)
 
     # 2. the template frame: one row per level of each fixed-effect factor
+    clean = data[used].dropna()
     head = clean.head(50, npartitions=1)
     if len(head) == 0:  # the first partition is empty or all-NA: look further
         head = clean.head(50, npartitions=-1)
@@ -123,15 +126,9 @@ def lmer_dask(
     )
 
     # 3. one pass: map partitions to GroupStats, add them up in a tree
-    parts = data.to_delayed()
     shift = dask.delayed(_partition_shift)(parts[0], spec).compute()
     mapped = [dask.delayed(_partition_stats)(p, spec, shift) for p in parts]
-    while len(mapped) > 1:
-        mapped = [
-            dask.delayed(_combine)(*mapped[i : i + 2]) if i + 1 < len(mapped) else mapped[i]
-            for i in range(0, len(mapped), 2)
-        ]
-    full_stats, n_dropped = mapped[0].compute()
+    full_stats, n_dropped = _tree(dask, mapped, _combine).compute()
     if full_stats.n == 0:
         raise DataError(f"no rows without missing values in the variables of {formula!r}")
 
@@ -362,6 +359,27 @@ def _partition_stats(part: pd.DataFrame, spec: _Spec, shift: tuple) -> tuple:
     G = len(spec.group_values)
     stats = ls.group_stats(X, y, w, codes, G, shift=shift, intercept=spec.intercept)
     return stats, n_na
+
+
+def _partition_uniques(part: pd.DataFrame, used: list[str], cols: list[str]) -> list:
+    rows = part[used].dropna()
+    return [rows[c].drop_duplicates() for c in cols]
+
+
+def _union_uniques(a: list, b: list) -> list:
+    return [
+        pd.concat([x, y], ignore_index=True).drop_duplicates() for x, y in zip(a, b, strict=True)
+    ]
+
+
+def _tree(dask: Any, items: list, combine: Any) -> Any:
+    """Pairwise reduction of delayed values: every task result stays the size of one item."""
+    while len(items) > 1:
+        items = [
+            dask.delayed(combine)(*items[i : i + 2]) if i + 1 < len(items) else items[i]
+            for i in range(0, len(items), 2)
+        ]
+    return items[0]
 
 
 def _combine(a: tuple, b: tuple) -> tuple:
