@@ -1,0 +1,227 @@
+"""lmer, engine="python" against lme4 run live through the bridge (engine="r").
+
+Every reference number comes from R in this session. Tolerances live in TOL below, each with the
+reason; none was widened to get a pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixbridge
+
+# ---------------------------------------------------------------------------------------------
+# Tolerances (one place). lme4's BOBYQA stops with xtol_abs = 1e-8 on θ, which on flat criteria
+# leaves θ ~1e-5 relative short of the optimum; our optimizer converges tighter. Everything that
+# is a smooth function of θ therefore differs at the 1e-5 level, and the task's bounds are 1e-4.
+TOL = {
+    # same θ, same data: the deviance function is deterministic linear algebra; measured ~1e-15,
+    # 1e-10 leaves room for summation order only.
+    "objective_rel": 1e-10,
+    # our criterion at our optimum may exceed R's at R's optimum by at most this (lower is fine).
+    "criterion_rel": 1e-6,
+    # θ and fixef: 1e-4 relative, or 1e-4 x SE for fixef when larger (task bound). θ has an
+    # absolute floor of 1e-7 for boundary values θ ≈ 0 (both engines snap to exactly 0 there).
+    "theta_rel": 1e-4,
+    "theta_abs": 1e-7,
+    "fixef_rel": 1e-4,
+    # ranef within 1e-4 x the sd of its term (shrunken modes scale with the sd).
+    "ranef_sd": 1e-4,
+    # SEs, sigma, cond_var, variance components: smooth in θ, 1e-4 relative (task bound).
+    "se_rel": 1e-4,
+    # correlations live on [-1, 1]: absolute.
+    "corr_abs": 1e-4,
+    # loglik / AIC / BIC: the criterion is stationary at the optimum, so θ differences of 1e-5
+    # move it by ~1e-10; 1e-6 absolute (task bound).
+    "loglik_abs": 1e-6,
+}
+
+# (id, R dataset, formula)
+CASES = [
+    ("sleepstudy-slope", "sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+    ("sleepstudy-int", "sleepstudy", "Reaction ~ Days + (1 | Subject)"),
+    ("sleepstudy-uncorr", "sleepstudy", "Reaction ~ Days + (Days || Subject)"),
+    ("dyestuff", "Dyestuff", "Yield ~ 1 + (1 | Batch)"),
+    ("dyestuff2-singular", "Dyestuff2", "Yield ~ 1 + (1 | Batch)"),
+    ("penicillin-crossed", "Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+    ("pastes-nested", "Pastes", "strength ~ 1 + (1 | batch/cask)"),
+]
+
+
+def _fits(data, formula, reml, **kw):
+    fr = mixbridge.lmer(formula, data, reml=reml, engine="r", **kw)
+    fp = mixbridge.lmer(formula, data, reml=reml, **kw)
+    return fr, fp
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
+
+
+def assert_lmer_agrees(fr, fp, data, formula, reml, **kw):
+    """All the task's agreement checks between an R fit `fr` and a Python fit `fp`."""
+    # --- structure: names, counts, flags
+    assert fp.engine == "python" and fr.engine == "r"
+    assert fp.theta_names == fr.theta_names
+    assert list(fp.fixef.index) == list(fr.fixef.index)
+    assert list(fp.vcov.index) == list(fr.vcov.index)
+    assert fp.nobs == fr.nobs and fp.df == fr.df
+    assert fp.ngroups == fr.ngroups
+    assert fp.dropped_columns == fr.dropped_columns
+    assert fp.singular == fr.singular
+    assert fp.reml == fr.reml == reml
+    assert (fp.reml_criterion is None) == (fr.reml_criterion is None)
+
+    # --- the deviance function at R's θ equals R's value there (same function, no optimizer)
+    assert fp.objective(fr.theta) == pytest.approx(fr.criterion, rel=TOL["objective_rel"])
+
+    # --- our optimum is at least as good as R's
+    assert fp.criterion <= fr.criterion + TOL["criterion_rel"] * abs(fr.criterion)
+
+    # --- parameters: if they differ beyond the bounds, the only admissible explanation is that
+    # lme4 stopped early on a flat surface: then our criterion must be lower, and R's own
+    # deviance function must confirm that our θ beats R's θ.
+    theta_ok = np.all(
+        np.abs(fp.theta - fr.theta)
+        <= np.maximum(TOL["theta_rel"] * np.abs(fr.theta), TOL["theta_abs"])
+    )
+    se_r = fr.fixef_se.to_numpy()
+    beta_scale = np.maximum(np.abs(fr.fixef.to_numpy()), se_r)
+    fixef_ok = np.all(
+        np.abs(fp.fixef.to_numpy() - fr.fixef.to_numpy()) <= TOL["fixef_rel"] * beta_scale
+    )
+    if not (theta_ok and fixef_ok):
+        r_at_ours = mixbridge.lmer_objective(
+            formula, data, theta=fp.theta, reml=reml, engine="r", **kw
+        )
+        assert fp.criterion < fr.criterion, "parameters differ but R's criterion is not worse"
+        assert r_at_ours < fr.criterion, "R's own deviance function does not prefer our θ"
+        return  # the remaining estimate checks are not meaningful for R's premature stop
+
+    # --- smooth functions of θ
+    np.testing.assert_array_less(_rel(fp.fixef_se, se_r), TOL["se_rel"])
+    assert fp.sigma == pytest.approx(fr.sigma, rel=TOL["se_rel"])
+    vp, vr = fp.varcorr, fr.varcorr
+    assert list(vp["grp"]) == list(vr["grp"])
+    assert [v if isinstance(v, str) else None for v in vp["var1"]] == [
+        v if isinstance(v, str) else None for v in vr["var1"]
+    ]
+    is_cov = vr["var2"].notna().to_numpy()
+    np.testing.assert_allclose(
+        vp["vcov"].to_numpy()[~is_cov], vr["vcov"].to_numpy()[~is_cov], rtol=TOL["se_rel"]
+    )
+    np.testing.assert_allclose(
+        vp["sdcor"].to_numpy()[is_cov], vr["sdcor"].to_numpy()[is_cov], atol=TOL["corr_abs"]
+    )
+
+    # ranef: same factors, levels, columns; values within 1e-4 x the term's sd
+    assert list(fp.ranef) == list(fr.ranef)
+    grp_sd = _term_sds(fr)
+    for g, rf in fr.ranef.items():
+        pf = fp.ranef[g]
+        assert list(pf.index) == list(rf.index)
+        assert list(pf.columns) == list(rf.columns)
+        sd = np.array([grp_sd[(g, c)] for c in rf.columns])
+        diff = np.abs(pf.to_numpy() - rf.to_numpy())
+        assert np.all(diff <= TOL["ranef_sd"] * sd + 1e-12), (g, diff.max(), sd)
+        cr, cp = fr.cond_var[g], fp.cond_var[g]
+        assert cp.shape == cr.shape
+        scale = np.sqrt(np.einsum("jaa->ja", cr))
+        # relative to the conditional sds (off-diagonal blocks are 0 for || terms)
+        denom = scale[:, :, None] * scale[:, None, :]
+        assert np.all(np.abs(cp - cr) <= TOL["se_rel"] * denom + 1e-300), g
+
+    # likelihood summaries
+    assert fp.loglik == pytest.approx(fr.loglik, abs=TOL["loglik_abs"])
+    assert fp.aic == pytest.approx(fr.aic, abs=TOL["loglik_abs"])
+    assert fp.bic == pytest.approx(fr.bic, abs=TOL["loglik_abs"])
+    if reml:
+        assert fp.reml_criterion == pytest.approx(fr.reml_criterion, abs=TOL["loglik_abs"])
+
+
+def _term_sds(fit) -> dict[tuple[str, str], float]:
+    """(factor, coefficient) -> sd from VarCorr (grp names map back through make.unique)."""
+    out = {}
+    vc = fit.varcorr
+    for _, row in vc[vc["var2"].isna() & (vc["grp"] != "Residual")].iterrows():
+        grp = row["grp"]
+        factor = next((g for g in fit.ranef if grp == g or grp.startswith(g + ".")), grp)
+        out[(factor, row["var1"])] = row["sdcor"]
+    return out
+
+
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+@pytest.mark.parametrize("case_id,dataset,formula", CASES, ids=[c[0] for c in CASES])
+def test_lmer_matches_lme4(r_dataset, case_id, dataset, formula, reml):
+    data = r_dataset(dataset)
+    fr, fp = _fits(data, formula, reml)
+    assert_lmer_agrees(fr, fp, data, formula, reml)
+    if case_id == "dyestuff2-singular":
+        assert fp.singular and np.all(fp.theta == 0.0)
+        assert any(m.code == "singular" for m in fp.messages)
+    # deviance(fit, REML=FALSE): the ML deviance function at the fit's θ; compared at OUR θ via
+    # R's own deviance function (a REML fit's ML deviance is not stationary in θ, so comparing
+    # across the two optima would mix in the optimizer's stopping point).
+    ml_at_ours = mixbridge.lmer_objective(formula, data, theta=fp.theta, reml=False, engine="r")
+    assert fp.deviance == pytest.approx(ml_at_ours, rel=TOL["objective_rel"])
+
+
+def test_lmer_objective_matches_r_away_from_optimum(r_dataset):
+    """lmer_objective is lme4's devFunOnly function at any θ (here a deliberately poor θ)."""
+    data = r_dataset("sleepstudy")
+    f = "Reaction ~ Days + (Days | Subject)"
+    for reml in (True, False):
+        for theta in ([0.5, -0.2, 0.8], [2.0, 0.3, 0.0]):
+            ours = mixbridge.lmer_objective(f, data, theta=theta, reml=reml)
+            ref = mixbridge.lmer_objective(f, data, theta=theta, reml=reml, engine="r")
+            assert ours == pytest.approx(ref, rel=TOL["objective_rel"])
+
+
+def _random_data(seed: int = 20261122) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n, ng, nh = 240, 16, 6
+    g = rng.integers(0, ng, n)
+    h = rng.integers(0, nh, n)
+    x = rng.normal(size=n)
+    b0 = rng.normal(scale=1.5, size=ng)
+    b1 = rng.normal(scale=0.7, size=ng)
+    c0 = rng.normal(scale=0.8, size=nh)
+    w = rng.uniform(0.3, 3.0, n)
+    off = rng.normal(scale=0.5, size=n)
+    y = 2.0 + off + (0.8 + b1[g]) * x + b0[g] + c0[h] + rng.normal(size=n) / np.sqrt(w)
+    return pd.DataFrame(
+        {
+            "y": y,
+            "x": x,
+            "x2": 2.0 * x,  # collinear with x: dropped (rank-deficient X)
+            "g": pd.Categorical([f"g{i:02d}" for i in g]),
+            "h": pd.Categorical([f"h{i}" for i in h]),
+            "w": w,
+            "off": off,
+        }
+    )
+
+
+@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+def test_lmer_weights_offset_crossed(needs_r, reml):
+    data = _random_data()
+    f = "y ~ x + (x | g) + (1 | h)"
+    kw = {"weights": "w", "offset": "off"}
+    fr, fp = _fits(data, f, reml, **kw)
+    assert_lmer_agrees(fr, fp, data, f, reml, **kw)
+    np.testing.assert_allclose(fp.fitted + fp.residuals, data["y"].to_numpy(), rtol=1e-12)
+
+
+def test_lmer_rank_deficient_x(needs_r):
+    data = _random_data()
+    f = "y ~ x + x2 + (1 | g)"
+    fr, fp = _fits(data, f, True)
+    assert fp.dropped_columns == fr.dropped_columns == ["x2"]
+    assert any(m.code == "rank_deficient" for m in fp.messages)
+    assert_lmer_agrees(fr, fp, data, f, True)
+    # dropping the collinear column is the same fit as leaving it out
+    fp2 = mixbridge.lmer("y ~ x + (1 | g)", data)
+    assert fp.criterion == pytest.approx(fp2.criterion, rel=1e-12)
