@@ -28,7 +28,9 @@ from mixbridge.errors import DataError
 DBL_EPSILON = float(np.finfo(float).eps)
 _LOGIT_THRESH = 30.0  # R's family.c THRESH / MTHRESH
 _INVEPS = 1.0 / DBL_EPSILON
-_PROBIT_THRESH = float(-special.ndtri(DBL_EPSILON))  # -qnorm(eps) = 8.125890664701906
+# -qnorm(.Machine$double.eps) as R's qnorm (AS241) computes it; scipy's ndtri gives ...908, and
+# the clamp's pnorm value would then differ from R's in the 14th digit.
+_PROBIT_THRESH = 8.125890664701906
 _CAUCHIT_THRESH = float(-stats.cauchy.ppf(DBL_EPSILON))
 
 Array = np.ndarray
