@@ -1,8 +1,8 @@
 """GLM families and links (mixbridge.python_impl.families) against R's stats::family, run live.
 
 R evaluates every function on the same inputs in one Rscript call (numbers sent back as
-17-significant-digit strings); the clamps (logit |eta| > 30, probit/cauchit tails, cloglog and log floors) are in the
-grids on purpose.
+17-significant-digit strings); the clamps (logit |eta| > 30, probit/cauchit tails, cloglog and
+log floors) are in the grids on purpose.
 """
 
 from __future__ import annotations
