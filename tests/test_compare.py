@@ -375,3 +375,18 @@ def test_arm_binomial_aic_divergence_recomputed_from_data():
     # a wrong aic is not explained by the divergence
     a.aic = glm_aic + 0.5
     assert compare(a, b).row("aic").status == "FAIL"
+
+
+def test_flat_theta_does_not_hide_a_drifted_fixef():
+    theta = np.array([0.9667, 0.01516, 0.2309])
+    obj = _quadratic(theta, 1743.628, 1.0)
+    b = make_mixed("r", objective=obj)
+    # same θ (so the optimum is trivially "flat"), but β drifted by 100 x its tolerance
+    a = make_mixed("python", objective=obj)
+    a.fixef = a.fixef + pd.Series([0.0, 0.1], index=a.fixef.index)
+    row = compare(a, b).row("fixef")
+    assert row.status == "FAIL"
+    assert "not explained by the flat optimum" in row.reason
+    # θ moved within the flat region, β moved far more than θ can explain: still a FAIL
+    a.theta = theta + np.array([2e-4, 0.0, 0.0])
+    assert compare(a, b).row("fixef").status == "FAIL"

@@ -21,6 +21,7 @@ import pandas as pd
 from mixbridge.conformance import divergences as div
 from mixbridge.conformance.tolerance import (
     CRITERION_QUANTITIES,
+    DERIVED_FACTOR,
     PARAMETER_QUANTITIES,
     Policy,
     Tol,
@@ -437,8 +438,9 @@ def _compare_mixed(
     cva, _ = _cond_var_series(a)
     cvb, cscale = _cond_var_series(b)
     rows.append(_aligned("cond_var", cva, cvb, lambda k: cscale[k], t["cond_var"]))
+    theta_row = next(r for r in rows if r.quantity == "theta") if a.model == "lmer" else None
     for r in rows:
-        _judge(r, model, a, b, policy, flat, registry)
+        _judge(r, model, a, b, policy, flat, registry, theta_row)
     if a.singular != b.singular:
         notes.append(f"singular: a={a.singular}, b={b.singular} (boundary fit on one side only)")
     for fit, name in ((a, "a"), (b, "b")):
@@ -474,6 +476,7 @@ def _judge(
     policy: Policy,
     flat: _Flatness | None,
     registry: list[div.Divergence] | None,
+    theta_row: Row | None = None,
 ) -> None:
     """Turn a FAIL into "explained" when the evidence allows; run applicable divergence checks."""
     ctx = div.RowContext(r.quantity, r.signed_diff, r.bound or 0.0, policy)
@@ -494,6 +497,16 @@ def _judge(
         return
     if r.quantity in PARAMETER_QUANTITIES and flat.verdict in ("flat", "b_early"):
         why = "flat optimum" if flat.verdict == "flat" else "b stopped early (a's optimum is lower)"
+        if theta_row is not None and r.quantity != "theta":
+            # lmer's objective is a function of θ alone: β, σ, ranef, ... follow from θ, so a
+            # flat θ explains them only when θ itself moved, and only in proportion
+            cap = DERIVED_FACTOR * theta_row.max_rel
+            if theta_row.status != EXPLAINED or r.max_rel > cap:
+                r.reason = (
+                    f"not explained by the flat optimum: θ {theta_row.status} "
+                    f"(max rel {theta_row.max_rel:.1e}, cap {cap:.1e}); worst {r.reason}"
+                )
+                return
         r.status = EXPLAINED
         r.reason = f"{why}: {flat.text}; worst {r.reason}"
     elif r.quantity in CRITERION_QUANTITIES and flat.verdict == "b_early":

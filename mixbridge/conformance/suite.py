@@ -9,6 +9,7 @@
     reml = true                        # other keys are passed to the fitting call
     engine_a = "python"                # candidate (default "python")
     engine_b = "r"                     # reference (default "r"); "r:subprocess" picks the transport
+    options_b = { reml = false }       # optional per-engine overrides (options_a likewise)
 
 A "shrinkage" case fits `mixed_formula` (lmer, or glmer when `family` is given) with engine_b,
 then `formula` (a `~ 0 + factor(g)` bayesglm) with engine_a with the prior at the mixed fit's
@@ -36,7 +37,7 @@ from mixbridge.conformance.compare import FAIL, Comparison, compare
 
 MODELS = ("lmer", "glmer", "bayesglm", "shrinkage")
 _CASE_KEYS = {"name", "model", "formula", "data", "engine_a", "engine_b", "tolerance", "slow",
-              "mixed_formula", "description"}  # fmt: skip
+              "mixed_formula", "description", "options_a", "options_b"}  # fmt: skip
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Case:
     mixed_formula: str = ""
     description: str = ""
     base_dir: Path | None = None
+    options_a: dict[str, Any] = field(default_factory=dict)  # per-engine overrides of options
+    options_b: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,6 +132,8 @@ def load_suite(spec: str | Path = "builtin") -> list[Case]:
                 mixed_formula=entry.get("mixed_formula", ""),
                 description=entry.get("description", ""),
                 base_dir=path.parent,
+                options_a=dict(entry.get("options_a", {})),
+                options_b=dict(entry.get("options_b", {})),
             )
         )
     if not cases:
@@ -262,9 +267,10 @@ def run_case(case: Case) -> CaseResult:
         if case.model == "shrinkage":
             fit_a, fit_b = _shrinkage_fits(case, data)
         else:
-            opts = {k: v for k, v in case.options.items()}
-            fit_a = fit_model(case.model, case.formula, data, case.engine_a, opts)
-            fit_b = fit_model(case.model, case.formula, data, case.engine_b, opts)
+            opts_a = {**case.options, **case.options_a}
+            opts_b = {**case.options, **case.options_b}
+            fit_a = fit_model(case.model, case.formula, data, case.engine_a, opts_a)
+            fit_b = fit_model(case.model, case.formula, data, case.engine_b, opts_b)
         cmp = compare(fit_a, fit_b, tolerance=case.tolerance)
         cmp.a, cmp.b = case.engine_a, case.engine_b
         return CaseResult(case, cmp, None, time.perf_counter() - start, fit_a, fit_b, data, truth)

@@ -40,6 +40,13 @@ SHRINKAGE_QUANTITIES = ("prior", "group_means")
 PARAMETER_QUANTITIES = frozenset(
     {"theta", "fixef", "fixef_se", "sigma", "varcorr", "ranef", "cond_var"}
 )
+# lmer: the objective depends on θ only, so a flat θ explains differences in quantities derived
+# from θ (β, σ, ranef, SEs, ...) only up to this multiple of θ's own relative difference: the
+# derived quantities' sensitivities to θ are O(1) in scaled units (sleepstudy: θ 9e-6 rel apart
+# gave varcorr 8e-6, ranef 6e-6, fixef 6e-15); 10 leaves margin without letting a drifted β hide
+# behind a flat θ.
+DERIVED_FACTOR = 10.0
+
 # Criterion-like quantities: a difference may be explained by the reference stopping early.
 CRITERION_QUANTITIES = frozenset({"criterion", "loglik", "aic", "bic"})
 

@@ -112,10 +112,9 @@ def r_session(request: pytest.FixtureRequest) -> RSession:
     try:
         return _start_session()
     except Exception as exc:  # RNotAvailableError, or a bridge that cannot load at all
-        message = f"R engine unavailable: {exc}"
         if r_required(request.config):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+            pytest.fail(f"R engine required but unavailable: {exc}", pytrace=False)
+        pytest.skip(f"R engine unavailable: {exc}")
 
 
 def _refit_kwargs(fit: Any, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,271 @@
+"""The HTML conformance report: summary table, one comparison table per case, and plots (PNG files
+saved beside index.html; matplotlib with the Agg backend):
+
+- python-vs-R scatter of every estimate (fixef, θ, ranef) per mixed-model case;
+- caterpillar plot of ranef ± 1.96·sqrt(cond_var) for both engines;
+- the shrinkage plot for shrinkage cases: true (when simulated), raw, shrunken (fixef + ranef) and
+  bayesglm group means, with the grand-mean line.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mixbridge.results import BayesGLMFit, MixedFit
+
+_STATUS_COLOUR = {"ok": "#1a7f37", "explained": "#9a6700", "FAIL": "#cf222e", "ERROR": "#cf222e"}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def scatter_plot(a: MixedFit, b: MixedFit, path: Path, title: str) -> Path:
+    """Engine a's estimates against engine b's, each kind in its own panel (scales differ)."""
+    plt = _plt()
+    kinds: list[tuple[str, np.ndarray, np.ndarray]] = []
+    common = [k for k in b.fixef.index if k in a.fixef.index]
+    kinds.append(("fixef", a.fixef[common].to_numpy(float), b.fixef[common].to_numpy(float)))
+    if len(a.theta) == len(b.theta):
+        kinds.append(("theta", np.asarray(a.theta, float), np.asarray(b.theta, float)))
+    ra, rb = [], []
+    for factor, frame in b.ranef.items():
+        other = a.ranef.get(factor)
+        if other is None:
+            continue
+        joined = frame.join(other, lsuffix="_b", rsuffix="_a", how="inner")
+        for col in frame.columns:
+            rb.extend(joined[f"{col}_b"].to_numpy(float))
+            ra.extend(joined[f"{col}_a"].to_numpy(float))
+    if ra:
+        kinds.append(("ranef", np.array(ra), np.array(rb)))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.8), squeeze=False)
+    for ax, (kind, xa, xb) in zip(axes[0], kinds, strict=True):
+        ax.scatter(xb, xa, s=14, alpha=0.8)
+        lo = float(np.nanmin(np.concatenate([xa, xb])))
+        hi = float(np.nanmax(np.concatenate([xa, xb])))
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=0.8, ls="--")
+        worst = float(np.nanmax(np.abs(xa - xb))) if len(xa) else 0.0
+        ax.set_title(f"{kind} (max |a-b| {worst:.1e})", fontsize=9)
+        ax.set_xlabel(f"{b.engine}")
+        ax.set_ylabel(f"{a.engine}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def caterpillar_plot(a: MixedFit, b: MixedFit, path: Path, title: str) -> Path | None:
+    """ranef ± 1.96 sqrt(cond_var) of the first factor's first column, both engines."""
+    plt = _plt()
+    if not b.ranef:
+        return None
+    factor, frame_b = next(iter(b.ranef.items()))
+    frame_a = a.ranef.get(factor)
+    if frame_a is None:
+        return None
+    col = frame_b.columns[0]
+    levels = [str(x) for x in frame_b.index]
+    vb = frame_b[col].to_numpy(float)
+    va = frame_a[col].reindex(frame_b.index).to_numpy(float)
+
+    def sd(fit: MixedFit, n: int) -> np.ndarray:
+        arr = np.asarray(fit.cond_var.get(factor, np.full((n, 1, 1), np.nan)), float)
+        arr = arr.reshape(arr.shape[0], -1) if arr.ndim == 3 else arr.reshape(-1, 1)
+        return np.sqrt(np.abs(arr[:, 0])) if arr.shape[0] == n else np.full(n, np.nan)
+
+    sa, sb = sd(a, len(levels)), sd(b, len(levels))
+    order = np.argsort(vb)
+    pos = np.arange(len(levels))
+    height = max(3.0, min(0.22 * len(levels) + 1.0, 14.0))
+    fig, ax = plt.subplots(figsize=(6.5, height))
+    ax.errorbar(vb[order], pos - 0.15, xerr=1.96 * sb[order], fmt="o", ms=3, label=b.engine)
+    ax.errorbar(va[order], pos + 0.15, xerr=1.96 * sa[order], fmt="s", ms=3, label=a.engine)
+    ax.axvline(0.0, color="grey", lw=0.8)
+    if len(levels) <= 60:
+        ax.set_yticks(pos)
+        ax.set_yticklabels([levels[i] for i in order], fontsize=7)
+    ax.set_xlabel(f"ranef {factor}: {col}  (± 1.96 sqrt(cond_var))")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def shrinkage_plot(
+    bayes: BayesGLMFit,
+    mixed: MixedFit,
+    data: pd.DataFrame | None,
+    truth: pd.Series | None,
+    path: Path,
+    title: str,
+) -> Path:
+    """True, raw, shrunken and bayesglm group means with the grand-mean line."""
+    from mixbridge.conformance.shrinkage import level_names
+
+    plt = _plt()
+    factor, frame = next(iter(mixed.ranef.items()))
+    levels = [str(x) for x in frame.index]
+    mu = float(mixed.fixef["(Intercept)"])
+    shrunk = mu + frame["(Intercept)"].to_numpy(float)
+    names = level_names(list(bayes.coef.index), levels, factor)
+    coef = np.array([float(bayes.coef[names[lv]]) for lv in levels])
+    raw = None
+    if data is not None and factor in data.columns:
+        g = data[factor].astype(str)
+        if "y" in data.columns:
+            raw = data.groupby(g, observed=True)["y"].mean().reindex(levels).to_numpy(float)
+        elif {"s", "f"} <= set(data.columns):
+            s = data.groupby(g, observed=True)["s"].sum().reindex(levels).to_numpy(float)
+            f = data.groupby(g, observed=True)["f"].sum().reindex(levels).to_numpy(float)
+            p = np.clip(s / (s + f), 1e-3, 1 - 1e-3)
+            raw = np.log(p / (1 - p))
+    x = np.arange(len(levels))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if truth is not None:
+        tv = truth.reindex(levels).to_numpy(float)
+        ax.scatter(x, tv, marker="*", s=60, color="black", label="true", zorder=3)
+    if raw is not None:
+        ax.scatter(x, raw, marker="o", facecolors="none", edgecolors="tab:blue", label="raw mean")
+        for xi, r0, s0 in zip(x, raw, shrunk, strict=True):
+            ax.annotate("", (xi, s0), (xi, r0), arrowprops=dict(arrowstyle="->", color="0.6"))
+    ax.scatter(x, shrunk, marker="s", color="tab:red", s=22, label="shrunken (fixef + ranef)")
+    ax.scatter(x, coef, marker="x", color="tab:green", s=40, label="bayesglm", zorder=4)
+    ax.axhline(mu, color="grey", ls="--", lw=1, label=f"grand mean {mu:.3g}")
+    ax.set_xticks(x)
+    ax.set_xticklabels(levels, rotation=60, fontsize=7)
+    ax.set_ylabel("group mean" + (" (log-odds)" if bayes.family == "binomial" else ""))
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+def _plots_for(result: Any, out_dir: Path) -> list[Path]:
+    a, b, name = result.fit_a, result.fit_b, result.case.name
+    out: list[Path] = []
+    slug = _slug(name)
+    try:
+        if isinstance(a, MixedFit) and isinstance(b, MixedFit):
+            out.append(scatter_plot(a, b, out_dir / f"{slug}_scatter.png", f"{name}: a vs b"))
+            cat = caterpillar_plot(a, b, out_dir / f"{slug}_caterpillar.png", name)
+            if cat is not None:
+                out.append(cat)
+        elif isinstance(a, BayesGLMFit) and isinstance(b, MixedFit):
+            out.append(
+                shrinkage_plot(
+                    a, b, result.data, result.truth, out_dir / f"{slug}_shrinkage.png", name
+                )
+            )
+    except Exception as exc:  # a plot must never hide the tables
+        result.plot_error = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def write_report(results: list[Any], out_dir: Path, suite: str = "") -> Path:
+    """Write index.html and the PNGs into `out_dir`; return the index path."""
+    from mixbridge.conformance.suite import summary_frame
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summary_frame(results)
+    n_fail = int(summary["status"].isin(["FAIL", "ERROR"]).sum())
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<title>mixbridge conformance report</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+        "img{max-width:100%;margin:4px;border:1px solid #eee}"
+        ".ok{color:#1a7f37}.explained{color:#9a6700}.FAIL,.ERROR{color:#cf222e;font-weight:bold}"
+        "</style></head><body>",
+        "<h1>mixbridge conformance report</h1>",
+        f"<p>suite: {html.escape(suite)} &middot; {stamp} &middot; {len(results)} cases, "
+        f"<b>{n_fail} failing</b></p>",
+        "<h2>Summary</h2>",
+        _status_table(summary),
+    ]
+    for r in results:
+        status = r.status
+        parts.append(f"<h2 id='{_slug(r.case.name)}'>{html.escape(r.case.name)} "
+                     f"<span class='{status}'>{status}</span></h2>")  # fmt: skip
+        parts.append(
+            f"<p><code>{html.escape(r.case.model)}: {html.escape(r.case.formula)}</code> on "
+            f"<code>{html.escape(r.case.data)}</code>; a = {html.escape(r.case.engine_a)}, "
+            f"b = {html.escape(r.case.engine_b)}; {r.seconds:.1f} s</p>"
+        )
+        if r.case.description:
+            parts.append(f"<p>{html.escape(r.case.description)}</p>")
+        if r.error:
+            parts.append(f"<pre class='ERROR'>{html.escape(r.error)}</pre>")
+            continue
+        frame = r.comparison.to_frame()
+        frame["max_abs"] = frame["max_abs"].map(_fmt)
+        frame["max_rel"] = frame["max_rel"].map(_fmt)
+        parts.append(frame.to_html(index=False, escape=True, border=0))
+        for note in r.comparison.notes:
+            parts.append(f"<p><i>note: {html.escape(note)}</i></p>")
+        for png in _plots_for(r, out_dir):
+            parts.append(f"<img src='{html.escape(png.name)}' alt='{html.escape(png.stem)}'>")
+        if getattr(r, "plot_error", None):
+            parts.append(f"<p><i>plot failed: {html.escape(r.plot_error)}</i></p>")
+    parts.append("</body></html>")
+    index = out_dir / "index.html"
+    index.write_text("\n".join(parts), encoding="utf-8")
+    return index
+
+
+def _fmt(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2e}"
+
+
+def _status_table(summary: pd.DataFrame) -> str:
+    cols = ["case", "model", "engines", "status", "worst", "max_rel", "explained", "seconds"]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = []
+    for _, row in summary.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if c == "case":
+                cells.append(f"<td><a href='#{_slug(v)}'>{html.escape(str(v))}</a></td>")
+            elif c == "status":
+                cells.append(f"<td class='{v}'>{v}</td>")
+            elif c == "max_rel":
+                cells.append(f"<td>{_fmt(float(v))}</td>")
+            else:
+                cells.append(f"<td>{html.escape(str(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
