@@ -113,14 +113,17 @@ def read_column(data: pd.DataFrame, name: str) -> Value:
         return Numeric(col.astype("float64").to_numpy(dtype=float, na_value=np.nan))
     if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
         mask = col.isna().to_numpy()
-        present = col[~mask]
-        if len(present) == 0 or all(isinstance(v, str) for v in present):
-            levels = r_sorted_strings(present.tolist())
-            index = {lv: i for i, lv in enumerate(levels)}
-            codes = np.full(len(col), -1, dtype=np.int32)
-            codes[~mask] = [index[v] for v in present]
+        # hash once (pd.factorize), then look at the distinct values only
+        raw_codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        uniq = list(uniques)
+        if all(isinstance(v, str) for v in uniq):
+            levels = r_sorted_strings(uniq)
+            rank = {lv: i for i, lv in enumerate(levels)}
+            remap = np.array([rank[v] for v in uniq] + [-1], dtype=np.int32)
+            codes = remap[np.where(raw_codes >= 0, raw_codes, len(uniq))]
             return Factor(codes, levels, False, "character")
-        if all(isinstance(v, (bool, np.bool_)) for v in present):
+        present = col[~mask]
+        if all(isinstance(v, (bool, np.bool_)) for v in uniq):
             vals = np.zeros(len(col), dtype=bool)
             vals[~mask] = np.asarray(present.tolist(), dtype=bool)
             return _logical(vals, mask)
@@ -294,14 +297,16 @@ def interaction_factor(factors: list[Factor]) -> Factor:
     for f in factors:
         combo = combo * len(f.levels) + np.maximum(f.codes, 0)
     uniq, inverse = np.unique(combo[~na], return_inverse=True)
-    labels = []
-    for u in uniq:
-        parts = []
-        rest = int(u)
-        for f in reversed(factors):
-            parts.append(f.levels[rest % len(f.levels)])
-            rest //= len(f.levels)
-        labels.append(":".join(reversed(parts)))
+    # decode each observed combination into its per-factor level index (vectorized)
+    parts: list[np.ndarray] = []
+    rest = uniq.copy()
+    for f in reversed(factors):
+        parts.append(np.asarray(f.levels, dtype=str)[rest % len(f.levels)])
+        rest //= len(f.levels)
+    joined = parts[-1]
+    for part in reversed(parts[:-1]):
+        joined = np.char.add(np.char.add(joined, ":"), part)
+    labels = joined.tolist()
     codes = np.full(n, -1, dtype=np.int32)
     codes[~na] = inverse
     return Factor(codes, labels, False, "factor")
