@@ -235,26 +235,58 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
   out
 }
 
+# keep_fit = TRUE adds the merMod itself as `fit` (embedded transport: for predict()).
 mb_lmer <- function(formula, data, REML = TRUE, has_weights = FALSE, has_offset = FALSE,
-                    control = list()) {
+                    control = list(), keep_fit = FALSE) {
   .mb_capture({
     fml <- .mb_formula(formula)
     ctrl <- .mb_lmer_control(control)
     fit <- eval(.mb_mer_call(FALSE, has_weights, has_offset))
-    .mb_extract_mer(fit, glmm = FALSE)
+    out <- .mb_extract_mer(fit, glmm = FALSE)
+    if (isTRUE(keep_fit)) out$fit <- fit
+    out
   })
 }
 
 mb_glmer <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
-                     has_weights = FALSE, has_offset = FALSE, control = list()) {
+                     has_weights = FALSE, has_offset = FALSE, control = list(),
+                     keep_fit = FALSE) {
   .mb_capture({
     fml <- .mb_formula(formula)
     fam <- .mb_family(family, link)
     nAGQ <- as.integer(nAGQ)
     ctrl <- .mb_glmer_control(control)
     fit <- eval(.mb_mer_call(TRUE, has_weights, has_offset))
-    .mb_extract_mer(fit, glmm = TRUE)
+    out <- .mb_extract_mer(fit, glmm = TRUE)
+    if (isTRUE(keep_fit)) out$fit <- fit
+    out
   })
+}
+
+# predict.merMod. re_form: NULL = all random terms; re_none = TRUE: none (NA); otherwise a
+# formula string of random terms (validated by the Python side).
+mb_predict <- function(fit, newdata = NULL, re_form = NULL, re_none = FALSE,
+                       allow_new_levels = FALSE, type = "link") {
+  .mb_capture({
+    rf <- if (isTRUE(re_none)) NA else if (is.null(re_form)) NULL else .mb_formula(re_form)
+    type <- match.arg(type, c("link", "response"))
+    unname(as.numeric(stats::predict(fit, newdata = newdata, re.form = rf,
+                                     allow.new.levels = isTRUE(allow_new_levels),
+                                     type = type)))
+  })
+}
+
+# Subprocess transport: refit (deterministic) in this process, then predict.
+mb_predict_refit <- function(model, fit_args, data, newdata = NULL, predict_args = list()) {
+  fit_args$data <- data
+  fit_args$keep_fit <- TRUE
+  r <- do.call(if (model == "glmer") mb_glmer else mb_lmer, fit_args)
+  if (!r$ok) return(r)
+  predict_args$fit <- r$value$fit
+  if (!is.null(newdata)) predict_args$newdata <- newdata
+  p <- do.call(mb_predict, predict_args)
+  p$messages <- c(r$messages, p$messages)
+  p
 }
 
 # Deviance functions (devFunOnly = TRUE), returned as R closures for the embedded transport.
@@ -359,6 +391,11 @@ mb_bayesglm <- function(formula, data, family = "gaussian", link = NULL,
     if (isTRUE(has_weights)) cl$weights <- quote(.mb_weights)
     if (isTRUE(has_offset)) cl$offset <- quote(.mb_offset)
     maxit <- as.integer(maxit)
+    # drop.baseline = FALSE: `contrasts<-` looks arm's contr.bayes.* up along the search path,
+    # so arm must be attached, not only loaded (added by the bayesglm python-engine work).
+    if (!isTRUE(drop_baseline) && !("package:arm" %in% search())) {
+      suppressPackageStartupMessages(attachNamespace("arm"))
+    }
     fit <- eval(cl)
     # summary.glm: Pearson dispersion (SEs reported by summary/vcov/se.coef); display() uses
     # fit$dispersion. With a fixed phi both are phi: the fit ran at dispersion 1 with weights
