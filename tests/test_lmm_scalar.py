@@ -21,6 +21,7 @@ from mixbridge.python_impl.lmm_scalar import (
     SINGULAR_TEXT,
     GroupStats,
     group_stats,
+    group_stats_columns,
     scalar_ri_criterion,
     scalar_ri_fit,
     scalar_ri_fitted,
@@ -270,3 +271,16 @@ def test_shift_does_not_change_estimates():
     # X[:,2] has mean 100.5 and sd 0.29: uncentred sums lose ~5 digits, hence 1e-6 here.
     np.testing.assert_allclose(centred.beta, raw.beta, rtol=1e-6)
     np.testing.assert_allclose(centred.vcov_unscaled, raw.vcov_unscaled, rtol=1e-5)
+
+
+def test_group_stats_columns_equals_matrix_version():
+    X, y, w, codes, G = _random_problem(13)
+    ref = group_stats(X, y, w, codes, G)
+    cols = group_stats_columns(
+        [X[:, 1].copy(), X[:, 2].copy()], y, w, codes, G, shift=(ref.x_shift, ref.y_shift)
+    )
+    for field in ("s", "Sy", "SX", "XtX", "Xty", "x_shift"):
+        np.testing.assert_allclose(getattr(cols, field), getattr(ref, field), rtol=1e-13)
+    fa, fb = scalar_ri_fit(ref, reml=True), scalar_ri_fit(cols, reml=True)
+    assert fb.theta == pytest.approx(fa.theta, rel=1e-11)
+    np.testing.assert_allclose(fb.beta, fa.beta, rtol=1e-11)

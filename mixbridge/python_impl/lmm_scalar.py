@@ -187,10 +187,58 @@ def group_stats(
         icol = None if intercept is False else intercept
     x_shift, y_shift = shift if shift is not None else default_shift(X, y, icol)
     x_shift = np.asarray(x_shift, dtype=float)
+
+    def fill(a: int, b: int, out: np.ndarray) -> None:
+        np.subtract(X[a:b].T, x_shift[:, None], out=out)
+
+    return _accumulate(fill, n, p, y, w, codes, n_groups, x_shift, y_shift, icol)
+
+
+def group_stats_columns(
+    columns: list[np.ndarray],
+    y: np.ndarray,
+    w: np.ndarray | None,
+    codes: np.ndarray,
+    n_groups: int,
+    *,
+    shift: tuple[np.ndarray, float] | None = None,
+) -> GroupStats:
+    """group_stats for X = [1, columns...] without ever building X: each block of rows is
+    assembled from the 1-D columns in a small buffer, so memory stays at the inputs + O(G)."""
+    cols = [np.asarray(c, dtype=float) for c in columns]
+    y = np.asarray(y, dtype=float)
+    n, p = y.shape[0], len(cols) + 1
+    if shift is None:
+        rows = min(n, 100_000)
+        x_shift = np.array([0.0] + [float(np.mean(c[:rows])) for c in cols])
+        y_shift = float(np.mean(y[:rows])) if n else 0.0
+    else:
+        x_shift, y_shift = np.asarray(shift[0], dtype=float), float(shift[1])
+
+    def fill(a: int, b: int, out: np.ndarray) -> None:
+        out[0] = 1.0
+        for k, c in enumerate(cols, start=1):
+            np.subtract(c[a:b], x_shift[k], out=out[k])
+
+    return _accumulate(fill, n, p, y, w, codes, n_groups, x_shift, y_shift, 0)
+
+
+def _accumulate(
+    fill: Callable[[int, int, np.ndarray], None],
+    n: int,
+    p: int,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    codes: np.ndarray,
+    n_groups: int,
+    x_shift: np.ndarray,
+    y_shift: float,
+    icol: int | None,
+) -> GroupStats:
+    """The one pass: blocks of shifted [X y] (built by `fill`) -> bincounts and a Gram product."""
     codes = np.asarray(codes)
     if codes.dtype.kind not in "iu":
         raise TypeError("codes must be integers")
-
     s = np.zeros(n_groups)
     Sy = np.zeros(n_groups)
     SX = np.zeros((n_groups, p))
@@ -199,12 +247,13 @@ def group_stats(
     others = [k for k in range(p) if k != icol]
     # Chunks large enough that the O(G) cost per bincount call stays small against the rows.
     chunk = max(_CHUNK_ROWS, 4 * n_groups)
+    buf = np.empty((p + 1, min(chunk, max(n, 1))))
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         c = codes[a:b]
         # Shifted [X y] columns as contiguous rows: fast bincounts and one BLAS Gram product.
-        Zt = np.empty((p + 1, b - a))
-        np.subtract(X[a:b].T, x_shift[:, None], out=Zt[:p])
+        Zt = buf[:, : b - a]
+        fill(a, b, Zt[:p])
         np.subtract(y[a:b], y_shift, out=Zt[p])
         if w is None:
             s += np.bincount(c, minlength=n_groups)
