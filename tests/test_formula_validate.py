@@ -155,3 +155,23 @@ def test_precedence_like_r():
     assert deparse(tree.rhs.right.operand) == "x^2"
     # ^ is right-associative
     assert deparse(parse_formula("y ~ a^b^c").rhs.right) == "b^c"
+
+
+def test_resource_limits_are_formula_errors():
+    cols = [f"x{i}" for i in range(40)] + ["y"]
+    many = " + ".join(cols[:40])
+    # a wide model is fine
+    validate_formula(f"y ~ {many}", cols, "bayesglm")
+    with pytest.raises(FormulaError, match="too many terms"):
+        validate_formula(f"y ~ ({many})^40", cols, "bayesglm")
+    with pytest.raises(FormulaError, match="too many terms"):
+        validate_formula("y ~ " + "*".join(cols[:20]), cols, "bayesglm")
+    with pytest.raises(FormulaError, match="nested too deeply"):
+        validate_formula("y ~ " + "(" * 3000 + "x0" + ")" * 3000, cols, "bayesglm")
+    with pytest.raises(FormulaError, match="characters; at most"):
+        validate_formula("y ~ " + " + ".join(["x0"] * 6000), cols, "bayesglm")
+    with pytest.raises(FormulaError, match="above the supported maximum") as info:
+        validate_formula("y ~ poly(x0, 100000)", cols, "bayesglm")
+    assert info.value.token == "1e+05"
+    # a huge power of few variables is cheap: x^1e9 = x
+    validate_formula("y ~ (x0 + x1)^1000000000", cols, "bayesglm")

@@ -148,26 +148,33 @@ class _Expander:
             )
         base = self.expand(node.left)
         result = list(base)
-        for _ in range(int(exponent.value) - 1):
+        # powers beyond the number of variables add nothing (bounded loop even for x^1e9)
+        n_vars = len(_all_vars(base)) if base else 0
+        for _ in range(min(int(exponent.value), max(n_vars, 1)) - 1):
             result = _union(result, _interact(result, base))
         return result
 
 
 def _union(a: list[Term], b: list[Term]) -> list[Term]:
-    out = list(a)
-    for t in b:
-        if t not in out:
-            out.append(t)
-    return out
+    return list(dict.fromkeys([*a, *b]))  # ordered, without duplicates
+
+
+MAX_TERMS = 5000  # guards against (x1 + ... + x30)^30 style explosions
 
 
 def _interact(a: list[Term], b: list[Term]) -> list[Term]:
-    out: list[Term] = []
-    for s in a:
-        for t in b:
-            u = Term(s | t)
-            if u not in out:
-                out.append(u)
+    if len(a) * len(b) > 4 * MAX_TERMS:
+        raise FormulaError(
+            f"formula expands to too many terms (more than {MAX_TERMS}); simplify the interactions",
+            token="^" if len(a) > 1 and len(b) > 1 else "*",
+        )
+    out = list(dict.fromkeys(Term(s | t) for s in a for t in b))
+    if len(out) > MAX_TERMS:
+        raise FormulaError(
+            f"formula expands to too many terms ({len(out)} > {MAX_TERMS}); simplify the "
+            "interactions",
+            token=None,
+        )
     return out
 
 

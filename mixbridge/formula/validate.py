@@ -33,6 +33,8 @@ ARITH_FUNCTIONS = {"log": 1, "exp": 1, "sqrt": 1, "I": 1, "scale": 1}
 TERM_FUNCTIONS = {**ARITH_FUNCTIONS, "poly": 2, "factor": 1, "offset": 1}
 ARITH_OPS = {"+", "-", "*", "/", "^"}
 FORMULA_OPS = {"+", "-", "*", "/", "^", ":", "%in%", "|", "||"}
+MAX_FORMULA_CHARS = 20_000  # far beyond real models; bounds parser recursion and work
+MAX_POLY_DEGREE = 50
 
 
 def validate_formula(formula: str, columns: Iterable[str], model: str) -> None:
@@ -44,6 +46,17 @@ def parse_and_validate(formula: str, columns: Iterable[str], model: str) -> Form
     """Validate like `validate_formula` and return the parsed formula."""
     if model not in MODELS:
         raise FormulaError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    if isinstance(formula, str) and len(formula) > MAX_FORMULA_CHARS:
+        raise FormulaError(
+            f"formula has {len(formula)} characters; at most {MAX_FORMULA_CHARS} are accepted"
+        )
+    try:
+        return _parse_and_validate(formula, columns, model)
+    except RecursionError:
+        raise FormulaError("formula is nested too deeply to be processed") from None
+
+
+def _parse_and_validate(formula: str, columns: Iterable[str], model: str) -> Formula:
     tree = parse_formula(formula)
     cols = [str(c) for c in columns]
     v = _Validator(set(cols), cols, model, formula)
@@ -178,6 +191,12 @@ class _Validator:
             if not isinstance(degree, Num) or degree.value < 1 or degree.value % 1:
                 raise FormulaError(
                     "poly(x, degree) needs a positive integer degree", token=deparse(degree)
+                )
+            if degree.value > MAX_POLY_DEGREE:
+                raise FormulaError(
+                    f"poly() degree {deparse(degree)} is above the supported maximum "
+                    f"{MAX_POLY_DEGREE}",
+                    token=deparse(degree),
                 )
         self.arith(node.args[0])
 
