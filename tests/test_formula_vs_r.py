@@ -92,7 +92,8 @@ for (case in inp$cases) {
       X <- lf$X
       rt <- lf$reTrms
       y <- model.response(lf$fr)
-      if (is.matrix(y)) y <- y[, 1] / rowSums(y)
+      # binomial()$initialize for a two-column response: y = s / n, and 0 where n == 0
+      if (is.matrix(y)) y <- ifelse(rowSums(y) == 0, 0, y[, 1] / rowSums(y))
       if (is.factor(y)) y <- as.numeric(y != levels(y)[1])
       list(x_names = colnames(X), X = dense(X),
            dropped = names(attr(X, "col.dropped")),
@@ -253,6 +254,9 @@ RANDOM = [
     "y ~ x + (poly(z, 2) | g)",
     "y ~ x + (1 | f) + (1 | f2) + (1 | g)",  # a tie in levels: lme4 reverses it
     "y ~ x + (b | f2:g) + (1 | f2)",
+    "y ~ x + (f || g)",
+    "y ~ x + (0 + x + z || g)",
+    "y ~ 0 + (1 | g)",
 ]
 GLM = [
     ("y ~ f + x:f + b", "gaussian", True),
@@ -262,11 +266,13 @@ GLM = [
     ("y ~ o + x", "gaussian", False),
     ("y ~ 0 + o", "gaussian", False),
     ("y ~ k + x", "gaussian", False),
+    ("y ~ k + x", "gaussian", True),
     ("y ~ g + x", "gaussian", False),
     ("yb ~ f*x", "binomial", True),
     ("cbind(s, fl) ~ x + f", "binomial", True),
     ("y ~ x + offset(log(t))", "gaussian", True),
 ]
+BINOMIAL = ["f ~ x + (1 | g)", "b ~ z + (1 | h)", "cbind(s, fl) ~ x + (1 | g)", "yb ~ f + (1 | g)"]
 DATASETS = [
     ("Pastes", "strength ~ 1 + (1 | batch/cask)", None),
     ("sleepstudy", "Reaction ~ Days + (Days || Subject)", None),
@@ -347,6 +353,17 @@ def _cases() -> list[dict]:
                     "drop_baseline": db,
                 }
             )
+    for i, f in enumerate(BINOMIAL):
+        for data in ("d1", "d2"):
+            cases.append(
+                {
+                    "id": f"binom-{data}-{i}",
+                    "kind": "lformula",
+                    "data": data,
+                    "formula": f,
+                    "family": "binomial",
+                }
+            )
     for name, f, fam in DATASETS:
         case = {"id": f"ds-{name}", "kind": "lformula", "dataset": name, "formula": f}
         if fam:
@@ -385,9 +402,9 @@ def _mat(rows) -> np.ndarray:
 
 def _check_fixed(t, r) -> None:
     assert "error" not in r, r.get("error")
-    assert t.x_names == r["x_names"]
+    assert t.x_names == (r["x_names"] or [])
     assert t.dropped_columns == (r.get("dropped") or [])
-    x_r = _mat(r["X"]).reshape(r["nrow"][0], len(r["x_names"]))
+    x_r = _mat(r["X"]).reshape(r["nrow"][0], len(r["x_names"] or []))
     assert t.X.shape == x_r.shape
     np.testing.assert_allclose(t.X, x_r, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(t.y, np.array(r["y"], dtype=float), rtol=RTOL, atol=ATOL)
@@ -495,3 +512,13 @@ def test_fixed_matrix_for_newdata_uses_fit_levels_and_predvars(r_results, i):
     x_r = _mat(r["X"]).reshape(r["nrow"][0], len(r["x_names"]))
     cols = [r["x_names"].index(c) for c in t.x_names]  # R keeps dropped columns here
     np.testing.assert_allclose(t.fixed_matrix(data["d3"]), x_r[:, cols], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("data_name", ["d1", "d2"])
+@pytest.mark.parametrize("i", range(len(BINOMIAL)))
+def test_binomial_responses_match_glformula(r_results, data_name, i):
+    data, res, _ = r_results
+    t = build_mixed_terms(BINOMIAL[i], data[data_name], model="glmer", family="binomial")
+    r = res[f"binom-{data_name}-{i}"]
+    _check_fixed(t, r)
+    _check_random(t, r)
