@@ -24,7 +24,12 @@ import pandas as pd
 from mixbridge.errors import ArgumentError, DataError
 from mixbridge.python_impl import output
 from mixbridge.python_impl.optimize import OptResult, optimize_theta
-from mixbridge.python_impl.predictor import Predictor, lower_bounds, theta_start
+from mixbridge.python_impl.predictor import (
+    Predictor,
+    blas_single_thread,
+    lower_bounds,
+    theta_start,
+)
 from mixbridge.results import Message, MixedFit
 
 _CONTROL_KEYS = {"restart_edge", "boundary_tol", "calc_derivs", "maxeval", "start"}
@@ -62,8 +67,9 @@ def lmer_objective(
     """lme4's deviance function (devFunOnly=TRUE) at θ: the REML criterion or ML deviance."""
     terms = build_terms(formula, data, weights, offset)
     check_terms(terms)
-    devfun = LmerDevfun(terms, reml)
-    return devfun(devfun.check_theta(theta))
+    with blas_single_thread():
+        devfun = LmerDevfun(terms, reml)
+        return devfun(devfun.check_theta(theta))
 
 
 def build_terms(formula: str, data: pd.DataFrame, weights: Any, offset: Any) -> Any:
@@ -242,6 +248,11 @@ def fit_terms(
     """Fit lmer on already-built model terms."""
     ctrl = _control(control)
     check_terms(terms)
+    with blas_single_thread():
+        return _fit_terms(terms, formula=formula, reml=reml, ctrl=ctrl)
+
+
+def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) -> MixedFit:
     devfun = LmerDevfun(terms, reml)
     if _is_scalar_ri(terms) and "start" not in ctrl and _scalar_path_available():
         return _fit_scalar(terms, devfun, formula=formula, reml=reml)
@@ -395,7 +406,12 @@ def _build_fit(
         optimizer={**opt.as_dict(optimizer_name), "fval": float(opt.fval)},
         dropped_columns=list(getattr(terms, "dropped_columns", []) or []),
     )
-    fit._objective = objective
+
+    def objective_single_thread(th: Any) -> float:
+        with blas_single_thread():
+            return float(objective(th))
+
+    fit._objective = objective_single_thread
     fit._predict = _make_predict(terms, beta, b, gp)
     fit._simulate = _make_simulate(terms, beta, tks, sigma, fitted)
     fit.extra["b"] = b
