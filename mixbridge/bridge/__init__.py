@@ -21,7 +21,7 @@ import pandas as pd
 
 from mixbridge.bridge import build
 from mixbridge.bridge.convert import Column, encode_frame
-from mixbridge.errors import ArgumentError
+from mixbridge.errors import ArgumentError, DataError
 from mixbridge.formula import validate_formula
 from mixbridge.results import BayesGLMFit, MixedFit, emit_warnings
 
@@ -158,6 +158,84 @@ def _devfun_hook(
     return objective
 
 
+def _predict_args(
+    re_form: Any, allow_new_levels: bool, type: str, model: str, columns: list[str]
+) -> dict[str, Any]:
+    if type not in ("link", "response"):
+        raise ArgumentError(f"type must be 'link' or 'response', got {type!r}", "type")
+    if re_form is None:
+        return {"re_form": None, "re_none": False, "allow_new_levels": bool(allow_new_levels),
+                "type": type}  # fmt: skip
+    if (isinstance(re_form, float) and np.isnan(re_form)) or (
+        isinstance(re_form, str) and re_form.replace(" ", "") in ("NA", "~0", "~-1")
+    ):
+        return {"re_form": None, "re_none": True, "allow_new_levels": bool(allow_new_levels),
+                "type": type}  # fmt: skip
+    if not isinstance(re_form, str) or not re_form.strip().startswith("~"):
+        raise ArgumentError(
+            f"re_form must be None, NA, '~0' or a one-sided formula string, got {re_form!r}",
+            "re_form",
+        )
+    # The string reaches R's as.formula: validate it with the same allow-list.
+    validate_formula("mb_response__ " + re_form, [*columns, "mb_response__"], model)
+    return {"re_form": re_form, "re_none": False, "allow_new_levels": bool(allow_new_levels),
+            "type": type}  # fmt: skip
+
+
+def _predict_hook(
+    model: str,
+    transport: str,
+    fit_args: dict[str, Any],
+    columns: list[Column],
+    nrow: int,
+    data: pd.DataFrame,
+    offset: Any,
+    fit_sexp: Any,
+) -> Callable[..., np.ndarray]:
+    """fit.predict(...) for an R fit: lme4's predict.merMod on the same model.
+
+    Embedded: the merMod is kept in R; subprocess: the (deterministic) fit is redone in the
+    worker Rscript, then predicted from.
+    """
+    formula = fit_args["formula"]
+    data_columns = [str(c) for c in data.columns]
+
+    def predict(
+        newdata: pd.DataFrame | None = None,
+        re_form: Any = None,
+        allow_new_levels: bool = False,
+        type: str = "link",
+    ) -> np.ndarray:
+        pargs = _predict_args(re_form, allow_new_levels, type, model, data_columns)
+        nd = None
+        if newdata is not None:
+            if offset is not None and not isinstance(offset, str):
+                raise DataError(
+                    "the offset was given as an array; give it as a column name to predict "
+                    "on new data",
+                    "offset",
+                )
+            nd_cols, nd_n, _, _ = encode_frame(newdata, formula, None, offset)
+            nd = (nd_cols, nd_n)
+        if transport == "subprocess":
+            from mixbridge.bridge import subproc
+
+            args = {"model": model, "fit_args": fit_args, "predict_args": pargs}
+            res = subproc.call("mb_predict_refit", args, columns, nrow, newdata=nd)
+        else:
+            from mixbridge.bridge import embedded
+
+            with embedded.LOCK:
+                ri, env = embedded.session()
+                r_nd = None if nd is None else embedded.data_frame(ri, env, *nd)
+                res = embedded.call("mb_predict", fit_sexp, newdata=r_nd, **pargs)
+        value = build.check(res, "predict")
+        emit_warnings(build.messages(res))
+        return np.asarray(value, dtype=float)
+
+    return predict
+
+
 # ---------------------------------------------------------------------------------------------
 # Engine protocol
 
@@ -177,10 +255,15 @@ def lmer(
     ctrl = _check_control(control, _COMMON_CONTROL)
     columns, nrow, has_w, has_o = _encode("lmer", formula, data, weights, offset)
     base = {"formula": formula, "REML": bool(reml), "has_weights": has_w, "has_offset": has_o}
-    res = _run("mb_lmer", transport, {**base, "control": ctrl}, columns, nrow)
+    keep = {"keep_fit": transport == "embedded"}
+    res = _run("mb_lmer", transport, {**base, "control": ctrl, **keep}, columns, nrow)
     value = build.check(res, "lmer")
     fit = build.mixed_fit(res, model="lmer", formula=formula, versions_=_versions(value))
     fit._objective = _devfun_hook("mb_lmer_devfun", transport, base, columns, nrow)
+    fit._predict = _predict_hook(
+        "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
+        value.get("fit"),
+    )  # fmt: skip
     emit_warnings(fit.messages)
     return fit
 
@@ -210,10 +293,14 @@ def glmer(
         "has_offset": has_o,
         "control": ctrl,
     }
-    res = _run("mb_glmer", transport, base, columns, nrow)
+    keep = {"keep_fit": transport == "embedded"}
+    res = _run("mb_glmer", transport, {**base, **keep}, columns, nrow)
     value = build.check(res, "glmer")
     fit = build.mixed_fit(res, model="glmer", formula=formula, versions_=_versions(value))
     fit._objective = _devfun_hook("mb_glmer_devfun", transport, base, columns, nrow)
+    fit._predict = _predict_hook(
+        "glmer", transport, base, columns, nrow, data, offset, value.get("fit")
+    )
     emit_warnings(fit.messages)
     return fit
 

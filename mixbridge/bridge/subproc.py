@@ -54,12 +54,25 @@ def _decode(x: Any, doubles: np.ndarray) -> Any:
     return x
 
 
+def _write_frame(path: Path, columns: list[Column], nrow: int) -> dict[str, Any]:
+    with open(path, "wb") as fh:
+        for c in columns:
+            dtype = "<f8" if c.kind == "double" else "<i4"
+            np.ascontiguousarray(c.values, dtype=dtype).tofile(fh)
+    return {
+        "file": str(path),
+        "nrow": nrow,
+        "columns": [{"name": c.name, "kind": c.kind, "levels": list(c.levels)} for c in columns],
+    }
+
+
 def call(
     function: str,
     args: dict[str, Any],
     columns: list[Column] | None = None,
     nrow: int = 0,
     timeout: float | None = None,
+    newdata: tuple[list[Column], int] | None = None,
 ) -> dict[str, Any]:
     """Run one mb_* entry point in a fresh Rscript; returns {ok, value, messages, error}."""
     rscript = locate.find_rscript()
@@ -76,18 +89,9 @@ def call(
             for a in arg_doubles:
                 a.tofile(fh)
         if columns is not None:
-            data_path = tmp / "data.bin"
-            with open(data_path, "wb") as fh:
-                for c in columns:
-                    dtype = "<f8" if c.kind == "double" else "<i4"
-                    np.ascontiguousarray(c.values, dtype=dtype).tofile(fh)
-            request["data"] = {
-                "file": str(data_path),
-                "nrow": nrow,
-                "columns": [
-                    {"name": c.name, "kind": c.kind, "levels": list(c.levels)} for c in columns
-                ],
-            }
+            request["data"] = _write_frame(tmp / "data.bin", columns, nrow)
+        if newdata is not None:
+            request["newdata"] = _write_frame(tmp / "newdata.bin", *newdata)
         req_path, resp_path = tmp / "request.json", tmp / "response.json"
         req_path.write_text(json.dumps(request))
         proc = subprocess.run(

@@ -23,13 +23,16 @@
   fn_name <- req[["function"]]
   allowed <- c("mb_lmer", "mb_glmer", "mb_bayesglm", "mb_lmer_objective",
                "mb_glmer_objective", "mb_dataset", "mb_versions", "mb_describe_df",
-               "mb_ping")
+               "mb_ping", "mb_predict_refit")
   if (!(fn_name %in% allowed)) stop("unknown function ", fn_name)
   args <- req$args
   if (is.null(args)) args <- list()
   args <- .mb_cli_unbin(args, req$args_file)
   if (!is.null(req$data)) {
     args$data <- .mb_cli_read_data(req$data)
+  }
+  if (!is.null(req$newdata)) {
+    args$newdata <- .mb_cli_read_data(req$newdata)
   }
   res <- do.call(get(fn_name), args)
   .mb_cli_write(res, argv[[2]])
