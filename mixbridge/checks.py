@@ -173,6 +173,7 @@ def _check_response_range(y: np.ndarray, fam: str, name: str) -> None:
 def _check_groups(frame: Any, model: str, n: int) -> None:
     from mixbridge.formula.evaluate import as_grouping_factor, interaction_factor
     from mixbridge.formula.model_matrix import Design
+    from mixbridge.formula.parse import deparse
 
     for bar, gvals, info, vals in zip(
         frame.bars, frame.group_values, frame.bar_infos, frame.bar_values, strict=True
@@ -197,18 +198,14 @@ def _check_groups(frame: Any, model: str, n: int) -> None:
         }
         p = len(Design.from_values(info, dropped, "treatment").names)
         q = nl * p
-        if model == "lmer" and q >= n:
+        # lme4 checkZdims (check.nobs.vs.nRE = "stop"): lmer needs n > q, glmer n >= q
+        term = f"{deparse(bar.lhs)} | {name}"
+        if (model == "lmer" and n <= q) or (model == "glmer" and n < q):
+            extra = " and the residual variance (or scale parameter)" if model == "lmer" else ""
             raise DataError(
-                f"number of observations ({n}) <= number of random effects ({q}) for the term "
-                f"with grouping factor {name!r}; lme4: the random-effects parameters and the "
-                "residual variance are probably unidentifiable",
-                column=name,
-            )
-        if model == "glmer" and q > n:
-            raise DataError(
-                f"number of observations ({n}) < number of random effects ({q}) for the term "
-                f"with grouping factor {name!r}; lme4: the random-effects parameters are "
-                "probably unidentifiable",
+                f"number of observations (={n}) {'<=' if model == 'lmer' else '<'} number of "
+                f"random effects (={q}) for term ({term}); the random-effects parameters{extra} "
+                "are probably unidentifiable",
                 column=name,
             )
 
