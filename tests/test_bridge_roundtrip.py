@@ -47,6 +47,9 @@ mixed <- function(case, fit, reml, glmm) {
 }
 mixed("lmer_reml", lmer(Reaction ~ Days + (Days | Subject), sleepstudy), TRUE, FALSE)
 mixed("lmer_ml", lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = FALSE), FALSE, FALSE)
+ssw <- transform(sleepstudy, w = rep(c(0.5, 1, 2), 60), o = (Days - 4.5) * 0.25)
+mixed("lmer_weighted", lmer(Reaction ~ Days + (Days | Subject), ssw, weights = w, offset = o),
+      TRUE, FALSE)
 mixed("glmer_cbpp", suppressWarnings(glmer(cbind(incidence, size - incidence) ~ period + (1 | herd),
       data = cbpp, family = binomial)), FALSE, TRUE)
 bayes <- function(case, fit) {
@@ -156,6 +159,16 @@ def test_lmer_sleepstudy_matches_rscript(ref, sleepstudy, reml):
     assert fit.converged and not fit.singular
     # The R fit exposes lme4's own deviance function: at the optimum it is the criterion.
     assert fit.objective(fit.theta) == pytest.approx(fit.criterion, rel=1e-14, abs=0)
+
+
+def test_lmer_weights_and_offset_match_rscript(ref, sleepstudy):
+    df = sleepstudy.assign(w=np.tile([0.5, 1.0, 2.0], 60), o=(sleepstudy["Days"] - 4.5) * 0.25)
+    formula = "Reaction ~ Days + (Days | Subject)"
+    fit = mixbridge.lmer(formula, df, weights="w", offset="o", engine="r")
+    check_mixed(fit, ref, "lmer_weighted", reml=True)
+    # arrays instead of column names: the same fit
+    same = mixbridge.lmer(formula, df, weights=df["w"].to_numpy(), offset=list(df["o"]), engine="r")
+    _assert_same(fit, same)
 
 
 def test_glmer_cbpp_matches_rscript(ref, cbpp):

@@ -230,7 +230,7 @@ def _predict_hook(
                 r_nd = None if nd is None else embedded.data_frame(ri, env, *nd)
                 res = embedded.call("mb_predict", fit_sexp, newdata=r_nd, **pargs)
         value = build.check(res, "predict")
-        emit_warnings(build.messages(res))
+        emit_warnings(build.messages(res), stacklevel=4)
         return np.asarray(value, dtype=float)
 
     return predict
@@ -264,7 +264,7 @@ def lmer(
         "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
         value.get("fit"),
     )  # fmt: skip
-    emit_warnings(fit.messages)
+    emit_warnings(fit.messages, stacklevel=4)
     return fit
 
 
@@ -301,7 +301,7 @@ def glmer(
     fit._predict = _predict_hook(
         "glmer", transport, base, columns, nrow, data, offset, value.get("fit")
     )
-    emit_warnings(fit.messages)
+    emit_warnings(fit.messages, stacklevel=4)
     return fit
 
 
@@ -327,7 +327,7 @@ def lmer_objective(
     }
     res = _run("mb_lmer_objective", transport, args, columns, nrow)
     value = build.check(res, "lmer_objective")
-    emit_warnings(build.messages(res))
+    emit_warnings(build.messages(res), stacklevel=4)
     return float(value[0])
 
 
@@ -364,7 +364,7 @@ def glmer_objective(
     }
     res = _run("mb_glmer_objective", transport, args, columns, nrow)
     value = build.check(res, "glmer_objective")
-    emit_warnings(build.messages(res))
+    emit_warnings(build.messages(res), stacklevel=4)
     return float(value[0])
 
 
@@ -422,7 +422,7 @@ def bayesglm(
     res = _run("mb_bayesglm", transport, args, columns, nrow)
     value = build.check(res, "bayesglm")
     fit = build.bayesglm_fit(res, formula=formula, versions_=_versions(value))
-    emit_warnings(fit.messages)
+    emit_warnings(fit.messages, stacklevel=4)
     return fit
 
 
