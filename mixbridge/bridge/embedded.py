@@ -15,7 +15,7 @@ import numpy as np
 
 from mixbridge.bridge import locate
 from mixbridge.bridge.convert import NA_INTEGER, Column
-from mixbridge.errors import RNotAvailableError
+from mixbridge.errors import RModelError, RNotAvailableError
 
 LOCK = threading.RLock()
 _STATE: dict[str, Any] = {}
@@ -111,13 +111,16 @@ def data_frame(ri: Any, env: Any, columns: list[Column], nrow: int) -> Any:
         else:
             vecs.append(ri.IntSexpVector.from_memoryview(memoryview(v)))
     levels = ri.ListSexpVector([ri.StrSexpVector(list(c.levels)) for c in columns])
-    return env.find("mb_make_df")(
-        ri.ListSexpVector(vecs),
-        ri.StrSexpVector([c.name for c in columns]),
-        ri.StrSexpVector([c.kind for c in columns]),
-        levels,
-        ri.IntSexpVector([nrow]),
-    )
+    try:
+        return env.find("mb_make_df")(
+            ri.ListSexpVector(vecs),
+            ri.StrSexpVector([c.name for c in columns]),
+            ri.StrSexpVector([c.kind for c in columns]),
+            levels,
+            ri.IntSexpVector([nrow]),
+        )
+    except ri.embedded.RRuntimeError as exc:
+        raise RModelError(str(exc).strip(), function="mb_make_df") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,5 +164,9 @@ def call(function: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         fn = env.find(function)
         r_args = [to_r(ri, a) for a in args]
         r_kwargs = {k: to_r(ri, v) for k, v in kwargs.items()}
-        res = fn(*r_args, **r_kwargs)
+        try:
+            res = fn(*r_args, **r_kwargs)
+        except ri.embedded.RRuntimeError as exc:
+            # The mb_* functions catch R errors themselves; this is a failure around them.
+            raise RModelError(str(exc).strip(), function=function) from None
         return from_r(ri, res)
