@@ -51,7 +51,7 @@ def lmer(
 ) -> MixedFit:
     """Fit `lmer(formula, data, REML = reml)`; see the module docstring for the pipeline."""
     terms = build_terms(formula, data, weights, offset)
-    return fit_terms(terms, formula=formula, reml=reml, control=control)
+    return fit_terms(terms, formula=formula, reml=reml, control=control, offset_arg=offset)
 
 
 def lmer_objective(
@@ -93,8 +93,9 @@ def check_terms(terms: Any) -> None:
     if not np.all(np.isfinite(y)):
         raise DataError("the response has non-finite values (Inf or NaN)", "response")
     if n > 1 and np.all(y == y[0]):
+        name = getattr(terms, "response_name", "response")
         raise DataError(
-            "the response is constant: a linear mixed model cannot be fitted", "response"
+            f"the response {name!r} is constant: a linear mixed model cannot be fitted", name
         )
     if not terms.reterms:
         raise DataError(
@@ -243,13 +244,21 @@ def _is_scalar_ri(terms: Any) -> bool:
 
 
 def fit_terms(
-    terms: Any, *, formula: str, reml: bool, control: Mapping[str, Any] | None = None
+    terms: Any,
+    *,
+    formula: str,
+    reml: bool,
+    control: Mapping[str, Any] | None = None,
+    offset_arg: Any = None,
 ) -> MixedFit:
-    """Fit lmer on already-built model terms."""
+    """Fit lmer on already-built model terms. `offset_arg` is the offset= argument as given
+    (a column name can be re-evaluated on newdata by predict)."""
     ctrl = _control(control)
     check_terms(terms)
     with blas_single_thread():
-        return _fit_terms(terms, formula=formula, reml=reml, ctrl=ctrl)
+        fit = _fit_terms(terms, formula=formula, reml=reml, ctrl=ctrl)
+    fit._predict = _make_predict(terms, fit.fixef.to_numpy(), fit.extra["b"], offset_arg)
+    return fit
 
 
 def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) -> MixedFit:
@@ -412,7 +421,6 @@ def _build_fit(
             return float(objective(th))
 
     fit._objective = objective_single_thread
-    fit._predict = _make_predict(terms, beta, b, gp)
     fit._simulate = _make_simulate(terms, beta, tks, sigma, fitted)
     fit.extra["b"] = b
     return fit
@@ -448,8 +456,9 @@ def _group_values(t: Any, newdata: pd.DataFrame) -> np.ndarray:
     return np.array(["?"] * len(newdata))
 
 
-def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, gp: np.ndarray) -> Any:
+def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) -> Any:
     reterms = list(terms.reterms)
+    gp = np.concatenate([[0], np.cumsum([t.n_levels * t.p for t in reterms])])
     base = (0.0 if terms.offset is None else np.asarray(terms.offset, float)) + terms.X @ beta
     fitted_all = None
 
@@ -474,9 +483,7 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, gp: np.ndarray) -
         else:
             x_new = np.asarray(terms.fixed_matrix(newdata), dtype=float)
             eta = x_new @ beta
-            off = terms.offset_for(newdata) if hasattr(terms, "offset_for") else None
-            if off is not None:
-                eta = eta + np.asarray(off, float)
+            eta = eta + _newdata_offset(terms, newdata, offset_arg)
             if population:
                 return eta
             codes, zs = [], []
@@ -502,6 +509,26 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, gp: np.ndarray) -
         return eta
 
     return predict
+
+
+def _newdata_offset(terms: Any, newdata: pd.DataFrame, offset_arg: Any) -> np.ndarray:
+    """Formula offset() terms plus the offset= argument, evaluated on newdata."""
+    off = np.zeros(len(newdata))
+    if hasattr(terms, "offset_for"):
+        off = off + np.asarray(terms.offset_for(newdata), dtype=float)
+    if offset_arg is None:
+        return off
+    if isinstance(offset_arg, str):
+        if offset_arg not in newdata.columns:
+            raise DataError(
+                f"newdata has no column {offset_arg!r}, needed for the offset", offset_arg
+            )
+        return off + pd.to_numeric(newdata[offset_arg]).to_numpy(dtype=float)
+    raise DataError(
+        "the fit's offset was given as an array, which cannot be evaluated on newdata; pass "
+        "it as a column name or as offset(...) in the formula to predict on new data",
+        "offset",
+    )
 
 
 def _parse_re_form(re_form: Any) -> bool:
