@@ -143,6 +143,7 @@ def scale_priors(
     family: Family,
     scaled: bool,
     min_prior_scale: float,
+    response: str = "y",
 ) -> Priors:
     """arm's `scaled=TRUE` rules (spec §3): gaussian y-scaling, per-column x-scaling, floor."""
     if not scaled:
@@ -152,9 +153,9 @@ def scale_priors(
         sd_y = float(np.std(y_raw, ddof=1)) if len(y_raw) > 1 else float("nan")
         if not np.isfinite(sd_y) or sd_y == 0:
             raise DataError(
-                "the response is constant (sd(y) = 0): bayesglm's scaled gaussian prior "
+                f"the response {response!r} is constant (sd = 0): bayesglm's scaled gaussian prior "
                 "(scale x 2 sd(y)) is degenerate; use scaled=False",
-                "y",
+                response,
             )
         scale = scale * 2.0 * sd_y
     scale0 = scale.copy()
@@ -490,34 +491,42 @@ class BlockedDesign(Design):
 
 
 def _find_one_hot(X: Any, exclude: set[int]) -> tuple[list[int], np.ndarray]:
-    """Greedy: the 0/1 columns (not in `exclude`) whose ones fall in disjoint rows.
+    """The 0/1 columns (not in `exclude`) whose ones fall in disjoint rows.
 
     Returns (columns, codes) with codes[i] the position in `columns` of row i's one, or -1.
+    Vectorised when all 0/1 columns are disjoint (one factor); greedy in column order otherwise.
     """
     n, p = X.shape
+    if sp.issparse(X):
+        csc = sp.csc_matrix(X, copy=True)
+        csc.eliminate_zeros()
+        entry_col = np.repeat(np.arange(p), np.diff(csc.indptr))
+        cand = np.bincount(entry_col, weights=(csc.data != 1), minlength=p) == 0
+    else:
+        csc = entry_col = None
+        cand = np.all((X == 0) | (X == 1), axis=0)
+    for j in exclude:
+        cand[j] = False
+    cols = np.flatnonzero(cand)
     codes = np.full(n, -1, dtype=np.intp)
-    cols: list[int] = []
-    csc = X.tocsc() if sp.issparse(X) else None
-    for j in range(p):
-        if j in exclude:
+    if csc is not None:
+        in_cand = cand[entry_col]
+        rows, pos = csc.indices[in_cand], np.cumsum(cand)[entry_col[in_cand]] - 1
+    else:
+        rows, pos = np.nonzero(X[:, cols])
+    if np.bincount(rows, minlength=n).max(initial=0) <= 1:
+        codes[rows] = pos
+        return cols.tolist(), codes
+    chosen: list[int] = []
+    order = np.argsort(pos, kind="stable")
+    bounds = np.searchsorted(pos[order], np.arange(len(cols) + 1))
+    for k, j in enumerate(cols):  # overlapping 0/1 columns (several factors): first come first
+        r = rows[order[bounds[k] : bounds[k + 1]]]
+        if np.any(codes[r] >= 0):
             continue
-        if csc is not None:
-            lo, hi = csc.indptr[j], csc.indptr[j + 1]
-            rows, vals = csc.indices[lo:hi], csc.data[lo:hi]
-            nz = vals != 0
-            rows, vals = rows[nz], vals[nz]
-            if not np.all(vals == 1):
-                continue
-        else:
-            col = X[:, j]
-            if not np.all((col == 0) | (col == 1)):
-                continue
-            rows = np.flatnonzero(col)
-        if np.any(codes[rows] >= 0):
-            continue
-        codes[rows] = len(cols)
-        cols.append(j)
-    return cols, codes
+        codes[r] = len(chosen)
+        chosen.append(int(j))
+    return chosen, codes
 
 
 def make_design(X: Any, has_intercept: bool, solver: str = "auto") -> Design:
@@ -536,7 +545,9 @@ def make_design(X: Any, has_intercept: bool, solver: str = "auto") -> Design:
         return DenseDesign(X.toarray() if sp.issparse(X) else X)
     if not block:
         return DenseDesign(X.toarray() if sp.issparse(X) else X)
-    dense = np.array([j for j in range(p) if j not in set(block)], dtype=np.intp)
+    in_block = np.zeros(p, dtype=bool)
+    in_block[block] = True
+    dense = np.flatnonzero(~in_block)
     if sp.issparse(X):
         XD = X.tocsc()[:, dense].toarray()
     else:
@@ -655,6 +666,7 @@ def fit_bayesglm_core(
         family=family,
         scaled=scaled,
         min_prior_scale=min_prior_scale,
+        response=response,
     )
     messages = list(priors.messages)
 
