@@ -126,12 +126,18 @@ def _versions(value: dict[str, Any]) -> dict[str, str]:
 
 
 def _devfun_hook(
-    function: str, transport: str, args: dict[str, Any], columns: list[Column], nrow: int
+    function: str,
+    transport: str,
+    args: dict[str, Any],
+    columns: list[Column],
+    nrow: int,
+    n_params: int | None = None,
 ) -> Callable[..., float]:
     """fit.objective(...) for an R fit: lme4's deviance function for the same model.
 
     Embedded: the R closure is built once (devFunOnly=TRUE) and kept; subprocess: one Rscript
-    per evaluation.
+    per evaluation. `n_params`: keep only that many leading parameters (glmer nAGQ = 0, whose
+    deviance function takes theta alone, may still be called as objective(theta, beta)).
     """
     cache: dict[str, Any] = {}
     glmm = function == "mb_glmer_devfun"
@@ -141,6 +147,8 @@ def _devfun_hook(
 
     def objective(*params: Any) -> float:
         p = params_of(*params)
+        if n_params is not None:
+            p = p[:n_params]
         if transport == "subprocess":
             fn = "mb_glmer_objective" if glmm else "mb_lmer_objective"
             key = "params" if glmm else "theta"
@@ -297,7 +305,8 @@ def glmer(
     res = _run("mb_glmer", transport, {**base, **keep}, columns, nrow)
     value = build.check(res, "glmer")
     fit = build.mixed_fit(res, model="glmer", formula=formula, versions_=_versions(value))
-    fit._objective = _devfun_hook("mb_glmer_devfun", transport, base, columns, nrow)
+    n_params = len(fit.theta) if int(nagq) == 0 else None
+    fit._objective = _devfun_hook("mb_glmer_devfun", transport, base, columns, nrow, n_params)
     fit._predict = _predict_hook(
         "glmer", transport, base, columns, nrow, data, offset, value.get("fit")
     )
