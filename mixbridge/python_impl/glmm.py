@@ -199,6 +199,7 @@ class Devfun:
 
     def __init__(self, model: GlmerModel) -> None:
         self.m = model
+        self.pirls_failures = 0
         self.base_offset = model.resp.offset
         # initial joint PIRLS at θ0 from mustart (mkGlmerDevfun) gives the first lp0
         st = self._pirls(model.theta0, model.eta_init, self.base_offset, u_only=False)
@@ -208,7 +209,20 @@ class Devfun:
 
     def _pirls(self, theta: np.ndarray, eta: np.ndarray, offset: np.ndarray, u_only: bool):
         m = self.m
-        return pirls(m.pred, m.resp, theta, eta, offset, u_only=u_only, tol=m.tol, maxit=m.maxit)
+        st = pirls(
+            m.pred,
+            m.resp,
+            theta,
+            eta,
+            offset,
+            u_only=u_only,
+            tol=m.tol,
+            maxit=m.maxit,
+            strict=False,
+        )
+        if not st.converged:
+            self.pirls_failures += 1
+        return st
 
     def stage1(self, theta: np.ndarray) -> float:
         self.n_evals += 1
@@ -269,7 +283,7 @@ def _nelder_mead(
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     x, fx, nfev = np.asarray(x0, dtype=float), f(x0), 1
     ftol = 1e-9 * max(1.0, abs(fx)) if np.isfinite(fx) else 1e-8
-    for _ in range(4):
+    for _ in range(3):
         simplex = np.vstack([x] + [x + step[i] * np.eye(x.size)[i] for i in range(x.size)])
         simplex = np.maximum(simplex, np.where(np.isfinite(lower), lower, -np.inf))
         res = sopt.minimize(
@@ -282,7 +296,7 @@ def _nelder_mead(
                 "xatol": 1e-5,
                 "fatol": ftol,
                 "maxfev": maxfev,
-                "adaptive": x.size > 4,
+                "adaptive": False,
             },
         )
         nfev += int(res.nfev)
@@ -551,6 +565,9 @@ def _build_fit(
     criterion = fval - 2.0 * const
     df = len(names) + theta.size
     lik = output.likelihood_summary(criterion, terms.n, df)
+    messages += _divergence_messages(model, dev, state, beta, converged)
+    if any(m.code == "pirls" for m in messages):
+        converged = False
     if singular and not any(m.code == "singular" for m in messages):
         messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
     extra: dict[str, Any] = {"vcov_rx": pd.DataFrame(vcov_rx, index=names, columns=names)}
@@ -609,6 +626,50 @@ def _build_fit(
     fit._predict = _make_predict(model, beta, tks, b, gp, state.eta, mu)
     fit._simulate = _make_simulate(model, base_eta, tks)
     return fit
+
+
+def _divergence_messages(
+    model: GlmerModel, dev: Devfun, state: PirlsState, beta: np.ndarray, converged: bool
+) -> list[Message]:
+    """Warnings for separated / degenerate data: PIRLS that never settled, and fitted values
+    pinned at the edge of the parameter space (glm's "fitted probabilities numerically 0 or 1")."""
+    out = []
+    if not state.converged:
+        out.append(
+            Message(
+                "warning",
+                f"PIRLS did not converge in {model.maxit} iterations at the final estimates: "
+                "some estimates diverge (complete or quasi-complete separation, or a group whose "
+                "responses are all at one extreme); lme4 stops with 'pwrssUpdate did not "
+                "converge in (maxit) iterations' here",
+                "python",
+                code="pirls",
+            )
+        )
+    elif dev.pirls_failures:
+        out.append(
+            Message(
+                "note",
+                f"PIRLS hit its iteration limit at {dev.pirls_failures} trial parameter values "
+                "during optimization",
+                "python",
+                code="pirls_trial",
+            )
+        )
+    mu, resp = state.mu, model.resp
+    edge = (mu <= 1e-10) | (mu >= 1 - 1e-10) if resp.family_name == "binomial" else mu <= 1e-10
+    if np.any(edge):
+        what = "probabilities" if resp.family_name == "binomial" else "means"
+        out.append(
+            Message(
+                "warning",
+                f"fitted {what} numerically 0 or 1 occurred in {int(edge.sum())} rows: "
+                "estimates may be diverging (separation)",
+                "python",
+                code="separation",
+            )
+        )
+    return out
 
 
 def _b_from_u(reterms: list[Any], tks: list[np.ndarray], u: np.ndarray) -> np.ndarray:

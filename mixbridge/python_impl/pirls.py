@@ -33,7 +33,7 @@ from scipy import special
 
 from mixbridge.errors import ConvergenceError
 
-DBL_MAX = np.finfo(float).max
+DBL_MAX = float(np.finfo(float).max)
 MAX_STEP_HALVINGS = 20
 
 
@@ -279,6 +279,7 @@ class PirlsState:
     ldL2: float
     pdev: float
     iterations: int
+    converged: bool = True
 
     def laplace(self, resp: GlmResponse) -> float:
         """lme4's Laplace deviance: log|L|² + ‖ũ‖² + aic(μ̃) (glmResp::Laplace)."""
@@ -300,6 +301,7 @@ def pirls(
     u_only: bool,
     tol: float = 1e-7,
     maxit: int = 100,
+    strict: bool = True,
 ) -> PirlsState:
     """Run lme4's `pwrssUpdate` from the linear predictor `eta_start`.
 
@@ -345,9 +347,11 @@ def pirls(
                 )
         oldpdev = pdev
         u_old, beta_old = u, beta
-    if not converged:
+    if not converged and strict:
         raise ConvergenceError(f"PIRLS (pwrssUpdate) did not converge in {maxit} iterations")
-    return PirlsState(u=u, beta=beta, eta=eta, mu=mu, ldL2=ldL2, pdev=pdev, iterations=it)
+    # not strict: lme4 would stop here; we hand back the last iterate, flagged, so that a fit on
+    # separated data (estimates drifting to ±∞) can finish with a warning instead of an error
+    return PirlsState(u, beta, eta, mu, ldL2, pdev, it, converged)
 
 
 def _update_mu(
