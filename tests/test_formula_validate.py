@@ -80,6 +80,7 @@ REJECTED = [
     ("cbind(s, f, t) ~ x + (1 | g)", "glmer", "cbind", "exactly two"),
     ("y ~ x:(1 | g)", "lmer", "|", "top-level summand"),
     ("y ~ 2 + x", "bayesglm", "2", "not a term"),
+    ("y ~ .", "bayesglm", ".", "all other columns"),
 ]
 
 

@@ -257,6 +257,8 @@ RANDOM = [
     "y ~ x + (f || g)",
     "y ~ x + (0 + x + z || g)",
     "y ~ 0 + (1 | g)",
+    "y ~ scale(z) + (scale(z) | f)",
+    "y ~ x + (0 + scale(t) + log(x) | g)",
 ]
 GLM = [
     ("y ~ f + x:f + b", "gaussian", True),

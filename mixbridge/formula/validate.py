@@ -88,6 +88,11 @@ class _Validator:
         self.n_bars = 0
 
     def name(self, node: Name) -> None:
+        if node.id == "." and "." not in self.colset:
+            raise FormulaError(
+                "'.' (all other columns) is not supported; list the columns explicitly",
+                token=".",
+            )
         if node.id not in self.colset:
             shown = ", ".join(self.cols[:30]) + (", ..." if len(self.cols) > 30 else "")
             raise FormulaError(
