@@ -36,6 +36,7 @@ refinement whose residual is computed from the data, so it agrees with arm's QR 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import sys
@@ -904,6 +905,7 @@ def summarize_core(
     )
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     try:
         mine = importlib.metadata.version("mixbridge")
@@ -1034,7 +1036,7 @@ def fit_from_matrix(
         nobs=summ.n_ok,
         messages=messages,
         engine="python",
-        versions=_versions(),
+        versions=dict(_versions()),
         extra={
             "linear_predictors": core.eta,
             "working_weights": core.working_weights,
