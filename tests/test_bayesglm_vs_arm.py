@@ -155,6 +155,19 @@ CASES = [
     Case("M_gaussian_weights", "y ~ x + x3", _data_main, {"weights": "w"}),
     Case("N_cloglog", "yb ~ x + x2 + x3", _data_main, {"family": "binomial", "link": "cloglog"}),
     Case("O_gamma_inverse", "yg ~ x3", _data_main, {"family": "Gamma"}),
+    Case(
+        "T_quasipoisson",
+        "cnt ~ x + g",
+        _data_main,
+        {"family": "quasipoisson"},
+        compare_aic=False,  # no likelihood: NA in R, nan here
+    ),
+    Case(
+        "U_inverse_gaussian_log",
+        "yg ~ x",
+        _data_main,
+        {"family": "inverse.gaussian", "link": "log"},
+    ),
     Case("P_binomial_40_levels_blocked", "yb ~ x + id", _data_many_levels, {"family": "binomial"}),
     Case(
         # zero weights: rows left out of the fit but counted in colMeans(X) (the centred

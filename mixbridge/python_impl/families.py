@@ -41,6 +41,9 @@ FAMILY_LINKS: dict[str, tuple[str, ...]] = {
     "binomial": ("logit", "probit", "cauchit", "log", "cloglog"),
     "poisson": ("log", "identity", "sqrt"),
     "Gamma": ("inverse", "identity", "log"),
+    "inverse.gaussian": ("1/mu^2", "inverse", "identity", "log"),
+    "quasibinomial": ("logit", "probit", "cauchit", "log", "cloglog"),
+    "quasipoisson": ("log", "identity", "sqrt"),
 }
 
 
@@ -186,6 +189,13 @@ LINKS: dict[str, Link] = {
         lambda eta: np.asarray(eta, dtype=float) ** 2,
         lambda eta: 2.0 * np.asarray(eta, dtype=float),
         _sqrt_valideta,
+    ),
+    "1/mu^2": Link(
+        "1/mu^2",
+        lambda mu: 1.0 / np.asarray(mu, dtype=float) ** 2,
+        lambda eta: 1.0 / np.sqrt(np.asarray(eta, dtype=float)),
+        lambda eta: -1.0 / (2.0 * np.asarray(eta, dtype=float) ** 1.5),
+        _sqrt_valideta,  # all finite and > 0, as R's
     ),
 }
 
@@ -417,7 +427,70 @@ class GammaFamily(Family):
         return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), y.copy())
 
 
+class InverseGaussian(Family):
+    def variance(self, mu: Array) -> Array:
+        return np.asarray(mu, dtype=float) ** 3
+
+    def dev_resids(self, y: Array, mu: Array, wt: Array) -> Array:
+        return wt * ((y - mu) ** 2) / (y * mu**2)
+
+    def aic(self, y: Array, n: Array, mu: Array, wt: Array, dev: float) -> float:
+        sw = float(np.sum(wt))
+        with np.errstate(divide="ignore"):
+            logy = np.where(wt == 0, 0.0, np.log(y) * wt)
+        return float(sw * (1 + np.log(dev / sw * 2 * np.pi)) + 3 * np.sum(logy) + 2)
+
+    def initialize(
+        self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
+    ) -> Initialized:
+        y = np.asarray(y, dtype=float)
+        if np.any(y <= 0):
+            i = int(np.flatnonzero(y <= 0)[0])
+            raise DataError(
+                f"positive values only are allowed for the 'inverse.gaussian' family: response "
+                f"{response!r} row {i} is {y[i]:g}",
+                response,
+            )
+        return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), y.copy())
+
+
+class QuasiBinomial(Binomial):
+    """binomial's variance and deviance, a free dispersion, no likelihood (aic NA)."""
+
+    def aic(self, y: Array, n: Array, mu: Array, wt: Array, dev: float) -> float:
+        return float("nan")
+
+    def initialize(
+        self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
+    ) -> Initialized:
+        init = super().initialize(y, weights, n_trials, response)
+        return Initialized(init.y, init.n, init.weights, init.mustart)  # R: no count warning
+
+
+class QuasiPoisson(Poisson):
+    """poisson's variance and deviance, a free dispersion, no likelihood (aic NA)."""
+
+    def aic(self, y: Array, n: Array, mu: Array, wt: Array, dev: float) -> float:
+        return float("nan")
+
+    def initialize(
+        self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
+    ) -> Initialized:
+        y = np.asarray(y, dtype=float)
+        if np.any(y < 0):
+            i = int(np.flatnonzero(y < 0)[0])
+            raise DataError(
+                f"negative values not allowed for the 'quasiPoisson' family: response "
+                f"{response!r} row {i} is {y[i]:g}",
+                response,
+            )
+        return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), y + 0.1)
+
+
 _FAMILY_CLASSES: dict[str, type[Family]] = {
+    "inverse.gaussian": InverseGaussian,
+    "quasibinomial": QuasiBinomial,
+    "quasipoisson": QuasiPoisson,
     "gaussian": Gaussian,
     "binomial": Binomial,
     "poisson": Poisson,
@@ -426,7 +499,8 @@ _FAMILY_CLASSES: dict[str, type[Family]] = {
 
 
 def get_family(name: str, link: str | None = None) -> Family:
-    """The family `name` ("gaussian", "binomial", "poisson", "Gamma"; "gamma" accepted) with
+    """The family `name` ("gaussian", "binomial", "poisson", "Gamma" ("gamma" accepted),
+    "inverse.gaussian", "quasibinomial", "quasipoisson") with
     `link` (None = R's default link). Raises DataError for an unknown family or a link that
     R's family constructor rejects."""
     key = "Gamma" if name in ("Gamma", "gamma") else name
