@@ -164,3 +164,16 @@ def test_glm_terms_keep_all_columns(df):
     assert t.x_names == ["(Intercept)", "x", "x2"] and t.has_intercept
     t0 = build_glm_terms("y ~ 0 + f", df)
     assert t0.x_names == ["flo", "fhi"] and not t0.has_intercept
+
+
+def test_newdata_type_mismatches(df):
+    t = build_mixed_terms("y ~ x + f + (1 | g)", df)
+    with pytest.raises(DataError, match="'f' was a factor when fitting but is numeric") as info:
+        t.fixed_matrix(df.assign(f=1.0))
+    assert info.value.column == "f"
+    with pytest.raises(DataError, match="'x' was numeric when fitting but is a factor") as info:
+        t.fixed_matrix(df.assign(x="a"))
+    assert info.value.column == "x"
+    # a logical where a number was fitted counts as 0/1, as in R arithmetic
+    flags = df.assign(x=np.arange(len(df)) % 2 == 0)
+    np.testing.assert_allclose(t.fixed_matrix(flags)[:, 1], (np.arange(len(df)) % 2 == 0) * 1.0)

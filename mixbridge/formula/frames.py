@@ -61,12 +61,15 @@ class _Part:
                     )
                 val = val.recode(self.design.levels[i], name)
             elif isinstance(val, Factor):
+                name = self.info.var_names[i]
                 if val.kind != "logical":
-                    name = self.info.var_names[i]
                     raise DataError(
                         f"variable {name!r} was numeric when fitting but is a factor in newdata",
                         column=name,
                     )
+                # a logical where a number was fitted: R's arithmetic coercion to 0/1
+                is_true = np.asarray(val.levels + ["NA"], dtype=object)[val.codes] == "TRUE"
+                val = Numeric(np.where(val.codes < 0, np.nan, is_true.astype(float)))
             out[i] = val
         return out
 
