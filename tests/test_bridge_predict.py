@@ -46,8 +46,8 @@ def test_lmer_predict_newdata(ref, r_dataset, transport):
     ss = r_dataset("sleepstudy")
     fit = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", ss, engine="r", transport=transport)
     np.testing.assert_array_equal(fit.predict(NEWDATA, allow_new_levels=True), ref["all"])
-    np.testing.assert_array_equal(fit.predict(NEWDATA, re_form="~0"), ref["none"])
-    if transport == "embedded":
+    if transport == "embedded":  # each subprocess predict refits in a fresh Rscript: keep one
+        np.testing.assert_array_equal(fit.predict(NEWDATA, re_form="~0"), ref["none"])
         np.testing.assert_array_equal(fit.predict(), fit.fitted)
         with pytest.raises(RModelError, match="new levels detected in newdata"):
             fit.predict(NEWDATA)
