@@ -177,3 +177,13 @@ def test_newdata_type_mismatches(df):
     # a logical where a number was fitted counts as 0/1, as in R arithmetic
     flags = df.assign(x=np.arange(len(df)) % 2 == 0)
     np.testing.assert_allclose(t.fixed_matrix(flags)[:, 1], (np.arange(len(df)) % 2 == 0) * 1.0)
+
+
+def test_codes_for_interaction_and_nested_groups(df):
+    t = build_mixed_terms("y ~ x + (1 | h/g)", df)
+    assert [r.group for r in t.reterms] == ["g:h", "h"]
+    gh = t.reterms[0]
+    assert gh.levels[:3] == ["p:10", "p:20", "q:10"]  # first factor varies slowest
+    new = pd.DataFrame({"g": ["q", "p", "zz", "s"], "h": [20.0, 10.0, 10.0, np.nan]})
+    np.testing.assert_array_equal(gh.codes_for(new), [gh.levels.index("q:20"), 0, -1, -1])
+    np.testing.assert_array_equal(gh.codes_for(df), gh.codes)

@@ -102,18 +102,11 @@ class ReTerm:
         """0-based level index of each row of newdata; -1 for unseen or missing levels."""
         state = Transforms(self._state.params if self._state else {}, fitting=False)
         parts = [as_grouping_factor(evaluate(g, newdata, state)) for g in self._group_nodes]
-        n = len(newdata)
-        labels = np.empty(n, dtype=object)
-        na = np.zeros(n, dtype=bool)
-        for f in parts:
-            na |= f.codes < 0
-        lv = [np.asarray(f.levels + [""], dtype=object)[f.codes] for f in parts]
-        for i in range(n):
-            labels[i] = ":".join(str(x[i]) for x in lv)
+        # newdata's own (observed) levels, then one lookup per distinct level, not per row
+        g = parts[0] if len(parts) == 1 else interaction_factor(parts)
         index = {lab: k for k, lab in enumerate(self.levels)}
-        out = np.array([index.get(lab, -1) for lab in labels], dtype=np.int32)
-        out[na] = -1
-        return out
+        lookup = np.array([index.get(lab, -1) for lab in g.levels] + [-1], dtype=np.int32)
+        return lookup[np.where(g.codes >= 0, g.codes, len(g.levels))]
 
     def Z_for(self, newdata: pd.DataFrame) -> np.ndarray:  # noqa: N802 - lme4's name
         assert self._lhs is not None
