@@ -218,10 +218,17 @@ def numeric(node: Node, data: pd.DataFrame, state: Transforms) -> np.ndarray:
     raise FormulaError(f"cannot evaluate {deparse(node)!r} as a number", token=deparse(node))
 
 
+def _require_fitting(state: Transforms, key: str) -> None:
+    # new data must reuse the fit's coefficients; recomputing them would silently differ
+    if not state.fitting:
+        raise FormulaError(f"no coefficients from the fit for {key!r}", token=key)
+
+
 def _scale(node: Call, data: pd.DataFrame, state: Transforms) -> np.ndarray:
     x = numeric(node.args[0], data, state)
     key = deparse(node)
     if key not in state.params:
+        _require_fitting(state, key)
         ok = x[~np.isnan(x)]
         center = float(ok.mean()) if len(ok) else np.nan
         dev = ok - center
@@ -237,6 +244,7 @@ def _poly(node: Call, data: pd.DataFrame, state: Transforms) -> Numeric:
     degree = int(node.args[1].value)  # validated: positive integer
     key = deparse(node)
     if key not in state.params:
+        _require_fitting(state, key)
         if np.isnan(x).any():
             raise DataError(
                 f"missing values are not allowed in poly() ('{key}'; R: poly() stops on NA)",
