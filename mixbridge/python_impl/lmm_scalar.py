@@ -220,7 +220,23 @@ def group_stats_columns(
         for k, c in enumerate(cols, start=1):
             np.subtract(c[a:b], x_shift[k], out=out[k])
 
-    return _accumulate(fill, n, p, y, w, codes, n_groups, x_shift, y_shift, 0)
+    if w is not None:
+        return _accumulate(fill, n, p, y, w, codes, n_groups, x_shift, y_shift, 0)
+    # Unit weights: the group sums straight from the contiguous columns (exactly the numpy
+    # floor's bincounts), shifted afterwards: Σ_j(x − c) = Σ_j x − n_j·c. That subtraction is
+    # benign (its rounding is O(eps·|c|) per group, far below the centred Gram's scale); only
+    # X'X needs centred data, and gets it block by block from `fill` with no bincounts.
+    gi = np.asarray(codes).astype(np.intp, copy=False)
+    if gi.dtype.kind not in "iu":
+        raise TypeError("codes must be integers")
+    stats = _accumulate(fill, n, p, y, None, gi, n_groups, x_shift, y_shift, 0, sums=False)
+    s = np.bincount(gi, minlength=n_groups).astype(float)
+    stats.s = s
+    stats.Sy = np.bincount(gi, weights=y, minlength=n_groups) - s * y_shift
+    stats.SX[:, 0] = s
+    for k, c in enumerate(cols, start=1):
+        stats.SX[:, k] = np.bincount(gi, weights=c, minlength=n_groups) - s * x_shift[k]
+    return stats
 
 
 def _accumulate(
@@ -234,8 +250,10 @@ def _accumulate(
     x_shift: np.ndarray,
     y_shift: float,
     icol: int | None,
+    sums: bool = True,
 ) -> GroupStats:
-    """The one pass: blocks of shifted [X y] (built by `fill`) -> bincounts and a Gram product."""
+    """The one pass: blocks of shifted [X y] (built by `fill`) -> bincounts and a Gram product.
+    `sums=False` skips the group sums (the caller computes them)."""
     codes = np.asarray(codes)
     if codes.dtype.kind not in "iu":
         raise TypeError("codes must be integers")
@@ -250,14 +268,16 @@ def _accumulate(
     buf = np.empty((p + 1, min(chunk, max(n, 1))))
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
-        c = codes[a:b]
+        c = codes[a:b].astype(np.intp, copy=False)  # once, not in every bincount
         # Shifted [X y] columns as contiguous rows: fast bincounts and one BLAS Gram product.
         Zt = buf[:, : b - a]
         fill(a, b, Zt[:p])
         np.subtract(y[a:b], y_shift, out=Zt[p])
         if w is None:
-            s += np.bincount(c, minlength=n_groups)
             aug += Zt @ Zt.T
+            if not sums:
+                continue
+            s += np.bincount(c, minlength=n_groups)
             Sy += np.bincount(c, weights=Zt[p], minlength=n_groups)
             for k in others:
                 SX[:, k] += np.bincount(c, weights=Zt[k], minlength=n_groups)
@@ -328,12 +348,17 @@ def _collapse(stats: GroupStats) -> _Collapsed:
     iu, ju = np.triu_indices(m)
     # Only the upper triangle, one row per entry: the per-θ update is one contiguous GEMV.
     M = np.empty((iu.shape[0], K))
-    for r, (i, j) in enumerate(zip(iu, ju, strict=True)):
-        prod = a[:, i] * a[:, j]
-        if K == stats.n_groups:  # all weights distinct: inv is a permutation
-            M[r, inv] = prod
-        else:
-            M[r] = np.bincount(inv, weights=prod, minlength=K)
+    if K <= 32:  # few distinct group sizes (unit weights): one small Gram product per size
+        for k in range(K):
+            ak = a[inv == k] if K > 1 else a
+            M[:, k] = (ak.T @ ak)[iu, ju]
+    else:
+        for r, (i, j) in enumerate(zip(iu, ju, strict=True)):
+            prod = a[:, i] * a[:, j]
+            if K == stats.n_groups:  # all weights distinct: inv is a permutation
+                M[r, inv] = prod
+            else:
+                M[r] = np.bincount(inv, weights=prod, minlength=K)
     aug = np.empty((m, m))
     aug[: m - 1, : m - 1] = stats.XtX
     aug[: m - 1, m - 1] = stats.Xty
