@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 import mixbridge
-from mixbridge.errors import DataError, FormulaError, MixbridgeError
+from mixbridge.errors import (
+    DataError,
+    FormulaError,
+    MixbridgeError,
+    MixbridgeWarning,
+    RWarning,
+)
 from mixbridge.python_impl import lmm
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
@@ -189,3 +195,55 @@ def test_engine_check_terms_guards_direct_terms(small):
         lmm.fit_terms(
             build_mixed_terms("y ~ x + (1|g)", small), formula="f", reml=True, control={"xtol": 1}
         )
+
+
+def test_scale_warning_like_lme4(sleep_fits):
+    """checkScaleX: a predictor on a very different scale warns in both engines."""
+    data, _, _ = sleep_fits
+    data = data.assign(DaysBig=data["Days"] * 1e5)
+    f = "Reaction ~ DaysBig + (1 | Subject)"
+    with pytest.warns(RWarning, match="very different scales"):
+        fr = mixbridge.lmer(f, data, engine="r")
+    with pytest.warns(MixbridgeWarning, match="very different scales"):
+        fp = mixbridge.lmer(f, data)
+    assert any("very different scales" in m.text for m in fr.messages)
+    assert any(m.code == "scale_x" and m.kind == "warning" for m in fp.messages)
+    plain = mixbridge.lmer("Reaction ~ Days + (1 | Subject)", data)
+    assert not any(m.code == "scale_x" for m in plain.messages)
+
+
+def test_predict_newdata_vs_r(sleep_fits):
+    """predict.merMod on new rows (incl. an unseen subject, allow.new.levels) in both engines."""
+    _, fr, fp = sleep_fits
+    new = pd.DataFrame({"Days": [0.0, 2.5, 9.0, 4.0], "Subject": ["308", "335", "372", "999"]})
+    got = fp.predict(newdata=new, allow_new_levels=True)
+    ref = fr.predict(newdata=new, allow_new_levels=True)
+    se = fr.fixef_se.to_numpy()
+    vc = fr.varcorr
+    sd = vc[(vc["grp"] == "Subject") & vc["var2"].isna()]["sdcor"].to_numpy()
+    days = new["Days"].to_numpy()
+    # same propagation of the agreement bounds as in test_predict_matches_r_fitted
+    bound = 1e-4 * (se[0] + se[1] * days + sd[0] + sd[1] * days)
+    assert np.all(np.abs(got - ref) <= bound)
+    with pytest.raises(DataError, match="999"):
+        fp.predict(newdata=new)
+
+
+def test_predict_re_form_subset_vs_r(r_dataset):
+    data = r_dataset("Penicillin")
+    f = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    fr = mixbridge.lmer(f, data, engine="r")
+    fp = mixbridge.lmer(f, data)
+    vc = fr.varcorr.set_index("grp")["sdcor"]
+    se = float(fr.fixef_se.iloc[0])
+    for re_form, sds in (
+        ("~ (1 | plate)", vc["plate"]),
+        ("~0", 0.0),
+        (None, vc["plate"] + vc["sample"]),
+    ):
+        got = fp.predict(newdata=data, re_form=re_form)
+        ref = fr.predict(newdata=data, re_form=re_form)
+        # β within 1e-4 SE and each b within 1e-4 of its term's sd (test_lmer_vs_r bounds)
+        assert np.all(np.abs(got - ref) <= 1e-4 * (se + sds)), re_form
+    with pytest.raises(MixbridgeError, match="not in the model"):
+        fp.predict(re_form="~ (1 | nosuch)")

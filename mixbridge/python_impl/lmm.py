@@ -14,6 +14,7 @@ everything else goes through the blocked PLS core in `predictor`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +24,14 @@ import pandas as pd
 
 from mixbridge.errors import ArgumentError, DataError
 from mixbridge.python_impl import output
-from mixbridge.python_impl.optimize import OptResult, optimize_theta
+from mixbridge.python_impl.optimize import OptResult, check_scale_x, optimize_theta
 from mixbridge.python_impl.predictor import (
     Predictor,
     blas_single_thread,
     lower_bounds,
     theta_start,
 )
-from mixbridge.results import Message, MixedFit
+from mixbridge.results import Message, MixedFit, emit_warnings
 
 _CONTROL_KEYS = {"restart_edge", "boundary_tol", "calc_derivs", "maxeval", "start"}
 
@@ -51,7 +52,9 @@ def lmer(
 ) -> MixedFit:
     """Fit `lmer(formula, data, REML = reml)`; see the module docstring for the pipeline."""
     terms = build_terms(formula, data, weights, offset)
-    return fit_terms(terms, formula=formula, reml=reml, control=control, offset_arg=offset)
+    fit = fit_terms(terms, formula=formula, reml=reml, control=control, offset_arg=offset)
+    emit_warnings(fit.messages, stacklevel=4)  # as the R engine re-emits R's warnings
+    return fit
 
 
 def lmer_objective(
@@ -382,6 +385,9 @@ def _build_fit(
     vcov = sigma**2 * vcov_unscaled
     vcov = (vcov + vcov.T) / 2.0
     messages = [m for m in getattr(terms, "messages", []) if isinstance(m, Message)]
+    scale_msg = check_scale_x(np.asarray(terms.X, dtype=float))
+    if scale_msg is not None:
+        messages.append(scale_msg)
     messages += opt.messages
     fit = MixedFit(
         model="lmer",
@@ -460,34 +466,27 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) 
     reterms = list(terms.reterms)
     gp = np.concatenate([[0], np.cumsum([t.n_levels * t.p for t in reterms])])
     base = (0.0 if terms.offset is None else np.asarray(terms.offset, float)) + terms.X @ beta
-    fitted_all = None
 
     def predict(
         newdata: pd.DataFrame | None = None,
         re_form: Any = None,
         allow_new_levels: bool = False,
-        **kwargs: Any,
+        type: str = "link",  # noqa: A002 - lme4's argument name
     ) -> np.ndarray:
-        nonlocal fitted_all
-        if kwargs:
-            raise ArgumentError(
-                f"unknown predict() argument(s): {sorted(kwargs)}", next(iter(kwargs))
-            )
-        population = _parse_re_form(re_form)
+        if type not in ("link", "response"):  # identical for the gaussian identity link
+            raise ArgumentError(f"type must be 'link' or 'response', got {type!r}", "type")
+        use = _parse_re_form(re_form, reterms)
         if newdata is None:
             eta = np.array(base, dtype=float, copy=True)
-            if population:
-                return eta
-            codes = [np.asarray(t.codes) for t in reterms]
-            zs = [np.asarray(t.Z, float).reshape(len(eta), -1) for t in reterms]
         else:
             x_new = np.asarray(terms.fixed_matrix(newdata), dtype=float)
-            eta = x_new @ beta
-            eta = eta + _newdata_offset(terms, newdata, offset_arg)
-            if population:
-                return eta
-            codes, zs = [], []
-            for t in reterms:
+            eta = x_new @ beta + _newdata_offset(terms, newdata, offset_arg)
+        for k in use:
+            t = reterms[k]
+            if newdata is None:
+                c = np.asarray(t.codes)
+                z = np.asarray(t.Z, float).reshape(len(eta), -1)
+            else:
                 c = np.asarray(t.codes_for(newdata))
                 bad = c < 0
                 if bad.any() and not allow_new_levels:
@@ -498,14 +497,10 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) 
                         "population-level predictions on those rows",
                         t.group,
                     )
-                codes.append(c)
-                zs.append(np.asarray(t.Z_for(newdata), float).reshape(len(eta), -1))
-        for k, t in enumerate(reterms):
+                z = np.asarray(t.Z_for(newdata), float).reshape(len(eta), -1)
             bk = b[gp[k] : gp[k + 1]].reshape(t.n_levels, t.p)
-            c = codes[k]
-            ok = c >= 0
-            contrib = np.einsum("ic,ic->i", zs[k][ok], bk[c[ok]])
-            eta[ok] += contrib
+            ok = c >= 0  # unseen or missing levels contribute 0 (allow_new_levels)
+            eta[ok] += np.einsum("ic,ic->i", z[ok], bk[c[ok]])
         return eta
 
     return predict
@@ -531,16 +526,34 @@ def _newdata_offset(terms: Any, newdata: pd.DataFrame, offset_arg: Any) -> np.nd
     )
 
 
-def _parse_re_form(re_form: Any) -> bool:
-    """True for population-level predictions (re_form "~0", "~ 0", NA); False for all terms."""
+def _parse_re_form(re_form: Any, reterms: list[Any]) -> list[int]:
+    """Indices of the random-effects terms to include: all (None), none ("~0", NA), or those
+    whose grouping factors appear in a one-sided formula such as "~ (1 | plate)"."""
     if re_form is None:
-        return False
+        return list(range(len(reterms)))
     if isinstance(re_form, float) and math.isnan(re_form):
-        return True
-    if isinstance(re_form, str) and re_form.replace(" ", "") in ("~0", "NA", "~-1"):
-        return True
+        return []
+    if isinstance(re_form, str):
+        text = re_form.replace(" ", "")
+        if text in ("~0", "NA", "~-1"):
+            return []
+        groups = re.findall(r"\|([^()|]+)\)", text)
+        if text.startswith("~") and groups and "/" not in text:
+            known = {t.group for t in reterms}
+            unknown = [g for g in groups if g not in known]
+            if unknown:
+                raise ArgumentError(
+                    f"re_form names grouping factor(s) {unknown} that are not in the model "
+                    f"(model factors: {sorted(known)})",
+                    "re_form",
+                )
+            # lme4 matches re.form's terms to the model's; here every term on a named factor is
+            # used (identical unless one factor carries several terms, e.g. (x || g)).
+            return [k for k, t in enumerate(reterms) if t.group in set(groups)]
     raise ArgumentError(
-        f"re_form must be None (all random effects) or '~0' (none), got {re_form!r}", "re_form"
+        f"re_form must be None (all random effects), '~0' (none) or a formula of random-effects "
+        f"terms such as '~ (1 | g)', got {re_form!r}",
+        "re_form",
     )
 
 

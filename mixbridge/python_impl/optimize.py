@@ -285,3 +285,25 @@ def optimize_theta(
         hessian=hess,
         messages=msgs,
     )
+
+
+def check_scale_x(x: np.ndarray, kappa: float = 1e3) -> Message | None:
+    """lme4's checkScaleX: warn when the non-0/1 columns of X have sds (or sd ratios) beyond
+    kappa, which makes the optimization ill-conditioned."""
+    if x.shape[0] < 2 or x.shape[1] == 0:
+        return None
+    cont = ~np.all((x == 0) | (x == 1), axis=0)
+    if not np.any(cont):
+        return None
+    sd = np.std(x[:, cont], axis=0, ddof=1)
+    with np.errstate(divide="ignore"):
+        logsd = np.log(sd)
+    logcomp = np.abs(logsd[:, None] - logsd[None, :])
+    if np.any(np.abs(logsd) > np.log(kappa)) or np.any(logcomp > np.log(kappa)):
+        return Message(
+            "warning",
+            "Some predictor variables are on very different scales: consider rescaling",
+            "python",
+            code="scale_x",
+        )
+    return None

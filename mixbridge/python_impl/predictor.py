@@ -21,7 +21,13 @@ V = Λ'Z'WZΛ + I split after the first term's q1 = ℓ_1 p_1 columns,
 
 so L = [[L11, 0], [L21, L22]] is the Cholesky factor of V (with the identity permutation; lme4's
 results do not depend on CHOLMOD's fill-reducing permutation). Then, as in lme4's
-`updateDecomp`, R_ZX = L⁻¹Λ'Z'WX and R_X'R_X = X'WX − R_ZX'R_ZX.
+`updateDecomp`, R_ZX = L⁻¹Λ'Z'WX and R_X'R_X = X'WX − R_ZX'R_ZX. The dense block and X are
+factored together in one Cholesky of the augmented matrix [[S22, C], [C', X'WX − R1'R1]]
+(MixedModels.jl), which yields L22, the dense-block rows of R_ZX and R_X at once.
+
+Small models (q ≤ DENSE_Q_MAX) put every term in the dense block (q1 = 0): a few LAPACK calls
+beat the overhead of sparse operations there. Run fits inside `blas_single_thread()`: per θ the
+work is many small factorizations, where BLAS threads only cost time.
 
 API (used by lmm.py and by glmer's PIRLS):
 
@@ -42,6 +48,8 @@ API (used by lmm.py and by glmer's PIRLS):
     pred.cond_var_by_factor(sigma)      # dict group -> (ℓ, nc, nc), terms on one factor combined
                                         #   block-diagonally, as ranef(condVar=TRUE)
     pred.lambda_blocks(theta)           # list of T_k (p_k×p_k lower triangular)
+    pred.lambda_matrix(theta)           # sparse Λ_θ (q×q); pred.Lam holds the current one
+    pred.n_theta, pred.q, pred.gp       # sizes and term offsets in u (lme4's Gp)
 
 All per-level work is vectorized (batched numpy Cholesky/inverse, sparse products); no Python
 loops over rows or levels. The dense Schur block is (q − q1)², which covers crossed designs of
