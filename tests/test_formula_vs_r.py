@@ -221,6 +221,7 @@ FIXED = [
     "y ~ I(x * 2 - 1/z) + I(-x)",
     "y ~ poly(x, 2)",
     "y ~ poly(x, 3) + z",
+    "y ~ poly(z, 1) + I(b) + factor(b)",
     "y ~ scale(x)",
     "y ~ factor(h)",
     "y ~ x*z*f - x:z:f",

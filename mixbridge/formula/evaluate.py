@@ -164,6 +164,10 @@ def evaluate(node: Node, data: pd.DataFrame, state: Transforms) -> Value:
             return _poly(node, data, state)
         if node.fn == "offset":
             return Numeric(numeric(node.args[0], data, state))
+        if node.fn == "I":
+            inner = evaluate(node.args[0], data, state)
+            if isinstance(inner, Factor) and inner.kind == "logical":
+                return inner  # I() keeps a logical a logical: column "I(b)TRUE", as R
     return Numeric(numeric(node, data, state))
 
 

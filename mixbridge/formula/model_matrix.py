@@ -146,7 +146,9 @@ class Design:
             return block, cols
         assert isinstance(val, Numeric)
         if val.values.ndim == 2:
-            cols = [name + s for s in (val.colnames or [])]
+            # R names a one-column matrix by the variable alone: poly(x, 1), not poly(x, 1)1
+            suffixes = val.colnames or []
+            cols = [name] if len(suffixes) == 1 else [name + s for s in suffixes]
             return (None if names_only else val.values), cols
         return (None if names_only else val.values[:, None]), [name]
 
