@@ -1,12 +1,14 @@
-# lme4 / arm timed INSIDE R (no transfer): Rscript r_fit.R <model> <out.json> <repeats> <dir>...
+# lme4 / arm timed INSIDE R (no transfer):
+#   Rscript r_fit.R <model> <out.json> <repeats> <cap seconds> <dir>...
 # Each <dir> holds raw binary columns written by benchmarks/datasets.py (meta.json lists them);
 # model "insteval" ignores the dirs and fits lme4's InstEval. For every data set it reports the
-# median elapsed time of `repeats` fits (system.time), R's heap peak during the fit
+# median elapsed time of up to `repeats` fits (fewer once `cap` s are spent; system.time), R's heap peak during the fit
 # (gc(reset=TRUE) before, "max used" after), and the estimates every other engine is checked
 # against.
 suppressMessages({library(lme4); library(arm); library(jsonlite)})
 args <- commandArgs(TRUE)
-model <- args[1]; out <- args[2]; repeats <- as.integer(args[3]); dirs <- args[-(1:3)]
+model <- args[1]; out <- args[2]; repeats <- as.integer(args[3]); cap <- as.numeric(args[4])
+dirs <- args[-(1:4)]
 
 read_dir <- function(d) {
   meta <- fromJSON(file.path(d, "meta.json"))
@@ -53,6 +55,7 @@ for (d in dirs) {
     after <- gc()
     peak <- max(peak, sum(after[, ncol(after)]) - before, na.rm = TRUE)  # "max used" (Mb)
     times <- c(times, tm[["elapsed"]])
+    if (sum(times) > cap) break
   }
   results[[length(results) + 1]] <- c(list(dir = d, times = times, median = median(times),
                                             peak_mb = peak), estimates(model, f))

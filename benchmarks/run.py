@@ -162,9 +162,11 @@ def python_for(engine: str) -> Path:
     return PEER_PYTHON if engine in ("glmm", "mixedlm-rs", "mixedlm") else PROJECT_PYTHON
 
 
-def run_worker(engine: str, model: str, directory: Path, repeats: int, timeout: float) -> dict:
+def run_worker(
+    engine: str, model: str, directory: Path, repeats: int, timeout: float, repeat_cap: float
+) -> dict:
     cmd = [str(python_for(engine)), str(HERE / "worker.py"), engine, model, str(directory)]
-    cmd.append(str(repeats))
+    cmd += [str(repeats), str(repeat_cap)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -176,10 +178,13 @@ def run_worker(engine: str, model: str, directory: Path, repeats: int, timeout: 
     return json.loads(lines[-1])
 
 
-def run_r(model: str, dirs: list[Path], repeats: int, timeout: float) -> list[dict]:
+def run_r(
+    model: str, dirs: list[Path], repeats: int, timeout: float, cap: float = 60.0
+) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = ["Rscript", "--vanilla", str(HERE / "r_fit.R"), model, str(out), str(repeats)]
+        cmd.append(str(cap))
         try:
             proc = subprocess.run(
                 cmd + [str(d) for d in dirs], capture_output=True, text=True, timeout=timeout
@@ -223,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, < 2 minutes")
     mode.add_argument("--tiny", action="store_true", help="one tiny size per model (tests)")
-    ap.add_argument("--budget", type=float, default=300.0, help="skip fits predicted longer")
+    ap.add_argument(
+        "--budget", type=float, default=None, help="skip fits predicted longer (s; 300, quick 15)"
+    )
     ap.add_argument("--models", nargs="+", default=["lmm", "glmm", "bayesglm", "insteval"])
     ap.add_argument("--engines", nargs="+", default=None, help="subset of engines")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
@@ -232,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     plan_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     plan = PLANS[plan_name]
     repeats = 1 if args.tiny else 3
+    if args.budget is None:
+        args.budget = 300.0 if plan_name == "full" else 15.0
+    # Stop repeating once this much time went into one (engine, size): the median of fewer
+    # repeats of a long fit is still representative, and --quick must stay short.
+    args.repeat_cap = 60.0 if plan_name == "full" else 4.0
     started = time.time()
 
     records: list[dict] = []
@@ -284,7 +296,7 @@ def run_model(model: str, sizes: list, root: Path, repeats: int, args) -> list[d
         if why:
             rec["skipped"] = why
         else:
-            res = run_r(model, [dirs[n]], repeats, timeout=args.budget * repeats + 120)[0]
+            res = run_r(model, [dirs[n]], repeats, args.budget * repeats + 120, args.repeat_cap)[0]
             if "error" in res:
                 rec["error"] = res["error"]
             else:
@@ -309,7 +321,9 @@ def run_model(model: str, sizes: list, root: Path, repeats: int, args) -> list[d
                 records.append(rec)
                 print(f"[{model} n={n}] {engine}: skipped ({why})", flush=True)
                 continue
-            res = run_worker(engine, model, dirs[n], repeats, args.budget * repeats + 120)
+            res = run_worker(
+                engine, model, dirs[n], repeats, args.budget * repeats + 120, args.repeat_cap
+            )
             if "error" in res:
                 rec["error"] = res["error"]
             else:

@@ -215,6 +215,7 @@ ENGINES = {
 
 def main() -> None:
     engine, model, directory, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    cap = float(sys.argv[5]) if len(sys.argv) > 5 else 60.0  # stop repeating after this long
     out: dict = {"engine": engine, "model": model, "dir": directory}
     try:
         run = ENGINES[engine](model)
@@ -225,11 +226,11 @@ def main() -> None:
                 run(tiny(cols))  # warm-up: imports, R start-up, first-call costs
             base = rss_mb()
             times, est = [], None
-            for i in range(repeats):
+            for _ in range(repeats):
                 t = time.perf_counter()
                 est = run(cols)
                 times.append(time.perf_counter() - t)
-                if i == 0 and times[0] > 20.0:  # one long fit is enough
+                if sum(times) > cap:
                     break
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         out.update(
