@@ -50,6 +50,8 @@ def _data_main(seed: int = 7, n: int = 120) -> pd.DataFrame:
     df["yb"] = (df.y > 2.5).astype(int)
     df["cnt"] = rng.poisson(np.exp(0.5 + 0.3 * df.x + 0.3 * beta_g[g] + df.off))
     df["yg"] = rng.gamma(2.0, np.exp(0.2 + 0.5 * df.x) / 2)
+    levels = ["lo", "mid", "hi", "top"]
+    df["o"] = pd.Categorical(np.array(levels)[np.arange(n) % 4], categories=levels, ordered=True)
     df["w0"] = np.where(np.arange(n) % 10 == 3, 0.0, df.w)  # some zero weights
     df["s"] = rng.binomial(10, 0.4 + 0.03 * beta_g[g])
     df["f"] = 10 - df.s
@@ -167,6 +169,13 @@ CASES = [
         "yg ~ x",
         _data_main,
         {"family": "inverse.gaussian", "link": "log"},
+    ),
+    Case(
+        # ordered factor, drop.baseline = FALSE: all 4 polynomial columns incl. the constant ^0
+        "V_ordered_factor_all_columns",
+        "y ~ x + o",
+        _data_main,
+        {"drop_baseline": False},
     ),
     Case("P_binomial_40_levels_blocked", "yb ~ x + id", _data_many_levels, {"family": "binomial"}),
     Case(
@@ -294,18 +303,23 @@ def test_cbind_aic_is_glms(needs_r: None) -> None:
     assert abs(py.aic - r.aic) > 1.0  # arm's differs: the documented bug we do not reproduce
 
 
-def test_fixed_dispersion_matches_r_engine(needs_r: None) -> None:
+@pytest.mark.parametrize(
+    ("formula", "kw"),
+    [
+        (
+            "y ~ 0 + g",
+            {"prior_mean": 2.0, "prior_scale": 0.9, "prior_df": np.inf, "scaled": False},
+        ),
+        # scaled Cauchy priors: several iterations, so the stopping rule (on dev/phi) matters
+        ("y ~ x + g", {}),
+    ],
+)
+def test_fixed_dispersion_matches_r_engine(formula: str, kw: dict, needs_r: None) -> None:
     """dispersion= (extension): phi held fixed; both engines must agree."""
     data = _data_main()
-    kw = {
-        "prior_mean": 2.0,
-        "prior_scale": 0.9,
-        "prior_df": np.inf,
-        "scaled": False,
-        "dispersion": 2.3,
-    }
-    r, _ = _fit("r", Case("fx", "y ~ 0 + g", None, kw), data)
-    py = mixbridge.bayesglm("y ~ 0 + g", data, **kw)
+    kw = dict(kw, dispersion=2.3)
+    r, _ = _fit("r", Case("fx", formula, None, kw), data)
+    py = mixbridge.bayesglm(formula, data, **kw)
     assert py.iterations == r.iterations
     assert py.converged and r.converged
     assert _rel(py.coef, r.coef) <= TOL
