@@ -219,6 +219,8 @@ FIXED = [
     "y ~ f - 1 + x",
     "y ~ I(x^2) + log(x) + sqrt(t) + exp(z)",
     "y ~ I(x * 2 - 1/z) + I(-x)",
+    "y ~ I(x^0.5) + I((x + 1)^2) + I(z - -1) + I(+t) + I(z^3 * 0.001) + I(1/z^2)",
+    "y ~ I(z/123456789012 + t^3) + I(z * 1e-05 + x^4) + I(2.50 * z^5) + exp(-z/3)",
     "y ~ poly(x, 2)",
     "y ~ poly(x, 3) + z",
     "y ~ poly(z, 1) + I(b) + factor(b)",
