@@ -224,6 +224,7 @@ FIXED = [
     "y ~ poly(x, 2)",
     "y ~ poly(x, 3) + z",
     "y ~ poly(z, 1) + I(b) + factor(b)",
+    "y ~ f + poly(z, 2):f + scale(x):b",
     "y ~ scale(x)",
     "y ~ factor(h)",
     "y ~ x*z*f - x:z:f",
