@@ -175,3 +175,18 @@ def test_conversion_types_levels_and_na(needs_r, transport):
     assert got["str"]["values"] == ["b", None, "c", "a"]
     assert got["big"]["type"] == ["double"]  # beyond int32: sent as double, not truncated
     np.testing.assert_array_equal(got["big"]["values"], [1, 2, 3, 2.0**40])
+
+
+def test_nonconvergence_is_reported(needs_r, sleepstudy):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = mixbridge.lmer(
+            "Reaction ~ Days + (Days | Subject)", sleepstudy, engine="r", control={"maxfun": 5}
+        )
+    texts = [str(w.message) for w in caught if w.category is RWarning]
+    assert any("NLOPT_MAXEVAL_REACHED" in t for t in texts)
+    assert texts == [m.text for m in fit.messages if m.kind == "warning"]
+    assert not fit.converged
+    assert fit.optimizer["code"] == 5 and fit.optimizer["feval"] == 5
+    assert fit.optimizer["lme4_messages"]  # lme4's own post-fit checks complained too
+    assert all(m.code == "convergence" for m in fit.messages if m.kind == "warning")

@@ -50,7 +50,7 @@ def message_code(text: str) -> str:
         return "singular"
     if "rank deficient" in t:
         return "rank_deficient"
-    if "converge" in t or "hessian" in t or "eigenvalue" in t or "max|grad|" in t:
+    if any(k in t for k in ("converge", "hessian", "eigenvalue", "gradient", "max|grad|")):
         return "convergence"
     if "scale" in t and "predictor" in t:
         return "scale"

@@ -127,13 +127,22 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
 # ---------------------------------------------------------------------------------------------
 # lmer / glmer
 
+# The evaluation limit has a different name per optimizer (nloptr: maxeval; nlminb: eval.max).
+.mb_opt_ctrl <- function(control, optimizer) {
+  if (is.null(control$maxfun)) return(list())
+  n <- as.numeric(control$maxfun)
+  if (any(optimizer == "nloptwrap")) list(maxeval = n)
+  else if (any(optimizer == "nlminbwrap")) list(eval.max = n)
+  else list(maxfun = n)
+}
+
 .mb_lmer_control <- function(control) {
   args <- list()
   if (!is.null(control$optimizer)) args$optimizer <- as.character(control$optimizer)
   if (!is.null(control$calc_derivs)) args$calc.derivs <- as.logical(control$calc_derivs)
   if (!is.null(control$boundary_tol)) args$boundary.tol <- as.numeric(control$boundary_tol)
   if (!is.null(control$restart_edge)) args$restart_edge <- as.logical(control$restart_edge)
-  if (!is.null(control$maxfun)) args$optCtrl <- list(maxfun = as.numeric(control$maxfun))
+  args$optCtrl <- .mb_opt_ctrl(control, if (is.null(args$optimizer)) "nloptwrap" else args$optimizer)
   do.call(lme4::lmerControl, args)
 }
 
@@ -145,7 +154,7 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
   if (!is.null(control$restart_edge)) args$restart_edge <- as.logical(control$restart_edge)
   if (!is.null(control$tol_pwrss)) args$tolPwrss <- as.numeric(control$tol_pwrss)
   if (!is.null(control$nagq0_init_step)) args$nAGQ0initStep <- as.logical(control$nagq0_init_step)
-  if (!is.null(control$maxfun)) args$optCtrl <- list(maxfun = as.numeric(control$maxfun))
+  args$optCtrl <- .mb_opt_ctrl(control, if (is.null(args$optimizer)) "bobyqa" else args$optimizer)
   do.call(lme4::glmerControl, args)
 }
 
