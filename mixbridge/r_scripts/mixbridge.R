@@ -5,7 +5,8 @@
 #   error = NULL or list(text, call)); nothing is printed, nothing is thrown.
 # * values are nested lists of unnamed atomic vectors: names travel in separate fields
 #   (.mb_nv), matrices and arrays as list(dim, rownames, colnames, data) (.mb_mat).
-# * only the formula string is ever parsed as R code (as.formula); every other argument
+# * only formula strings (the model formula, predict's re_form) are parsed as R code, after the
+#   Python side validated them against an allow-list (as.formula); every other argument
 #   arrives as data (numbers, strings, logicals).
 
 .mb <- new.env()
