@@ -363,3 +363,59 @@ def _update_mu(
     mu = resp.linkinv(eta)
     pdev = float(np.sum(resp.dev_resids(mu)) + u @ u)
     return eta, mu, pdev
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytic gradient of the (converged) Laplace deviance for one scalar term, canonical links
+
+
+CANONICAL = {("binomial", "logit"), ("poisson", "log")}
+
+
+def scalar_laplace_gradient(
+    pred: ScalarPredictor, resp: GlmResponse, state: PirlsState, theta: float
+) -> tuple[float, np.ndarray]:
+    """d/d(θ, β) of D = Σ_j log d_j + ‖ũ‖² + Σ_i dev_i at the conditional modes ũ(θ, β).
+
+    For canonical links dev'' = 2W, so with S_j = Σ W_i z_i² and d_j = 1 + θ²S_j:
+        dũ_j/dβ = −θ Σ_{i∈j} W_i z_i x_i / d_j,   dũ_j/dθ = −(Σ_{i∈j} z_i dev'_i + 2θS_jũ_j)/(2d_j)
+    and, by the envelope theorem for the penalized deviance,
+        ∂D = Σ_i dev'_i ∂η_i|_ũ + Σ_j [∂(θ²)S_j + θ² Σ_{i∈j} W'_i z_i² dη_i]/d_j.
+    Everything is a per-group sum: one O(n·p) pass. Valid for the fully converged Laplace value
+    (lme4's stopping quirk is not differentiated; it is O(1e-7) relative for large data).
+    """
+    codes, G = pred.codes, pred.n_levels
+    X = pred.X
+    z = np.ones(codes.size) if pred.zvals is None else pred.zvals
+    mu, w = state.mu, resp.weights
+    if resp.link == "logit":
+        me = np.maximum(EPS, mu * (1.0 - mu))
+        mee = me * (1.0 - 2.0 * mu)  # μ'' for the logit link
+    else:  # poisson log
+        me = mu
+        mee = mu
+    W = w * me  # canonical: w μ'²/V = w μ'
+    dW = w * mee
+    dev1 = -2.0 * w * (resp.y - mu)  # d dev / dη (canonical)
+    u = state.u
+
+    def gsum(v: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, weights=v, minlength=G)
+
+    S = gsum(W * z * z)
+    d = 1.0 + theta * theta * S
+    sx = np.column_stack([gsum(W * z * X[:, k]) for k in range(X.shape[1])])
+    du_db = -theta * sx / d[:, None]  # (G, p)
+    du_dt = -(gsum(z * dev1) + 2.0 * theta * S * u) / (2.0 * d)  # (G,)
+    a = theta * theta * dW * z * z / d[codes]  # weight of dη_i in Σ_j log d_j
+    az = gsum(a * theta * z)  # Σ_{i∈j} a_i θ z_i
+    # β: envelope part + log-det part
+    g_beta = X.T @ dev1 + X.T @ a + du_db.T @ az
+    # θ: envelope part (∂η/∂θ at fixed u is z u_j) + ∂log d/∂θ at fixed W + W through η
+    g_theta = float(
+        np.sum(dev1 * z * u[codes])
+        + np.sum(2.0 * theta * S / d)
+        + np.sum(a * z * u[codes])
+        + np.sum(az * du_dt)
+    )
+    return g_theta, g_beta

@@ -1,0 +1,79 @@
+"""Wall-clock timings of glmer: the Python engine against lme4 (through the bridge).
+
+    python benchmarks/glmer_timings.py                 # cbpp, grouseticks, VerbAgg
+    python benchmarks/glmer_timings.py --big 1000000   # plus a 1e6-row random-intercept logit
+    python benchmarks/glmer_timings.py --big 1000000 --no-r-big   # skip lme4 on the big one
+
+Each line: data set, engine, seconds, −2 logLik on lme4's scale, max relative difference of
+θ and β from lme4's. Set OPENBLAS_NUM_THREADS=1 on a shared machine: small LAPACK calls with
+contended BLAS threads are up to 100x slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+
+import mixbridge
+from mixbridge.bridge.datasets import load_r_dataset
+
+
+def lme4_scale(fit) -> float:
+    return -2.0 * (fit.loglik - fit.extra.get("lme4_loglik_constant", 0.0))
+
+
+def timed(label: str, formula: str, data: pd.DataFrame, engines, **kw):
+    fits = {}
+    for engine in engines:
+        t0 = time.perf_counter()
+        fits[engine] = mixbridge.glmer(formula, data, engine=engine, **kw)
+        fits[engine].extra["seconds"] = time.perf_counter() - t0
+    ref = fits.get("r")
+    for engine, fit in fits.items():
+        line = f"{label:<28} {engine:<7} {fit.extra['seconds']:8.2f} s  crit {lme4_scale(fit):.6f}"
+        if ref is not None and engine != "r":
+            dth = np.max(np.abs(fit.theta / ref.theta - 1))
+            dbe = np.max(np.abs(fit.fixef.to_numpy() / ref.fixef.to_numpy() - 1))
+            line += f"  dcrit {lme4_scale(fit) - lme4_scale(ref):+.2e}  θ {dth:.1e}  β {dbe:.1e}"
+        print(line, flush=True)
+
+
+def big_data(n: int, groups: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, n)
+    x = rng.standard_normal(n)
+    eta = -0.5 + 0.8 * x + 0.7 * rng.standard_normal(groups)[g]
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--big", type=int, default=0, help="rows of the random-intercept model")
+    ap.add_argument("--no-r-big", action="store_true")
+    ap.add_argument("--skip-verbagg", action="store_true")
+    args = ap.parse_args()
+    both = ("python", "r")
+    # warm up imports and R so that they are not charged to the first fit
+    cbpp = load_r_dataset("cbpp")
+    mixbridge.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, engine="r")
+    cb = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    timed("cbpp nAGQ=1", cb, cbpp, both, family="binomial")
+    timed("cbpp nAGQ=25", cb, cbpp, both, family="binomial", nagq=25)
+    gt = load_r_dataset("grouseticks")
+    timed("grouseticks (1|BROOD)", "TICKS ~ YEAR + cHEIGHT + (1|BROOD)", gt, both, family="poisson")
+    if not args.skip_verbagg:
+        va = load_r_dataset("VerbAgg")
+        f = "r2 ~ Anger + Gender + btype + situ + (1|id) + (1|item)"
+        timed("VerbAgg (1|id)+(1|item)", f, va, both, family="binomial")
+    if args.big:
+        d = big_data(args.big, max(2, args.big // 10))
+        engines = ("python",) if args.no_r_big else both
+        timed(f"(1|g) logit n={args.big}", "y ~ x + (1|g)", d, engines, family="binomial")
+
+
+if __name__ == "__main__":
+    main()
