@@ -27,6 +27,12 @@ Deliberate differences from arm (documented, not bugs):
 - `dispersion=` (extension) holds the dispersion fixed: no EM step; se = se_display =
   sqrt(diag(V) * dispersion).
 
+Known limit: fits that hit arm's step halving (eta/mu out of bounds, e.g. poisson with the
+identity link at the boundary) repeat R's path only until rounding differences (1e-16, growing
+to ~1e-11 over ~25 halvings) flip the number of halvings in some iteration; from then on the two
+paths differ and arm's deviance-based stopping rule can stop them at different points.
+`extra["deviance_path"]` holds the per-iteration deviances (as R's trace=TRUE prints them).
+
 Speed: a one-hot factor block (e.g. `y ~ 0 + factor(id)` or `y ~ x + factor(id)`) is never
 expanded into a dense n x G matrix or a G x G system. The augmented normal equations are solved by
 block elimination (diagonal block for the factor, a small dense Schur complement for the other
@@ -586,6 +592,7 @@ class CoreFit:
     prior_scale_final: np.ndarray
     messages: list[Message]
     design: Design
+    path: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _warn(text: str, code: str = "") -> Message:
@@ -699,6 +706,7 @@ def fit_bayesglm_core(
     sol: Solution | None = None
     z = w = good = None
     it = 0
+    path: list[tuple[float, float]] = []  # (deviance, dispersion) per iteration, like trace=TRUE
     for it in range(1, maxit + 1):
         pos = weights > 0
         varmu = family.variance(mu)[pos]
@@ -767,6 +775,7 @@ def fit_bayesglm_core(
                 mu = family.linkinv(eta)
             boundary = True
             dev = float(np.sum(family.dev_resids(y, mu, weights)))
+        path.append((dev, phi))
         # With a fixed dispersion the criterion is on the scaled deviance dev/phi, which is what
         # arm computes when the fixed phi is passed as prior weights w/phi (the R engine's way).
         crit, crit_old = (dev / phi, devold / phi) if fixed else (dev, devold)
@@ -815,6 +824,7 @@ def fit_bayesglm_core(
         prior_scale_final=scale_now if it >= 1 else priors.scale,
         messages=messages,
         design=design,
+        path=path,
     )
 
 
@@ -1045,6 +1055,8 @@ def fit_from_matrix(
             "vcov_unscaled_diag": core.v.diag_v,
             "solver": type(core.design).__name__,
             "boundary": core.boundary,
+            "deviance_path": [d for d, _ in core.path],
+            "dispersion_path": [ph for _, ph in core.path],
         },
     )
 
