@@ -15,8 +15,8 @@ dispersion update started at var(y)/1e4, and arm's stopping rule on the unpenali
 the dispersion with iter > 1. Matching R to 1e-8 requires this exact path.
 
 Deliberate differences from arm (documented, not bugs):
-- aic: glm's definition (per-observation binomial trials); arm passes a scalar and is wrong for
-  cbind/proportion responses.
+- aic: glm's definition (per-observation binomial trials); arm passes the scalar n.ok as the
+  trials and is wrong for cbind/proportion responses and binomial prior weights != 1.
 - `subset` is not supported (it is broken in arm); missing values are always dropped (arm ignores
   `na.action` and uses na.omit).
 - Rows with zero prior weight are left out of the dispersion EM step (arm recycles vectors of
@@ -24,8 +24,11 @@ Deliberate differences from arm (documented, not bugs):
   the centred-intercept prior row, as in arm.
 - With an offset and an intercept, the null deviance is refitted with the intercept priors only
   (arm errors there when prior_mean/scale/df are vectors).
-- `dispersion=` (extension) holds the dispersion fixed: no EM step; se = se_display =
-  sqrt(diag(V) * dispersion).
+- `dispersion=` (extension) holds the dispersion phi fixed: no EM step; the prior rows keep
+  weight sqrt(phi)/prior_sd; se = se_display = sqrt(diag(V) * phi), vcov = V * phi,
+  dispersion = dispersion_pearson = phi; the stopping rule uses the scaled deviance dev/phi (what
+  arm sees when phi is passed as prior weights w/phi); `deviance`/`null_deviance` stay unscaled.
+- More than VCOV_MAX_COEFS coefficients: `vcov` is None (a note in `messages`); se are exact.
 
 Known limit: fits that hit arm's step halving (eta/mu out of bounds, e.g. poisson with the
 identity link at the boundary) repeat R's path only until rounding differences (1e-16, growing
@@ -47,7 +50,7 @@ import importlib.metadata
 import platform
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,7 +196,7 @@ class Solution:
     b: np.ndarray
     diag_v: np.ndarray
     mean_leverage: float
-    full_v: Any  # callable () -> ndarray (p x p)
+    full_v: Callable[[], np.ndarray]  # the full p x p V, formed only on demand
 
 
 # Raw LAPACK: scipy's high-level wrappers cost ~0.2 ms per call, more than these tiny solves.
