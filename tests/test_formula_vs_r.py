@@ -315,6 +315,8 @@ TERMS = [
     ("y ~ a*b - 1", False),
     ("y ~ poly(a, 2)*b", False),
     ("y ~ b + a + a:b + a:b:c + c", True),
+    ("y ~ (a + b + a:c)^2", True),
+    ("y ~ (a + b + c)^3 - a:b", True),
 ]
 NEWDATA = [
     "y ~ poly(x, 2) + scale(z) + f + g + b",
@@ -434,6 +436,37 @@ def _check_random(t, r) -> None:
             z[np.arange(t.n), rt.codes * rt.p + c] = rt.Z[:, c]
         np.testing.assert_allclose(z, _mat(z_r), rtol=RTOL, atol=ATOL)
 
+
+def _random_formulas(seed: int, count: int) -> list[str]:
+    """Seeded random fixed-effects formulas mixing R's operators, factors and transforms."""
+    import random
+
+    rnd = random.Random(seed)
+    atoms = ["x", "z", "f", "g", "b", "o", "log(t)", "I(x^2)", "poly(z, 2)", "factor(h)", "k"]
+
+    def expr(depth: int) -> str:
+        if depth == 0 or rnd.random() < 0.35:
+            return rnd.choice(atoms)
+        op = rnd.choice([" + ", " * ", ":", " / ", " %in% ", " - "])
+        left, right = expr(depth - 1), expr(depth - 1)
+        out = f"{left}{op}{right}"
+        if rnd.random() < 0.4:
+            out = f"({out})" + ("^2" if rnd.random() < 0.3 else "")
+        return out
+
+    formulas = []
+    while len(formulas) < count:
+        rhs = expr(3)
+        prefix = rnd.choice(["", "", "", "0 + ", "-1 + "])
+        formulas.append(f"y ~ {prefix}{rhs}")
+    return formulas
+
+
+RANDOM_FIXED = _random_formulas(20240611, 30)
+FIXED += RANDOM_FIXED
+# the same algebra with keep.order = TRUE (bayesglm), on more random formulas
+TERMS += [(f, True) for f in RANDOM_FIXED + _random_formulas(7, 30)]
+TERMS += [(f, False) for f in _random_formulas(7, 30)]
 
 FIXED_PARAMS = [
     (d, i) for d in ("d1", "d2") for i, f in enumerate(FIXED) if not (d == "d2" and "poly" in f)

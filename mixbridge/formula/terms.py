@@ -147,11 +147,12 @@ class _Expander:
                 token=deparse(exponent),
             )
         base = self.expand(node.left)
-        result = list(base)
-        # powers beyond the number of variables add nothing (bounded loop even for x^1e9)
+        # R's PowerTerms: right <- base; repeat right <- unique(l | r for l in base, r in right).
+        # Powers beyond the number of variables add nothing (bounded loop even for x^1e9).
         n_vars = len(_all_vars(base)) if base else 0
+        result = list(base)
         for _ in range(min(int(exponent.value), max(n_vars, 1)) - 1):
-            result = _union(result, _interact(result, base))
+            result = _interact(base, result)
         return result
 
 
