@@ -327,3 +327,35 @@ def test_gradient_path_agrees_with_lme4(grouse, monkeypatch):
     assert py.optimizer["stage2"]["method"].startswith("L-BFGS-B")
     r = mixbridge.glmer(GROUSE, grouse, family="poisson", engine="r")
     assert_fit_agrees(py, r)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_cbpp_other_links(cbpp, link):
+    """Non-canonical links: lme4's clamped C++ links, Fisher-scoring PIRLS (spec §3.1)."""
+    py = mixbridge.glmer(CBPP, cbpp, family="binomial", link=link)
+    r = mixbridge.glmer(CBPP, cbpp, family="binomial", link=link, engine="r")
+    assert py.link == link
+    assert_fit_agrees(py, r)
+    theta, beta = params(r)
+    kw = dict(theta=theta, beta=beta, family="binomial", link=link, control={"tol_pwrss": 1e-12})
+    ours = mixbridge.glmer_objective(CBPP, cbpp, **kw)
+    ref = mixbridge.glmer_objective(CBPP, cbpp, engine="r", **kw)
+    assert abs(ours - ref) <= 1e-8 * abs(ref)
+
+
+def test_poisson_offsets(needs_r):
+    """offset(log(t)) in the formula and offset= as an argument give lme4's fit."""
+    d = _random_intercept_data("poisson", 7)
+    rng = np.random.default_rng(7)
+    d["t"] = rng.uniform(0.5, 3.0, len(d))
+    d["y"] = rng.poisson(d["t"] * np.exp(0.2 + 0.5 * d["x"])).astype(float)
+    f = "y ~ x + offset(log(t)) + (1 | g)"
+    py = mixbridge.glmer(f, d, family="poisson")
+    r = mixbridge.glmer(f, d, family="poisson", engine="r")
+    if r.singular:
+        assert py.singular and rel(py.fixef, r.fixef) < 1e-3
+    else:
+        assert_fit_agrees(py, r)
+    arg = mixbridge.glmer("y ~ x + (1 | g)", d, family="poisson", offset=np.log(d["t"].to_numpy()))
+    assert rel(arg.fixef, py.fixef) < 1e-10
+    assert abs(arg.loglik - py.loglik) < 1e-8
