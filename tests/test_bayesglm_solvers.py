@@ -121,3 +121,27 @@ def test_sparse_input_never_densified() -> None:
     # the solve used the previous iteration's phi, which differs from the reported one by less
     # than the stopping rule's 1e-8 (relative): 1e-6 bounds that slack with room
     assert np.max(np.abs(grad_g - prior_term)) < 1e-6 * max(1.0, np.abs(grad_g).max())
+
+
+@pytest.mark.parametrize("solver", ["dense", "blocked"])
+def test_zero_weight_rows_drop_out_of_the_dispersion(solver: str) -> None:
+    """Our documented choice (arm recycles vectors there): rows with weight 0 leave the fit,
+    including the dispersion EM step. Without the centred-intercept row (scaled=False) the fit
+    equals the fit on the other rows alone."""
+    rng = np.random.default_rng(2)
+    n, G = 300, 40
+    X, names, eta, _ = _design(rng, n, G, intercept=True, baseline=True)
+    y = 2.0 + eta + rng.normal(size=n)
+    w = np.ones(n)
+    w[::7] = 0.0
+    keep = w > 0
+    # epsilon 1e-14: both runs go to the fixed point (their starts differ: var(y)/1e4 uses all
+    # rows, as arm does), so what is compared is the fixed point, not where 1e-8 stops
+    kw = dict(has_intercept=True, scaled=False, epsilon=1e-14)
+    with_zeros = _fit(X, y, names, solver, weights=w, **kw)
+    dropped = _fit(X[keep], y[keep], names, solver, **kw)
+    assert with_zeros.converged and dropped.converged
+    np.testing.assert_allclose(with_zeros.coef, dropped.coef, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(with_zeros.se, dropped.se, rtol=1e-10)
+    assert abs(with_zeros.dispersion - dropped.dispersion) <= 1e-10 * dropped.dispersion
+    assert with_zeros.df_residual == dropped.df_residual
