@@ -59,7 +59,9 @@ def main() -> None:
     both = ("python", "r")
     # warm up imports and R so that they are not charged to the first fit
     cbpp = load_r_dataset("cbpp")
-    mixbridge.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, engine="r")
+    for engine in ("r", "python"):
+        f = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+        mixbridge.glmer(f, cbpp, engine=engine)
     cb = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
     timed("cbpp nAGQ=1", cb, cbpp, both, family="binomial")
     timed("cbpp nAGQ=25", cb, cbpp, both, family="binomial", nagq=25)

@@ -292,7 +292,7 @@ def _nelder_mead(
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     x, fx, nfev = np.asarray(x0, dtype=float), f(x0), 1
     ftol = 1e-9 * max(1.0, abs(fx)) if np.isfinite(fx) else 1e-8
-    for _ in range(3):
+    for _ in range(2):
         simplex = np.vstack([x] + [x + step[i] * np.eye(x.size)[i] for i in range(x.size)])
         simplex = np.maximum(simplex, np.where(np.isfinite(lower), lower, -np.inf))
         res = sopt.minimize(
