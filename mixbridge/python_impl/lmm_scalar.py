@@ -482,7 +482,7 @@ def scalar_ri_fit(stats: GroupStats, reml: bool) -> ScalarRIResult:
     # A log-spaced grid around the data's own scale finds the basin (the criterion can have a
     # local minimum at 0 and another inside); Brent then polishes within the best bracket.
     t0 = _start_theta(stats)
-    grid = [0.0] + list(t0 * np.logspace(-4, 3, 15))
+    grid = [0.0] + list(t0 * np.logspace(-4, 3, 10))
     vals = [f(t) for t in grid]
     i = int(np.argmin(vals))
     while i == len(grid) - 1 and grid[-1] < 1e12:  # minimum beyond the grid: extend upwards
