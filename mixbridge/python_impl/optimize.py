@@ -92,7 +92,7 @@ def _lbfgsb(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int, centra
         jac=True,
         method="L-BFGS-B",
         bounds=[(lo if np.isfinite(lo) else None, None) for lo in lower],
-        options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 10_000, "maxfun": maxeval},
+        options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 10_000, "maxfun": maxeval},
     )
 
 
