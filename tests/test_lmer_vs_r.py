@@ -239,3 +239,16 @@ def test_lmer_insteval_crossed(r_dataset, reml):
     fr, fp = _fits(data, f, reml)
     assert_lmer_agrees(fr, fp, data, f, reml)
     assert fp.ngroups == {"s": 2972, "d": 1128, "dept": 14}
+
+
+def test_lmer_missing_values(r_dataset):
+    """na.omit over response and covariates: same rows dropped, same fit, message recorded."""
+    data = r_dataset("sleepstudy")
+    data.loc[[3, 50, 51, 120], "Reaction"] = np.nan
+    data.loc[[7, 170], "Days"] = np.nan
+    f = "Reaction ~ Days + (Days | Subject)"
+    fr, fp = _fits(data, f, True)
+    assert fp.nobs == fr.nobs == 174
+    assert any(m.code == "na_omit" for m in fp.messages)
+    assert_lmer_agrees(fr, fp, data, f, True)
+    assert len(fp.fitted) == len(fp.residuals) == 174
