@@ -1,7 +1,7 @@
 """Times one engine on one data set in a fresh process: `python worker.py ENGINE MODEL DIR REPS`.
 
 Prints one JSON object: the times of each repeat and their median, the peak memory of the fit
-(ru_maxrss after the fits minus the resident size just before them, MB), the estimates (checked
+(VmHWM after the fits minus the resident size just before them, MB), the estimates (checked
 by run.py against lme4/arm in the same run) and, for the R bridge, nothing else: transfer time is
 derived in run.py as (bridge time - fit time inside R). A warm-up fit on a few rows first keeps
 imports, R start-up and package loading out of the timings.
@@ -35,6 +35,16 @@ FORMULAS = {
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM: reset at exec, unlike ru_maxrss, which a child
+    inherits from the parent that forked it)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def frame(cols: dict[str, np.ndarray]):
@@ -232,7 +242,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
                 if sum(times) > cap:
                     break
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        peak = hwm_mb()
         out.update(
             times=times,
             median=float(np.median(times)),
