@@ -224,7 +224,9 @@ class Predictor:
         self.A11 = np.zeros((self.l1, p1, p1))
         np.add.at(self.A11, (a11.row // p1, a11.row % p1, a11.col % p1), a11.data)
         self.A21 = ztwz[q1:, :q1].tocsr()
-        self.A22 = ztwz[q1:, q1:].toarray()
+        # The dense block's own cross-products: dense for small models, otherwise kept sparse
+        # (InstEval: d×d is diagonal, d×dept sparse) and only densified after scaling by Λ.
+        self.A22 = ztwz[q1:, q1:].tocsr() if q1 > 0 else ztwz[q1:, q1:].toarray()
 
     # ----------------------------------------------------------------------------------------
     # Factorization
@@ -258,14 +260,15 @@ class Predictor:
         h = np.empty((q2 + p, q2 + p))
         if q2 > 0:
             lam2 = lam[q1:, q1:]
-            s22 = np.asarray(lam2.T @ np.asarray(lam2.T @ self.A22).T)
             c2 = np.asarray(lam2.T @ self.ZtWX[q1:])
             if q1 > 0:
                 # L21 = Λ2' A21 Λ1 L11⁻ᵀ, with Λ1 L11⁻ᵀ = blockdiag(T1 L11_j⁻ᵀ)
                 w1 = np.einsum("ab,jcb->jac", t1, self.L11inv)
                 self.L21 = (lam2.T @ (self.A21 @ self._block_diag(w1))).tocsr()
-                s22 -= (self.L21 @ self.L21.T).toarray()
+                s22 = (lam2.T @ self.A22 @ lam2 - self.L21 @ self.L21.T).toarray()
                 c2 -= self.L21 @ r1
+            else:
+                s22 = np.asarray(lam2.T @ np.asarray(lam2.T @ self.A22).T)
             s22[np.diag_indices_from(s22)] += 1.0
             h[:q2, :q2] = s22
             h[:q2, q2:] = c2
