@@ -1,22 +1,18 @@
 """The O(G) `(1|g)` path (mixbridge.python_impl.lmm_scalar) against lme4, run live.
 
-R is called once per session (one Rscript run for all cases, to keep the suite fast): it fits each
-model with lme4, evaluates lme4's own deviance function (`devFunOnly=TRUE`) at fixed θ values, and
-writes the data it used, so both sides fit identical numbers.
+R is reached through the bridge (`mixbridge.lmer(..., engine="r")` and lme4's own deviance
+function via `mixbridge.lmer_objective(..., engine="r")`), once per module for all cases.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import mixbridge
 from mixbridge.python_impl.lmm_scalar import (
     SINGULAR_TEXT,
     GroupStats,
@@ -29,54 +25,18 @@ from mixbridge.python_impl.lmm_scalar import (
 
 THETAS = [0.0, 0.05, 0.3, 1.0, 4.0]
 
-# name -> (R data source, response, fixed-effect columns, group, weights?, offset?)
+# name -> (R data set or "generated", response, fixed-effect columns, group, weights?, offset?)
 CASES = {
     "Dyestuff": ("Dyestuff", "Yield", [], "Batch", False, False),
     "Dyestuff2": ("Dyestuff2", "Yield", [], "Batch", False, False),
     "sleepstudy": ("sleepstudy", "Reaction", ["Days"], "Subject", False, False),
-    "weighted": ("csv", "y", ["x1", "x2"], "g", True, True),
+    "weighted": ("generated", "y", ["x1", "x2"], "g", True, True),
     # x2 = a calendar year: a large mean stresses the centring of the one-pass sums.
-    "year": ("csv", "y", ["x1", "year"], "g", False, False),
+    "year": ("generated", "y", ["x1", "year"], "g", False, False),
 }
 
-R_SCRIPT = r"""
-suppressMessages({library(lme4); library(jsonlite)})
-args <- commandArgs(TRUE)
-spec <- fromJSON(args[1], simplifyVector = FALSE)
-out <- list()
-for (nm in names(spec)) {
-  s <- spec[[nm]]
-  d <- if (s$source == "csv") read.csv(s$path) else get(s$source, asNamespace("lme4"))
-  if (s$source != "csv") write.csv(d, file.path(dirname(args[2]), paste0(nm, ".csv")),
-                                   row.names = FALSE)
-  rhs <- if (length(s$x)) paste(unlist(s$x), collapse = " + ") else "1"
-  f <- as.formula(paste(s$y, "~", rhs, "+ (1|", s$g, ")"))
-  res <- list()
-  for (reml in c(TRUE, FALSE)) {
-    a <- list(formula = f, data = d, REML = reml)
-    if (isTRUE(s$w)) a$weights <- d$w
-    if (isTRUE(s$o)) a$offset <- d$o
-    dev <- do.call(lmer, c(a, devFunOnly = TRUE))
-    fit <- suppressMessages(do.call(lmer, a))
-    re <- ranef(fit, condVar = TRUE)[[s$g]]
-    res[[if (reml) "reml" else "ml"]] <- list(
-      devfun = vapply(unlist(s$thetas), function(t) dev(t), 0),
-      theta = unname(getME(fit, "theta")),
-      devfun_hat = dev(getME(fit, "theta")),
-      fixef = unname(fixef(fit)), se = unname(sqrt(diag(as.matrix(vcov(fit))))),
-      sigma = sigma(fit), ranef = re[[1]], levels = rownames(re),
-      cond_var = as.vector(attr(re, "postVar")),
-      tau = as.data.frame(VarCorr(fit))$sdcor[1],
-      crit = if (reml) REMLcrit(fit) else deviance(fit),
-      singular = isSingular(fit))
-  }
-  out[[nm]] <- res
-}
-writeLines(toJSON(out, digits = NA, auto_unbox = TRUE), args[2])
-"""
 
-
-def _make_csv_data(path: Path, name: str) -> None:
+def _make_data(name: str) -> pd.DataFrame:
     rng = np.random.default_rng(20261122 if name == "weighted" else 7)
     G = 40
     sizes = rng.integers(2, 25, G)  # unbalanced groups
@@ -93,41 +53,64 @@ def _make_csv_data(path: Path, name: str) -> None:
     else:
         d["year"] = rng.integers(1990, 2021, n).astype(float)
         d["y"] = 3 + x1 + 0.02 * (d["year"] - 2000) + b[g] + rng.normal(size=n)
-    pd.DataFrame(d).to_csv(path, index=False, float_format="%.17g")
+    return pd.DataFrame(d)
+
+
+def _formula(case: str) -> tuple[str, dict]:
+    _, y, xs, g, w, o = CASES[case]
+    rhs = " + ".join(xs) if xs else "1"
+    kw = {}
+    if w:
+        kw["weights"] = "w"
+    if o:
+        kw["offset"] = "o"
+    return f"{y} ~ {rhs} + (1|{g})", kw
 
 
 @pytest.fixture(scope="module")
-def r_ref(needs_r, tmp_path_factory):
-    """Run lme4 once on every case; returns {case: (data frame, {"reml"|"ml": results})}."""
-    if shutil.which("Rscript") is None:  # needs_r already failed/skipped; keep mypy-style safety
-        pytest.skip("Rscript not found")
-    tmp = tmp_path_factory.mktemp("lmm_scalar_r")
-    spec = {}
-    for nm, (src, y, xs, g, w, o) in CASES.items():
-        entry = {"source": src, "y": y, "x": xs, "g": g, "w": w, "o": o, "thetas": THETAS}
-        if src == "csv":
-            path = tmp / f"{nm}.csv"
-            _make_csv_data(path, nm)
-            entry["path"] = str(path)
-        spec[nm] = entry
-    out_path = tmp / "out.json"
-    proc = subprocess.run(
-        ["Rscript", "--vanilla", "-e", R_SCRIPT, json.dumps(spec), str(out_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads(out_path.read_text())
-    return {nm: (pd.read_csv(tmp / f"{nm}.csv"), results[nm]) for nm in CASES}
+def r_ref(r_dataset):
+    """lme4 on every case through the bridge: {case: (data, {"reml"|"ml": results})}."""
+    out = {}
+    for nm, (src, _, _, g, _, _) in CASES.items():
+        data = _make_data(nm) if src == "generated" else r_dataset(src)
+        formula, kw = _formula(nm)
+        res = {}
+        for method in ("reml", "ml"):
+            reml = method == "reml"
+            fit = mixbridge.lmer(formula, data, reml=reml, engine="r", **kw)
+            thetas = THETAS + [float(fit.theta[0])]
+            devfun = [
+                mixbridge.lmer_objective(formula, data, [t], reml=reml, engine="r", **kw)
+                for t in thetas
+            ]
+            vc = fit.varcorr
+            res[method] = {
+                "devfun": devfun[:-1],
+                "devfun_hat": devfun[-1],
+                "theta": float(fit.theta[0]),
+                "fixef": fit.fixef.to_numpy(),
+                "se": fit.fixef_se.to_numpy(),
+                "sigma": fit.sigma,
+                "ranef": fit.ranef[g].iloc[:, 0].to_numpy(),
+                "levels": list(fit.ranef[g].index),
+                "cond_var": np.asarray(fit.cond_var[g]).ravel(),
+                "tau": float(vc.loc[vc["grp"] == g, "sdcor"].iloc[0]),
+                "crit": fit.criterion,
+                "singular": fit.singular,
+            }
+        out[nm] = (data, res)
+    return out
 
 
 def _stats(case: str, data: pd.DataFrame):
     _, y, xs, g, w, o = CASES[case]
     X = np.column_stack([np.ones(len(data))] + [data[x].to_numpy(float) for x in xs])
-    # R's levels for these groups are the sorted labels (factor levels of the data sets are
-    # in sorted order too for Dyestuff, Dyestuff2; sleepstudy's Subject levels are sorted numbers).
-    levels, codes = np.unique(data[g].astype(str).to_numpy(), return_inverse=True)
+    # R's level order: a factor's own levels (pandas Categorical from R), else sorted labels.
+    col = data[g]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        levels, codes = np.asarray(col.cat.categories.astype(str)), col.cat.codes.to_numpy()
+    else:
+        levels, codes = np.unique(col.astype(str).to_numpy(), return_inverse=True)
     yy = data[y].to_numpy(float)
     if o:
         yy = yy - data["o"].to_numpy(float)
