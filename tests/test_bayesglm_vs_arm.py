@@ -353,3 +353,22 @@ def test_fixed_dispersion_gives_lmer_blups(needs_r: None) -> None:
     assert _rel(coef[blup.index], blup) <= 1e-9
     cond_sd = np.sqrt(lm.cond_var["g"][:, 0, 0])
     assert _rel(py.se.to_numpy(), cond_sd) <= 1e-9
+
+
+def test_sparse_terms_path_matches_arm(monkeypatch: pytest.MonkeyPatch, needs_r: None) -> None:
+    """The sparse model-matrix path (normally for >= 500 levels), forced on a 40-level factor
+    with an interaction, against arm."""
+    import mixbridge.python_impl.bayesglm as engine_module
+
+    monkeypatch.setattr(engine_module, "SPARSE_MIN_LEVELS", 10)
+    data = _data_many_levels()
+    data["z"] = np.arange(len(data)) % 3 == 0
+    case = Case("sparse", "yb ~ x + id + x:z", None, {"family": "binomial"})
+    r, _ = _fit("r", case, data)
+    py, _ = _fit("python", case, data)
+    assert py.extra["solver"] == "BlockedDesign"
+    assert list(py.coef.index) == list(r.coef.index)
+    assert py.iterations == r.iterations
+    assert _rel(py.coef, r.coef) <= TOL
+    assert _rel(py.se, r.se) <= TOL
+    assert _rel(py.deviance, r.deviance) <= TOL

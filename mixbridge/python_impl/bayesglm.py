@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import platform
+import re
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -1065,6 +1066,223 @@ def fit_from_matrix(
 
 
 # ---------------------------------------------------------------------------------------------
+# Model terms: the formula module's GLMTerms, with a sparse X when a factor is large
+
+# A factor with at least this many levels gets a sparse one-hot X (never a dense n x G array).
+SPARSE_MIN_LEVELS = 500
+
+
+def _glm_terms(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    family: str,
+    weights: Any,
+    offset: Any,
+    drop_baseline: bool,
+) -> Any:
+    """build_glm_terms, or its sparse twin when the formula uses a factor with many levels."""
+    from mixbridge.formula import build_glm_terms
+
+    kw = dict(family=family, weights=weights, offset=offset, drop_baseline=drop_baseline)
+    if _uses_large_factor(formula, data):
+        return build_glm_terms_sparse(formula, data, **kw)
+    return build_glm_terms(formula, data, **kw)
+
+
+def _uses_large_factor(formula: str, data: Any) -> bool:
+    """Cheap pre-check: a column named in the formula that is (or is wrapped in factor() /
+    as.factor()) categorical with >= SPARSE_MIN_LEVELS distinct values."""
+    if not isinstance(data, pd.DataFrame):
+        return False
+    names = set(re.findall(r"[A-Za-z_.][A-Za-z0-9_.]*", formula)) & {str(c) for c in data.columns}
+    for name in names:
+        col = data[name]
+        as_factor = re.search(rf"(as\.)?factor\(\s*{re.escape(name)}\s*\)", formula)
+        categorical = not pd.api.types.is_numeric_dtype(col) or isinstance(
+            col.dtype, pd.CategoricalDtype
+        )
+        if (categorical or as_factor) and col.nunique(dropna=True) >= SPARSE_MIN_LEVELS:
+            return True
+    return False
+
+
+def build_glm_terms_sparse(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    family: str = "gaussian",
+    weights: Any = None,
+    offset: Any = None,
+    drop_baseline: bool = True,
+) -> Any:
+    """mixbridge.formula.build_glm_terms with X as a scipy.sparse CSC matrix.
+
+    Same frame (parsing, evaluation, na.omit, contrasts, names: the formula module's own code);
+    only the model matrix is assembled sparsely, so a factor with G levels costs O(n), not n x G.
+    tests/test_bayesglm_solvers.py checks that X equals build_glm_terms' X exactly.
+    """
+    from mixbridge.formula.frames import GLMTerms, _drop_levels, _Frame, _Part
+
+    frame = _Frame(formula, data, "bayesglm", family, weights, offset, keep_order=True)
+    frame.evaluate(with_bars=False)
+    frame.na_omit()
+    # frame.fixed_part() without Design.from_values, whose column names come from a dense
+    # k x k coding matrix (3 GB for 20,000 levels)
+    values = {i: _drop_levels(v, False) for i, v in frame.fixed_all.items()}
+    frame.fixed_values = values
+    design = _design_with_names(frame.info, values, "treatment" if drop_baseline else "bayes")
+    fixed = _Part(frame.info, design, frame.state)
+    X = _sparse_model_matrix(fixed.design, frame.fixed_values, frame.n)
+    if not np.all(np.isfinite(X.data)):
+        bad = np.unique(np.repeat(np.arange(X.shape[1]), np.diff(X.indptr))[~np.isfinite(X.data)])
+        cols = [fixed.design.names[j] for j in bad]
+        raise DataError(
+            f"column(s) {', '.join(map(repr, cols))} of the model matrix have infinite values "
+            "(e.g. log(0)); transform or filter the data",
+            column=cols[0],
+        )
+    y, n_trials, w = frame.response()
+    return GLMTerms(
+        formula=formula,
+        response_name=frame.response_name,
+        y=y,
+        n_trials=n_trials,
+        weights=w,
+        offset=frame.total_offset(),
+        X=X,
+        x_names=list(fixed.design.names),
+        messages=frame.messages,
+        row_index=frame.row_index,
+        family=family,
+        has_intercept=fixed.info.intercept,
+        _fixed=fixed,
+    )
+
+
+def _design_with_names(info: Any, values: dict[int, Any], contrasts: str) -> Any:
+    """mixbridge.formula.model_matrix.Design.from_values, names built from level labels."""
+    from mixbridge.formula.evaluate import Factor
+    from mixbridge.formula.model_matrix import Design, term_codes
+
+    used = sorted({v for t in info.terms for v in t})
+    is_factor = [isinstance(values.get(i), Factor) for i in range(len(info.variables))]
+    levels: dict[int, list[str]] = {}
+    ordered: dict[int, bool] = {}
+    for i in used:
+        val = values[i]
+        if isinstance(val, Factor):
+            if len(val.levels) < 2:
+                name = info.var_names[i]
+                raise DataError(
+                    f"factor {name!r} has {len(val.levels)} level(s) in the rows used "
+                    f"({', '.join(val.levels) or 'none'}); contrasts can be applied only "
+                    "to factors with 2 or more levels",
+                    column=name,
+                )
+            levels[i] = list(val.levels)
+            ordered[i] = val.ordered
+    codes = term_codes(info.terms, is_factor, info.intercept)
+    design = Design(info, contrasts, codes, levels, ordered, [])
+    names = ["(Intercept)"] if info.intercept else []
+    for term, code in zip(info.terms, codes, strict=True):
+        cnames = [""]
+        for v in sorted(term):
+            bnames = _variable_column_names(design, v, values.get(v), code[v])
+            cnames = [f"{old}:{b}" if old else b for b in bnames for old in cnames]
+        names.extend(cnames)
+    design.names = names
+    return design
+
+
+def _variable_column_names(design: Any, v: int, val: Any, code: int) -> list[str]:
+    name = design.info.var_names[v]
+    if v in design.levels:
+        return [name + s for s in _factor_suffixes(design, v, code)[0]]
+    if np.asarray(val.values).ndim == 2:
+        return [name + s for s in (val.colnames or [])]
+    return [name]
+
+
+def _factor_suffixes(design: Any, v: int, code: int) -> tuple[list[str], str]:
+    """Column suffixes and coding kind ("poly", "full", "treatment") of factor v in a term."""
+    from mixbridge.formula.evaluate import Factor
+    from mixbridge.formula.model_matrix import factor_coding
+
+    lv = design.levels[v]
+    if design.ordered[v]:  # polynomial contrasts (small k in practice): the formula module's
+        f = Factor(np.zeros(0, np.int32), lv, True)
+        return list(factor_coding(f, full=code == 2, contrasts=design.contrasts)[1]), "poly"
+    if code == 2 or design.contrasts == "bayes":
+        return list(lv), "full"
+    return list(lv[1:]), "treatment"
+
+
+def _sparse_block(design: Any, v: int, val: Any, code: int, n: int) -> sp.csr_matrix:
+    """One variable's columns inside a term, as R's model.matrix codes it (see
+    mixbridge.formula.model_matrix.factor_coding), built sparsely for unordered factors."""
+    from mixbridge.formula.evaluate import Factor
+    from mixbridge.formula.model_matrix import factor_coding
+
+    if v in design.levels:
+        k = len(design.levels[v])
+        codes = np.asarray(val.codes, dtype=np.intp)
+        _, kind = _factor_suffixes(design, v, code)
+        if kind == "poly":  # dense coding, small k in practice
+            f = Factor(np.zeros(0, np.int32), design.levels[v], True)
+            coding, _ = factor_coding(f, full=code == 2, contrasts=design.contrasts)
+            return sp.csr_matrix(coding[codes])
+        if kind == "full":  # all k dummies
+            return sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, k))
+        keep = codes >= 1  # treatment: the first level is the baseline
+        return sp.csr_matrix(
+            (np.ones(int(keep.sum())), (np.flatnonzero(keep), codes[keep] - 1)), shape=(n, k - 1)
+        )
+    values = np.asarray(val.values, dtype=float)
+    return sp.csr_matrix(values.reshape(n, -1))
+
+
+def _row_kronecker(A: sp.csr_matrix, B: sp.csr_matrix) -> sp.csr_matrix:
+    """Row-wise Kronecker product with R's interaction column order: the column of (b, a) is
+    b * ncol(A) + a (earlier variables vary fastest)."""
+    A, B = sp.csr_matrix(A), sp.csr_matrix(B)
+    n = A.shape[0]
+    ra, rb = np.diff(A.indptr), np.diff(B.indptr)
+    counts = ra * rb
+    total = int(counts.sum())
+    row = np.repeat(np.arange(n), counts)
+    k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    ra_row = ra[row]
+    a_entry = A.indptr[row] + k % np.maximum(ra_row, 1)
+    b_entry = B.indptr[row] + k // np.maximum(ra_row, 1)
+    cols = B.indices[b_entry] * A.shape[1] + A.indices[a_entry]
+    data = A.data[a_entry] * B.data[b_entry]
+    return sp.csr_matrix((data, (row, cols)), shape=(n, A.shape[1] * B.shape[1]))
+
+
+def _sparse_model_matrix(design: Any, values: dict[int, Any], n: int) -> sp.csc_matrix:
+    """Design._build of the formula module, term by term, with sparse blocks."""
+    blocks: list[sp.csr_matrix] = []
+    if design.info.intercept:
+        blocks.append(sp.csr_matrix(np.ones((n, 1))))
+    for term, code in zip(design.info.terms, design.codes, strict=True):
+        mat: sp.csr_matrix | None = None
+        for v in sorted(term):
+            block = _sparse_block(design, v, values.get(v), code[v], n)
+            mat = block if mat is None else _row_kronecker(mat, block)
+        if mat is not None:
+            blocks.append(mat)
+    X = sp.hstack(blocks, format="csc") if blocks else sp.csc_matrix((n, 0))
+    if X.shape[1] != len(design.names):
+        raise DataError(
+            f"internal error: sparse model matrix has {X.shape[1]} columns, expected "
+            f"{len(design.names)}",
+            "formula",
+        )
+    return X
+
+
+# ---------------------------------------------------------------------------------------------
 # Engine entry point
 
 
@@ -1091,10 +1309,8 @@ def bayesglm(
     **engine_options: Any,
 ) -> BayesGLMFit:
     """arm::bayesglm(formula, family, data, ...) in Python (protocol: mixbridge.engines)."""
-    from mixbridge.formula import build_glm_terms
-
     fam = get_family(family, link)
-    terms = build_glm_terms(
+    terms = _glm_terms(
         formula,
         data,
         family=fam.family,
