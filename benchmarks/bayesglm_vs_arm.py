@@ -8,7 +8,8 @@ extrapolated with a cubic fitted to the measured times (printed as "extrapolated
 
 Python is timed two ways: `engine core` = fit_from_matrix on a scipy.sparse one-hot X (the
 blocked solver; no n x G or G x G array), and `public API` = mixbridge.bayesglm(formula, data),
-which includes the formula module's model matrix (currently dense, so only run for small G).
+which includes input checks and the model frame (a sparse X from 500 levels on; below that the
+formula module's dense X).
 
     .venv/bin/python benchmarks/bayesglm_vs_arm.py                     # 100, 1000, 10000 levels
     .venv/bin/python benchmarks/bayesglm_vs_arm.py --levels 100 1000 10000 100000 --arm-max 500
@@ -94,7 +95,7 @@ def main() -> None:
     ap.add_argument("--arm-levels", type=int, nargs="+", default=[100, 200, 300])
     ap.add_argument("--arm-max", type=int, default=300, help="largest G for which arm is run")
     ap.add_argument("--per-level", type=int, default=5)
-    ap.add_argument("--api-max", type=int, default=1000, help="largest G for the public API")
+    ap.add_argument("--api-max", type=int, default=10**6, help="largest G for the public API")
     args = ap.parse_args()
 
     arm_sizes = sorted({g for g in args.arm_levels + args.levels if g <= args.arm_max})

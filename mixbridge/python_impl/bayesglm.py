@@ -41,6 +41,11 @@ expanded into a dense n x G matrix or a G x G system. The augmented normal equat
 block elimination (diagonal block for the factor, a small dense Schur complement for the other
 columns, Sherman-Morrison for the centred-intercept prior row), with one step of iterative
 refinement whose residual is computed from the data, so it agrees with arm's QR to ~1e-12.
+When the formula uses a factor with >= SPARSE_MIN_LEVELS levels, the model matrix itself is
+assembled sparsely (`build_glm_terms_sparse`: the formula module's frame, names and contrasts,
+sparse blocks), so `y ~ x + factor(id)` with 1e5 levels never allocates n x G. Not covered: a
+large factor interacted with a numeric variable (x:id gives G non-0/1 columns, which fall back to
+the dense solver).
 """
 
 from __future__ import annotations
