@@ -247,3 +247,16 @@ def test_predict_re_form_subset_vs_r(r_dataset):
         assert np.all(np.abs(got - ref) <= 1e-4 * (se + sds)), re_form
     with pytest.raises(MixbridgeError, match="not in the model"):
         fp.predict(re_form="~ (1 | nosuch)")
+
+
+def test_nonconvergence_is_structured(sleep_fits):
+    """An optimizer stopped early reports it as data: converged False, convergence messages,
+    the finite-difference gradient at the stopping point (lme4's checkConv)."""
+    data, _, good = sleep_fits
+    with pytest.warns(MixbridgeWarning):
+        fp = mixbridge.lmer(SLEEP, data, control={"maxeval": 6})
+    assert not fp.converged
+    assert any(m.code == "convergence" and "maxeval = 6" in m.text for m in fp.messages)
+    assert fp.criterion > good.criterion
+    assert max(abs(g) for g in fp.optimizer["gradient"]) > 0.002  # checkConv's tolerance
+    assert good.converged and not any(m.code == "convergence" for m in good.messages)

@@ -45,20 +45,34 @@ class OptResult:
         }
 
 
-class _Counted:
-    """Wraps the criterion: counts evaluations, maps non-finite values to +inf."""
+class _EvalLimit(Exception):
+    """Raised inside the optimizer when the evaluation budget (maxeval) is spent."""
 
-    def __init__(self, fun: Callable[[np.ndarray], float]) -> None:
+
+class _Counted:
+    """Wraps the criterion: counts evaluations, maps non-finite values to +inf, remembers the
+    best point, and enforces the evaluation budget (`limit`) while the optimizer runs."""
+
+    def __init__(self, fun: Callable[[np.ndarray], float], limit: float = np.inf) -> None:
         self.fun = fun
         self.n = 0
+        self.limit = limit
+        self.best_x: np.ndarray | None = None
+        self.best_f = np.inf
 
     def __call__(self, x: np.ndarray) -> float:
+        if self.n >= self.limit:
+            raise _EvalLimit
         self.n += 1
+        x = np.asarray(x, dtype=float)
         try:
-            v = float(self.fun(np.asarray(x, dtype=float)))
+            v = float(self.fun(x))
         except np.linalg.LinAlgError:
             return np.inf
-        return v if np.isfinite(v) else np.inf
+        v = v if np.isfinite(v) else np.inf
+        if v < self.best_f:
+            self.best_f, self.best_x = v, x.copy()
+        return v
 
 
 def _fd_gradient(
@@ -98,14 +112,23 @@ def _lbfgsb(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int, centra
 
 def _minimize(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> tuple:
     """L-BFGS-B on forward differences; if its line search gives up (finite-difference noise),
-    continue from there with central differences and keep the better point."""
-    res = _lbfgsb(f, x0, lower, maxeval, central=False)
-    x, fx = np.asarray(res.x, dtype=float), float(res.fun)
-    if res.status != 0:
-        res2 = _lbfgsb(f, x, lower, maxeval, central=True)
-        if res2.fun <= fx:
-            x, fx, res = np.asarray(res2.x, dtype=float), float(res2.fun), res2
-    return x, fx, str(res.message)
+    continue from there with central differences and keep the better point.
+
+    Returns (θ, criterion, status text, budget_exhausted)."""
+    f.limit = f.n + maxeval
+    try:
+        res = _lbfgsb(f, x0, lower, maxeval, central=False)
+        x, fx = np.asarray(res.x, dtype=float), float(res.fun)
+        if res.status != 0:
+            res2 = _lbfgsb(f, x, lower, maxeval, central=True)
+            if res2.fun <= fx:
+                x, fx, res = np.asarray(res2.x, dtype=float), float(res2.fun), res2
+        return x, fx, str(res.message), False
+    except _EvalLimit:
+        assert f.best_x is not None
+        return f.best_x.copy(), f.best_f, f"stopped after maxeval = {maxeval} evaluations", True
+    finally:
+        f.limit = np.inf  # post-processing (restart, boundary, derivatives) is not budgeted
 
 
 def deriv12(
@@ -241,7 +264,7 @@ def optimize_theta(
     """Minimize devfun over θ ≥ lower, then lme4's restart_edge, check.boundary and checkConv."""
     f = _Counted(devfun)
     lower = np.asarray(lower, dtype=float)
-    x, fx, status = _minimize(f, np.asarray(theta0, dtype=float), lower, maxeval)
+    x, fx, status, exhausted = _minimize(f, np.asarray(theta0, dtype=float), lower, maxeval)
 
     # restart_edge: a parameter sitting exactly on its bound with a negative one-sided slope
     # means the optimizer stopped there prematurely: run it again from there.
@@ -251,7 +274,7 @@ def optimize_theta(
             xp = x.copy()
             xp[i] += 1e-5
             if (f(xp) - fx) / 1e-5 < 0:
-                x2, f2, status = _minimize(f, x, lower, maxeval)
+                x2, f2, status, exhausted = _minimize(f, x, lower, maxeval)
                 if f2 <= fx:
                     x, fx = x2, f2
                 break
@@ -274,6 +297,17 @@ def optimize_theta(
         singular, converged, msgs = check_conv(grad, hess, x, lower)
         if not singular:  # without derivatives only the singularity check applies
             converged, msgs = True, []
+    if exhausted:
+        converged = False
+        msgs.append(
+            Message(
+                "warning",
+                f"optimizer stopped at the evaluation limit (maxeval = {maxeval}) before "
+                "converging",
+                "python",
+                code="convergence",
+            )
+        )
     return OptResult(
         theta=x,
         fval=fx,
