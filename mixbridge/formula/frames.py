@@ -194,7 +194,8 @@ def build_mixed_terms(
     _check_finite(x_full, fixed.design.names, "fixed-effects model matrix")
     keep = rank_keep(x_full, RANK_TOL)
     names = fixed.design.names
-    dropped = [names[j] for j in range(len(names)) if j not in set(keep.tolist())]
+    kept = set(keep.tolist())
+    dropped = [names[j] for j in range(len(names)) if j not in kept]
     if dropped:
         k = len(dropped)
         s = "s" if k > 1 else ""
