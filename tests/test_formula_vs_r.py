@@ -195,6 +195,9 @@ def _make_data() -> dict[str, pd.DataFrame]:
         }
     )
     d1["f2"] = d1["f"].copy()  # a duplicate factor: rank deficient
+    # nearly collinear with x: relative residual ~1e-9 (< lme4's tol 1e-7: dropped) and ~1e-5
+    d1["xn9"] = d1["x"] + 1e-9 * rng.normal(size=n)
+    d1["xn5"] = d1["x"] + 1e-5 * rng.normal(size=n)
     d2 = d1.copy()
     d2.loc[[2, 7], "x"] = np.nan
     d2.loc[[5], "y"] = np.nan
@@ -237,6 +240,8 @@ FIXED = [
     "y ~ b*f",
     "y ~ -1 + f:x",
     "y ~ x + x2",
+    "y ~ x + xn9 + xn5",
+    "y ~ xn5 + z + x + xn9",
     "y ~ f + f2",
     "y ~ x + offset(log(t))",
     "y ~ k",
