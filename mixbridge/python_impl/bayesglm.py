@@ -545,6 +545,26 @@ def _find_one_hot(X: Any, exclude: set[int]) -> tuple[list[int], np.ndarray]:
     return chosen, codes
 
 
+# Largest dense model matrix (entries) the dense path will build from a sparse X (~1.6 GB).
+DENSE_MAX_ENTRIES = 200_000_000
+MAX_SCHUR_COLUMNS = 500  # beyond this the blocked path's dense Schur complement gains nothing
+
+
+def _densify(X: Any) -> np.ndarray:
+    if not sp.issparse(X):
+        return X
+    n, p = X.shape
+    if n * p > DENSE_MAX_ENTRIES:
+        raise DataError(
+            f"the model matrix ({n} rows x {p} columns) has no single one-hot factor block the "
+            f"blocked solver can use (or more than {MAX_SCHUR_COLUMNS} other columns, e.g. a "
+            "large factor interacted with a numeric variable), and is too large to solve "
+            "densely; simplify the formula",
+            "formula",
+        )
+    return X.toarray()
+
+
 def make_design(X: Any, has_intercept: bool, solver: str = "auto") -> Design:
     """Pick the dense QR path or the blocked one-hot path (`solver`: auto, dense, blocked)."""
     if isinstance(X, pd.DataFrame):
@@ -555,22 +575,15 @@ def make_design(X: Any, has_intercept: bool, solver: str = "auto") -> Design:
             X = X[:, None]
     n, p = X.shape
     if solver == "dense" or (solver == "auto" and p < BLOCKED_MIN_LEVELS):
-        return DenseDesign(X.toarray() if sp.issparse(X) else X)
+        return DenseDesign(_densify(X))
     block, codes = _find_one_hot(X, {0} if has_intercept else set())
-    if solver == "auto" and len(block) < BLOCKED_MIN_LEVELS:
-        return DenseDesign(X.toarray() if sp.issparse(X) else X)
-    if not block:
-        return DenseDesign(X.toarray() if sp.issparse(X) else X)
+    few = len(block) < BLOCKED_MIN_LEVELS if solver == "auto" else not block
+    if few or p - len(block) > MAX_SCHUR_COLUMNS:
+        return DenseDesign(_densify(X))
     in_block = np.zeros(p, dtype=bool)
     in_block[block] = True
     dense = np.flatnonzero(~in_block)
-    if sp.issparse(X):
-        XD = X.tocsc()[:, dense].toarray()
-    else:
-        XD = X[:, dense]
-    if XD.shape[1] > 500:
-        # the Schur complement would be large and dense: no gain over the dense path
-        return DenseDesign(X.toarray() if sp.issparse(X) else X)
+    XD = X.tocsc()[:, dense].toarray() if sp.issparse(X) else X[:, dense]
     return BlockedDesign(n, p, np.array(block), codes, dense, XD)
 
 
