@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import mixbridge
 from mixbridge.checks import check_bayesglm_args, check_inputs
 from mixbridge.errors import ArgumentError, DataError, FormulaError
 
@@ -263,3 +264,18 @@ def test_bayesglm_defaults_pass():
         dispersion=None,
     )
     check_bayesglm_args(prior_df=float("inf"), prior_scale=[1.0, 2.0])  # Inf df: normal prior
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: mixbridge.lmer("y ~ x + system(x) + (1 | g)", d, engine="r"),
+        lambda d: mixbridge.glmer("yb ~ x + `x` + (1 | g)", d, engine="r"),
+        lambda d: mixbridge.bayesglm("y ~ x + eval(x)", d, engine="r"),
+        lambda d: mixbridge.lmer_objective("y ~ x; q() + (1 | g)", d, theta=[1.0], engine="r"),
+    ],
+)
+def test_public_calls_reject_before_any_engine(df, call):
+    # the allow-list runs in the API before the R engine is even imported
+    with pytest.raises(FormulaError):
+        call(df)
