@@ -265,9 +265,10 @@ def fit_terms(
 
 
 def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) -> MixedFit:
+    if _is_scalar_ri(terms) and not ctrl and _scalar_path_available():
+        # O(G) path; control settings belong to the general optimizer and route fits there
+        return _fit_scalar(terms, formula=formula, reml=reml)
     devfun = LmerDevfun(terms, reml)
-    if _is_scalar_ri(terms) and "start" not in ctrl and _scalar_path_available():
-        return _fit_scalar(terms, devfun, formula=formula, reml=reml)
     start = ctrl.get("start")
     if start is None:
         start = scalar_start(terms)
@@ -311,16 +312,19 @@ def _scalar_path_available() -> bool:
     return True
 
 
-def _fit_scalar(terms: Any, devfun: LmerDevfun, *, formula: str, reml: bool) -> MixedFit:
-    """The O(G) path for a single (1|g) (spec §2), built into the same MixedFit."""
+def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
+    """The O(G) path for a single (1|g) (spec §2), built into the same MixedFit (no Z, no
+    Predictor: one pass over the rows for the statistics, one for the fitted values)."""
     from mixbridge.python_impl import lmm_scalar as ls
 
     t = terms.reterms[0]
+    offset = np.zeros(terms.n) if terms.offset is None else np.asarray(terms.offset, float)
+    y = np.asarray(terms.y, dtype=float) - offset
     w = None if terms.weights is None else np.asarray(terms.weights, dtype=float)
-    stats = ls.group_stats(terms.X, devfun.y, w, np.asarray(t.codes), t.n_levels)
+    stats = ls.group_stats(terms.X, y, w, np.asarray(t.codes), t.n_levels)
     res = ls.scalar_ri_fit(stats, reml)
     theta = np.array([res.theta])
-    fitted = devfun.offset + terms.X @ res.beta + res.b[np.asarray(t.codes)]
+    fitted = offset + terms.X @ res.beta + res.b[np.asarray(t.codes)]
     opt = OptResult(
         theta=theta,
         fval=float(res.criterion),
@@ -334,7 +338,10 @@ def _fit_scalar(terms: Any, devfun: LmerDevfun, *, formula: str, reml: bool) -> 
     )
 
     def objective(th: Any) -> float:
-        return ls.scalar_ri_criterion(float(devfun.check_theta(th)[0]), stats, reml)
+        th = np.atleast_1d(np.asarray(th, dtype=float)).ravel()
+        if th.size != 1 or not np.isfinite(th[0]):
+            raise ArgumentError(f"theta must be one finite value for this model, got {th}", "theta")
+        return ls.scalar_ri_criterion(float(th[0]), stats, reml)
 
     return _build_fit(
         terms,
