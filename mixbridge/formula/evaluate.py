@@ -102,7 +102,8 @@ def read_column(data: pd.DataFrame, name: str) -> Value:
         raise DataError(f"column name {name!r} is duplicated in data", column=name)
     dtype = col.dtype
     if isinstance(dtype, pd.CategoricalDtype):
-        cats = [r_label(c) for c in dtype.categories]
+        # category labels are str(c), exactly as the bridge hands them to R as factor levels
+        cats = [str(c) for c in dtype.categories]
         codes = col.cat.codes.to_numpy().astype(np.int32)
         return Factor(codes, cats, bool(dtype.ordered), "factor")
     if pd.api.types.is_bool_dtype(dtype):
