@@ -235,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", nargs="+", default=None, help="subset of engines")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="only these row counts")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="update --out in place: replace its records of the (model, n, engine) run now",
+    )
     args = ap.parse_args(argv)
     plan_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     plan = PLANS[plan_name]
@@ -255,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             records += run_insteval(args)
     finally:
         shutil.rmtree(data_root, ignore_errors=True)
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())["results"]
+        new = {(r["model"], r["n"], r["engine"]): r for r in records}
+        merged = [new.pop((r["model"], r["n"], r["engine"]), r) for r in old]
+        records = merged + list(new.values())
     add_ratios(records)
     report = {
         "mode": plan_name,
@@ -278,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_model(model: str, sizes: list, root: Path, repeats: int, args) -> list[dict]:
     engines = [e for e in MODEL_ENGINES[model] if args.engines is None or e in args.engines]
+    if args.sizes:
+        sizes = [(n, G) for n, G in sizes if n in args.sizes]
     records = []
     ref_hist: list[tuple[int, float]] = []
     refs: dict[int, dict] = {}

@@ -58,8 +58,12 @@ def frame(cols: dict[str, np.ndarray]):
 
 
 def tiny(cols: dict[str, np.ndarray], n: int = 400) -> dict[str, np.ndarray]:
-    """The first rows, with group codes renumbered: for warm-up fits."""
-    out = {k: v[:n].copy() for k, v in cols.items()}
+    """All rows of the first few groups (at most n rows), codes renumbered: for warm-up fits."""
+    g = cols["g"]
+    rows = np.flatnonzero(g < 20)[:n]
+    if np.unique(g[rows]).size < 2 or rows.size <= np.unique(g[rows]).size:
+        rows = np.arange(min(n, g.size))
+    out = {k: v[rows].copy() for k, v in cols.items()}
     _, out["g"] = np.unique(out["g"], return_inverse=True)
     out["g"] = out["g"].astype(np.int32)
     return out

@@ -264,7 +264,7 @@ def _accumulate(
     ldW = 0.0
     others = [k for k in range(p) if k != icol]
     # Chunks large enough that the O(G) cost per bincount call stays small against the rows.
-    chunk = max(_CHUNK_ROWS, 4 * n_groups)
+    chunk = max(_CHUNK_ROWS, 4 * n_groups) if sums else _CHUNK_ROWS
     buf = np.empty((p + 1, min(chunk, max(n, 1))))
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
