@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="only these row counts")
     ap.add_argument(
+        "--skip-reference", action="store_true", help="do not run R (e.g. with --merge)"
+    )
+    ap.add_argument(
         "--merge",
         action="store_true",
         help="update --out in place: replace its records of the (model, n, engine) run now",
@@ -300,7 +303,7 @@ def run_model(model: str, sizes: list, root: Path, repeats: int, args) -> list[d
         datasets.write(d, datasets.make(model, n, G), {"model": model, "G": G})
         dirs[n] = d
     # The R reference first (its estimates check everyone else).
-    for n, G in sizes:
+    for n, G in [] if args.skip_reference else sizes:
         rec = {"model": model, "n": n, "groups": G, "engine": R_REF}
         why = memory_guard(R_REF, model, n, G)
         guess = predicted(ref_hist, n)
