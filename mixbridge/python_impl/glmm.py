@@ -30,6 +30,7 @@ from mixbridge.python_impl.pirls import (
     GlmResponse,
     PirlsState,
     ScalarPredictor,
+    ScalarTermsPredictor,
     pirls,
     saturated_log_lik,
     scalar_laplace_gradient,
@@ -145,6 +146,12 @@ def build_model(
             terms.X, t.codes, t.n_levels, None if np.all(zcol == 1.0) else zcol
         )
         theta0, lower = np.ones(1), np.zeros(1)
+    elif all(t.p == 1 for t in reterms) and sum(t.n_levels for t in reterms[1:]) <= (
+        ScalarTermsPredictor.MAX_Q2
+    ):
+        # crossed/nested scalar terms of moderate size: dense PLS, cheap per PIRLS iteration
+        pred = ScalarTermsPredictor(terms.X, reterms)
+        theta0, lower = np.ones(len(reterms)), np.zeros(len(reterms))
     else:
         from mixbridge.python_impl.predictor import Predictor, lower_bounds, theta_start
 
