@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mixbridge.errors import DataError
+from mixbridge.errors import DataError, MixbridgeError
 from mixbridge.formula import build_glm_terms, build_mixed_terms
 
 
@@ -187,3 +189,44 @@ def test_codes_for_interaction_and_nested_groups(df):
     new = pd.DataFrame({"g": ["q", "p", "zz", "s"], "h": [20.0, 10.0, 10.0, np.nan]})
     np.testing.assert_array_equal(gh.codes_for(new), [gh.levels.index("q:20"), 0, -1, -1])
     np.testing.assert_array_equal(gh.codes_for(df), gh.codes)
+
+
+_ATOMS = ["x", "z", "f", "g", "b", "log(x)", "I(z^2)", "poly(x, 2)", "scale(z)", "factor(k)"]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(0, 12),
+    seed=st.integers(0, 10_000),
+    na_frac=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
+    atoms=st.lists(st.sampled_from(_ATOMS), min_size=0, max_size=4),
+    op=st.sampled_from([" + ", " * ", ":"]),
+    group=st.sampled_from(["g", "f", "k", "g:f", "f/g", "b"]),
+    slope=st.sampled_from(["1", "x", "0 + z", "f", "x || g"]),
+)
+def test_random_inputs_give_terms_or_mixbridge_errors(n, seed, na_frac, atoms, op, group, slope):
+    """Whatever the data and formula, building terms succeeds or raises a mixbridge error."""
+    rng = np.random.default_rng(seed)
+    data = pd.DataFrame(
+        {
+            "y": rng.normal(size=n),
+            "x": rng.choice([0.0, 1.0, 2.0, -1.0], n),
+            "z": rng.normal(size=n),
+            "f": pd.Categorical(rng.choice(["a", "b", "c"], n), categories=["c", "a", "b", "d"]),
+            "g": rng.choice(["u", "v"], n).astype(object),
+            "b": rng.random(n) > 0.5,
+            "k": rng.integers(0, 3, n).astype(float),
+        }
+    )
+    for col in ("y", "x", "z", "k"):
+        data.loc[rng.random(n) < na_frac, col] = np.nan
+    rhs = op.join(atoms) if atoms else "1"
+    bar = f"({slope} | {group})" if "||" not in slope else f"({slope.split(' || ')[0]} || {group})"
+    formula = f"y ~ {rhs} + {bar}"
+    try:
+        t = build_mixed_terms(formula, data)
+    except MixbridgeError:
+        return
+    assert t.X.shape == (t.n, len(t.x_names)) and np.isfinite(t.X).all()
+    assert all(r.codes.min() >= 0 and r.Z.shape == (t.n, len(r.cnames)) for r in t.reterms)

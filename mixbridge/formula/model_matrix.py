@@ -169,7 +169,9 @@ class Design:
                 # earlier variables vary fastest: new columns = for each b: for each old
                 cnames = [f"{old}:{b}" if old else b for b in bnames for old in cnames]
                 if not names_only:
-                    mat = np.concatenate([mat * block[:, [j]] for j in range(block.shape[1])], 1)
+                    with np.errstate(invalid="ignore", over="ignore"):  # inf*0: caught later
+                        cols = [mat * block[:, [j]] for j in range(block.shape[1])]
+                    mat = np.concatenate(cols, 1)
             names.extend(cnames)
             if not names_only:
                 blocks.append(mat)
