@@ -122,9 +122,13 @@ def test_unknown_control_key(needs_r, small):
 
 def test_control_reaches_r(needs_r, small):
     fit = mixbridge.lmer(
-        "y ~ x + (1|g)", small, engine="r", control={"optimizer": "bobyqa", "calc_derivs": False}
+        "y ~ x + (1|g)",
+        small,
+        engine="r",
+        control={"optimizer": "bobyqa", "calc_derivs": False, "cond_var": False},
     )
     assert fit.optimizer["name"] == ["bobyqa"]
+    assert fit.cond_var == {} and fit.ranef["g"].shape == (6, 1)
 
 
 def test_missing_rscript_is_rnotavailable(small, monkeypatch):

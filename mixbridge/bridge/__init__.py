@@ -35,6 +35,8 @@ _COMMON_CONTROL = {
     "boundary_tol": "number",
     "restart_edge": "bool",
     "maxfun": "number",
+    # False: skip ranef's condVar (cond_var stays empty); it can cost more than the fit.
+    "cond_var": "bool",
 }
 _GLMER_CONTROL = {**_COMMON_CONTROL, "tol_pwrss": "number", "nagq0_init_step": "bool"}
 

@@ -126,6 +126,8 @@ def mixed_fit(
         modes = _matrix(r["modes"])
         modes.index = [str(i) for i in modes.index]
         ranef[name] = modes
+        if not r["cond_var_dim"]:  # control={"cond_var": False}
+            continue
         nc, _, nl = (int(d) for d in r["cond_var_dim"])
         # R array nc x nc x levels, column-major -> (levels, nc, nc)
         arr = np.asarray(r["cond_var"], dtype=float).reshape((nl, nc, nc)).transpose(0, 2, 1)
