@@ -28,7 +28,7 @@ from mixbridge.errors import ArgumentError
 
 # name -> module path (imported on first use) or an already-registered object
 _BUILTIN: dict[str, str] = {
-    "python": "mixbridge.python_impl",
+    "python": "mixbridge.python_impl.engine",
     "r": "mixbridge.bridge",
     "statsmodels": "mixbridge.conformance.adapters.statsmodels_engine",
     "glmm": "mixbridge.conformance.adapters.glmm_engine",

@@ -54,8 +54,6 @@ import functools
 import importlib.metadata
 import platform
 import re
-import sys
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -1374,15 +1372,3 @@ def _cbind_trials(terms: Any) -> np.ndarray | None:
     if not getattr(terms, "is_cbind", True):
         return None
     return np.asarray(n_trials, dtype=float)
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this submodule rebinds `mixbridge.python_impl.bayesglm` (the engine function of
-    the package) to the module itself; making the module callable keeps the engine protocol
-    working whatever the import order."""
-
-    def __call__(self, formula: str, data: pd.DataFrame, **kwargs: Any) -> BayesGLMFit:
-        return bayesglm(formula, data, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
