@@ -48,7 +48,6 @@ def check_inputs(
 
     `link` is optional (checked against the family when given).
     """
-    from mixbridge.formula.evaluate import Factor, Numeric
     from mixbridge.formula.frames import _Frame  # the same evaluation the engines use
 
     if model not in FAMILIES:
@@ -71,43 +70,20 @@ def check_inputs(
     frame.na_omit()
     n = frame.n
 
-    # -- response ----------------------------------------------------------------------------
+    # -- response (the same coding the engines get) -------------------------------------------
     name = frame.response_name
-    binomial = fam in ("binomial", "quasibinomial")
     if frame.cbind:
         s, f = (v.values for v in frame.resp)  # type: ignore[union-attr]
         if (s < 0).any() or (f < 0).any() or not np.isfinite(s + f).all():
             raise DataError(
                 f"cbind() response {name!r} needs finite, non-negative counts", column=name
             )
-        if not binomial:
+        if fam not in ("binomial", "quasibinomial"):
             raise DataError(
                 f"cbind() response {name!r} is only for the binomial family, not {fam!r}",
                 column=name,
             )
-        y = np.where(s + f > 0, s / np.where(s + f > 0, s + f, 1.0), 0.0)
-    else:
-        val = frame.resp[0]
-        if isinstance(val, Factor):
-            if val.kind == "logical":
-                y = (np.asarray(val.levels)[val.codes] == "TRUE").astype(float)
-            elif binomial and val.kind == "factor":
-                y = (val.drop_unused().codes != 0).astype(float)
-            else:
-                what = "a string" if val.kind == "character" else "a factor"
-                hint = (
-                    "use 0/1, bool, a two-level pandas Categorical or cbind(successes, failures)"
-                    if binomial
-                    else "the response must be numeric"
-                )
-                raise DataError(f"response {name!r} is {what} column; {hint}", column=name)
-        else:
-            assert isinstance(val, Numeric)
-            y = val.values
-            if y.ndim != 1:
-                raise DataError(f"response {name!r} must be a single column", column=name)
-            if not np.isfinite(y).all():
-                raise DataError(f"response {name!r} has infinite values", column=name)
+    y, _, _ = frame.response()
     _check_response_range(y, fam, name)
     if model == "lmer" and np.ptp(y) == 0:
         raise DataError(
