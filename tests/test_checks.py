@@ -279,3 +279,59 @@ def test_public_calls_reject_before_any_engine(df, call):
     # the allow-list runs in the API before the R engine is even imported
     with pytest.raises(FormulaError):
         call(df)
+
+
+# Each rejection above mirrors an lme4/glm error: R itself refuses these inputs (run live), so
+# the checks never block a model R would fit. The constant lmer response is the one deliberate
+# difference: lme4 returns a degenerate fit (REML criterion -Inf) that we refuse to produce.
+R_REFUSALS = r"""
+suppressMessages({library(lme4); library(jsonlite)})
+d <- read.csv(commandArgs(trailingOnly = TRUE)[1], stringsAsFactors = FALSE)
+d$cat <- factor(d$cat)
+run <- function(expr) tryCatch({force(expr); "ok"}, error = function(e) conditionMessage(e))
+one <- d; one$y[5:nrow(one)] <- NA
+neg <- rep(1, nrow(d)); neg[3] <- -1
+const <- d; const$y <- 3
+g12 <- d; g12$g12 <- rep(seq_len(12), each = 2)
+out <- list(
+  one_level = run(lmer(y ~ x + (1 | g), one)),
+  nlev_eq_n = run(lmer(y ~ x + (1 | id), d)),
+  n_le_q = run(lmer(y ~ x + (x | g12), g12)),
+  string_response = run(lmer(word ~ x + (1 | g), d)),
+  factor_response = run(lmer(cat ~ x + (1 | g), d)),
+  glmer_constant = run(glmer(yb ~ x + (1 | g), transform(d, yb = 1), family = binomial)),
+  binomial_range = run(glmer(cnt ~ x + (1 | g), d, family = binomial)),
+  poisson_negative = run(glmer(y ~ x + (1 | g), d, family = poisson)),
+  negative_weights = run(lmer(y ~ x + (1 | g), d, weights = neg)),
+  weights_length = run(lmer(y ~ x + (1 | g), d, weights = rep(1, 5))),
+  all_na = run(lmer(y ~ x + (1 | g), transform(d, x = NA_real_))),
+  lmer_constant = REMLcrit(suppressWarnings(lmer(y ~ x + (1 | g), const)))
+)
+cat(toJSON(out, auto_unbox = TRUE))
+"""
+
+
+def test_lme4_refuses_what_the_checks_refuse(needs_r, df, tmp_path):
+    import json
+    import subprocess
+
+    data = df.drop(columns=["flag"]).assign(cat=df["cat"].astype(str))
+    csv = tmp_path / "d.csv"
+    data.to_csv(csv, index=False)
+    script = tmp_path / "r.R"
+    script.write_text(R_REFUSALS)
+    out = subprocess.run(
+        ["Rscript", "--vanilla", str(script), str(csv)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    assert res.pop("lmer_constant") == "-Inf"
+    # every other case is an error in R
+    assert all(msg != "ok" for msg in res.values()), res
+    assert res["one_level"] == "grouping factors must have > 1 sampled level"
+    assert (
+        "number of levels of each grouping factor must be < number of observations"
+        in (res["nlev_eq_n"])
+    )
+    assert "number of observations (=24) <= number of random effects (=24)" in res["n_le_q"]
+    assert res["glmer_constant"] == "Response is constant"
