@@ -8,9 +8,10 @@ Pipeline (spec §3):
         -> MixedFit
 
 A single scalar random-effects term (`(1|g)`) uses `ScalarPredictor` (O(n) per PIRLS step, L
-diagonal); anything else uses the shared sparse `Predictor`. Every deviance evaluation restarts
-PIRLS from the stored linear predictor lp0, as lme4 does, so the objective is deterministic and
-reproduces lme4's devfun including its PIRLS stopping quirk.
+diagonal; big data get an analytic-gradient stage 2); several scalar terms (crossed, nested,
+`||`) use the blocked `ScalarTermsPredictor`; vector-valued terms use the shared `Predictor`. Every
+deviance evaluation restarts PIRLS from the stored linear predictor lp0, as lme4 does, so the
+objective is deterministic and reproduces lme4's devfun including its PIRLS stopping quirk.
 """
 
 from __future__ import annotations
