@@ -105,11 +105,17 @@ class GlmResponse:
             self._aic_k, self._aic_mk, self._aic_coef = k, m - k, coef
             lchoose = special.gammaln(m + 1) - special.gammaln(k + 1) - special.gammaln(m - k + 1)
             self._aic_const = -2.0 * float(np.sum(coef * np.where(m > 0, lchoose, 0.0)))
+            # with integer trials and successes aic(μ) − Σ dev(μ) does not depend on μ
+            exact = bool(np.all(k == m * y) and np.all(coef * m == w))
         elif self.family_name == "poisson":
             self._dev_const = 2.0 * w * (special.xlogy(y, y) - y)
             self._aic_const = 2.0 * float(np.sum(w * special.gammaln(y + 1.0)))
+            exact = True
         else:
             raise ValueError(f"glmer family {self.family_name!r} is not supported")
+        # aic(μ) = Σ dev(μ) + aic(y) whenever the binomial counts are integers (always for
+        # poisson): the Laplace value then reuses PIRLS's deviance instead of another log pass
+        self.aic_minus_dev: float | None = self.aic(np.asarray(y, float)) if exact else None
 
     def linkinv(self, eta: np.ndarray) -> np.ndarray:
         return self._linkinv(eta)
@@ -435,6 +441,8 @@ class PirlsState:
 
     def laplace(self, resp: GlmResponse) -> float:
         """lme4's Laplace deviance: log|L|² + ‖ũ‖² + aic(μ̃) (glmResp::Laplace)."""
+        if resp.aic_minus_dev is not None:  # pdev = Σ dev(μ̃) + ‖ũ‖²
+            return self.ldL2 + self.pdev + resp.aic_minus_dev
         return self.ldL2 + float(self.u @ self.u) + resp.aic(self.mu)
 
     def lin_pred(self, pred: Any) -> np.ndarray:
