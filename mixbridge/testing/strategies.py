@@ -192,7 +192,7 @@ def grouped_data(
 @st.composite
 def one_way_data(
     draw: st.DrawFn, min_groups: int = 3, max_groups: int = 30, max_size: int = 120,
-    sd_ratio: tuple[float, float] = (0.1, 3.0),
+    sd_ratio: tuple[float, float] = (0.1, 3.0), max_rows: int = 400,
 ) -> GroupedData:  # fmt: skip
     """Gaussian y ~ 1 + (1|g) data with a clearly positive variance component (shrinkage
     identities need tau > 0)."""
@@ -205,5 +205,6 @@ def one_way_data(
             max_covariates=0,
             weights=False,
             sd_ratio=sd_ratio,
+            max_rows=max_rows,
         )
     )

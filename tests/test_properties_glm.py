@@ -1,0 +1,52 @@
+"""Properties: Python bayesglm == arm and Python glmer == lme4's glmer on generated data (live R).
+
+Tolerances are the policy's (mixbridge/conformance/tolerance.py): bayesglm 1e-8 (arm's stopping
+rule), glmer 1e-3 on θ/fixef with objective-based explanations of flat optima.
+"""
+
+from __future__ import annotations
+
+from hypothesis import event, given, note
+from hypothesis import strategies as st
+
+import mixbridge
+from mixbridge.testing.strategies import grouped_data, profile_settings
+
+
+@profile_settings(max_examples=5)
+@given(
+    d=grouped_data(max_groups=12, max_size=30, max_covariates=3, weights=None, max_rows=300),
+    prior_df=st.sampled_from([1.0, 7.0, float("inf")]),
+    scaled=st.booleans(),
+)
+def test_python_bayesglm_matches_arm(needs_r, d, prior_df, scaled):
+    note(d.describe())
+    fixed = " + ".join(["1"] + d.covariates)
+    formula = f"{d.response} ~ {fixed} + g"  # the group as a factor predictor
+    kwargs = {"family": d.family, "prior_df": prior_df, "scaled": scaled}
+    if d.weights:
+        kwargs["weights"] = d.weights
+    py = mixbridge.bayesglm(formula, d.data, engine="python", **kwargs)
+    r = mixbridge.bayesglm(formula, d.data, engine="r", **kwargs)
+    cmp = mixbridge.compare(py, r)
+    note(str(cmp))
+    event(f"{d.family}, converged={r.converged}")
+    cmp.assert_ok()
+
+
+@profile_settings(max_examples=3)
+@given(
+    d=grouped_data(
+        family=None, min_groups=4, max_groups=25, max_size=40, max_covariates=2,
+        sd_ratio=(0.1, 3.0), max_rows=300,
+    ).filter(lambda d: d.family != "gaussian")
+)  # fmt: skip
+def test_python_glmer_matches_lme4(needs_r, d):
+    note(d.describe())
+    formula = d.formula()
+    py = mixbridge.glmer(formula, d.data, family=d.family, engine="python")
+    r = mixbridge.glmer(formula, d.data, family=d.family, engine="r")
+    cmp = mixbridge.compare(py, r)
+    note(str(cmp))
+    event(f"{d.family}, singular={r.singular}")
+    cmp.assert_ok()
