@@ -231,6 +231,11 @@ def test_lmer_weights_offset_crossed(needs_r, reml):
     fr, fp = _fits(data, f, reml, **kw)
     assert_lmer_agrees(fr, fp, data, f, reml, **kw)
     np.testing.assert_allclose(fp.fitted + fp.residuals, data["y"].to_numpy(), rtol=1e-12)
+    # the standalone deviance function with weights and offset, both engines, at a non-optimal θ
+    theta = fr.theta * 1.3 + 0.05
+    ours = mixbridge.lmer_objective(f, data, theta=theta, reml=reml, **kw)
+    ref = mixbridge.lmer_objective(f, data, theta=theta, reml=reml, engine="r", **kw)
+    assert ours == pytest.approx(ref, rel=TOL["objective_rel"])
 
 
 def test_lmer_rank_deficient_x(needs_r):
