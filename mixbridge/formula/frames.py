@@ -151,7 +151,10 @@ class MixedTerms(_Common):
         return self._fixed.matrix(newdata)[:, self._keep]
 
     def offset_for(self, newdata: pd.DataFrame) -> np.ndarray:
-        """Sum of the formula's offset() terms on newdata (the offset= argument is not data)."""
+        """Sum of the formula's offset() terms on newdata.
+
+        As lme4's predict.merMod with newdata: the offset= argument of the fit is not added.
+        """
         assert self._fixed is not None
         return _formula_offset(self._fixed.info, newdata, self._fixed.state)
 
