@@ -158,6 +158,7 @@ BAD = [
     ("all-na", "y ~ x + (1|g)", {"x": np.nan}, {}, DataError, "30 rows"),
     ("negative-weights", "y ~ x + (1|g)", {"w": -1.0}, {"weights": "w"}, DataError, "weights"),
     ("inf-weights", "y ~ x + (1|g)", {"w": np.inf}, {"weights": "w"}, DataError, "weights"),
+    ("zero-weights", "y ~ x + (1|g)", {"w": 0.0}, {"weights": "w"}, DataError, "zero weight"),
 ]
 
 

@@ -115,6 +115,15 @@ def check_terms(terms: Any) -> None:
             raise DataError(
                 f"weights must be non-negative ({int(np.sum(w < 0))} negative)", "weights"
             )
+        if np.any(w == 0):
+            # lme4 returns a degenerate fit (criterion +Inf: log 0 in Σ log w) for these
+            zero = np.flatnonzero(w == 0)
+            raise DataError(
+                f"lmer weights must be positive: {zero.size} zero weight(s) (rows "
+                f"{', '.join(str(int(i)) for i in zero[:5])}{', ...' if zero.size > 5 else ''}); "
+                "lme4's criterion is infinite then. Drop those rows instead",
+                "weights",
+            )
     if terms.offset is not None:
         o = np.asarray(terms.offset, dtype=float)
         if o.shape != (n,) or not np.all(np.isfinite(o)):
