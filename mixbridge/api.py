@@ -71,7 +71,7 @@ def glmer(
     control: Mapping[str, Any] | None = None,
 ) -> MixedFit:
     """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`."""
-    check_inputs("glmer", formula, data, weights=weights, offset=offset, family=family)
+    check_inputs("glmer", formula, data, weights=weights, offset=offset, family=family, link=link)
     if not isinstance(nagq, (int, np.integer)) or isinstance(nagq, bool) or not 0 <= nagq <= 100:
         from mixbridge.errors import ArgumentError
 
@@ -116,7 +116,9 @@ def bayesglm(
 
     `dispersion` (an extension, not in arm) holds the dispersion fixed, e.g. at lmer's sigma^2.
     """
-    check_inputs("bayesglm", formula, data, weights=weights, offset=offset, family=family)
+    check_inputs(
+        "bayesglm", formula, data, weights=weights, offset=offset, family=family, link=link
+    )
     prior = dict(
         prior_mean=prior_mean,
         prior_scale=prior_scale,
@@ -189,7 +191,7 @@ def glmer_objective(
 
     `control={"tol_pwrss": 1e-12}` tightens the PIRLS tolerance (lme4's `tolPwrss`).
     """
-    check_inputs("glmer", formula, data, weights=weights, offset=offset, family=family)
+    check_inputs("glmer", formula, data, weights=weights, offset=offset, family=family, link=link)
     return float(
         engines.get(engine).glmer_objective(
             formula,

@@ -230,9 +230,11 @@ def check_bayesglm_args(**prior: Any) -> None:
             raise ArgumentError(
                 f"{name} must be a number or a vector of numbers, got {prior[name]!r}", name
             ) from None
-        # prior_df may be Inf (normal prior); everything else must be finite
+        # prior_df may be Inf (normal prior) and prior_scale Inf (flat prior, as arm allows);
+        # everything else must be finite
+        may_be_inf = name.startswith(("prior_df", "prior_scale"))
         for v in vals:
-            if math.isnan(v) or v <= 0 or (math.isinf(v) and not name.startswith("prior_df")):
+            if math.isnan(v) or v <= 0 or (math.isinf(v) and not may_be_inf):
                 raise ArgumentError(f"{name} must be > 0 (and finite), got {v!r}", name)
     for name in ("prior_mean", "prior_mean_for_intercept"):
         if name in prior and prior[name] is not None:
