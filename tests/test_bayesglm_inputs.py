@@ -110,3 +110,21 @@ def test_min_prior_scale_floor_warns(data: pd.DataFrame) -> None:
     with pytest.warns(MixbridgeWarning, match="prior scale for varible 2 set to min.prior.scale"):
         fit = mixbridge.bayesglm("yb ~ big", d, family="binomial", min_prior_scale=1e-12)
     assert fit.prior_scale[1] == 1e-12
+
+
+def test_flat_prior_matches_arm(needs_r: None) -> None:
+    """prior_scale = Inf is a flat prior in arm (its pseudo-observations get weight 0)."""
+    import math
+
+    import mixbridge
+
+    rng = np.random.default_rng(7)
+    data = pd.DataFrame({"x": rng.normal(size=60), "z": rng.normal(size=60)})
+    data["y"] = 1.0 + 0.5 * data["x"] + rng.normal(size=60)
+    args = dict(prior_scale=[math.inf, 1.0], prior_df=math.inf)
+    py = mixbridge.bayesglm("y ~ x + z", data, **args)
+    r = mixbridge.bayesglm("y ~ x + z", data, engine="r", **args)
+    # arm's own numbers, live; same algorithm, so only rounding differs (issue #4: 1e-8).
+    np.testing.assert_allclose(py.coef.to_numpy(), r.coef.to_numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(py.se.to_numpy(), r.se.to_numpy(), rtol=1e-8, atol=1e-10)
+    assert py.iterations == r.iterations

@@ -229,7 +229,7 @@ def test_unknown_model(df):
         ("epsilon", 0.0),
         ("dispersion", -1.0),
         ("prior_scale", float("nan")),
-        ("prior_scale", float("inf")),
+        ("min_prior_scale", float("inf")),
         ("prior_mean", float("nan")),
         ("prior_scale", "wide"),
     ],
@@ -239,6 +239,11 @@ def test_bayesglm_args_rejected(argument, value):
         check_bayesglm_args(**{argument: value})
     assert info.value.argument == argument
     assert argument in str(info.value)
+
+
+def test_bayesglm_flat_prior_accepted():
+    # arm accepts prior.scale = Inf (a flat prior on those coefficients); so do we.
+    check_bayesglm_args(prior_scale=float("inf"), prior_scale_for_intercept=float("inf"))
 
 
 @pytest.mark.parametrize("maxit", [0, -3, 2.5, True])
