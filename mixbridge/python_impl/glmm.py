@@ -331,8 +331,7 @@ def _optimize_stage1(dev: Devfun, model: GlmerModel) -> tuple[np.ndarray, float,
     if model.scalar:
         # 1-D: bounded Brent on [0, hi] (expanding hi when the minimum sits at its end), and θ = 0
         hi, nfev = 10.0, 0
-        # stage 1 only supplies the start and lp0; the gradient path (big data) needs less
-        xatol = 1e-6 if _gradient_path(model) else 1e-10
+        xatol = 1e-10
         while True:
             res = sopt.minimize_scalar(
                 lambda t: f(np.array([t])),
@@ -450,8 +449,13 @@ def glmer(
         control=control,
     )
     dev = Devfun(model)
-    theta1, f1, nfev1 = _optimize_stage1(dev, model)
-    dev.stage1(theta1)  # re-evaluate at the optimum: sets lp0 and the stage-1 state (lme4 too)
+    if _gradient_path(model):
+        # big data: the gradient-based stage 2 converges from lme4's initial PIRLS fit (θ = 1)
+        # directly; a stage-1 optimization would cost more (joint PIRLS) than it saves
+        theta1, f1, nfev1 = model.theta0.copy(), float("nan"), 0
+    else:
+        theta1, f1, nfev1 = _optimize_stage1(dev, model)
+        dev.stage1(theta1)  # re-evaluate at the optimum: sets lp0 and the stage-1 state (lme4 too)
     beta1 = np.asarray(dev.state.beta, dtype=float)
     rx_se = np.sqrt(np.diag(model.pred.rx_inverse()))
     info: dict[str, Any] = {"stage1": {"theta": theta1.tolist(), "fval": f1, "n_evals": nfev1}}
