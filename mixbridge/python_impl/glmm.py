@@ -252,13 +252,18 @@ class Devfun:
         """lp0 <- the linear predictor of the last evaluation (the stage-1 optimum)."""
         self.lp0 = self.state.lin_pred(self.m.pred)
 
-    def stage2(self, params: np.ndarray, tol: float | None = None) -> float:
+    def stage2(
+        self, params: np.ndarray, tol: float | None = None, zb_start: np.ndarray | None = None
+    ) -> float:
+        """`zb_start` (ZΛu to start PIRLS from, instead of lp0) is for the converged-Laplace
+        gradient phase only, where the start does not change the value."""
         self.n_evals += 1
         m = self.m
         params = np.asarray(params, dtype=float)
         theta, beta = params[: m.n_theta], params[m.n_theta :]
         offset = self.base_offset + m.X @ beta
-        st = self._pirls(theta, self.base_offset + self.lp0, offset, u_only=True, tol=tol)
+        eta0 = self.base_offset + self.lp0 if zb_start is None else offset + zb_start
+        st = self._pirls(theta, eta0, offset, u_only=True, tol=tol)
         self.state = st
         self.offset = offset
         if m.nagq <= 1:
@@ -377,12 +382,18 @@ def _optimize_stage2_gradient(
     nth = model.n_theta
     count = [0]
 
+    warm: dict[str, Any] = {}
+
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
         count[0] += 1
+        zb = None
+        if warm and warm["theta"] > 0:  # previous modes, rescaled to the new θ
+            zb = warm["zb"] * (x[0] / warm["theta"])
         try:
-            f = dev.stage2(x, tol=TIGHT_TOL)
+            f = dev.stage2(x, tol=TIGHT_TOL, zb_start=zb)
         except (ConvergenceError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(x)
+        warm.update(zb=dev.state.eta - dev.offset, theta=float(x[0]))
         g_theta, g_beta = scalar_laplace_gradient(model.pred, model.resp, dev.state, float(x[0]))
         return f, np.concatenate([[g_theta], g_beta])
 
