@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mixbridge.errors import DataError, FormulaError
-from mixbridge.formula.levels import r_label, r_sorted_strings
+from mixbridge.formula.levels import r_number_labels, r_sorted_strings
 from mixbridge.formula.parse import BinOp, Call, Name, Node, Num, Paren, UnaryOp, deparse
 
 
@@ -116,7 +116,7 @@ def read_column(data: pd.DataFrame, name: str) -> Value:
         mask = col.isna().to_numpy()
         # hash once (pd.factorize), then look at the distinct values only
         raw_codes, uniques = pd.factorize(col, use_na_sentinel=True)
-        uniq = list(uniques)
+        uniq = uniques.tolist()  # (iterating an arrow-backed Index is 20x slower)
         if all(isinstance(v, str) for v in uniq):
             levels = r_sorted_strings(uniq)
             rank = {lv: i for i, lv in enumerate(levels)}
@@ -293,11 +293,15 @@ def _as_factor(val: Value) -> Factor:
     v = val.values
     if v.ndim != 1:
         raise FormulaError("factor() of a matrix is not supported")
-    ok = ~np.isnan(v)
-    uniq = np.unique(v[ok])
-    codes = np.full(len(v), -1, dtype=np.int32)
-    codes[ok] = np.searchsorted(uniq, v[ok])
-    return Factor(codes, [r_label(float(u)) for u in uniq], False, "factor")
+    # hash the rows once (O(n)), then sort only the distinct values: numeric order, as R's
+    # factor() of a number; -0.0 and 0.0 are one level ("0"), NaN is missing
+    raw_codes, uniq = pd.factorize(v + 0.0, use_na_sentinel=True)
+    order = np.argsort(uniq, kind="stable")
+    rank = np.empty(len(uniq) + 1, dtype=np.int32)
+    rank[order] = np.arange(len(uniq), dtype=np.int32)
+    rank[-1] = -1
+    codes = rank[raw_codes]  # raw code -1 (NaN) picks rank[-1] = -1
+    return Factor(codes, r_number_labels(uniq[order]), False, "factor")
 
 
 def interaction_factor(factors: list[Factor]) -> Factor:

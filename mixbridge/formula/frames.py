@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from mixbridge.errors import DataError
 from mixbridge.formula.evaluate import (
@@ -121,7 +122,7 @@ class _Common:
     n_trials: np.ndarray | None
     weights: np.ndarray
     offset: np.ndarray
-    X: np.ndarray
+    X: np.ndarray  # GLMTerms built with sparse=True: scipy.sparse.csc_matrix
     x_names: list[str]
     messages: list[Message]
     row_index: pd.Index
@@ -240,19 +241,26 @@ def build_glm_terms(
     offset: Any = None,
     family: str = "gaussian",
     drop_baseline: bool = True,
+    sparse: bool = False,
 ) -> GLMTerms:
     """arm's bayesglm frame: keep.order=TRUE terms, drop.baseline contrasts, no column dropping.
 
     Like arm (which rebuilds X with model.frame's default drop.unused.levels=FALSE), categories of
     a pandas Categorical that are absent from the rows used keep their (all-zero) columns.
+    sparse=True: X is a scipy.sparse CSC matrix with the same values and names (a factor with G
+    levels then costs O(n) memory instead of n x G).
     """
     frame = _Frame(formula, data, "bayesglm", family, weights, offset, keep_order=True)
     frame.evaluate(with_bars=False)
     frame.na_omit()
     contrasts = "treatment" if drop_baseline else "bayes"
     fixed = frame.fixed_part(contrasts=contrasts, drop_unused=False)
-    x = fixed.design.matrix(frame.fixed_values, frame.n)
-    _check_finite(x, fixed.design.names, "model matrix")
+    if sparse:
+        x = fixed.design.sparse_matrix(frame.fixed_values, frame.n)
+        _check_finite_sparse(x, fixed.design.names, "model matrix")
+    else:
+        x = fixed.design.matrix(frame.fixed_values, frame.n)
+        _check_finite(x, fixed.design.names, "model matrix")
     y, n_trials, w = frame.response()
     return GLMTerms(
         formula=formula,
@@ -279,6 +287,17 @@ def _check_finite(x: np.ndarray, names: list[str], what: str) -> None:
             f"column(s) {', '.join(map(repr, cols))} of the {what} have infinite values "
             "(e.g. log(0)); transform or filter the data",
             column=cols[0],
+        )
+
+
+def _check_finite_sparse(x: sp.csc_matrix, names: list[str], what: str) -> None:
+    bad = ~np.isfinite(x.data)
+    if bad.any():
+        cols = np.unique(np.repeat(np.arange(x.shape[1]), np.diff(x.indptr))[bad])
+        raise DataError(
+            f"column(s) {', '.join(repr(names[j]) for j in cols)} of the {what} have infinite "
+            "values (e.g. log(0)); transform or filter the data",
+            column=names[cols[0]],
         )
 
 
@@ -390,13 +409,16 @@ class _Frame:
             )
         self.rows = keep
         self.n = len(keep)
+        self.weights = None if self.weights_in is None else self.weights_in[keep]
+        self.offset = None if self.offset_in is None else self.offset_in[keep]
+        if len(keep) == n:  # no NA: the evaluated vectors are used as they are (no copies)
+            self.row_index = self.data.index
+            return
         self.row_index = self.data.index[keep]
         self.resp = [v.take(keep) for v in self.resp]
         self.fixed_all = {i: v.take(keep) for i, v in self.fixed_all.items()}
         self.bar_values = [{i: v.take(keep) for i, v in d.items()} for d in self.bar_values]
         self.group_values = [[v.take(keep) for v in gs] for gs in self.group_values]
-        self.weights = None if self.weights_in is None else self.weights_in[keep]
-        self.offset = None if self.offset_in is None else self.offset_in[keep]
 
     # -- parts -----------------------------------------------------------------------------
     def fixed_part(self, contrasts: str, drop_unused: bool) -> _Part:

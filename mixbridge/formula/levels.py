@@ -19,6 +19,8 @@ import os
 import unicodedata
 from collections.abc import Iterable
 
+import numpy as np
+
 from mixbridge.formula.parse import format_r_number
 
 # ICU root (CLDR) order of ASCII punctuation and symbols, which all sort before digits
@@ -58,11 +60,40 @@ def r_collation() -> str:
     return "c"
 
 
+def _ascii_tables() -> tuple[dict[int, str], dict[int, str]]:
+    """str.translate tables giving, for ASCII text, strings that sort like r_collate_key.
+
+    Each character maps to one character whose code point is the rank of its ICU primary weight
+    (equal weights, e.g. "a" and "A", share it), so comparing translated strings compares the
+    primary tuples; a second table gives the tertiary (case) string. ASCII has no combining
+    marks, so the secondary tuples of strings with equal primaries are always equal.
+    """
+    chars = [chr(i) for i in range(128)]
+    weights = sorted({_primary(c) for c in chars})
+    rank = {w: i for i, w in enumerate(weights)}
+    primary = {ord(c): chr(0x100 + rank[_primary(c)]) for c in chars}
+    tertiary = {ord(c): ("1" if c.isupper() else "0") for c in chars}
+    return primary, tertiary
+
+
+_PRIMARY_TABLE, _TERTIARY_TABLE = _ascii_tables()
+
+
 def r_sorted_strings(values: Iterable[str]) -> list[str]:
-    """Distinct strings in the order R's factor() gives them."""
+    """Distinct strings in the order R's factor() gives them (sorts the distinct values only)."""
+    distinct = set(values)
     if r_collation() == "c":
-        return sorted(set(values), key=lambda s: s.encode("utf-8"))
-    return sorted(set(values), key=r_collate_key)
+        # C collation is byte order; for str, UTF-8 byte order is code point order (Python's)
+        return sorted(distinct)
+    if all(s.isascii() for s in distinct):
+        # the same order as r_collate_key, from C-speed translations (1e5 labels in ~0.1 s)
+        # one key string, primary + tertiary + the string itself, compares like the tuple
+        # (primary chars are >= U+0100, so "\x01" ends a primary that is a prefix of another)
+        return sorted(
+            distinct,
+            key=lambda s: f"{s.translate(_PRIMARY_TABLE)}\x01{s.translate(_TERTIARY_TABLE)}\x01{s}",
+        )
+    return sorted(distinct, key=r_collate_key)
 
 
 def r_label(value: object) -> str:
@@ -71,15 +102,30 @@ def r_label(value: object) -> str:
         return "TRUE" if value else "FALSE"
     if isinstance(value, (int,)) and not isinstance(value, bool):
         return str(value)
-    try:
-        import numpy as np
-
-        if isinstance(value, np.bool_):
-            return "TRUE" if bool(value) else "FALSE"
-        if isinstance(value, np.integer):
-            return str(int(value))
-        if isinstance(value, (float, np.floating)):
-            return format_r_number(float(value))
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, np.bool_):
+        return "TRUE" if bool(value) else "FALSE"
+    if isinstance(value, np.integer):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return format_r_number(float(value))
     return str(value)
+
+
+def r_number_labels(values: np.ndarray) -> list[str]:
+    """as.character() of many distinct doubles at once (R's factor() labels of a numeric column).
+
+    Whole numbers below 1e15 are formatted vectorized: R writes them in fixed notation unless the
+    scientific form is shorter, which needs trailing zeros (1e+05), so only whole numbers with at
+    least four trailing zeros, and non-whole numbers, go through format_r_number one by one.
+    """
+    v = np.asarray(values, dtype=float)
+    whole = np.isfinite(v) & (np.abs(v) < 1e15) & (v == np.round(v))
+    labels = np.empty(len(v), dtype=object)
+    ints = v[whole].astype(np.int64)
+    labels[whole] = ints.astype(str).astype(object)
+    # at most 3 trailing zeros: fixed is never wider than scientific ("1000" vs "1e+03")
+    slow = ~whole
+    slow[whole] = (ints != 0) & (ints % 10_000 == 0)
+    for j in np.flatnonzero(slow):
+        labels[j] = format_r_number(float(v[j]))
+    return labels.tolist()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from mixbridge.errors import DataError
 from mixbridge.formula.evaluate import Factor, Numeric, Value
@@ -49,20 +50,34 @@ def contr_poly(k: int, contrasts: bool = True, keep_constant: bool = False):
     return z[:, 1:], names[1:]
 
 
+def factor_suffixes(f: Factor, full: bool, contrasts: str) -> tuple[list[str], str]:
+    """Column suffixes of a factor inside a term and its coding kind, in O(k) (no k x k matrix).
+
+    kind: "full" (an indicator column per level), "treatment" (indicators of levels 2..k) or
+    "poly" (ordered factors: contr.poly columns).
+    """
+    if full:  # R's model.c builds indicator columns for full coding, ordered or not
+        return list(f.levels), "full"
+    if f.ordered:
+        k = len(f.levels)
+        return contr_poly(k, contrasts=True, keep_constant=contrasts == "bayes")[1], "poly"
+    if contrasts == "bayes":
+        return list(f.levels), "full"
+    return list(f.levels[1:]), "treatment"
+
+
 def factor_coding(f: Factor, full: bool, contrasts: str) -> tuple[np.ndarray, list[str]]:
     """The (levels x columns) coding matrix of a factor and its column suffixes.
 
     full=True is term code 2 (indicator columns for every level). With contrasts="bayes" (arm's
     drop.baseline=FALSE) unordered factors keep every level and ordered ones the "^0" column.
+    Dense k x k: only for small factors; the model matrices use `factor_suffixes` + indices.
     """
     k = len(f.levels)
-    if full:  # R's model.c builds indicator columns for full coding, ordered or not
-        return np.eye(k), list(f.levels)
-    if f.ordered:
+    suffixes, kind = factor_suffixes(f, full, contrasts)
+    if kind == "poly":
         return contr_poly(k, contrasts=True, keep_constant=contrasts == "bayes")
-    if contrasts == "bayes":
-        return np.eye(k), list(f.levels)
-    return np.eye(k)[:, 1:], list(f.levels[1:])
+    return (np.eye(k) if kind == "full" else np.eye(k)[:, 1:]), suffixes
 
 
 def term_codes(terms: list[Term], is_factor: list[bool], intercept: bool) -> list[dict[int, int]]:
@@ -129,20 +144,50 @@ class Design:
         x, _ = self._build(values, n=n, names_only=False)
         return x
 
+    def sparse_matrix(self, values: dict[int, Value], n: int) -> sp.csc_matrix:
+        """The same matrix as `matrix`, as scipy.sparse CSC: a factor with G levels costs O(n)
+        entries, never an n x G array (interactions are row-wise Kronecker products)."""
+        blocks: list[sp.csr_matrix] = []
+        if self.info.intercept:
+            blocks.append(sp.csr_matrix(np.ones((n, 1))))
+        for term, code in zip(self.info.terms, self.codes, strict=True):
+            mat: sp.csr_matrix | None = None
+            for v in sorted(term):
+                block = self._sparse_block(v, values.get(v), code[v], n)
+                mat = block if mat is None else _row_kronecker(mat, block)
+            if mat is not None:
+                blocks.append(mat)
+        x = sp.hstack(blocks, format="csc") if blocks else sp.csc_matrix((n, 0))
+        assert x.shape[1] == len(self.names), (x.shape, len(self.names))
+        return x
+
+    def _factor(self, v: int, code: int) -> tuple[Factor, list[str], str]:
+        f = Factor(np.zeros(0, np.int32), self.levels[v], self.ordered[v])
+        suffixes, kind = factor_suffixes(f, full=code == 2, contrasts=self.contrasts)
+        return f, suffixes, kind
+
     def _block(
         self, v: int, val: Value | None, code: int, n: int | None, names_only: bool
     ) -> tuple[np.ndarray | None, list[str]]:
         name = self.info.var_names[v]
         if v in self.levels:
-            f = Factor(np.zeros(0, np.int32), self.levels[v], self.ordered[v])
-            coding, suffixes = factor_coding(f, full=code == 2, contrasts=self.contrasts)
+            f, suffixes, kind = self._factor(v, code)
             cols = [name + s for s in suffixes]
             if names_only:
                 return None, cols
-            assert isinstance(val, Factor)
-            block = np.full((n, coding.shape[1]), np.nan)
+            assert isinstance(val, Factor) and n is not None
             ok = val.codes >= 0
-            block[ok] = coding[val.codes[ok]]
+            if kind == "poly":
+                coding, _ = factor_coding(f, full=False, contrasts=self.contrasts)
+                block = np.full((n, coding.shape[1]), np.nan)
+                block[ok] = coding[val.codes[ok]]
+                return block, cols
+            # indicator columns by index (no k x k coding matrix); missing level: a NaN row
+            block = np.zeros((n, len(suffixes)))
+            block[~ok] = np.nan
+            col = val.codes.astype(np.intp) - (1 if kind == "treatment" else 0)
+            hit = ok & (col >= 0)
+            block[np.flatnonzero(hit), col[hit]] = 1.0
             return block, cols
         assert isinstance(val, Numeric)
         if val.values.ndim == 2:
@@ -151,6 +196,26 @@ class Design:
             cols = [name] if len(suffixes) == 1 else [name + s for s in suffixes]
             return (None if names_only else val.values), cols
         return (None if names_only else val.values[:, None]), [name]
+
+    def _sparse_block(self, v: int, val: Value | None, code: int, n: int) -> sp.csr_matrix:
+        if v in self.levels:
+            assert isinstance(val, Factor)
+            _, suffixes, kind = self._factor(v, code)
+            if kind == "poly":  # dense contr.poly coding (ordered factors are small)
+                block, _ = self._block(v, val, code, n, names_only=False)
+                return sp.csr_matrix(block)
+            ok = val.codes >= 0
+            col = val.codes.astype(np.intp) - (1 if kind == "treatment" else 0)
+            hit = ok & (col >= 0)
+            rows = np.flatnonzero(hit)
+            x = sp.csr_matrix((np.ones(len(rows)), (rows, col[hit])), shape=(n, len(suffixes)))
+            if not ok.all():  # a missing level (new data): NaN row, as the dense matrix
+                x = x.tolil()
+                x[np.flatnonzero(~ok), :] = np.nan
+                x = x.tocsr()
+            return x
+        assert isinstance(val, Numeric)
+        return sp.csr_matrix(np.asarray(val.values, dtype=float).reshape(n, -1))
 
     def _build(
         self, values: dict[int, Value], n: int | None, names_only: bool
@@ -162,23 +227,46 @@ class Design:
             if not names_only:
                 blocks.append(np.ones((n, 1)))
         for term, code in zip(self.info.terms, self.codes, strict=True):
-            mat: np.ndarray | None = None if names_only else np.ones((n, 1))
+            mat: np.ndarray | None = None
             cnames = [""]
             for v in sorted(term):
                 block, bnames = self._block(v, values.get(v), code[v], n, names_only)
                 # earlier variables vary fastest: new columns = for each b: for each old
                 cnames = [f"{old}:{b}" if old else b for b in bnames for old in cnames]
-                if not names_only:
+                if names_only:
+                    continue
+                if mat is None:
+                    mat = block
+                else:
                     with np.errstate(invalid="ignore", over="ignore"):  # inf*0: caught later
                         cols = [mat * block[:, [j]] for j in range(block.shape[1])]
                     mat = np.concatenate(cols, 1)
             names.extend(cnames)
             if not names_only:
-                blocks.append(mat)
+                blocks.append(np.ones((n, 1)) if mat is None else mat)
         if names_only:
             return None, names
         x = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
         return np.ascontiguousarray(x, dtype=np.float64), names
+
+
+def _row_kronecker(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
+    """Row-wise Kronecker product in R's interaction column order: column (j of b, i of a) is
+    j * ncol(a) + i (earlier variables vary fastest)."""
+    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
+    n = a.shape[0]
+    na, nb = np.diff(a.indptr), np.diff(b.indptr)
+    counts = na * nb
+    row = np.repeat(np.arange(n), counts)
+    # position of each product inside its row: a varies fastest
+    k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    na_row = np.maximum(na[row], 1)
+    a_entry = a.indptr[row] + k % na_row
+    b_entry = b.indptr[row] + k // na_row
+    cols = b.indices[b_entry] * a.shape[1] + a.indices[a_entry]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf*0: caught by the finite check
+        data = a.data[a_entry] * b.data[b_entry]
+    return sp.csr_matrix((data, (row, cols)), shape=(n, a.shape[1] * b.shape[1]))
 
 
 def rank_keep(x: np.ndarray, tol: float = 1e-7) -> np.ndarray:
@@ -188,17 +276,19 @@ def rank_keep(x: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     tol times its original norm is moved to the end, i.e. dropped; keep = pivot[1:rank].
     """
     n, p = x.shape
-    basis = np.zeros((n, 0))
+    # kept directions as rows of one preallocated array (no re-copying as it grows)
+    basis = np.empty((p, n))
     keep: list[int] = []
     for j in range(p):
-        col = x[:, j].astype(float)
+        col = np.array(x[:, j], dtype=float)
         norm0 = float(np.linalg.norm(col))
-        r = col.copy()
+        r = col
+        b = basis[: len(keep)]
         for _ in range(2):  # Gram-Schmidt twice for a stable residual
-            r = r - basis @ (basis.T @ r)
+            r = r - (b @ r) @ b
         rnorm = float(np.linalg.norm(r))
         if norm0 == 0.0 or rnorm < tol * norm0:
             continue
+        basis[len(keep)] = r / rnorm
         keep.append(j)
-        basis = np.column_stack([basis, r / rnorm])
     return np.asarray(keep, dtype=int)

@@ -42,8 +42,8 @@ block elimination (diagonal block for the factor, a small dense Schur complement
 columns, Sherman-Morrison for the centred-intercept prior row), with one step of iterative
 refinement whose residual is computed from the data, so it agrees with arm's QR to ~1e-12.
 When the formula uses a factor with >= SPARSE_MIN_LEVELS levels, the model matrix itself is
-assembled sparsely (`build_glm_terms_sparse`: the formula module's frame, names and contrasts,
-sparse blocks), so `y ~ x + factor(id)` with 1e5 levels never allocates n x G. Not covered: a
+assembled sparsely (`build_glm_terms_sparse`: the formula module's `build_glm_terms(...,
+sparse=True)`), so `y ~ x + factor(id)` with 1e5 levels never allocates n x G. Not covered: a
 large factor interacted with a numeric variable (x:id gives G non-0/1 columns, which fall back to
 the dense solver).
 """
@@ -1132,170 +1132,21 @@ def build_glm_terms_sparse(
     offset: Any = None,
     drop_baseline: bool = True,
 ) -> Any:
-    """mixbridge.formula.build_glm_terms with X as a scipy.sparse CSC matrix.
+    """mixbridge.formula.build_glm_terms with X as a scipy.sparse CSC matrix (sparse=True).
 
-    Same frame (parsing, evaluation, na.omit, contrasts, names: the formula module's own code);
-    only the model matrix is assembled sparsely, so a factor with G levels costs O(n), not n x G.
-    tests/test_bayesglm_solvers.py checks that X equals build_glm_terms' X exactly.
+    tests/test_bayesglm_solvers.py checks that X equals build_glm_terms' dense X exactly.
     """
-    from mixbridge.formula.frames import GLMTerms, _drop_levels, _Frame, _Part
+    from mixbridge.formula import build_glm_terms
 
-    frame = _Frame(formula, data, "bayesglm", family, weights, offset, keep_order=True)
-    frame.evaluate(with_bars=False)
-    frame.na_omit()
-    # frame.fixed_part() without Design.from_values, whose column names come from a dense
-    # k x k coding matrix (3 GB for 20,000 levels)
-    values = {i: _drop_levels(v, False) for i, v in frame.fixed_all.items()}
-    frame.fixed_values = values
-    design = _design_with_names(frame.info, values, "treatment" if drop_baseline else "bayes")
-    fixed = _Part(frame.info, design, frame.state)
-    X = _sparse_model_matrix(fixed.design, frame.fixed_values, frame.n)
-    if not np.all(np.isfinite(X.data)):
-        bad = np.unique(np.repeat(np.arange(X.shape[1]), np.diff(X.indptr))[~np.isfinite(X.data)])
-        cols = [fixed.design.names[j] for j in bad]
-        raise DataError(
-            f"column(s) {', '.join(map(repr, cols))} of the model matrix have infinite values "
-            "(e.g. log(0)); transform or filter the data",
-            column=cols[0],
-        )
-    y, n_trials, w = frame.response()
-    return GLMTerms(
-        formula=formula,
-        response_name=frame.response_name,
-        y=y,
-        n_trials=n_trials,
-        weights=w,
-        offset=frame.total_offset(),
-        X=X,
-        x_names=list(fixed.design.names),
-        messages=frame.messages,
-        row_index=frame.row_index,
+    return build_glm_terms(
+        formula,
+        data,
         family=family,
-        has_intercept=fixed.info.intercept,
-        _fixed=fixed,
+        weights=weights,
+        offset=offset,
+        drop_baseline=drop_baseline,
+        sparse=True,
     )
-
-
-def _design_with_names(info: Any, values: dict[int, Any], contrasts: str) -> Any:
-    """mixbridge.formula.model_matrix.Design.from_values, names built from level labels."""
-    from mixbridge.formula.evaluate import Factor
-    from mixbridge.formula.model_matrix import Design, term_codes
-
-    used = sorted({v for t in info.terms for v in t})
-    is_factor = [isinstance(values.get(i), Factor) for i in range(len(info.variables))]
-    levels: dict[int, list[str]] = {}
-    ordered: dict[int, bool] = {}
-    for i in used:
-        val = values[i]
-        if isinstance(val, Factor):
-            if len(val.levels) < 2:
-                name = info.var_names[i]
-                raise DataError(
-                    f"factor {name!r} has {len(val.levels)} level(s) in the rows used "
-                    f"({', '.join(val.levels) or 'none'}); contrasts can be applied only "
-                    "to factors with 2 or more levels",
-                    column=name,
-                )
-            levels[i] = list(val.levels)
-            ordered[i] = val.ordered
-    codes = term_codes(info.terms, is_factor, info.intercept)
-    design = Design(info, contrasts, codes, levels, ordered, [])
-    names = ["(Intercept)"] if info.intercept else []
-    for term, code in zip(info.terms, codes, strict=True):
-        cnames = [""]
-        for v in sorted(term):
-            bnames = _variable_column_names(design, v, values.get(v), code[v])
-            cnames = [f"{old}:{b}" if old else b for b in bnames for old in cnames]
-        names.extend(cnames)
-    design.names = names
-    return design
-
-
-def _variable_column_names(design: Any, v: int, val: Any, code: int) -> list[str]:
-    name = design.info.var_names[v]
-    if v in design.levels:
-        return [name + s for s in _factor_suffixes(design, v, code)[0]]
-    if np.asarray(val.values).ndim == 2:
-        return [name + s for s in (val.colnames or [])]
-    return [name]
-
-
-def _factor_suffixes(design: Any, v: int, code: int) -> tuple[list[str], str]:
-    """Column suffixes and coding kind ("poly", "full", "treatment") of factor v in a term."""
-    from mixbridge.formula.evaluate import Factor
-    from mixbridge.formula.model_matrix import factor_coding
-
-    lv = design.levels[v]
-    if design.ordered[v]:  # polynomial contrasts (small k in practice): the formula module's
-        f = Factor(np.zeros(0, np.int32), lv, True)
-        return list(factor_coding(f, full=code == 2, contrasts=design.contrasts)[1]), "poly"
-    if code == 2 or design.contrasts == "bayes":
-        return list(lv), "full"
-    return list(lv[1:]), "treatment"
-
-
-def _sparse_block(design: Any, v: int, val: Any, code: int, n: int) -> sp.csr_matrix:
-    """One variable's columns inside a term, as R's model.matrix codes it (see
-    mixbridge.formula.model_matrix.factor_coding), built sparsely for unordered factors."""
-    from mixbridge.formula.evaluate import Factor
-    from mixbridge.formula.model_matrix import factor_coding
-
-    if v in design.levels:
-        k = len(design.levels[v])
-        codes = np.asarray(val.codes, dtype=np.intp)
-        _, kind = _factor_suffixes(design, v, code)
-        if kind == "poly":  # dense coding, small k in practice
-            f = Factor(np.zeros(0, np.int32), design.levels[v], True)
-            coding, _ = factor_coding(f, full=code == 2, contrasts=design.contrasts)
-            return sp.csr_matrix(coding[codes])
-        if kind == "full":  # all k dummies
-            return sp.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, k))
-        keep = codes >= 1  # treatment: the first level is the baseline
-        return sp.csr_matrix(
-            (np.ones(int(keep.sum())), (np.flatnonzero(keep), codes[keep] - 1)), shape=(n, k - 1)
-        )
-    values = np.asarray(val.values, dtype=float)
-    return sp.csr_matrix(values.reshape(n, -1))
-
-
-def _row_kronecker(A: sp.csr_matrix, B: sp.csr_matrix) -> sp.csr_matrix:
-    """Row-wise Kronecker product with R's interaction column order: the column of (b, a) is
-    b * ncol(A) + a (earlier variables vary fastest)."""
-    A, B = sp.csr_matrix(A), sp.csr_matrix(B)
-    n = A.shape[0]
-    ra, rb = np.diff(A.indptr), np.diff(B.indptr)
-    counts = ra * rb
-    total = int(counts.sum())
-    row = np.repeat(np.arange(n), counts)
-    k = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    ra_row = ra[row]
-    a_entry = A.indptr[row] + k % np.maximum(ra_row, 1)
-    b_entry = B.indptr[row] + k // np.maximum(ra_row, 1)
-    cols = B.indices[b_entry] * A.shape[1] + A.indices[a_entry]
-    data = A.data[a_entry] * B.data[b_entry]
-    return sp.csr_matrix((data, (row, cols)), shape=(n, A.shape[1] * B.shape[1]))
-
-
-def _sparse_model_matrix(design: Any, values: dict[int, Any], n: int) -> sp.csc_matrix:
-    """Design._build of the formula module, term by term, with sparse blocks."""
-    blocks: list[sp.csr_matrix] = []
-    if design.info.intercept:
-        blocks.append(sp.csr_matrix(np.ones((n, 1))))
-    for term, code in zip(design.info.terms, design.codes, strict=True):
-        mat: sp.csr_matrix | None = None
-        for v in sorted(term):
-            block = _sparse_block(design, v, values.get(v), code[v], n)
-            mat = block if mat is None else _row_kronecker(mat, block)
-        if mat is not None:
-            blocks.append(mat)
-    X = sp.hstack(blocks, format="csc") if blocks else sp.csc_matrix((n, 0))
-    if X.shape[1] != len(design.names):
-        raise DataError(
-            f"internal error: sparse model matrix has {X.shape[1]} columns, expected "
-            f"{len(design.names)}",
-            "formula",
-        )
-    return X
 
 
 # ---------------------------------------------------------------------------------------------
