@@ -326,6 +326,9 @@ def test_fixed_dispersion_matches_r_engine(formula: str, kw: dict, needs_r: None
     assert _rel(py.se, r.se) <= TOL
     assert _rel(py.se_display, r.se_display) <= TOL
     assert py.dispersion == 2.3 == r.dispersion
+    # unpenalized deviance on the data's own scale (not divided by phi) on both engines
+    assert _rel(py.deviance, r.deviance) <= TOL
+    assert _rel(py.null_deviance, r.null_deviance) <= TOL
 
 
 def test_fixed_dispersion_gives_lmer_blups(needs_r: None) -> None:
