@@ -391,7 +391,11 @@ def _optimize_stage2_gradient(
             zb = warm["zb"] * (x[0] / warm["theta"])
         try:
             f = dev.stage2(x, tol=TIGHT_TOL, zb_start=zb)
+            if zb is not None and (not dev.state.converged or not np.isfinite(f)):
+                f = dev.stage2(x, tol=TIGHT_TOL)  # a far jump: restart from lp0 instead
         except (ConvergenceError, np.linalg.LinAlgError):
+            return np.inf, np.zeros_like(x)
+        if not dev.state.converged or not np.isfinite(f):
             return np.inf, np.zeros_like(x)
         warm.update(zb=dev.state.eta - dev.offset, theta=float(x[0]))
         g_theta, g_beta = scalar_laplace_gradient(model.pred, model.resp, dev.state, float(x[0]))
@@ -416,6 +420,10 @@ def _optimize_stage2_gradient(
         xm[i] = max(x[i] - h, lower[i]) if i < nth else x[i] - h
         hess[:, i] = (fg(xp)[1] - fg(xm)[1]) / (xp[i] - xm[i])
     hess = 0.5 * (hess + hess.T)
+    # lp0 <- the linear predictor at the optimum (lme4 takes it from its stage-1 optimum): PIRLS
+    # started far away and stopped by lme4's rule can be off by O(1) in the deviance
+    dev.stage2(x, tol=TIGHT_TOL)
+    dev.lp0 = dev.state.eta - dev.base_offset
     fx = dev.stage2(x)  # the reported value is lme4's (default tolerance) deviance function
     return x, fx, count[0] + 1, (grad, hess)
 
