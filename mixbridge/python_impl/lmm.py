@@ -282,15 +282,14 @@ def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) ->
     if start is None:
         start = scalar_start(terms)
     theta0 = theta_start(devfun.pred.reterms) if start is None else devfun.check_theta(start)
-    opt = optimize_theta(
-        devfun,
-        theta0,
-        devfun.lower,
-        restart_edge=bool(ctrl.get("restart_edge", True)),
-        boundary_tol=float(ctrl.get("boundary_tol", 1e-5)),
-        calc_derivs=bool(ctrl.get("calc_derivs", True)),
-        maxeval=int(ctrl.get("maxeval", 100_000)),
-    )
+    settings = {
+        "restart_edge": bool(ctrl.get("restart_edge", True)),
+        "boundary_tol": float(ctrl.get("boundary_tol", 1e-5)),
+        "calc_derivs": bool(ctrl.get("calc_derivs", True)),
+        "maxeval": int(ctrl.get("maxeval", 100_000)),
+    }
+    opt = optimize_theta(devfun, theta0, devfun.lower, **settings)
+    opt = _try_mirrored_start(devfun, opt, settings)
     st = devfun.state(opt.theta)  # leave the model state at the final θ (lme4's last step)
     pred = devfun.pred
     sigma = math.sqrt(st.pwrss / (pred.n - pred.p if reml else pred.n))
@@ -311,6 +310,23 @@ def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) ->
         opt=opt,
         objective=devfun,
     )
+
+
+def _try_mirrored_start(devfun: LmerDevfun, opt: OptResult, settings: dict[str, Any]) -> OptResult:
+    """A singular fit with correlated terms can be a local optimum: a rank-deficient T_k with
+    correlation +1 and one with -1 are separate basins (seen on very unbalanced random-slope
+    data, where lme4's BOBYQA happened to land in the better one). Restart once from the default
+    start with every off-diagonal set to the opposite sign of the solution's; keep the better."""
+    off = ~np.isfinite(devfun.lower)  # off-diagonal θ have no lower bound
+    if not opt.singular or not np.any(off & (opt.theta != 0)):
+        return opt
+    start = theta_start(devfun.pred.reterms)
+    start[off] = -np.sign(opt.theta[off])
+    alt = optimize_theta(devfun, start, devfun.lower, **settings)
+    best = alt if alt.fval < opt.fval else opt
+    best.n_evals = opt.n_evals + alt.n_evals
+    best.status = f"{best.status} (best of the default and a mirrored-correlation start)"
+    return best
 
 
 def _scalar_path_available() -> bool:
