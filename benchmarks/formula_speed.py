@@ -57,6 +57,12 @@ def main() -> None:
     if args.bayesglm:
         import mixbridge
 
+        # warm-up: the first call imports scipy.stats etc. (several seconds on a busy machine)
+        t0 = time.perf_counter()
+        small = pd.DataFrame({"x": np.arange(20.0), "id": np.arange(20) % 4, "y": np.ones(20)})
+        small.loc[::2, "y"] = 0.0
+        mixbridge.bayesglm("y ~ x + factor(id)", small)
+        print(f"first call (imports) {time.perf_counter() - t0:6.2f} s")
         for G in (10_000, 100_000):
             rng = np.random.default_rng(2)
             nn = 10 * G

@@ -295,13 +295,36 @@ def _as_factor(val: Value) -> Factor:
         raise FormulaError("factor() of a matrix is not supported")
     # hash the rows once (O(n)), then sort only the distinct values: numeric order, as R's
     # factor() of a number; -0.0 and 0.0 are one level ("0"), NaN is missing
-    raw_codes, uniq = pd.factorize(v + 0.0, use_na_sentinel=True)
+    raw_codes, uniq = _factorize_numbers(v)
     order = np.argsort(uniq, kind="stable")
     rank = np.empty(len(uniq) + 1, dtype=np.int32)
     rank[order] = np.arange(len(uniq), dtype=np.int32)
     rank[-1] = -1
     codes = rank[raw_codes]  # raw code -1 (NaN) picks rank[-1] = -1
     return Factor(codes, r_number_labels(uniq[order]), False, "factor")
+
+
+def _factorize_numbers(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pd.factorize of a float vector (codes, -1 for NaN; distinct values), O(n).
+
+    Whole numbers in a range not much wider than n (ids, counts, years) are coded by direct
+    lookup, several times faster than hashing; anything else is hashed by pandas.
+    """
+    ok = ~np.isnan(v)
+    if ok.any():
+        lo, hi = float(v[ok].min()), float(v[ok].max())
+        small = max(abs(lo), abs(hi)) < 2.0**52  # finite, and v - lo is exact
+        span = hi - lo if small else np.inf
+        if span <= 2 * len(v) + 1024 and np.all(v[ok] == np.round(v[ok])):
+            offs = np.where(ok, v - lo, 0).astype(np.intp)
+            present = np.zeros(int(span) + 1, dtype=bool)
+            present[offs[ok]] = True
+            uniq_offs = np.flatnonzero(present)
+            lookup = np.full(len(present), -1, dtype=np.intp)
+            lookup[uniq_offs] = np.arange(len(uniq_offs))
+            codes = np.where(ok, lookup[offs], -1)
+            return codes, uniq_offs + lo
+    return pd.factorize(v + 0.0, use_na_sentinel=True)  # + 0.0: -0.0 and 0.0 are one value
 
 
 def interaction_factor(factors: list[Factor]) -> Factor:
