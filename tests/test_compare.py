@@ -365,7 +365,9 @@ def test_arm_binomial_aic_divergence_recomputed_from_data():
     rank = 2
     glm_aic = -2 * np.sum(binom.logpmf(succ, trials, mu)) + 2 * rank
     n_ok = 10.0
-    arm_aic = -2 * np.sum(trials / n_ok * binom.logpmf(np.rint(n_ok * y), n_ok, mu)) + 2 * rank
+    # arm: family$aic(y, n.ok, ...) -> m = n.ok and R's ifelse(m > 0, wt/m, 0) has m's length 1,
+    # so the weight of observation 1 is recycled to all
+    arm_aic = -2 * np.sum(trials[0] / n_ok * binom.logpmf(np.rint(n_ok * y), n_ok, mu)) + 2 * rank
     extra = {"y": y, "prior_weights": trials}
     a = make_bayes("python", aic=glm_aic, extra=extra)
     b = make_bayes("r", aic=arm_aic, extra=extra)

@@ -437,7 +437,10 @@ def _compare_mixed(
     )
     cva, _ = _cond_var_series(a)
     cvb, cscale = _cond_var_series(b)
-    rows.append(_aligned("cond_var", cva, cvb, lambda k: cscale[k], t["cond_var"]))
+    # a term at the boundary (sd < 1e-3 σ, as for varcorr) has conditional variances ~0 on both
+    # sides: compare them on the scale (1e-3 σ)^2, not relative to ~0
+    cv_floor = (1e-3 * sig) ** 2
+    rows.append(_aligned("cond_var", cva, cvb, lambda k: max(cscale[k], cv_floor), t["cond_var"]))
     theta_row = next(r for r in rows if r.quantity == "theta") if a.model == "lmer" else None
     for r in rows:
         _judge(r, model, a, b, policy, flat, registry, theta_row)
@@ -501,7 +504,7 @@ def _judge(
             # lmer's objective is a function of θ alone: β, σ, ranef, ... follow from θ, so a
             # flat θ explains them only when θ itself moved, and only in proportion
             cap = DERIVED_FACTOR * theta_row.max_rel
-            if theta_row.status != EXPLAINED or r.max_rel > cap:
+            if not theta_row.max_rel > 0 or r.max_rel > cap:
                 r.reason = (
                     f"not explained by the flat optimum: θ {theta_row.status} "
                     f"(max rel {theta_row.max_rel:.1e}, cap {cap:.1e}); worst {r.reason}"

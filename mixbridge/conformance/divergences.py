@@ -172,23 +172,34 @@ def check_agq_saturated_constant(a: Any, b: Any, ctx: RowContext) -> CheckOutcom
     return CheckOutcome(True, holds, detail)
 
 
-def _binomial_aic(y: np.ndarray, m: np.ndarray, wt: np.ndarray, mu: np.ndarray) -> float:
-    """R's binomial()$aic(y, n, mu, wt, dev) given the resolved m (R: n if any(n > 1) else wt)."""
+def _binomial_aic(y: np.ndarray, m: np.ndarray | float, wt: np.ndarray, mu: np.ndarray) -> float:
+    """R's binomial()$aic(y, n, mu, wt, dev) given the resolved m (R: n if any(n > 1) else wt).
+
+    `ifelse(m > 0, wt/m, 0)` takes the shape of `m`: for a scalar m (arm's n.ok) it is the
+    single number wt[1]/m, recycled over all observations. R's quirk, reproduced.
+    """
     from scipy.stats import binom
 
-    k = np.rint(m * y)
-    coef = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
-    logp = binom.logpmf(k, np.rint(m), mu)
+    if np.ndim(m) == 0:
+        m = float(m)
+        coef = np.full_like(y, wt[0] / m if m > 0 else 0.0)
+        m_arr = np.full_like(y, m)
+    else:
+        m_arr = np.asarray(m, dtype=float)
+        coef = np.where(m_arr > 0, wt / np.where(m_arr > 0, m_arr, 1.0), 0.0)
+    logp = binom.logpmf(np.rint(m_arr * y), np.rint(m_arr), mu)
     return float(-2.0 * np.sum(np.where(coef > 0, coef * logp, 0.0)))
 
 
-def _bayesglm_data(fit: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """(y as proportions, prior weights = trials) from a fit's extra, if the engine stores them."""
+def _bayesglm_data(fit: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(y as proportions, prior weights, trials) from a fit's extra, if the engine stores them."""
     y = fit.extra.get("y")
     w = fit.extra.get("prior_weights", fit.extra.get("weights"))
     if y is None or w is None:
         return None
-    return np.asarray(y, dtype=float), np.asarray(w, dtype=float)
+    n = fit.extra.get("n_trials")
+    w = np.asarray(w, dtype=float)
+    return np.asarray(y, dtype=float), w, (w if n is None else np.asarray(n, dtype=float))
 
 
 def check_arm_binomial_aic(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
@@ -202,14 +213,15 @@ def check_arm_binomial_aic(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
         return CheckOutcome(
             True, False, "cannot verify: neither fit stores extra['y'] and extra['prior_weights']"
         )
-    y, wt = data
-    if not np.any(wt > 1):
+    y, wt, trials = data
+    if not np.any(trials > 1):
         return CheckOutcome(False)  # 0/1 data: arm's and glm's aic coincide
     mu = np.asarray(a.fitted, dtype=float)
     n_ok = float(np.sum(wt > 0))
     rank = len(a.coef)
-    aic_arm = _binomial_aic(y, np.full_like(y, n_ok), wt, mu) + 2 * rank
-    aic_glm = _binomial_aic(y, wt, wt, mu) + 2 * rank
+    # R's binomial()$aic: m = n if any(n > 1) else wt; arm passes n = n.ok, glm the trials
+    aic_arm = _binomial_aic(y, n_ok if n_ok > 1 else wt, wt, mu) + 2 * rank
+    aic_glm = _binomial_aic(y, trials, wt, mu) + 2 * rank
     expected = {  # a - b for each way the two engines can report it
         "a glm, b arm": aic_glm - aic_arm,
         "a arm, b glm": aic_arm - aic_glm,

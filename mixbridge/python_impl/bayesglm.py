@@ -1072,6 +1072,8 @@ def fit_from_matrix(
             "working_weights": core.working_weights,
             "working_residuals": core.working_residuals,
             "prior_weights": core.prior_weights,
+            "y": core.y,  # response as fitted (binomial: proportions), for conformance checks
+            "n_trials": core.n_trials,
             "vcov_unscaled_diag": core.v.diag_v,
             "solver": type(core.design).__name__,
             "boundary": core.boundary,
