@@ -230,3 +230,27 @@ def test_random_inputs_give_terms_or_mixbridge_errors(n, seed, na_frac, atoms, o
         return
     assert t.X.shape == (t.n, len(t.x_names)) and np.isfinite(t.X).all()
     assert all(r.codes.min() >= 0 and r.Z.shape == (t.n, len(r.cnames)) for r in t.reterms)
+
+
+def test_sparse_glm_terms_for_a_factor_with_many_levels():
+    """build_glm_terms(sparse=True) with 30,000 levels: a CSC matrix with one entry per row and
+    column for the factor, names built from the labels (no dense 30,000 x 30,000 coding matrix,
+    which would need 7 GB), equal to an explicitly built one-hot matrix."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    G, n = 30_000, 60_000
+    ids = np.concatenate([np.arange(G), rng.integers(0, G, n - G)])
+    x = rng.normal(size=n)
+    d = pd.DataFrame({"y": rng.normal(size=n), "x": x, "id": ids})
+    terms = build_glm_terms("y ~ x + factor(id)", d, sparse=True)
+    assert sp.issparse(terms.X) and terms.X.format == "csc"
+    assert terms.X.shape == (n, G + 1)
+    assert terms.x_names[:3] == ["(Intercept)", "x", "factor(id)1"]
+    assert terms.x_names[-1] == f"factor(id){G - 1}"
+    onehot = sp.csc_matrix((np.ones(n), (np.arange(n), ids)), shape=(n, G))[:, 1:]
+    expected = sp.hstack([sp.csc_matrix(np.column_stack([np.ones(n), x])), onehot]).tocsc()
+    assert (terms.X != expected).nnz == 0
+    # arm's drop.baseline=FALSE: every level gets a column
+    full = build_glm_terms("y ~ 0 + factor(id)", d, sparse=True, drop_baseline=False)
+    assert full.X.shape == (n, G) and full.X.nnz == n

@@ -24,13 +24,16 @@ class Numeric:
 
     values: np.ndarray
     colnames: list[str] | None = None  # suffixes for matrix columns, e.g. ["1", "2"]
+    # an integer column that R receives as an integer vector (the bridge: ints within int32);
+    # factor() labels it "100000" where a double gets "1e+05"
+    integer: bool = False
 
     def na_mask(self) -> np.ndarray:
         v = self.values
         return np.isnan(v) if v.ndim == 1 else np.isnan(v).any(axis=1)
 
     def take(self, rows: np.ndarray) -> Numeric:
-        return Numeric(self.values[rows], self.colnames)
+        return Numeric(self.values[rows], self.colnames, self.integer)
 
 
 @dataclass
@@ -111,7 +114,13 @@ def read_column(data: pd.DataFrame, name: str) -> Value:
         vals = col.fillna(False).to_numpy().astype(bool)
         return _logical(vals, mask)
     if pd.api.types.is_numeric_dtype(dtype):
-        return Numeric(col.astype("float64").to_numpy(dtype=float, na_value=np.nan))
+        values = col.astype("float64").to_numpy(dtype=float, na_value=np.nan)
+        if not pd.api.types.is_integer_dtype(dtype):
+            return Numeric(values)
+        # R's integer range (the bridge sends wider integers as doubles); NA_integer_ excluded
+        ok = values[~np.isnan(values)]
+        lo, hi = -(2.0**31) + 1, 2.0**31 - 1
+        return Numeric(values, integer=not ok.size or bool(ok.min() >= lo and ok.max() <= hi))
     if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
         mask = col.isna().to_numpy()
         # hash once (pd.factorize), then look at the distinct values only
@@ -301,7 +310,12 @@ def _as_factor(val: Value) -> Factor:
     rank[order] = np.arange(len(uniq), dtype=np.int32)
     rank[-1] = -1
     codes = rank[raw_codes]  # raw code -1 (NaN) picks rank[-1] = -1
-    return Factor(codes, r_number_labels(uniq[order]), False, "factor")
+    sorted_uniq = uniq[order]
+    if val.integer:  # as.character() of an R integer: always plain digits
+        labels = sorted_uniq.astype(np.int64).astype(str).tolist()
+    else:
+        labels = r_number_labels(sorted_uniq)
+    return Factor(codes, labels, False, "factor")
 
 
 def _factorize_numbers(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
