@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixbridge.errors import DataError, MixbridgeError
+from mixbridge.errors import ArgumentError, DataError, MixbridgeError
 from mixbridge.formula import build_glm_terms, build_mixed_terms
 
 
@@ -254,3 +254,18 @@ def test_sparse_glm_terms_for_a_factor_with_many_levels():
     # arm's drop.baseline=FALSE: every level gets a column
     full = build_glm_terms("y ~ 0 + factor(id)", d, sparse=True, drop_baseline=False)
     assert full.X.shape == (n, G) and full.X.nnz == n
+
+
+def test_sparse_auto_decides_by_the_levels_of_the_factors_used(df):
+    """sparse="auto": sparse exactly when a factor in the model has >= sparse_min_levels levels
+    (g has 4), with the same values either way."""
+    import scipy.sparse as sp
+
+    dense = build_glm_terms("y ~ x + g", df, sparse="auto", sparse_min_levels=5)
+    sparse = build_glm_terms("y ~ x + g", df, sparse="auto", sparse_min_levels=4)
+    assert not sp.issparse(dense.X) and sp.issparse(sparse.X)
+    np.testing.assert_array_equal(sparse.X.toarray(), dense.X)
+    assert sparse.x_names == dense.x_names
+    assert not sp.issparse(build_glm_terms("y ~ x", df, sparse="auto", sparse_min_levels=1).X)
+    with pytest.raises(ArgumentError, match="sparse"):
+        build_glm_terms("y ~ x + g", df, sparse="yes")

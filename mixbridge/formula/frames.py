@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from mixbridge.errors import DataError
+from mixbridge.errors import ArgumentError, DataError
 from mixbridge.formula.evaluate import (
     Factor,
     Numeric,
@@ -241,20 +241,26 @@ def build_glm_terms(
     offset: Any = None,
     family: str = "gaussian",
     drop_baseline: bool = True,
-    sparse: bool = False,
+    sparse: bool | str = False,
+    sparse_min_levels: int = 500,
 ) -> GLMTerms:
     """arm's bayesglm frame: keep.order=TRUE terms, drop.baseline contrasts, no column dropping.
 
     Like arm (which rebuilds X with model.frame's default drop.unused.levels=FALSE), categories of
     a pandas Categorical that are absent from the rows used keep their (all-zero) columns.
     sparse=True: X is a scipy.sparse CSC matrix with the same values and names (a factor with G
-    levels then costs O(n) memory instead of n x G).
+    levels then costs O(n) memory instead of n x G). sparse="auto": sparse when a factor used in
+    the model has at least `sparse_min_levels` levels (decided after evaluation, no extra pass).
     """
     frame = _Frame(formula, data, "bayesglm", family, weights, offset, keep_order=True)
     frame.evaluate(with_bars=False)
     frame.na_omit()
     contrasts = "treatment" if drop_baseline else "bayes"
     fixed = frame.fixed_part(contrasts=contrasts, drop_unused=False)
+    if sparse == "auto":
+        sparse = any(len(lv) >= sparse_min_levels for lv in fixed.design.levels.values())
+    elif not isinstance(sparse, bool):
+        raise ArgumentError(f"sparse must be True, False or 'auto', got {sparse!r}", "sparse")
     if sparse:
         x = fixed.design.sparse_matrix(frame.fixed_values, frame.n)
         _check_finite_sparse(x, fixed.design.names, "model matrix")

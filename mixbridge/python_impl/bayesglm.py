@@ -41,11 +41,11 @@ expanded into a dense n x G matrix or a G x G system. The augmented normal equat
 block elimination (diagonal block for the factor, a small dense Schur complement for the other
 columns, Sherman-Morrison for the centred-intercept prior row), with one step of iterative
 refinement whose residual is computed from the data, so it agrees with arm's QR to ~1e-12.
-When the formula uses a factor with >= SPARSE_MIN_LEVELS levels, the model matrix itself is
-assembled sparsely (`build_glm_terms_sparse`: the formula module's `build_glm_terms(...,
-sparse=True)`), so `y ~ x + factor(id)` with 1e5 levels never allocates n x G. Not covered: a
-large factor interacted with a numeric variable (x:id gives G non-0/1 columns, which fall back to
-the dense solver).
+When the model uses a factor with >= SPARSE_MIN_LEVELS levels, the model matrix itself is
+assembled sparsely (the formula module's `build_glm_terms(..., sparse="auto")`), so
+`y ~ x + factor(id)` with 1e5 levels never allocates n x G. Not covered: a large factor
+interacted with a numeric variable (x:id gives G non-0/1 columns, which fall back to the dense
+solver).
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import platform
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -1099,30 +1098,19 @@ def _glm_terms(
     offset: Any,
     drop_baseline: bool,
 ) -> Any:
-    """build_glm_terms, or its sparse twin when the formula uses a factor with many levels."""
+    """build_glm_terms, with a sparse X when the model uses a factor with many levels."""
     from mixbridge.formula import build_glm_terms
 
-    kw = dict(family=family, weights=weights, offset=offset, drop_baseline=drop_baseline)
-    if _uses_large_factor(formula, data):
-        return build_glm_terms_sparse(formula, data, **kw)
-    return build_glm_terms(formula, data, **kw)
-
-
-def _uses_large_factor(formula: str, data: Any) -> bool:
-    """Cheap pre-check: a column named in the formula that is (or is wrapped in factor() /
-    as.factor()) categorical with >= SPARSE_MIN_LEVELS distinct values."""
-    if not isinstance(data, pd.DataFrame):
-        return False
-    names = set(re.findall(r"[A-Za-z_.][A-Za-z0-9_.]*", formula)) & {str(c) for c in data.columns}
-    for name in names:
-        col = data[name]
-        as_factor = re.search(rf"(as\.)?factor\(\s*{re.escape(name)}\s*\)", formula)
-        categorical = not pd.api.types.is_numeric_dtype(col) or isinstance(
-            col.dtype, pd.CategoricalDtype
-        )
-        if (categorical or as_factor) and col.nunique(dropna=True) >= SPARSE_MIN_LEVELS:
-            return True
-    return False
+    return build_glm_terms(
+        formula,
+        data,
+        family=family,
+        weights=weights,
+        offset=offset,
+        drop_baseline=drop_baseline,
+        sparse="auto",
+        sparse_min_levels=SPARSE_MIN_LEVELS,  # read at call time (tests lower it)
+    )
 
 
 def build_glm_terms_sparse(
