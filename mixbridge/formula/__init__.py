@@ -3,6 +3,7 @@
     validate_formula(formula, columns, model)         allow-list check (security), no data needed
     build_mixed_terms(formula, data, ...) -> MixedTerms   lme4's lFormula/glFormula
     build_glm_terms(formula, data, ...) -> GLMTerms       arm's bayesglm model frame
+        (sparse=True or "auto": X as scipy.sparse CSC, O(n) for factors with many levels)
 
 Modules: `parse` (tokens, AST, R deparse), `validate` (allow-list), `terms` (R's terms.formula and
 lme4's bar expansion), `evaluate` (variables on data, predvars), `levels` (R's level order),

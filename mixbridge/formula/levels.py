@@ -11,6 +11,10 @@ from the environment: LC_ALL, else LC_COLLATE, else LANG. Verified with R 4.2.2 
 and accented Latin text (with CLDR's order of ASCII punctuation); other scripts and non-ASCII
 symbols fall back to code points. A locale that is not installed makes R fall back to C;
 that is not detected here.
+
+Speed: only the distinct values are sorted (callers hash the rows first). ASCII labels under ICU
+use str.translate keys equivalent to `r_collate_key` (C speed); other text uses the full key.
+Numeric levels are formatted vectorized (`r_number_labels`).
 """
 
 from __future__ import annotations
