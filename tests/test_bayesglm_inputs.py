@@ -64,8 +64,15 @@ def test_binomial_response_outside_unit_interval(data: pd.DataFrame) -> None:
 
 
 def test_unsupported_family_link_pair(data: pd.DataFrame) -> None:
-    with pytest.raises(DataError, match="link 'logit' not available for the poisson family"):
+    # The public call rejects the pair in the input checks, naming the argument ...
+    with pytest.raises(ArgumentError, match="link 'logit' is not available for family") as info:
         mixbridge.bayesglm("cnt ~ x", data, family="poisson", link="logit")
+    assert info.value.argument == "link"
+    # ... and the engine, called directly, rejects it too.
+    from mixbridge.python_impl.bayesglm import bayesglm as engine_bayesglm
+
+    with pytest.raises(DataError, match="link 'logit' not available for the poisson family"):
+        engine_bayesglm("cnt ~ x", data, family="poisson", link="logit")
 
 
 @pytest.mark.parametrize(

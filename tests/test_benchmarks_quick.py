@@ -6,7 +6,6 @@ No timing assertions: speed is measured by benchmarks/run.py itself, not by test
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +18,7 @@ def test_benchmark_tiny_runs_and_estimates_agree_with_r(needs_r, tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tiny", "--no-plot"]
     cmd += ["--models", "lmm", "bayesglm", "--engines", "floor", "mixbridge-core", "mixbridge"]
     cmd += ["--out", str(out)]
-    env = dict(os.environ)
-    # Embedded R (rpy2, used by earlier tests) puts the system library dir on LD_LIBRARY_PATH,
-    # which would make the benchmark's Python subprocesses load the system libpython.
-    if os.environ.get("R_HOME", "/usr/lib/R") in env.get("LD_LIBRARY_PATH", ""):
-        env.pop("LD_LIBRARY_PATH")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["mode"] == "tiny"

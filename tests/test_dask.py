@@ -7,8 +7,6 @@ in test_lmm_scalar.py and the lmer tests); the Dask path must reproduce it to 1e
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -63,31 +61,13 @@ def _data(n: int, G: int, seed: int = 1) -> pd.DataFrame:
     return df
 
 
-def _without_r_library_path() -> dict[str, str]:
-    """os.environ minus what embedded R (rpy2, used by earlier tests) adds to LD_LIBRARY_PATH:
-    with /usr/lib/x86_64-linux-gnu first, a spawned Python worker loads the system libpython
-    and fails to import ssl."""
-    env = dict(os.environ)
-    r_home = env.get("R_HOME", "/usr/lib/R")
-    if "LD_LIBRARY_PATH" in env and r_home in env["LD_LIBRARY_PATH"]:
-        env.pop("LD_LIBRARY_PATH")
-    return env
-
-
 @pytest.fixture(scope="module")
 def cluster_client():
     from distributed import Client, LocalCluster
 
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(_without_r_library_path())
-    try:  # worker processes inherit the environment at spawn time
-        cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     client = Client(cluster)
     yield cluster, client
     client.close()

@@ -7,6 +7,7 @@ no pandas2ri / numpy2ri conversion contexts (slow, and they do not follow thread
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from typing import Any
@@ -45,18 +46,29 @@ def session() -> tuple[Any, Any]:
     with LOCK:
         if "env" in _STATE:
             return _STATE["ri"], _STATE["env"]
-        ri = _import_rinterface()
+        # rpy2 puts R's and the system library folders first on LD_LIBRARY_PATH while loading
+        # libR; left there, every process this Python starts afterwards (Dask workers,
+        # benchmark workers) loads the system libpython and fails. Restore it once R is up.
+        saved_library_path = os.environ.get("LD_LIBRARY_PATH")
         try:
+            ri = _import_rinterface()
             with warnings.catch_warnings():
                 # Starting R from a worker thread only means Ctrl-C cannot interrupt R.
                 warnings.filterwarnings("ignore", message="R is not initialized by the main")
                 ri.initr_simple()
+        except RNotAvailableError:
+            raise
         except Exception as exc:
             raise RNotAvailableError(
                 f"embedded R failed to start ({type(exc).__name__}: {exc})",
                 missing=["R"],
                 install=locate.install_r_hint(),
             ) from exc
+        finally:
+            if saved_library_path is None:
+                os.environ.pop("LD_LIBRARY_PATH", None)
+            else:
+                os.environ["LD_LIBRARY_PATH"] = saved_library_path
         probe = ri.evalr(
             "local({p <- c('lme4', 'arm', 'Matrix');"
             " p[!nzchar(vapply(p, function(x) system.file(package = x), ''))]})"
