@@ -37,6 +37,7 @@ def test_statsmodels_engine_vs_lme4(sleepstudy):
                        engine="statsmodels")  # fmt: skip
 
 
+@pytest.mark.slow  # each subprocess call (fit, objective) starts a fresh Rscript: ~30 s in all
 def test_r_embedded_vs_subprocess(sleepstudy):
     f = "Reaction ~ Days + (1 | Subject)"
     emb = mixbridge.lmer(f, sleepstudy, engine="r", transport="embedded")

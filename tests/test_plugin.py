@@ -51,7 +51,8 @@ def test_needs_r(r_session):
 
 def test_plugin_fixtures_against_live_r(needs_r, pytester):
     pytester.makepyfile(test_user=USER_TESTS)
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    # in-process: reuses this session's embedded R instead of starting another
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
 
 
