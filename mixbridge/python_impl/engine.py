@@ -9,32 +9,42 @@ from __future__ import annotations
 
 from typing import Any
 
+from mixbridge.python_impl.predictor import blas_single_thread
+
+# Every fit runs with BLAS on one thread: the work is many small and mid-sized factorizations,
+# where OpenBLAS threads gain little and, on a busy machine, slow a small Cholesky ~100x.
+
 
 def lmer(formula: str, data: Any, **kwargs: Any):
     from mixbridge.python_impl.lmm import lmer as fit
 
-    return fit(formula, data, **kwargs)
+    with blas_single_thread():
+        return fit(formula, data, **kwargs)
 
 
 def lmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
     from mixbridge.python_impl.lmm import lmer_objective as objective
 
-    return objective(formula, data, **kwargs)
+    with blas_single_thread():
+        return objective(formula, data, **kwargs)
 
 
 def glmer(formula: str, data: Any, **kwargs: Any):
     from mixbridge.python_impl.glmm import glmer as fit
 
-    return fit(formula, data, **kwargs)
+    with blas_single_thread():
+        return fit(formula, data, **kwargs)
 
 
 def glmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
     from mixbridge.python_impl.glmm import glmer_objective as objective
 
-    return objective(formula, data, **kwargs)
+    with blas_single_thread():
+        return objective(formula, data, **kwargs)
 
 
 def bayesglm(formula: str, data: Any, **kwargs: Any):
     from mixbridge.python_impl.bayesglm import bayesglm as fit
 
-    return fit(formula, data, **kwargs)
+    with blas_single_thread():
+        return fit(formula, data, **kwargs)
