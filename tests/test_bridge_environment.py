@@ -19,3 +19,19 @@ def test_embedded_r_leaves_library_path_alone(needs_r):
         [sys.executable, "-c", "import ssl, numpy; print('ok')"], capture_output=True, text=True
     )
     assert child.returncode == 0 and child.stdout.strip() == "ok", child.stderr[-1000:]
+
+
+def test_bad_r_home_is_a_clear_error_not_an_exit(tmp_path):
+    # A fresh interpreter: the embedded R of this test process may already be running.
+    code = (
+        "import mixbridge, pandas as pd\n"
+        "d = pd.DataFrame({'y': [1.0, 2.0, 3.0, 4.0], 'g': ['a', 'a', 'b', 'b']})\n"
+        "try:\n"
+        "    mixbridge.lmer('y ~ 1 + (1|g)', d, engine='r')\n"
+        "except mixbridge.RNotAvailableError as exc:\n"
+        "    print('RNotAvailableError:', exc)\n"
+    )
+    env = dict(os.environ, R_HOME=str(tmp_path / "no-such-r"))
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert child.returncode == 0, child.stderr[-1000:]
+    assert "RNotAvailableError: R_HOME points at" in child.stdout

@@ -50,6 +50,14 @@ def session() -> tuple[Any, Any]:
         # libR; left there, every process this Python starts afterwards (Dask workers,
         # benchmark workers) loads the system libpython and fails. Restore it once R is up.
         saved_library_path = os.environ.get("LD_LIBRARY_PATH")
+        r_home = os.environ.get("R_HOME")
+        if r_home and not os.path.isdir(r_home):
+            # rpy2 would otherwise let R abort the whole Python process
+            raise RNotAvailableError(
+                f"R_HOME points at {r_home!r}, which is not a directory",
+                missing=["R"],
+                install="unset R_HOME, or set it to the output of `R RHOME`",
+            )
         try:
             ri = _import_rinterface()
             with warnings.catch_warnings():
