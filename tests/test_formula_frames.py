@@ -269,3 +269,19 @@ def test_sparse_auto_decides_by_the_levels_of_the_factors_used(df):
     assert not sp.issparse(build_glm_terms("y ~ x", df, sparse="auto", sparse_min_levels=1).X)
     with pytest.raises(ArgumentError, match="sparse"):
         build_glm_terms("y ~ x + g", df, sparse="yes")
+
+
+def test_rank_keep_fast_path_agrees_with_exact_emulation():
+    """The Gram-Cholesky shortcut only answers 'keep all' when no column is near dqrdc2's
+    threshold; near-collinear columns go through the exact left-to-right emulation."""
+    from mixbridge.formula import model_matrix as mm
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 4))
+    assert mm._clearly_full_rank(x, 1e-7)
+    np.testing.assert_array_equal(mm.rank_keep(x), [0, 1, 2, 3])
+    for eps, kept in [(1e-6, [0, 1, 2, 3]), (1e-9, [0, 1, 3]), (0.0, [0, 1, 3])]:
+        y = x.copy()
+        y[:, 2] = x[:, 0] - 2 * x[:, 1] + eps * rng.normal(size=500)  # residual fraction ~eps
+        assert not mm._clearly_full_rank(y, 1e-7)
+        np.testing.assert_array_equal(mm.rank_keep(y), kept)
