@@ -287,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         plot(records, args.out.parent / "lmm_time.png")
     print(f"\nwall time {report['wall_s']:.0f} s; results in {args.out}")
-    return 0
+    # a fast wrong answer (or a crashed fit) fails the run, so CI can run --quick as a check
+    bad = [r for r in records if "error" in r or str(r.get("check", "")).startswith("MISMATCH")]
+    for r in bad:
+        print(f"FAILED: {r['model']} n={r['n']} {r['engine']}: {r.get('error') or r['check']}")
+    return 1 if bad else 0
 
 
 def run_model(model: str, sizes: list, root: Path, repeats: int, args) -> list[dict]:
