@@ -71,7 +71,21 @@ make_venv() {
         return 0
     fi
     say "creating the virtual environment in $VENV"
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
+        # Debian's python3 ships venv separately (python3-venv)
+        rm -rf "$VENV"
+        if apt_usable; then
+            local SUDO=""
+            [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+            say "installing python3-venv"
+            $SUDO apt-get update -qq </dev/null >&2
+            $SUDO apt-get install -y -qq --no-install-recommends python3-venv </dev/null >&2
+        fi
+        "$PYTHON" -m venv "$VENV" || {
+            say "$PYTHON cannot create a virtual environment: install python3-venv (Debian) or use a Python with venv"
+            return 1
+        }
+    fi
     local rpy2_req log="$VENV/pip-install.log"
     rpy2_req=$(pick_rpy2)
     if ! "$VENV/bin/python" -m pip install -q -e "$MIXBRIDGE_ROOT[test]" $rpy2_req </dev/null >"$log" 2>&1; then
