@@ -13,7 +13,7 @@ import mixbridge
 from mixbridge.testing.strategies import grouped_data, profile_settings
 
 
-@profile_settings(max_examples=5)
+@profile_settings(max_examples=20)
 @given(
     d=grouped_data(max_groups=12, max_size=30, max_covariates=3, weights=None, max_rows=300),
     prior_df=st.sampled_from([1.0, 7.0, float("inf")]),
@@ -34,7 +34,7 @@ def test_python_bayesglm_matches_arm(needs_r, d, prior_df, scaled):
     cmp.assert_ok()
 
 
-@profile_settings(max_examples=3)
+@profile_settings(max_examples=12)
 @given(
     d=grouped_data(
         family=None, min_groups=4, max_groups=25, max_size=40, max_covariates=2,

@@ -23,7 +23,7 @@ def _fit_both(d, formula: str, reml: bool):
     return py, r
 
 
-@profile_settings(max_examples=4)
+@profile_settings(max_examples=16)
 @given(d=grouped_data(family="gaussian", weights=None, max_groups=40, max_rows=400))
 def test_python_lmer_matches_lme4_random_intercept(needs_r, d):
     note(d.describe())
@@ -39,7 +39,7 @@ def test_python_lmer_matches_lme4_random_intercept(needs_r, d):
         assert cmp.row("objective").status == "ok"
 
 
-@profile_settings(max_examples=3)
+@profile_settings(max_examples=12)
 @given(
     d=grouped_data(
         family="gaussian",

@@ -36,7 +36,7 @@ def _group_stats(d):
     return grouped.mean(), grouped.size().astype(float)
 
 
-@profile_settings(max_examples=3)
+@profile_settings(max_examples=12)
 @given(d=one_way_data(), reml=st.booleans())
 def test_closed_form_and_ridge_identity_both_engines(needs_r, d, reml):
     note(d.describe())
@@ -74,15 +74,23 @@ def _bayes(d, mu, tau, engine, **kw):
     )
 
 
-@profile_settings(max_examples=3)
+@profile_settings(max_examples=12)
 @given(d=one_way_data(max_groups=15))
 def test_ranef_equals_bayesglm_gaussian_both_engines(needs_r, d):
     note(d.describe())
     for engine in ENGINES:
-        # ML: at the ML optimum sigma^2 is also bayesglm's conditional ML dispersion -> 1e-7
+        # ML: at the ML optimum sigma^2 is also bayesglm's conditional ML dispersion -> 1e-7.
+        # That needs bayesglm's dispersion EM at its fixed point: arm stops once one step moves
+        # phi by < epsilon (1e-8) relative, which with mostly one-row groups (EM rate near 1)
+        # leaves phi ~1e-5 short (found by hypothesis). So this leg runs the EM to 1e-13.
         ml = mixbridge.lmer("y ~ 1 + (1 | g)", d.data, reml=False, engine=engine)
         mu, tau, sigma, blup = _pieces(ml)
-        bayes = _bayes(d, mu, tau, engine)
+        if tau < 1e-4:
+            # boundary fit: every group mean is shrunk to mu; no prior scale for bayesglm
+            event("singular ML fit")
+            np.testing.assert_allclose(blup.to_numpy(), mu, rtol=1e-12, atol=1e-12)
+            continue
+        bayes = _bayes(d, mu, tau, engine, epsilon=1e-13, maxit=100000)
         cmp = mixbridge.compare(bayes, ml)
         note(str(cmp))
         assert cmp.row("group_means").status == "ok", str(cmp)
@@ -90,6 +98,10 @@ def test_ranef_equals_bayesglm_gaussian_both_engines(needs_r, d):
         # must recompute the closed form at bayesglm's dispersion and explain the difference
         reml = mixbridge.lmer("y ~ 1 + (1 | g)", d.data, reml=True, engine=engine)
         mu, tau, sigma, blup = _pieces(reml)
+        if tau < 1e-4:
+            event("singular REML fit")
+            np.testing.assert_allclose(blup.to_numpy(), mu, rtol=1e-12, atol=1e-12)
+            continue
         bayes = _bayes(d, mu, tau, engine)
         cmp = mixbridge.compare(bayes, reml)
         note(str(cmp))
@@ -101,7 +113,7 @@ def test_ranef_equals_bayesglm_gaussian_both_engines(needs_r, d):
         np.testing.assert_allclose(coef, blup.to_numpy(), rtol=1e-10, atol=1e-10, err_msg=engine)
 
 
-@profile_settings(max_examples=3)
+@profile_settings(max_examples=12)
 @given(
     d=grouped_data(
         family="binomial", min_groups=4, max_groups=15, max_size=40, max_covariates=0,
