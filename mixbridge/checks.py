@@ -17,8 +17,9 @@ import pandas as pd
 
 from mixbridge.errors import ArgumentError, DataError, FormulaError
 
-# families (R spelling) and their links, per model
-_LINKS = {
+# families (R spelling) and the links R's family constructors accept, default first; shared
+# with the Python engines' families (python_impl/families.py)
+FAMILY_LINKS: dict[str, tuple[str, ...]] = {
     "gaussian": ("identity", "log", "inverse"),
     "binomial": ("logit", "probit", "cauchit", "log", "cloglog"),
     "poisson": ("log", "identity", "sqrt"),
@@ -30,7 +31,7 @@ _LINKS = {
 FAMILIES = {
     "lmer": ("gaussian",),
     "glmer": ("binomial", "poisson", "Gamma", "inverse.gaussian", "gaussian"),
-    "bayesglm": tuple(_LINKS),
+    "bayesglm": tuple(FAMILY_LINKS),
 }
 
 
@@ -116,10 +117,10 @@ def _check_family(model: str, family: str | None, link: str | None) -> str:
                 f"{', '.join(FAMILIES[model])}",
                 "family",
             )
-    if link is not None and link not in _LINKS[fam]:
+    if link is not None and link not in FAMILY_LINKS[fam]:
         raise ArgumentError(
             f"link {link!r} is not available for family {fam!r}; available: "
-            f"{', '.join(_LINKS[fam])}",
+            f"{', '.join(FAMILY_LINKS[fam])}",
             "link",
         )
     return fam

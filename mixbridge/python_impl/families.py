@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from mixbridge.checks import FAMILY_LINKS
 from mixbridge.errors import DataError
 
 DBL_EPSILON = float(np.finfo(float).eps)
@@ -34,17 +35,6 @@ _PROBIT_THRESH = 8.125890664701906
 _CAUCHIT_THRESH = float(-stats.cauchy.ppf(DBL_EPSILON))
 
 Array = np.ndarray
-
-# Which links R's family constructors accept, default first.
-FAMILY_LINKS: dict[str, tuple[str, ...]] = {
-    "gaussian": ("identity", "log", "inverse"),
-    "binomial": ("logit", "probit", "cauchit", "log", "cloglog"),
-    "poisson": ("log", "identity", "sqrt"),
-    "Gamma": ("inverse", "identity", "log"),
-    "inverse.gaussian": ("1/mu^2", "inverse", "identity", "log"),
-    "quasibinomial": ("logit", "probit", "cauchit", "log", "cloglog"),
-    "quasipoisson": ("log", "identity", "sqrt"),
-}
 
 
 # ---------------------------------------------------------------------------------------------
