@@ -7,16 +7,14 @@ in test_lmm_scalar.py and the lmer tests); the Dask path must reproduce it to 1e
 
 from __future__ import annotations
 
+import dask.dataframe as dd  # the test extra installs dask: a missing one is a failure
 import numpy as np
 import pandas as pd
 import pytest
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 import mixbridge
 from mixbridge.errors import FormulaError
-
-dd = pytest.importorskip("dask.dataframe")
-distributed = pytest.importorskip("distributed")
-from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402
 
 # Map-reduce vs one in-memory pass: the same sums in another order (rounding ~1e-16 per row
 # sum), and θ̂ is a root of the analytic derivative, so estimates agree to ~1e-13; 1e-10 is the
