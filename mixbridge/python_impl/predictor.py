@@ -66,18 +66,26 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 
+_BLAS_CONTROLLER: list[Any] = []  # threadpoolctl's controller, created once (see below)
+
+
 def blas_single_thread() -> contextlib.AbstractContextManager:
     """Limit BLAS to one thread while fitting (uses threadpoolctl when installed).
 
     The per-θ work is many small or mid-sized factorizations: OpenBLAS threading gains little
     there and, on a shared or busy machine, its spinning threads make a 1000×1000 Cholesky
-    5x slower (measured here: 0.33 s vs 1.78 s per InstEval evaluation).
+    5x slower (measured here: 0.33 s vs 1.78 s per InstEval evaluation). The controller is made
+    once: building one scans the process's loaded libraries, ~4 ms per call otherwise.
     """
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # optional dependency: run with the library's default threading
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    if not _BLAS_CONTROLLER:
+        import scipy.linalg  # noqa: F401  (its BLAS must be loaded before the scan)
+
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 def theta_layout(p: int) -> tuple[np.ndarray, np.ndarray]:
