@@ -11,6 +11,9 @@ MIXBRIDGE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MIXBRIDGE_VENV:-$MIXBRIDGE_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 R_PACKAGES_DEB="r-base-core r-base-dev r-cran-lme4 r-cran-arm r-cran-jsonlite"
+# pip extras: the test tools and the peers (glmm, mixedlm) the conformance tests certify; part of
+# the stamp, so an existing venv re-installs when this list changes
+EXTRAS="test,peers"
 
 say() { printf '[mixbridge setup] %s\n' "$*" >&2; }
 
@@ -66,7 +69,7 @@ pick_rpy2() {
 make_venv() {
     local stamp="$VENV/.mixbridge-stamp"
     local want
-    want="$(cat "$MIXBRIDGE_ROOT/pyproject.toml" | sha256sum | cut -c1-16) $(pick_rpy2)"
+    want="$(cat "$MIXBRIDGE_ROOT/pyproject.toml" | sha256sum | cut -c1-16) $(pick_rpy2) [$EXTRAS]"
     if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
@@ -88,7 +91,7 @@ make_venv() {
     fi
     local rpy2_req log="$VENV/pip-install.log"
     rpy2_req=$(pick_rpy2)
-    if ! "$VENV/bin/python" -m pip install -q -e "$MIXBRIDGE_ROOT[test]" $rpy2_req </dev/null >"$log" 2>&1; then
+    if ! "$VENV/bin/python" -m pip install -q -e "$MIXBRIDGE_ROOT[$EXTRAS]" $rpy2_req </dev/null >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         say "pip install failed (full log: $log)"
         return 1
