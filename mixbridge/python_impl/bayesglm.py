@@ -194,12 +194,13 @@ def scale_priors(
 
 @dataclass
 class Solution:
-    """One augmented least-squares solve: coefficients, diag(V), mean_i x_i'Vx_i, V on demand."""
+    """One augmented least-squares solve: coefficients, diag(V), mean_i x_i'Vx_i, V on demand
+    (`full_v(scale)` = scale * V, p x p)."""
 
     b: np.ndarray
     diag_v: np.ndarray
     mean_leverage: float
-    full_v: Callable[[], np.ndarray]  # the full p x p V, formed only on demand
+    full_v: Callable[[float], np.ndarray]  # scale * V (p x p), formed only on demand
 
 
 # Raw LAPACK: scipy's high-level wrappers cost ~0.2 ms per call, more than these tiny solves.
@@ -221,12 +222,20 @@ def _chol_inv(U: np.ndarray) -> np.ndarray:
 
 
 def _column_scale(x: np.ndarray) -> float:
-    x = x[~np.isnan(x)]
-    u = np.unique(x)
-    if u.size <= 1:
+    """arm's x.scale: 1 for a constant column, max - min for two distinct values, else 2 sd.
+
+    The number of distinct values is found from min/max (no sort): same answer as unique().
+    """
+    nan = np.isnan(x)
+    if nan.any():
+        x = x[~nan]
+    if x.size == 0:
         return 1.0
-    if u.size == 2:
-        return float(u[-1] - u[0])
+    lo, hi = x.min(), x.max()
+    if lo == hi:
+        return 1.0
+    if np.all((x == lo) | (x == hi)):
+        return float(hi - lo)
     return float(2.0 * np.std(x, ddof=1))
 
 
@@ -313,7 +322,7 @@ class DenseDesign(Design):
         Rinv = np.triu(Rinv)
         V = Rinv @ Rinv.T  # chol2inv(R), as summary.glm
         lev = float(np.sum(V * self._cross)) / self._lev_n
-        return Solution(b, np.diag(V).copy(), lev, lambda: V)
+        return Solution(b, np.diag(V).copy(), lev, lambda scale=1.0: V * scale)
 
 
 class BlockedDesign(Design):
@@ -335,52 +344,74 @@ class BlockedDesign(Design):
         self.G = len(self.block_cols)
         self.q = len(self.dense_cols)
         self.codes = np.asarray(codes, dtype=np.intp)
+        # Rows outside the block (code -1) go to a spare bin G, so sums by code and gathers need
+        # no row mask: the spare bin is dropped from sums and holds 0 in gathers.
+        self._bins = np.where(self.codes >= 0, self.codes, self.G)
         self.XD = np.ascontiguousarray(XD, dtype=float).reshape(n, self.q)
-        self._in_block = self.codes >= 0
-        self._lev_rows = np.ones(n, dtype=bool)
-        self._set_cross(self._lev_rows)
+        self._XD_cols = [np.ascontiguousarray(self.XD[:, k]) for k in range(self.q)]
+        self._lev_rows: np.ndarray | None = None  # rows of mean_i x_i'Vx_i; None: all rows
+        # X'W^2X's pieces depend only on the working weights, which often repeat between
+        # iterations (gaussian identity: always): cached with the w^2 they came from.
+        self._data_w2: np.ndarray | None = None
+        self._data: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._set_cross(np.ones(n))
 
     # sums over rows, per block column: bincount of `values` by code
     def _by_code(self, values: np.ndarray) -> np.ndarray:
-        return np.bincount(
-            self.codes[self._in_block], weights=values[self._in_block], minlength=self.G
-        )
+        return np.bincount(self._bins, weights=values, minlength=self.G + 1)[: self.G]
 
     def _by_code_cols(self, weights_rows: np.ndarray) -> np.ndarray:
         """G x q: sum over rows of code g of weights_rows[i] * XD[i, k]."""
         out = np.empty((self.G, self.q))
-        for k in range(self.q):
-            out[:, k] = self._by_code(weights_rows * self.XD[:, k])
+        for k, col in enumerate(self._XD_cols):
+            out[:, k] = self._by_code(weights_rows * col)
         return out
 
-    def _set_cross(self, rows: np.ndarray) -> None:
-        r = rows.astype(float)
+    def _set_cross(self, r: np.ndarray) -> None:
+        """X'X's blocks over the rows with r = 1 (r is 0/1, as floats)."""
         self._counts = self._by_code(r)
         self._cross_bd = self._by_code_cols(r)
         self._cross_dd = (self.XD * r[:, None]).T @ self.XD
-        self._lev_n = int(rows.sum())
+        self._lev_n = int(r.sum())
 
     def set_leverage_rows(self, rows: np.ndarray) -> None:
-        self._lev_rows = rows
-        if not rows.all():
-            self._set_cross(rows)
+        if rows.all():
+            if self._lev_rows is not None:
+                self._set_cross(np.ones(self.n))
+            self._lev_rows = None
+        else:
+            self._lev_rows = rows
+            self._set_cross(rows.astype(float))
+
+    def _data_terms(self, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """X'W^2X's blocks: diagonal of the factor block, factor x dense (G x q), dense x dense."""
+        if self._data is None or not np.array_equal(w2, self._data_w2):
+            XWX = (self.XD * w2[:, None]).T @ self.XD
+            self._data = (self._by_code(w2), self._by_code_cols(w2), XWX)
+            self._data_w2 = w2
+        return self._data
 
     def matvec(self, b: np.ndarray) -> np.ndarray:
-        out = self.XD @ b[self.dense_cols] if self.q else np.zeros(self.n)
-        bb = b[self.block_cols]
-        out[self._in_block] += bb[self.codes[self._in_block]]
+        ext = np.empty(self.G + 1)
+        ext[: self.G] = b[self.block_cols]
+        ext[self.G] = 0.0  # the spare bin: rows outside the block
+        gathered = ext[self._bins]
+        if not self.q:
+            return gathered
+        out = self.XD @ b[self.dense_cols]
+        out += gathered
         return out
 
     def colmeans(self) -> np.ndarray:
         cm = np.empty(self.p)
-        cm[self.block_cols] = np.bincount(self.codes[self._in_block], minlength=self.G) / self.n
+        cm[self.block_cols] = self._by_code(np.ones(self.n)) / self.n
         cm[self.dense_cols] = self.XD.mean(axis=0)
         return cm
 
     def x_scales(self) -> np.ndarray:
         scales = np.ones(self.p)  # a 0/1 dummy (or a constant column) has x.scale 1
-        for k, j in enumerate(self.dense_cols):
-            scales[j] = _column_scale(self.XD[:, k])
+        for j, col in zip(self.dense_cols, self._XD_cols, strict=True):
+            scales[j] = _column_scale(col)
         return scales
 
     def _rmatvec(self, w2: np.ndarray, e: np.ndarray) -> np.ndarray:
@@ -394,24 +425,27 @@ class BlockedDesign(Design):
     def solve(self, good, w, z, a, m, prior_row0) -> Solution:
         n, q = self.n, self.q
         bc, dc = self.block_cols, self.dense_cols
-        w2 = np.zeros(n)
-        w2[good] = w * w
-        zz = np.zeros(n)
-        zz[good] = z
+        if good.all():
+            w2, zz = w * w, z
+        else:
+            w2 = np.zeros(n)
+            w2[good] = w * w
+            zz = np.zeros(n)
+            zz[good] = z
+        d_data, E, XWX = self._data_terms(w2)
         a2 = a * a
         diag_prior = a2.copy()
         if prior_row0 is not None:
             diag_prior[0] = 0.0  # the intercept's prior row is the rank-one term below
         # M = X'W^2X + diag(diag_prior); A = M + a0^2 c c' (centred intercept)
-        d = self._by_code(w2) + diag_prior[bc]
-        E = self._by_code_cols(w2)
-        F = E / d[:, None]
-        S = (self.XD * w2[:, None]).T @ self.XD + np.diag(diag_prior[dc]) - E.T @ F
+        d = d_data + diag_prior[bc]
         if np.any(d <= 0):
             raise ConvergenceError(
                 "a factor level has no observations and an infinite prior scale: its "
                 "coefficient is not identified; give it a finite prior_scale"
             )
+        F = E / d[:, None]
+        S = XWX + np.diag(diag_prior[dc]) - E.T @ F
         try:
             chol = _chol(S) if q else None
         except np.linalg.LinAlgError as exc:
@@ -461,7 +495,8 @@ class BlockedDesign(Design):
             e = zz - self.matvec(b)
             return self._rmatvec(w2, e) + prior_rows_transpose(a2 * (m - prior_rows_times(b)))
 
-        b = a_solve(gradient(np.zeros(self.p)))
+        # the gradient at b = 0 is X'W^2 z + sum_j a_j^2 r_j m_j
+        b = a_solve(self._rmatvec(w2, zz) + prior_rows_transpose(a2 * m))
         b = b + a_solve(gradient(b))  # one refinement step (semi-normal equations)
 
         # diag(V) and tr(V X'X) from the blocks, V = M^-1 - beta v v'
@@ -476,7 +511,7 @@ class BlockedDesign(Design):
                 + float(np.sum(Sinv * self._cross_dd))
             )
         else:
-            Sinv = FS = np.zeros((0, 0))
+            Sinv = np.zeros((0, 0))
             diag_b = 1.0 / d
             diag_d = np.zeros(0)
             tr = float(diag_b @ self._counts)
@@ -487,17 +522,27 @@ class BlockedDesign(Design):
             diag_v -= beta * v * v
             xv = self.matvec(v)
             rows_sq = xv * xv
-            tr -= beta * float(np.sum(rows_sq[self._lev_rows]))
+            if self._lev_rows is not None:
+                rows_sq = rows_sq[self._lev_rows]
+            tr -= beta * float(np.sum(rows_sq))
 
-        def full_v() -> np.ndarray:
-            V = np.empty((self.p, self.p))
-            V[np.ix_(bc, bc)] = np.diag(1.0 / d) + FS @ F.T if q else np.diag(1.0 / d)
+        def full_v(scale: float = 1.0) -> np.ndarray:
+            # M^-1 = blockdiag(D^-1, 0) + L Sinv L' with L = [F; -I] (block rows; dense rows), so
+            # scale * V = K C K' + scale * blockdiag(D^-1, 0) with K = [L, v],
+            # C = scale * blockdiag(Sinv, -beta): one rank-(q+1) product in X's column order,
+            # no G x G temporaries.
+            k = q + int(prior_row0 is not None)
+            K = np.zeros((self.p, k))
+            C = np.zeros((k, k))
             if q:
-                V[np.ix_(bc, dc)] = -FS
-                V[np.ix_(dc, bc)] = -FS.T
-                V[np.ix_(dc, dc)] = Sinv
+                K[bc, :q] = F
+                K[dc, np.arange(q)] = -1.0
+                C[:q, :q] = Sinv
             if prior_row0 is not None:
-                V -= beta * np.outer(v, v)
+                K[:, q] = v
+                C[q, q] = -beta
+            V = (K @ (C * scale)) @ K.T
+            V.flat[bc * (self.p + 1)] += (1.0 / d) * scale
             return V
 
         return Solution(b, diag_v, tr / self._lev_n, full_v)
@@ -511,10 +556,13 @@ def _find_one_hot(X: Any, exclude: set[int]) -> tuple[list[int], np.ndarray]:
     """
     n, p = X.shape
     if sp.issparse(X):
-        csc = sp.csc_matrix(X, copy=True)
-        csc.eliminate_zeros()
+        csc = X.tocsc()
+        if (csc.data == 0).any():  # explicit zeros are not entries (copy: X stays as given)
+            csc = csc.copy()
+            csc.eliminate_zeros()
         entry_col = np.repeat(np.arange(p), np.diff(csc.indptr))
-        cand = np.bincount(entry_col, weights=(csc.data != 1), minlength=p) == 0
+        cand = np.ones(p, dtype=bool)
+        cand[entry_col[csc.data != 1]] = False
     else:
         csc = entry_col = None
         cand = np.all((X == 0) | (X == 1), axis=0)
@@ -522,7 +570,11 @@ def _find_one_hot(X: Any, exclude: set[int]) -> tuple[list[int], np.ndarray]:
         cand[j] = False
     cols = np.flatnonzero(cand)
     codes = np.full(n, -1, dtype=np.intp)
-    if csc is not None:
+    if csc is not None and cols.size and cols[-1] - cols[0] + 1 == cols.size:
+        # contiguous candidates (one factor's dummies, the usual case): a slice of the entries
+        s, e = csc.indptr[cols[0]], csc.indptr[cols[-1] + 1]
+        rows, pos = csc.indices[s:e], entry_col[s:e] - cols[0]
+    elif csc is not None:
         in_cand = cand[entry_col]
         rows, pos = csc.indices[in_cand], np.cumsum(cand)[entry_col[in_cand]] - 1
     else:
@@ -562,6 +614,18 @@ def _densify(X: Any) -> np.ndarray:
     return X.toarray()
 
 
+def _dense_columns(X: Any, cols: np.ndarray) -> np.ndarray:
+    """X[:, cols] as a dense array (scipy's column slicing costs ~0.1 ms even for 2 columns)."""
+    csc = X.tocsc()
+    if not csc.has_canonical_format:  # duplicate entries: let scipy sum them
+        return csc[:, cols].toarray()
+    out = np.zeros((csc.shape[0], len(cols)))
+    for k, j in enumerate(cols):
+        s, e = csc.indptr[j], csc.indptr[j + 1]
+        out[csc.indices[s:e], k] = csc.data[s:e]
+    return out
+
+
 def make_design(X: Any, has_intercept: bool, solver: str = "auto") -> Design:
     """Pick the dense QR path or the blocked one-hot path (`solver`: auto, dense, blocked)."""
     if isinstance(X, pd.DataFrame):
@@ -580,7 +644,7 @@ def make_design(X: Any, has_intercept: bool, solver: str = "auto") -> Design:
     in_block = np.zeros(p, dtype=bool)
     in_block[block] = True
     dense = np.flatnonzero(~in_block)
-    XD = X.tocsc()[:, dense].toarray() if sp.issparse(X) else X[:, dense]
+    XD = _dense_columns(X, dense) if sp.issparse(X) else X[:, dense]
     return BlockedDesign(n, p, np.array(block), codes, dense, XD)
 
 
@@ -726,21 +790,32 @@ def fit_bayesglm_core(
     z = w = good = None
     it = 0
     path: list[tuple[float, float]] = []  # (deviance, dispersion) per iteration, like trace=TRUE
+    pos = weights > 0
+    all_pos = bool(pos.all())
     for it in range(1, maxit + 1):
-        pos = weights > 0
-        varmu = family.variance(mu)[pos]
-        if np.any(np.isnan(varmu)):
-            raise ConvergenceError("NAs in V(mu)")
-        if np.any(varmu == 0):
-            raise ConvergenceError("0s in V(mu)")
+        var_mu = family.variance(mu)
         mu_eta = family.mu_eta(eta)
-        if np.any(np.isnan(mu_eta[pos])):
-            raise ConvergenceError("NAs in d(mu)/d(eta)")
-        good = pos & (mu_eta != 0)
-        if not good.any():
-            raise ConvergenceError(f"no observations informative at iteration {it}")
-        z = (eta - offset)[good] + (y - mu)[good] / mu_eta[good]
-        w = np.sqrt(weights[good] * mu_eta[good] ** 2 / family.variance(mu)[good])
+        # (the row subsets are skipped when every row is used: same values, no copies)
+        varmu = var_mu if all_pos else var_mu[pos]
+        if not varmu.min() > 0:  # one pass when all is well; NaN fails the comparison
+            if np.any(np.isnan(varmu)):
+                raise ConvergenceError("NAs in V(mu)")
+            if np.any(varmu == 0):
+                raise ConvergenceError("0s in V(mu)")
+        if np.isnan(np.sum(mu_eta if all_pos else mu_eta[pos])):
+            if np.any(np.isnan(mu_eta[pos])):
+                raise ConvergenceError("NAs in d(mu)/d(eta)")
+        nonzero = mu_eta != 0
+        all_good = all_pos and bool(nonzero.all())
+        good = pos if all_good else pos & nonzero
+        if all_good:
+            z = (eta - offset) + (y - mu) / mu_eta
+            w = np.sqrt(weights * mu_eta**2 / var_mu)
+        else:
+            if not good.any():
+                raise ConvergenceError(f"no observations informative at iteration {it}")
+            z = (eta - offset)[good] + (y - mu)[good] / mu_eta[good]
+            w = np.sqrt(weights[good] * mu_eta[good] ** 2 / var_mu[good])
         a = np.sqrt(phi) / prior_sd
         sol = design.solve(good, w, z, a, priors.mean, prior_row0)
         b = sol.b
@@ -759,7 +834,7 @@ def fit_bayesglm_core(
         mu = family.linkinv(eta)
         dev = float(np.sum(family.dev_resids(y, mu, weights)))
         if family.has_dispersion and not fixed:
-            mse_resid = float(np.mean((w * (z - xb[good])) ** 2))
+            mse_resid = float(np.mean((w * (z - (xb if all_good else xb[good]))) ** 2))
             phi = mse_resid + sol.mean_leverage * phi
         boundary = False
         if not np.isfinite(dev):
@@ -856,7 +931,7 @@ class CoreSummary:
     coef: np.ndarray
     se: np.ndarray
     se_display: np.ndarray
-    vcov_unscaled: np.ndarray | None
+    vcov: np.ndarray | None  # V * dispersion_pearson (summary.glm's cov.scaled)
     dispersion: float
     dispersion_pearson: float
     deviance: float
@@ -899,7 +974,7 @@ def summarize_core(
     else:
         se = np.sqrt(diag_v * pearson)
         se_display = np.sqrt(diag_v * core.dispersion)
-    vcov_unscaled = core.v.full_v() if p <= VCOV_MAX_COEFS else None
+    vcov = core.v.full_v(pearson) if p <= VCOV_MAX_COEFS else None
 
     offset_arr = np.zeros(len(core.y)) if offset is None else np.asarray(offset, dtype=float)
     if has_intercept:
@@ -922,7 +997,7 @@ def summarize_core(
         coef=core.coef,
         se=se,
         se_display=se_display,
-        vcov_unscaled=vcov_unscaled,
+        vcov=vcov,
         dispersion=core.dispersion,
         dispersion_pearson=pearson,
         deviance=core.deviance,
@@ -1024,8 +1099,9 @@ def fit_from_matrix(
     names = [str(s) for s in x_names]
     if len(names) != len(core.coef):
         raise DataError(f"{len(names)} coefficient names for {len(core.coef)} columns", "x_names")
+    index = pd.Index(names)  # built once: with many levels, string Index construction is costly
     messages = list(extra_messages) + core.messages + summ.messages
-    if summ.vcov_unscaled is None:
+    if summ.vcov is None:
         vcov = None
         messages.append(
             Message(
@@ -1037,17 +1113,15 @@ def fit_from_matrix(
             )
         )
     else:
-        vcov = pd.DataFrame(
-            summ.vcov_unscaled * summ.dispersion_pearson, index=names, columns=names
-        )
+        vcov = pd.DataFrame(summ.vcov, index=index, columns=index, copy=False)
     emit_warnings(messages, stacklevel=4)
     return BayesGLMFit(
         formula=formula,
         family=fam.family,
         link=fam.link,
-        coef=pd.Series(core.coef, index=names),
-        se=pd.Series(summ.se, index=names),
-        se_display=pd.Series(summ.se_display, index=names),
+        coef=pd.Series(core.coef, index=index),
+        se=pd.Series(summ.se, index=index),
+        se_display=pd.Series(summ.se_display, index=index),
         vcov=vcov,  # type: ignore[arg-type]
         dispersion=float(summ.dispersion),
         dispersion_pearson=float(summ.dispersion_pearson),
