@@ -1,8 +1,10 @@
 """The HTML conformance report: summary table, one comparison table per case, and plots (PNG files
 saved beside index.html; matplotlib with the Agg backend):
 
-- python-vs-R scatter of every estimate (fixef, θ, ranef) per mixed-model case;
-- caterpillar plot of ranef ± 1.96·sqrt(cond_var) for both engines;
+- python-vs-R scatter of every estimate per case (fixef, θ, ranef; bayesglm: coef, se), on one
+  range for both axes, so agreement sits on the diagonal;
+- caterpillar plot of ranef ± 1.96·sqrt(cond_var) for both engines, one panel per ranef column
+  of the first grouping factor;
 - the shrinkage plot for shrinkage cases: true (when simulated), raw, shrunken (fixef + ranef) and
   bayesglm group means, with the grand-mean line.
 """
@@ -41,9 +43,15 @@ def _slug(name: str) -> str:
 # Plots
 
 
-def scatter_plot(a: MixedFit, b: MixedFit, path: Path, title: str) -> Path:
-    """Engine a's estimates against engine b's, each kind in its own panel (scales differ)."""
-    plt = _plt()
+def _estimate_kinds(a: Any, b: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(kind, a's values, b's values) for each kind of estimate both fits report, by label."""
+    if isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
+        common = [k for k in b.coef.index if k in a.coef.index]
+        se = [k for k in b.se.index if k in a.se.index]
+        return [
+            ("coef", a.coef[common].to_numpy(float), b.coef[common].to_numpy(float)),
+            ("se", a.se[se].to_numpy(float), b.se[se].to_numpy(float)),
+        ]
     kinds: list[tuple[str, np.ndarray, np.ndarray]] = []
     common = [k for k in b.fixef.index if k in a.fixef.index]
     kinds.append(("fixef", a.fixef[common].to_numpy(float), b.fixef[common].to_numpy(float)))
@@ -54,23 +62,47 @@ def scatter_plot(a: MixedFit, b: MixedFit, path: Path, title: str) -> Path:
         other = a.ranef.get(factor)
         if other is None:
             continue
-        joined = frame.join(other, lsuffix="_b", rsuffix="_a", how="inner")
+        joined = frame.add_suffix("_b").join(other.add_suffix("_a"), how="inner")
         for col in frame.columns:
             rb.extend(joined[f"{col}_b"].to_numpy(float))
             ra.extend(joined[f"{col}_a"].to_numpy(float))
     if ra:
         kinds.append(("ranef", np.array(ra), np.array(rb)))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.8), squeeze=False)
+    return kinds
+
+
+def _square_limits(xa: np.ndarray, xb: np.ndarray) -> tuple[float, float]:
+    """One range for both axes, so a point on the diagonal is drawn on the diagonal. Padded by
+    5% of the data range or of the values' magnitude, whichever is larger: differences far
+    below the values' size (a single θ, 1e-6 apart) then show as agreement, not as an offset
+    axis that magnifies them into an apparent miss."""
+    both = np.concatenate([xa, xb])
+    both = both[np.isfinite(both)]
+    if both.size == 0:
+        return -1.0, 1.0
+    lo, hi = float(both.min()), float(both.max())
+    pad = 0.05 * max(hi - lo, float(np.abs(both).max()), 1e-12)
+    return lo - pad, hi + pad
+
+
+def scatter_plot(a: Any, b: Any, path: Path, title: str) -> Path:
+    """Engine a's estimates against engine b's, each kind in its own panel (scales differ)."""
+    plt = _plt()
+    kinds = _estimate_kinds(a, b)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.9), squeeze=False)
     for ax, (kind, xa, xb) in zip(axes[0], kinds, strict=True):
-        ax.scatter(xb, xa, s=14, alpha=0.8)
-        lo = float(np.nanmin(np.concatenate([xa, xb])))
-        hi = float(np.nanmax(np.concatenate([xa, xb])))
-        pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=0.8, ls="--")
+        lo, hi = _square_limits(xa, xb)
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", zorder=1)
+        ax.scatter(xb, xa, s=14, alpha=0.8, zorder=2)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.ticklabel_format(useOffset=False)  # offsets ("1e-12+2.3e1") read as misses
         worst = float(np.nanmax(np.abs(xa - xb))) if len(xa) else 0.0
-        ax.set_title(f"{kind} (max |a-b| {worst:.1e})", fontsize=9)
-        ax.set_xlabel(f"{b.engine}")
-        ax.set_ylabel(f"{a.engine}")
+        ax.set_title(f"{kind}: {len(xa)} values, max |a-b| {worst:.1e}", fontsize=9)
+        ax.set_xlabel(f"b = {b.engine}")
+        ax.set_ylabel(f"a = {a.engine}")
+        ax.tick_params(labelsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -79,7 +111,8 @@ def scatter_plot(a: MixedFit, b: MixedFit, path: Path, title: str) -> Path:
 
 
 def caterpillar_plot(a: MixedFit, b: MixedFit, path: Path, title: str) -> Path | None:
-    """ranef ± 1.96 sqrt(cond_var) of the first factor's first column, both engines."""
+    """ranef ± 1.96 sqrt(cond_var) of the first factor, one panel per column, both engines;
+    levels sorted by b's first column."""
     plt = _plt()
     if not b.ranef:
         return None
@@ -87,31 +120,48 @@ def caterpillar_plot(a: MixedFit, b: MixedFit, path: Path, title: str) -> Path |
     frame_a = a.ranef.get(factor)
     if frame_a is None:
         return None
-    col = frame_b.columns[0]
+    cols = [c for c in frame_b.columns if c in frame_a.columns][:4]
+    if not cols:
+        return None
     levels = [str(x) for x in frame_b.index]
-    vb = frame_b[col].to_numpy(float)
-    va = frame_a[col].reindex(frame_b.index).to_numpy(float)
+    n = len(levels)
 
-    def sd(fit: MixedFit, n: int) -> np.ndarray:
+    def sd(fit: MixedFit, k: int) -> np.ndarray:
         arr = np.asarray(fit.cond_var.get(factor, np.full((n, 1, 1), np.nan)), float)
-        arr = arr.reshape(arr.shape[0], -1) if arr.ndim == 3 else arr.reshape(-1, 1)
-        return np.sqrt(np.abs(arr[:, 0])) if arr.shape[0] == n else np.full(n, np.nan)
+        if arr.ndim == 3 and arr.shape[0] == n and k < arr.shape[1]:
+            return np.sqrt(np.abs(arr[:, k, k]))
+        if arr.ndim < 3 and k == 0 and arr.reshape(-1).size == n:
+            return np.sqrt(np.abs(arr.reshape(-1)))
+        return np.full(n, np.nan)
 
-    sa, sb = sd(a, len(levels)), sd(b, len(levels))
-    order = np.argsort(vb)
-    pos = np.arange(len(levels))
-    height = max(3.0, min(0.22 * len(levels) + 1.0, 14.0))
-    fig, ax = plt.subplots(figsize=(6.5, height))
-    ax.errorbar(vb[order], pos - 0.15, xerr=1.96 * sb[order], fmt="o", ms=3, label=b.engine)
-    ax.errorbar(va[order], pos + 0.15, xerr=1.96 * sa[order], fmt="s", ms=3, label=a.engine)
-    ax.axvline(0.0, color="grey", lw=0.8)
-    if len(levels) <= 60:
-        ax.set_yticks(pos)
-        ax.set_yticklabels([levels[i] for i in order], fontsize=7)
-    ax.set_xlabel(f"ranef {factor}: {col}  (± 1.96 sqrt(cond_var))")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    order = np.argsort(frame_b[cols[0]].to_numpy(float))
+    pos = np.arange(n)
+    height = max(3.0, min(0.22 * n + 1.4, 14.0))
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 + 3.3 * len(cols), height),
+                             squeeze=False, sharey=True)  # fmt: skip
+    for j, (ax, col) in enumerate(zip(axes[0], cols, strict=True)):
+        k = list(frame_b.columns).index(col)
+        vb = frame_b[col].to_numpy(float)
+        va = frame_a[col].reindex(frame_b.index).to_numpy(float)
+        sb, sa = sd(b, k), sd(a, list(frame_a.columns).index(col))
+        ax.errorbar(vb[order], pos - 0.15, xerr=1.96 * sb[order], fmt="o", ms=3,
+                    label=f"b = {b.engine}")  # fmt: skip
+        ax.errorbar(va[order], pos + 0.15, xerr=1.96 * sa[order], fmt="s", ms=3,
+                    label=f"a = {a.engine}")  # fmt: skip
+        ax.axvline(0.0, color="grey", lw=0.8)
+        ax.set_xlabel(f"{col}  (± 1.96 sqrt(cond_var))", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if j == 0:
+            if n <= 60:
+                ax.set_yticks(pos)
+                ax.set_yticklabels([levels[i] for i in order], fontsize=7)
+            else:  # too many to label: positions in the sort order
+                ax.set_ylabel(f"{n} levels of {factor}, sorted", fontsize=8)
+    # the legend above the panels: inside, it covers the largest (top-right) intervals
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: ranef of {factor}", fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -154,7 +204,9 @@ def shrinkage_plot(
         ax.scatter(x, raw, marker="o", facecolors="none", edgecolors="tab:blue", label="raw mean")
         for xi, r0, s0 in zip(x, raw, shrunk, strict=True):
             ax.annotate("", (xi, s0), (xi, r0), arrowprops=dict(arrowstyle="->", color="0.6"))
-    ax.scatter(x, shrunk, marker="s", color="tab:red", s=22, label="shrunken (fixef + ranef)")
+    # hollow and larger: bayesglm's x sits exactly on it when the identity holds, and both show
+    ax.scatter(x, shrunk, marker="s", facecolors="none", edgecolors="tab:red", s=70,
+               label="shrunken (fixef + ranef)", zorder=3)  # fmt: skip
     ax.scatter(x, coef, marker="x", color="tab:green", s=40, label="bayesglm", zorder=4)
     ax.axhline(mu, color="grey", ls="--", lw=1, label=f"grand mean {mu:.3g}")
     ax.set_xticks(x)
@@ -182,6 +234,8 @@ def _plots_for(result: Any, out_dir: Path) -> list[Path]:
             cat = caterpillar_plot(a, b, out_dir / f"{slug}_caterpillar.png", name)
             if cat is not None:
                 out.append(cat)
+        elif isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
+            out.append(scatter_plot(a, b, out_dir / f"{slug}_scatter.png", f"{name}: a vs b"))
         elif isinstance(a, BayesGLMFit) and isinstance(b, MixedFit):
             out.append(
                 shrinkage_plot(
