@@ -44,7 +44,7 @@ def lmer(
         from mixbridge.python_impl.distributed import lmer_dask
 
         return lmer_dask(formula, data, reml=reml, weights=weights, offset=offset)
-    check_inputs("lmer", formula, data, weights=weights, offset=offset)
+    frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
     fit = engines.get(engine).lmer(
         formula,
         data,
@@ -53,6 +53,7 @@ def lmer(
         offset=offset,
         control=dict(control or {}),
         **_transport(engine, transport),
+        **_prepared(engine, frame),
     )
     return fit
 
@@ -158,7 +159,7 @@ def lmer_objective(
     transport: str = "embedded",
 ) -> float:
     """lme4's deviance function (REML criterion or ML deviance) at `theta`, optimizer-free."""
-    check_inputs("lmer", formula, data, weights=weights, offset=offset)
+    frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
     return float(
         engines.get(engine).lmer_objective(
             formula,
@@ -168,6 +169,7 @@ def lmer_objective(
             weights=weights,
             offset=offset,
             **_transport(engine, transport),
+            **_prepared(engine, frame),
         )
     )
 
@@ -207,6 +209,11 @@ def glmer_objective(
             **_transport(engine, transport),
         )
     )
+
+
+def _prepared(engine: str, frame: Any) -> dict[str, Any]:
+    """The Python engine builds its model terms from the frame the input checks evaluated."""
+    return {"frame": frame} if engine == "python" else {}
 
 
 def _transport(engine: str, transport: str) -> dict[str, str]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from mixbridge.errors import ArgumentError, DataError, FormulaError
+
+if TYPE_CHECKING:
+    from mixbridge.formula.frames import ModelFrame
 
 # families (R spelling) and the links R's family constructors accept, default first; shared
 # with the Python engines' families (python_impl/families.py)
@@ -44,12 +47,13 @@ def check_inputs(
     offset: Any = None,
     family: str | None = None,
     link: str | None = None,
-) -> None:
+) -> ModelFrame:
     """Validate formula and data for `model` in {"lmer", "glmer", "bayesglm"}. Raises on failure.
 
-    `link` is optional (checked against the family when given).
+    `link` is optional (checked against the family when given). Returns the evaluated model
+    frame, which the Python engine builds its model terms from (no second evaluation).
     """
-    from mixbridge.formula.frames import _Frame  # the same evaluation the engines use
+    from mixbridge.formula.frames import ModelFrame  # the same evaluation the engines use
 
     if model not in FAMILIES:
         raise ArgumentError(
@@ -60,7 +64,7 @@ def check_inputs(
     if not isinstance(formula, str):
         raise FormulaError(f"formula must be a string, got {type(formula).__name__}")
     fam = _check_family(model, family, link)
-    frame = _Frame(formula, data, model, fam, weights, offset, keep_order=model == "bayesglm")
+    frame = ModelFrame(formula, data, model, fam, weights, offset, keep_order=model == "bayesglm")
     if len(data) == 0:
         raise DataError("data has 0 rows")
     _check_weights(frame.weights_in, "weights")
@@ -101,6 +105,7 @@ def check_inputs(
     # -- grouping factors ----------------------------------------------------------------------
     if model != "bayesglm":
         _check_groups(frame, model, n)
+    return frame
 
 
 def _check_family(model: str, family: str | None, link: str | None) -> str:
@@ -148,16 +153,13 @@ def _check_response_range(y: np.ndarray, fam: str, name: str) -> None:
 
 
 def _check_groups(frame: Any, model: str, n: int) -> None:
-    from mixbridge.formula.evaluate import as_grouping_factor, interaction_factor
     from mixbridge.formula.model_matrix import Design
     from mixbridge.formula.parse import deparse
 
-    for bar, gvals, info, vals in zip(
-        frame.bars, frame.group_values, frame.bar_infos, frame.bar_values, strict=True
+    for k, (bar, info, vals) in enumerate(
+        zip(frame.bars, frame.bar_infos, frame.bar_values, strict=True)
     ):
-        factors = [as_grouping_factor(g).drop_unused() for g in gvals]
-        g = factors[0] if len(factors) == 1 else interaction_factor(factors)
-        nl = len(g.drop_unused().levels)
+        nl = len(frame.group_factor(k).levels)
         name = bar.group_name
         if nl < 2:
             raise DataError(

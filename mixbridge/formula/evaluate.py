@@ -8,13 +8,14 @@ coefficients.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from mixbridge.errors import DataError, FormulaError
-from mixbridge.formula.levels import r_number_labels, r_sorted_strings
+from mixbridge.formula.levels import IntegerLevels, r_number_labels, r_sorted_strings
 from mixbridge.formula.parse import BinOp, Call, Name, Node, Num, Paren, UnaryOp, deparse
 
 
@@ -46,17 +47,20 @@ class Factor:
     """
 
     codes: np.ndarray
-    levels: list[str]
+    levels: Sequence[str]  # a list, or IntegerLevels for integer ids
     ordered: bool = False
     kind: str = "factor"
+    all_used: bool = False  # known to use every level (factor() of numbers): nothing to drop
 
     def na_mask(self) -> np.ndarray:
         return self.codes < 0
 
-    def take(self, rows: np.ndarray) -> Factor:
+    def take(self, rows: np.ndarray) -> Factor:  # a subset may lose levels: all_used resets
         return Factor(self.codes[rows], self.levels, self.ordered, self.kind)
 
     def drop_unused(self) -> Factor:
+        if self.all_used:
+            return self
         used = np.zeros(len(self.levels), dtype=bool)
         used[self.codes[self.codes >= 0]] = True
         if used.all():
@@ -64,7 +68,7 @@ class Factor:
         new_index = np.cumsum(used) - 1
         codes = np.where(self.codes >= 0, new_index[np.maximum(self.codes, 0)], -1)
         levels = [lv for lv, u in zip(self.levels, used, strict=True) if u]
-        return Factor(codes.astype(np.int32), levels, self.ordered, self.kind)
+        return Factor(codes.astype(np.int32), levels, self.ordered, self.kind, all_used=True)
 
     def recode(self, levels: list[str], what: str) -> Factor:
         """Codes against fixed `levels` (new data); unseen labels raise DataError."""
@@ -302,43 +306,45 @@ def _as_factor(val: Value) -> Factor:
     v = val.values
     if v.ndim != 1:
         raise FormulaError("factor() of a matrix is not supported")
-    # hash the rows once (O(n)), then sort only the distinct values: numeric order, as R's
-    # factor() of a number; -0.0 and 0.0 are one level ("0"), NaN is missing
-    raw_codes, uniq = _factorize_numbers(v)
+    # numeric order, as R's factor() of a number; -0.0 and 0.0 are one level ("0"), NaN missing
+    codes, sorted_uniq = _factorize_numbers(v, whole=val.integer)
+    if val.integer:  # as.character() of an R integer: always plain digits
+        labels = [str(k) for k in sorted_uniq.astype(np.int64).tolist()]
+    else:
+        labels = r_number_labels(sorted_uniq)
+    return Factor(codes, labels, False, "factor", all_used=True)
+
+
+def _factorize_numbers(v: np.ndarray, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (int32, -1 for NaN) into the sorted distinct values of a float vector, O(n).
+
+    Whole numbers in a range not much wider than n (ids, counts, years) are coded by direct
+    lookup: a few vectorized passes, several times faster than hashing. Anything else is hashed
+    by pandas and only the distinct values are sorted. `whole=True` promises whole numbers (an
+    integer column), which skips that check.
+    """
+    n = len(v)
+    lo, hi = (float(v.min()), float(v.max())) if n else (np.nan, np.nan)
+    ok = None
+    if np.isnan(lo) or np.isnan(hi):  # NaN present (min/max propagate it)
+        ok = ~np.isnan(v)
+        lo, hi = (float(v[ok].min()), float(v[ok].max())) if ok.any() else (np.nan, np.nan)
+    # finite, exact offsets, and a lookup table no larger than ~2n
+    if np.isfinite(lo) and np.isfinite(hi) and max(-lo, hi) < 2.0**52 and hi - lo <= 2 * n + 1024:
+        span = int(hi - lo) + 1
+        shifted = v - lo if ok is None else np.where(ok, v - lo, span)  # NaN -> extra bin
+        offs = shifted.astype(np.intp)
+        if whole or np.array_equal(offs, shifted):
+            present = np.bincount(offs, minlength=span + 1)[:span] > 0
+            lookup = np.cumsum(present, dtype=np.int32) - 1
+            lookup = np.append(lookup, np.int32(-1))  # the NaN bin
+            return lookup[offs], np.flatnonzero(present) + lo
+    raw_codes, uniq = pd.factorize(v + 0.0, use_na_sentinel=True)  # + 0.0: -0.0 == 0.0
     order = np.argsort(uniq, kind="stable")
     rank = np.empty(len(uniq) + 1, dtype=np.int32)
     rank[order] = np.arange(len(uniq), dtype=np.int32)
     rank[-1] = -1
-    codes = rank[raw_codes]  # raw code -1 (NaN) picks rank[-1] = -1
-    sorted_uniq = uniq[order]
-    if val.integer:  # as.character() of an R integer: always plain digits
-        labels = sorted_uniq.astype(np.int64).astype(str).tolist()
-    else:
-        labels = r_number_labels(sorted_uniq)
-    return Factor(codes, labels, False, "factor")
-
-
-def _factorize_numbers(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """pd.factorize of a float vector (codes, -1 for NaN; distinct values), O(n).
-
-    Whole numbers in a range not much wider than n (ids, counts, years) are coded by direct
-    lookup, several times faster than hashing; anything else is hashed by pandas.
-    """
-    ok = ~np.isnan(v)
-    if ok.any():
-        lo, hi = float(v[ok].min()), float(v[ok].max())
-        small = max(abs(lo), abs(hi)) < 2.0**52  # finite, and v - lo is exact
-        span = hi - lo if small else np.inf
-        if span <= 2 * len(v) + 1024 and np.all(v[ok] == np.round(v[ok])):
-            offs = np.where(ok, v - lo, 0).astype(np.intp)
-            present = np.zeros(int(span) + 1, dtype=bool)
-            present[offs[ok]] = True
-            uniq_offs = np.flatnonzero(present)
-            lookup = np.full(len(present), -1, dtype=np.intp)
-            lookup[uniq_offs] = np.arange(len(uniq_offs))
-            codes = np.where(ok, lookup[offs], -1)
-            return codes, uniq_offs + lo
-    return pd.factorize(v + 0.0, use_na_sentinel=True)  # + 0.0: -0.0 and 0.0 are one value
+    return rank[raw_codes], uniq[order]  # raw code -1 (NaN) picks rank[-1] = -1
 
 
 def interaction_factor(factors: list[Factor]) -> Factor:
@@ -369,5 +375,44 @@ def interaction_factor(factors: list[Factor]) -> Factor:
 def as_grouping_factor(val: Value) -> Factor:
     """A grouping variable as a factor (numbers: sorted unique values, like factor())."""
     if isinstance(val, Factor):
-        return Factor(val.codes, val.levels, False, val.kind)
+        return Factor(val.codes, val.levels, False, val.kind, val.all_used)
     return _as_factor(val)
+
+
+def evaluate_grouping(node: Node, data: pd.DataFrame, state: Transforms) -> Value:
+    """A grouping variable of a random-effects term (`g` in `(1 | g)`).
+
+    A plain integer column (ids) becomes its factor straight from the integers: the same levels
+    and codes as `as_grouping_factor(evaluate(...))`, without a float copy of the column or a
+    hash; when the ids are 0..G-1 the codes are the column itself.
+    """
+    while isinstance(node, Paren):
+        node = node.expr
+    if isinstance(node, Name) and node.id in data.columns:
+        col = data[node.id]
+        if (
+            isinstance(col, pd.Series)
+            and isinstance(col.dtype, np.dtype)
+            and col.dtype.kind in "iu"
+            and len(col)
+        ):
+            ids = col.to_numpy()
+            lo, hi = int(ids.min()), int(ids.max())
+            if -(2**31) < lo and hi < 2**31 and hi - lo <= 2 * len(ids) + 1024:
+                return _integer_factor(ids, lo, hi)
+    return evaluate(node, data, state)
+
+
+def _integer_factor(ids: np.ndarray, lo: int, hi: int) -> Factor:
+    offs = ids if lo == 0 else ids - lo
+    present = np.bincount(offs, minlength=hi - lo + 1) > 0
+    n_used = int(np.count_nonzero(present))
+    if n_used == hi - lo + 1:  # every id in [lo, hi] occurs: the codes are the offsets
+        codes = offs.astype(np.int32, copy=False)
+        values = np.arange(lo, hi + 1)
+    else:
+        lookup = np.cumsum(present, dtype=np.int32) - 1
+        codes = lookup[offs]
+        values = np.flatnonzero(present) + lo
+    # labels as.character() gives R integers (plain digits), made only when read
+    return Factor(codes, IntegerLevels(values), False, "factor", all_used=True)

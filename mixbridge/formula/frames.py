@@ -23,9 +23,11 @@ from mixbridge.formula.evaluate import (
     Value,
     as_grouping_factor,
     evaluate,
+    evaluate_grouping,
     interaction_factor,
     numeric,
 )
+from mixbridge.formula.levels import IntegerLevels
 from mixbridge.formula.model_matrix import Design, rank_keep
 from mixbridge.formula.parse import Call, Node, Paren, deparse
 from mixbridge.formula.terms import BarTerm, TermsInfo, expand_bars, expand_terms, split_bars
@@ -188,11 +190,16 @@ def build_mixed_terms(
     offset: Any = None,
     model: str = "lmer",
     family: str | None = None,
+    frame: ModelFrame | None = None,
 ) -> MixedTerms:
-    """lme4's lFormula/glFormula: response, X (rank-deficient columns dropped), reterms."""
-    frame = _Frame(formula, data, model, family, weights, offset, keep_order=False)
-    frame.evaluate(with_bars=True)
-    frame.na_omit()
+    """lme4's lFormula/glFormula: response, X (rank-deficient columns dropped), reterms.
+
+    `frame`: the already evaluated model frame of this formula and data (from the input checks).
+    """
+    if frame is None:
+        frame = ModelFrame(formula, data, model, family, weights, offset, keep_order=False)
+        frame.evaluate(with_bars=True)
+        frame.na_omit()
     fixed = frame.fixed_part(contrasts="treatment", drop_unused=True)
     x_full = fixed.design.matrix(frame.fixed_values, frame.n)
     _check_finite(x_full, fixed.design.names, "fixed-effects model matrix")
@@ -221,7 +228,7 @@ def build_mixed_terms(
         n_trials=n_trials,
         weights=w,
         offset=frame.total_offset(),
-        X=np.ascontiguousarray(x_full[:, keep]),
+        X=x_full if len(keep) == x_full.shape[1] else np.asfortranarray(x_full[:, keep]),
         x_names=[names[j] for j in keep],
         messages=frame.messages,
         row_index=frame.row_index,
@@ -243,6 +250,7 @@ def build_glm_terms(
     drop_baseline: bool = True,
     sparse: bool | str = False,
     sparse_min_levels: int = 500,
+    frame: ModelFrame | None = None,
 ) -> GLMTerms:
     """arm's bayesglm frame: keep.order=TRUE terms, drop.baseline contrasts, no column dropping.
 
@@ -251,10 +259,12 @@ def build_glm_terms(
     sparse=True: X is a scipy.sparse CSC matrix with the same values and names (a factor with G
     levels then costs O(n) memory instead of n x G). sparse="auto": sparse when a factor used in
     the model has at least `sparse_min_levels` levels (decided after evaluation, no extra pass).
+    `frame`: the already evaluated model frame of this formula and data (from the input checks).
     """
-    frame = _Frame(formula, data, "bayesglm", family, weights, offset, keep_order=True)
-    frame.evaluate(with_bars=False)
-    frame.na_omit()
+    if frame is None:
+        frame = ModelFrame(formula, data, "bayesglm", family, weights, offset, keep_order=True)
+        frame.evaluate(with_bars=False)
+        frame.na_omit()
     contrasts = "treatment" if drop_baseline else "bayes"
     fixed = frame.fixed_part(contrasts=contrasts, drop_unused=False)
     if sparse == "auto":
@@ -265,7 +275,7 @@ def build_glm_terms(
         x = fixed.design.sparse_matrix(frame.fixed_values, frame.n)
         _check_finite_sparse(x, fixed.design.names, "model matrix")
     else:
-        x = fixed.design.matrix(frame.fixed_values, frame.n)
+        x = np.ascontiguousarray(fixed.design.matrix(frame.fixed_values, frame.n))
         _check_finite(x, fixed.design.names, "model matrix")
     y, n_trials, w = frame.response()
     return GLMTerms(
@@ -286,7 +296,13 @@ def build_glm_terms(
 
 
 def _check_finite(x: np.ndarray, names: list[str], what: str) -> None:
-    bad = ~np.isfinite(x).all(axis=0)
+    # a column's sum is finite unless the column has an Inf/NaN (or its sum overflows: those
+    # few columns are then checked element by element)
+    with np.errstate(over="ignore", invalid="ignore"):
+        suspect = np.flatnonzero(~np.isfinite(x.sum(axis=0)))
+    bad = np.zeros(x.shape[1], dtype=bool)
+    for j in suspect:
+        bad[j] = not np.isfinite(x[:, j]).all()
     if bad.any():
         cols = [names[j] for j in np.flatnonzero(bad)]
         raise DataError(
@@ -320,8 +336,10 @@ def _is_binomial(family: str | None) -> bool:
     return family is not None and str(family).lower() in ("binomial", "quasibinomial")
 
 
-class _Frame:
-    """Working state while building terms (one instance per call)."""
+class ModelFrame:
+    """The evaluated model frame (R's model.frame): every variable of the formula evaluated once
+    on all rows, then NA rows dropped. The input checks (`mixbridge.checks.check_inputs`) build it
+    and hand it to the Python engine, so a fit evaluates and factorizes each column only once."""
 
     def __init__(
         self,
@@ -377,7 +395,7 @@ class _Frame:
                 self.bar_values.append(
                     {i: evaluate(v, data, bst) for i, v in enumerate(info.variables)}
                 )
-                self.group_values.append([evaluate(g, data, st) for g in bar.group])
+                self.group_values.append([evaluate_grouping(g, data, st) for g in bar.group])
 
     def na_omit(self) -> None:
         n = len(self.data)
@@ -397,6 +415,12 @@ class _Frame:
         for arr in (self.weights_in, self.offset_in):
             if arr is not None:
                 na |= np.isnan(arr)
+        if not na.any():  # no NA: the evaluated vectors are used as they are (no copies)
+            self.n = n
+            self._group_factors: dict[str, Factor] = {}
+            self.weights, self.offset = self.weights_in, self.offset_in
+            self.row_index = self.data.index
+            return
         keep = np.flatnonzero(~na)
         if len(keep) == 0:
             raise DataError(
@@ -413,13 +437,10 @@ class _Frame:
                     code="na_omit",
                 )
             )
-        self.rows = keep
         self.n = len(keep)
+        self._group_factors = {}
         self.weights = None if self.weights_in is None else self.weights_in[keep]
         self.offset = None if self.offset_in is None else self.offset_in[keep]
-        if len(keep) == n:  # no NA: the evaluated vectors are used as they are (no copies)
-            self.row_index = self.data.index
-            return
         self.row_index = self.data.index[keep]
         self.resp = [v.take(keep) for v in self.resp]
         self.fixed_all = {i: v.take(keep) for i, v in self.fixed_all.items()}
@@ -434,6 +455,9 @@ class _Frame:
         return _Part(self.info, design, self.state)
 
     def total_offset(self) -> np.ndarray:
+        if not self.info.offsets and self.offset is None:
+            # no offset: read-only zeros that occupy no memory (a fit never writes into it)
+            return np.broadcast_to(0.0, (self.n,))
         total = np.zeros(self.n)
         for node in self.info.offsets:
             i = self.info.var_names.index(deparse(node))
@@ -477,28 +501,32 @@ class _Frame:
             raise DataError(f"response {name!r} has infinite values", column=name)
         return y.astype(float), None, w
 
+    def group_factor(self, k: int) -> Factor:
+        """The grouping factor of bar `k` on the rows used, unused levels dropped (computed once
+        per factor: `(x || g)` bars and the input checks share it)."""
+        bar = self.bars[k]
+        g = self._group_factors.get(bar.group_name)
+        if g is None:
+            factors = [_drop_levels(as_grouping_factor(v), True) for v in self.group_values[k]]
+            g = factors[0] if len(factors) == 1 else interaction_factor(factors)
+            g = self._group_factors[bar.group_name] = g.drop_unused()
+        return g
+
     def reterms(self) -> list[ReTerm]:
         out: list[ReTerm] = []
-        for bar, info, bst, vals, gvals in zip(
-            self.bars,
-            self.bar_infos,
-            self.bar_states,
-            self.bar_values,
-            self.group_values,
-            strict=True,
+        for k, (bar, info, bst, vals) in enumerate(
+            zip(self.bars, self.bar_infos, self.bar_states, self.bar_values, strict=True)
         ):
             vals = {i: _drop_levels(v, True) for i, v in vals.items()}
             design = Design.from_values(info, vals, "treatment")
             z = design.matrix(vals, self.n)
             _check_finite(z, design.names, f"random-effects model matrix of ({bar.group_name})")
-            factors = [_drop_levels(as_grouping_factor(g), True) for g in gvals]
-            g = factors[0] if len(factors) == 1 else interaction_factor(factors)
-            g = g.drop_unused()
+            g = self.group_factor(k)
             out.append(
                 ReTerm(
                     group=bar.group_name,
                     codes=g.codes.astype(np.int32),
-                    levels=list(g.levels),
+                    levels=g.levels if isinstance(g.levels, IntegerLevels) else list(g.levels),
                     Z=z,
                     cnames=list(design.names),
                     _group_nodes=bar.group,

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 
 from mixbridge.formula.parse import format_r_number
 
@@ -133,3 +134,58 @@ def r_number_labels(values: np.ndarray) -> list[str]:
     for j in np.flatnonzero(slow):
         labels[j] = format_r_number(float(v[j]))
     return labels.tolist()
+
+
+class IntegerLevels(Sequence[str]):
+    """The level labels of a factor of integer ids ("1", "2", ...), made only when read.
+
+    A grouping factor with 5e5 ids would otherwise build 5e5 Python strings on every fit; the
+    ranef index comes straight from the integers (`to_index`). Reads like a list of str.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values, dtype=np.int64)  # sorted distinct ids
+        self._labels: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._labels is None:
+            self._labels = [str(v) for v in self.values.tolist()]  # as.character(): digits
+        return self._labels
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204 - Sequence protocol (int or slice)
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, IntegerLevels):
+            return np.array_equal(self.values, other.values)
+        return isinstance(other, (list, tuple)) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics, like list
+
+    def __add__(self, other: list[str]) -> list[str]:
+        return self._list() + list(other)
+
+    def __repr__(self) -> str:
+        return f"IntegerLevels({len(self)} levels)"
+
+    def to_index(self) -> pd.Index:
+        """The labels as a pandas Index of strings (through Arrow: no Python strings)."""
+        try:
+            import pyarrow as pa
+        except ImportError:
+            return pd.Index(self._list())
+        text = pa.array(self.values).cast(pa.string())
+        return pd.Index(pd.array(text, dtype=pd.Index(["0"]).dtype))
+
+
+def level_index(levels: Sequence[str]) -> pd.Index:
+    """Factor levels as the pandas Index of a ranef frame."""
+    if isinstance(levels, IntegerLevels):
+        return levels.to_index()
+    return pd.Index([str(v) for v in levels])

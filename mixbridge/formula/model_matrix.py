@@ -228,7 +228,7 @@ class Design:
         if self.info.intercept:
             names.append("(Intercept)")
             if not names_only:
-                blocks.append(np.ones((n, 1)))
+                blocks.append(np.broadcast_to(1.0, (n, 1)))  # no n-vector of ones built
         for term, code in zip(self.info.terms, self.codes, strict=True):
             mat: np.ndarray | None = None
             cnames = [""]
@@ -246,11 +246,17 @@ class Design:
                     mat = np.concatenate(cols, 1)
             names.extend(cnames)
             if not names_only:
-                blocks.append(np.ones((n, 1)) if mat is None else mat)
+                blocks.append(np.broadcast_to(1.0, (n, 1)) if mat is None else mat)
         if names_only:
             return None, names
-        x = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0))
-        return np.ascontiguousarray(x, dtype=np.float64), names
+        # column-major: per-column work (finiteness, ranges, scale checks) reads contiguous
+        # memory, and each block is copied in once
+        x = np.empty((n, sum(b.shape[1] for b in blocks)), order="F")
+        pos = 0
+        for b in blocks:
+            x[:, pos : pos + b.shape[1]] = b
+            pos += b.shape[1]
+        return x, names
 
 
 def _row_kronecker(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:

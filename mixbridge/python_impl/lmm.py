@@ -48,10 +48,12 @@ def lmer(
     weights: Any = None,
     offset: Any = None,
     control: Mapping[str, Any] | None = None,
+    frame: Any = None,
     **_: Any,
 ) -> MixedFit:
-    """Fit `lmer(formula, data, REML = reml)`; see the module docstring for the pipeline."""
-    terms = build_terms(formula, data, weights, offset)
+    """Fit `lmer(formula, data, REML = reml)`; see the module docstring for the pipeline.
+    `frame`: the evaluated model frame from the input checks (None: evaluate here)."""
+    terms = build_terms(formula, data, weights, offset, frame)
     fit = fit_terms(terms, formula=formula, reml=reml, control=control, offset_arg=offset)
     emit_warnings(fit.messages, stacklevel=4)  # as the R engine re-emits R's warnings
     return fit
@@ -65,20 +67,23 @@ def lmer_objective(
     reml: bool = True,
     weights: Any = None,
     offset: Any = None,
+    frame: Any = None,
     **_: Any,
 ) -> float:
     """lme4's deviance function (devFunOnly=TRUE) at θ: the REML criterion or ML deviance."""
-    terms = build_terms(formula, data, weights, offset)
+    terms = build_terms(formula, data, weights, offset, frame)
     check_terms(terms)
     with blas_single_thread():
         devfun = LmerDevfun(terms, reml)
         return devfun(devfun.check_theta(theta))
 
 
-def build_terms(formula: str, data: pd.DataFrame, weights: Any, offset: Any) -> Any:
+def build_terms(
+    formula: str, data: pd.DataFrame, weights: Any, offset: Any, frame: Any = None
+) -> Any:
     from mixbridge.formula import build_mixed_terms
 
-    return build_mixed_terms(formula, data, weights=weights, offset=offset)
+    return build_mixed_terms(formula, data, weights=weights, offset=offset, frame=frame)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,9 +98,10 @@ def check_terms(terms: Any) -> None:
     y = np.asarray(terms.y)
     if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
         raise DataError("the response must be numeric for lmer", "response")
-    if not np.all(np.isfinite(y)):
+    lo, hi = float(np.min(y)), float(np.max(y))  # NaN propagates: two passes check it all
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise DataError("the response has non-finite values (Inf or NaN)", "response")
-    if n > 1 and np.all(y == y[0]):
+    if n > 1 and lo == hi:
         name = getattr(terms, "response_name", "response")
         raise DataError(
             f"the response {name!r} is constant: a linear mixed model cannot be fitted", name
@@ -109,13 +115,14 @@ def check_terms(terms: Any) -> None:
         w = np.asarray(terms.weights, dtype=float)
         if w.shape != (n,):
             raise DataError(f"weights must have one value per row ({n}), got {w.shape}", "weights")
-        if not np.all(np.isfinite(w)):
+        lo, hi = float(np.min(w)), float(np.max(w))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise DataError("weights must be finite (found NaN or Inf)", "weights")
-        if np.any(w < 0):
+        if lo < 0:
             raise DataError(
                 f"weights must be non-negative ({int(np.sum(w < 0))} negative)", "weights"
             )
-        if np.any(w == 0):
+        if lo == 0:
             # lme4 returns a degenerate fit (criterion +Inf: log 0 in Σ log w) for these
             zero = np.flatnonzero(w == 0)
             raise DataError(
@@ -126,7 +133,9 @@ def check_terms(terms: Any) -> None:
             )
     if terms.offset is not None:
         o = np.asarray(terms.offset, dtype=float)
-        if o.shape != (n,) or not np.all(np.isfinite(o)):
+        # a finite sum means finite values (an overflowing sum gets the exact check)
+        finite = math.isfinite(float(np.sum(o))) or bool(np.isfinite(o).all())
+        if o.shape != (n,) or not finite:
             raise DataError(f"offset must be {n} finite values", "offset")
     for t in terms.reterms:
         if t.n_levels < 2:
@@ -343,13 +352,20 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
     from mixbridge.python_impl import lmm_scalar as ls
 
     t = terms.reterms[0]
-    offset = np.zeros(terms.n) if terms.offset is None else np.asarray(terms.offset, float)
-    y = np.asarray(terms.y, dtype=float) - offset
+    offset = _nonzero_or_none(terms.offset)
+    y = np.asarray(terms.y, dtype=float)
+    if offset is not None:
+        y = y - offset
     w = None if terms.weights is None else np.asarray(terms.weights, dtype=float)
+    if w is not None and np.min(w) == 1.0 == np.max(w):
+        w = None  # unit weights: the unweighted sums (the frame gives ones when none were set)
     stats = ls.group_stats(terms.X, y, w, np.asarray(t.codes), t.n_levels)
     res = ls.scalar_ri_fit(stats, reml)
     theta = np.array([res.theta])
-    fitted = offset + terms.X @ res.beta + res.b[np.asarray(t.codes)]
+    fitted = terms.X @ res.beta
+    fitted += res.b[np.asarray(t.codes)]
+    if offset is not None:
+        fitted += offset
     opt = OptResult(
         theta=theta,
         fval=float(res.criterion),
@@ -384,7 +400,18 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
         opt=opt,
         objective=objective,
         optimizer_name="scalar-ri-brent",
+        x_variances=None if w is not None else ls.column_variances(stats),  # unweighted sds
     )
+
+
+def _nonzero_or_none(v: Any) -> np.ndarray | None:
+    """An optional offset, None when absent or all zero."""
+    if v is None:
+        return None
+    v = np.asarray(v, dtype=float)
+    if v.strides == (0,):  # a broadcast constant (the formula module's "no offset")
+        return v.copy() if v.size and v[0] != 0 else None
+    return v if np.any(v) else None
 
 
 def _build_fit(
@@ -404,6 +431,7 @@ def _build_fit(
     opt: OptResult,
     objective: Any,
     optimizer_name: str = "L-BFGS-B+Powell",
+    x_variances: np.ndarray | None = None,
 ) -> MixedFit:
     reterms = list(terms.reterms)
     n, p = int(terms.n), int(terms.X.shape[1])
@@ -417,7 +445,7 @@ def _build_fit(
     vcov = sigma**2 * vcov_unscaled
     vcov = (vcov + vcov.T) / 2.0
     messages = [m for m in getattr(terms, "messages", []) if isinstance(m, Message)]
-    scale_msg = check_scale_x(np.asarray(terms.X, dtype=float))
+    scale_msg = check_scale_x(np.asarray(terms.X, dtype=float), variances=x_variances)
     if scale_msg is not None:
         messages.append(scale_msg)
     messages += opt.messages
@@ -497,7 +525,6 @@ def _group_values(t: Any, newdata: pd.DataFrame) -> np.ndarray:
 def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) -> Any:
     reterms = list(terms.reterms)
     gp = np.concatenate([[0], np.cumsum([t.n_levels * t.p for t in reterms])])
-    base = (0.0 if terms.offset is None else np.asarray(terms.offset, float)) + terms.X @ beta
 
     def predict(
         newdata: pd.DataFrame | None = None,
@@ -508,8 +535,10 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) 
         if type not in ("link", "response"):  # identical for the gaussian identity link
             raise ArgumentError(f"type must be 'link' or 'response', got {type!r}", "type")
         use = _parse_re_form(re_form, reterms)
-        if newdata is None:
-            eta = np.array(base, dtype=float, copy=True)
+        if newdata is None:  # computed on demand: a fit keeps no extra n-vectors
+            eta = terms.X @ beta
+            if terms.offset is not None:
+                eta += np.asarray(terms.offset, float)
         else:
             x_new = np.asarray(terms.fixed_matrix(newdata), dtype=float)
             eta = x_new @ beta + _newdata_offset(terms, newdata, offset_arg)
@@ -594,14 +623,14 @@ def _make_simulate(
 ) -> Any:
     reterms = list(terms.reterms)
     n = int(terms.n)
-    eta_fixed = terms.X @ beta
-    if terms.offset is not None:
-        eta_fixed = eta_fixed + np.asarray(terms.offset, float)
-    w = np.ones(n) if terms.weights is None else np.asarray(terms.weights, float)
 
     def simulate(nsim: int = 1, seed: int | None = None) -> np.ndarray:
         if not isinstance(nsim, (int, np.integer)) or nsim < 1:
             raise ArgumentError(f"nsim must be a positive integer, got {nsim!r}", "nsim")
+        eta_fixed = terms.X @ beta
+        if terms.offset is not None:
+            eta_fixed += np.asarray(terms.offset, float)
+        w = np.ones(n) if terms.weights is None else np.asarray(terms.weights, float)
         rng = np.random.default_rng(seed)
         out = np.repeat(eta_fixed[:, None], nsim, axis=1)
         for t, tk in zip(reterms, tks, strict=True):

@@ -321,17 +321,27 @@ def optimize_theta(
     )
 
 
-def check_scale_x(x: np.ndarray, kappa: float = 1e3) -> Message | None:
+def check_scale_x(
+    x: np.ndarray, kappa: float = 1e3, variances: np.ndarray | None = None
+) -> Message | None:
     """lme4's checkScaleX: warn when the non-0/1 columns of X have sds (or sd ratios) beyond
-    kappa, which makes the optimization ill-conditioned."""
-    if x.shape[0] < 2 or x.shape[1] == 0:
+    kappa, which makes the optimization ill-conditioned. `variances`: the columns' sample
+    variances when already known (e.g. from the one-pass statistics)."""
+    n, p = x.shape
+    if n < 2 or p == 0:
         return None
-    cont = ~np.all((x == 0) | (x == 1), axis=0)
+    if variances is not None and x.flags.f_contiguous:  # contiguous columns: ranges are cheap
+        lo, hi, var = x.min(axis=0), x.max(axis=0), np.asarray(variances, dtype=float)
+    else:
+        lo, hi, var = column_summaries(x)
+    cont = np.ones(p, dtype=bool)
+    for j in np.flatnonzero((lo >= 0) & (hi <= 1)):  # look at the values of [0, 1] columns only
+        col = x[:, j]
+        cont[j] = bool(np.any((col != 0) & (col != 1)))
     if not np.any(cont):
         return None
-    sd = np.std(x[:, cont], axis=0, ddof=1)
     with np.errstate(divide="ignore"):
-        logsd = np.log(sd)
+        logsd = 0.5 * np.log(var[cont])
     logcomp = np.abs(logsd[:, None] - logsd[None, :])
     if np.any(np.abs(logsd) > np.log(kappa)) or np.any(logcomp > np.log(kappa)):
         return Message(
@@ -341,3 +351,31 @@ def check_scale_x(x: np.ndarray, kappa: float = 1e3) -> Message | None:
             code="scale_x",
         )
     return None
+
+
+def column_summaries(
+    x: np.ndarray, block: int = 32_768
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum, maximum and sample variance of each column of X in one blocked pass.
+
+    Each block of rows is copied into a small row-major buffer of columns (so any layout of X is
+    read contiguously) and shifted by the first rows' means, so the sums of squares do not cancel
+    when a column's mean dwarfs its sd.
+    """
+    n, p = x.shape
+    shift = x[: min(n, 1000)].mean(axis=0)
+    lo = np.full(p, np.inf)
+    hi = np.full(p, -np.inf)
+    s1 = np.zeros(p)
+    s2 = np.zeros(p)
+    buf = np.empty((p, min(block, n)))
+    for a in range(0, n, block):
+        xt = buf[:, : min(block, n - a)]
+        np.copyto(xt, x[a : a + block].T)
+        np.minimum(lo, xt.min(axis=1), out=lo)
+        np.maximum(hi, xt.max(axis=1), out=hi)
+        xt -= shift[:, None]
+        s1 += xt.sum(axis=1)
+        s2 += np.einsum("ij,ij->i", xt, xt)
+    var = np.maximum(s2 - s1**2 / n, 0.0) / (n - 1)
+    return lo, hi, var

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixbridge.formula.levels import level_index
 from mixbridge.python_impl.predictor import theta_layout
 
 
@@ -92,8 +93,8 @@ def ranef_frames(reterms: list[Any], b: np.ndarray, gp: np.ndarray) -> dict[str,
             t = reterms[k]
             blk = b[gp[k] : gp[k + 1]].reshape(t.n_levels, t.p)
             parts.append(pd.DataFrame(blk, columns=list(t.cnames)))
-        frame = pd.concat(parts, axis=1)
-        frame.index = pd.Index([str(v) for v in reterms[idx[0]].levels], name=None)
+        frame = parts[0] if len(parts) == 1 else pd.concat(parts, axis=1)
+        frame.index = level_index(reterms[idx[0]].levels)
         out[g] = frame
     return out
 
