@@ -4,11 +4,13 @@ Each case fits the same model through a peer adapter and through lme4 (`engine="
 them with `mixbridge.compare` under the one tolerance policy (third_party_lmer for lmer, glmer for
 glmer: tolerance.py explains every number). Where a peer differs for a known reason (a different
 column dropped on a rank-deficient X) the test asserts that the comparison reports it with the
-right status and reason. A missing peer skips locally and FAILS under CI=true, like a missing R.
+right status and reason (explained by a registry entry whose check recomputes the difference).
+A missing peer skips locally and FAILS under CI=true, like a missing R.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -129,7 +131,9 @@ def test_mixedlm_glmer_is_refused(sleepstudy):
 
 def test_rank_deficient_x(peer, sleepstudy):
     """D2 = 2·Days: lme4 drops D2 (the later aliased column); glmm flags D2 as aliased (mapped to
-    a dropped column, so it matches); mixedlm drops Days and keeps D2 (not mapped: reported)."""
+    a dropped column, so it matches); mixedlm drops Days and keeps D2: not mapped, the comparison
+    explains it through the registry entry rank_deficient_other_column_dropped, whose check
+    recomputes the difference from the fits."""
     data = sleepstudy.assign(D2=2.0 * sleepstudy["Days"])
     f = "Reaction ~ Days + D2 + (1 | Subject)"
     ref = mixbridge.lmer(f, data, engine="r")
@@ -139,25 +143,36 @@ def test_rank_deficient_x(peer, sleepstudy):
     if peer == "glmm":
         assert fit.dropped_columns == ["D2"]
         cmp.assert_ok()
+        assert all(r.status == "ok" for r in cmp.rows), str(cmp)
         return
     assert list(fit.fixef.index) == ["(Intercept)", "D2"]
     assert any("rank deficient" in m.text for m in fit.messages)
-    for q in ("fixef", "fixef_se"):
-        row = cmp.row(q)
-        assert row.status == "FAIL" and row.reason == "missing in a: Days; missing in b: D2"
+    cmp.assert_ok()
+    explained = {r.quantity for r in cmp.rows if r.status == "explained"}
+    assert explained == {"fixef", "fixef_se", "objective", "criterion", "loglik", "aic", "bic"}
+    for q in explained:
+        assert "rank_deficient_other_column_dropped" in cmp.row(q).reason
+    assert "a kept ['D2'], b kept ['Days']" in cmp.row("fixef").reason
     # same column space: θ, σ and the conditional modes do not depend on the parametrization
     for q in ("theta", "sigma", "varcorr", "ranef", "cond_var"):
         assert cmp.row(q).status == "ok", cmp.row(q)
     # the same fit in the other parametrization: D2's coefficient is half Days'
     assert fit.fixef["D2"] == pytest.approx(ref.fixef["Days"] / 2, rel=1e-9)
     # REML's log det(X'V⁻¹X) grows by 2 log 2 when Days is replaced by 2·Days: the criterion
-    # differs by exactly log 4 (1e-6: both optimizers' stopping noise, measured 1e-9)
-    assert cmp.row("criterion").status == "FAIL"
+    # differs by exactly log 4 (1e-6: both optimizers' stopping noise, measured 2e-9)
     assert fit.criterion - ref.criterion == pytest.approx(math.log(4.0), abs=1e-6)
-    # ML has no such term: the deviances agree
+    # ML has no such term: the deviances agree and only the coefficients are explained
     ml = mixbridge.compare(mixbridge.lmer(f, data, engine=peer, reml=False),
                            mixbridge.lmer(f, data, engine="r", reml=False))  # fmt: skip
-    assert ml.row("criterion").status == "ok"
+    ml.assert_ok()
+    assert ml.row("criterion").status == "ok" and ml.row("fixef").status == "explained"
+    # the entry never passes a difference its check does not reproduce
+    shifted = dataclasses.replace(fit, fitted=fit.fitted + 0.01 * np.std(fit.fitted))
+    bad = mixbridge.compare(shifted, ref).row("fixef")
+    assert bad.status == "FAIL" and "does not hold" in bad.reason
+    worse = dataclasses.replace(fit, reml_criterion=fit.reml_criterion + 0.01)
+    bad = mixbridge.compare(worse, ref).row("criterion")
+    assert bad.status == "FAIL" and "does not hold" in bad.reason
 
 
 def test_unsupported_models_are_refused(peer, sleepstudy):

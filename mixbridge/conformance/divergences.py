@@ -265,10 +265,60 @@ def _aligned_coef(bayes: Any, levels: list[str], factor: str) -> np.ndarray:
     return np.array([float(bayes.coef[mapping[lv]]) for lv in levels])
 
 
+def _rank_deficient(fit: Any) -> bool:
+    return bool(getattr(fit, "dropped_columns", None)) or any(
+        "rank deficient" in m.text.lower() or m.code == "rank_deficient"
+        for m in getattr(fit, "messages", [])
+    )
+
+
+def check_other_column_dropped(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
+    """Two fits of a rank-deficient X that kept different (equally valid) columns.
+
+    Applies when the fixef names differ but their number is the same and a fit reports the rank
+    deficiency. fixef/fixef_se: the same column space shows as the same fitted values (relative
+    to their spread, within the policy's fixef tolerance). Criteria: ML ones agree (not this
+    entry's business); REML's log det(X'V⁻¹X) depends on the kept columns, and from
+    vcov = σ² (X'V⁻¹X)⁻¹ the REML criterion differs by exactly
+    Δ = [p log σ_a² - log det vcov_a] - [p log σ_b² - log det vcov_b] (loglik by -Δ/2).
+    """
+    la, lb = set(map(str, a.fixef.index)), set(map(str, b.fixef.index))
+    if la == lb or len(la) != len(lb) or not (_rank_deficient(a) or _rank_deficient(b)):
+        return CheckOutcome(False)
+    kept = f"a kept {sorted(la - lb)}, b kept {sorted(lb - la)}"
+    if ctx.quantity in ("fixef", "fixef_se"):
+        fa, fb = np.asarray(a.fitted, dtype=float), np.asarray(b.fitted, dtype=float)
+        tol = ctx.policy["fixef"].rel if ctx.policy is not None else 1e-4
+        if fa.shape != fb.shape or not np.all(np.isfinite(fa)) or not np.all(np.isfinite(fb)):
+            return CheckOutcome(True, False, f"{kept}; fitted values not comparable")
+        worst = float(np.max(np.abs(fa - fb)) / max(float(np.std(fb)), 1e-300))
+        detail = (
+            f"{kept}: same column space, fitted values agree to {worst:.2e} of their spread "
+            f"(tolerance {tol:.0e})"
+        )
+        return CheckOutcome(True, worst <= tol, detail)
+    if a.model != "lmer" or not (a.reml and b.reml) or ctx.signed_diff is None:
+        return CheckOutcome(False)
+
+    def logdet_rx(fit: Any) -> float:
+        sign, logdet = np.linalg.slogdet(fit.vcov.to_numpy(dtype=float))
+        return len(fit.fixef) * np.log(fit.sigma**2) - logdet if sign > 0 else np.nan
+
+    delta = logdet_rx(a) - logdet_rx(b)
+    expected = -delta / 2 if ctx.quantity == "loglik" else delta
+    residual = ctx.signed_diff - expected
+    detail = (
+        f"{kept}; REML log det(X'V⁻¹X) differs by {delta:.10g}: a - b = {ctx.signed_diff:.10g}, "
+        f"expected {expected:.10g}, residual {residual:.3g} vs tolerance {ctx.bound:.3g}"
+    )
+    return CheckOutcome(True, bool(abs(residual) <= ctx.bound), detail)
+
+
 CHECKS: dict[str, Callable[[Any, Any, RowContext], CheckOutcome]] = {
     "check_agq_saturated_constant": check_agq_saturated_constant,
     "check_arm_binomial_aic": check_arm_binomial_aic,
     "check_bayesglm_own_dispersion": check_bayesglm_own_dispersion,
+    "check_other_column_dropped": check_other_column_dropped,
 }
 
 
