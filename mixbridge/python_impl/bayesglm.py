@@ -360,6 +360,9 @@ class BlockedDesign(Design):
         # X'W^2X's pieces depend only on the working weights, which often repeat between
         # iterations (gaussian identity: always): cached with the w^2 they came from.
         self._data_w2: np.ndarray | None = None
+        self._w_src: np.ndarray | None = None  # the w, good (and w^2) of the last solve
+        self._good_src: np.ndarray | None = None
+        self._w2: np.ndarray | None = None
         self._data: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._set_cross(np.ones(n))
 
@@ -432,11 +435,18 @@ class BlockedDesign(Design):
     def solve(self, good, w, z, a, m, prior_row0) -> Solution:
         n, q = self.n, self.q
         bc, dc = self.block_cols, self.dense_cols
-        if good.all():
-            w2, zz = w * w, z
+        all_good = good.all()
+        if w is self._w_src and good is self._good_src:  # as last time (gaussian identity)
+            w2 = self._w2
+        elif all_good:
+            w2 = w * w
         else:
             w2 = np.zeros(n)
             w2[good] = w * w
+        self._w_src, self._good_src, self._w2 = w, good, w2
+        if all_good:
+            zz = z
+        else:
             zz = np.zeros(n)
             zz[good] = z
         d_data, E, XWX = self._data_terms(w2)
@@ -511,11 +521,11 @@ class BlockedDesign(Design):
             Sinv = _chol_inv(chol)
             FS = F @ Sinv
             diag_b = 1.0 / d + np.einsum("ij,ij->i", FS, F)
-            diag_d = np.diag(Sinv).copy()
+            diag_d = Sinv.diagonal().copy()
             tr = (
                 float(diag_b @ self._counts)
-                - 2.0 * float(np.sum(FS * self._cross_bd))
-                + float(np.sum(Sinv * self._cross_dd))
+                - 2.0 * float((FS * self._cross_bd).sum())
+                + float((Sinv * self._cross_dd).sum())
             )
         else:
             Sinv = np.zeros((0, 0))
@@ -531,7 +541,7 @@ class BlockedDesign(Design):
             rows_sq = xv * xv
             if self._lev_rows is not None:
                 rows_sq = rows_sq[self._lev_rows]
-            tr -= beta * float(np.sum(rows_sq))
+            tr -= beta * float(rows_sq.sum())
 
         def full_v(scale: float = 1.0) -> np.ndarray:
             # M^-1 = blockdiag(D^-1, 0) + L Sinv L' with L = [F; -I] (block rows; dense rows), so
