@@ -108,6 +108,25 @@ def test_simulated_unbalanced(peer, needs_r, q):
         assert fit.objective(ref.theta) == pytest.approx(ref.criterion, rel=1e-9)
 
 
+def test_integer_groups_string_factor_and_na_rows(peer, needs_r):
+    """lme4's rows and names: NA only in an unused column drops nothing, an NA response drops its
+    row; an integer grouping column's levels in numeric order; a string factor's levels sorted."""
+    rng = np.random.default_rng(5)
+    g = rng.integers(1, 15, size=200)
+    x = rng.normal(size=200)
+    data = pd.DataFrame({
+        "y": 1 + x + rng.normal(size=14)[g - 1] + rng.normal(size=200), "x": x, "g": g,
+        "f": rng.choice(["lo", "hi", "mid"], size=200), "unused": np.nan,
+    })  # fmt: skip
+    data.loc[3, "y"] = np.nan
+    f = "y ~ x + f + (1 | g)"
+    fit = mixbridge.lmer(f, data, engine=peer)
+    ref = mixbridge.lmer(f, data, engine="r")
+    assert fit.nobs == ref.nobs == 199
+    _check_matches_lme4(fit, ref)
+    assert list(fit.fixef.index) == ["(Intercept)", "x", "flo", "fmid"]
+
+
 def test_glmm_glmer_cbpp(r_dataset):
     require_peer("glmm")
     cbpp = r_dataset("cbpp")
