@@ -221,3 +221,62 @@ def test_public_api_large_factor_stays_sparse() -> None:
     assert fit.iterations == ref.iterations
     np.testing.assert_array_equal(fit.coef.to_numpy(), ref.coef.to_numpy())  # same arithmetic
     assert list(fit.coef.index[:3]) == ["(Intercept)", "x", f"factor(id){levels[1]}"]
+
+
+def test_sparse_one_hot_detection_equals_dense() -> None:
+    """make_design on a CSC matrix (dummies interleaved with dense columns, explicit zeros
+    stored) finds the same block, codes and dense columns as on the ndarray, and the fits are
+    the same arithmetic (equal exactly)."""
+    rng = np.random.default_rng(21)
+    n, G = 300, 40
+    X, names, eta, _ = _design(rng, n, G, intercept=True, baseline=True)
+    order = np.concatenate([[0], rng.permutation(np.arange(1, X.shape[1]))])  # intercept first
+    X, names = X[:, order], [names[j] for j in order]
+    # explicit zeros stored in a dummy column: stored entries that are 0 are not ones
+    j = int(np.flatnonzero(np.all((X == 0) | (X == 1), axis=0))[1])
+    rows = np.flatnonzero(X[:, j] == 0)[:3]
+    coo = sp.coo_matrix(X)
+    Xs = sp.csc_matrix(
+        (np.append(coo.data, np.zeros(3)), (np.append(coo.row, rows), np.append(coo.col, [j] * 3))),
+        shape=X.shape,
+    )
+    assert np.sum(Xs.data == 0) == 3
+    dd, ds = make_design(X, True), make_design(Xs, True)
+    assert isinstance(dd, BlockedDesign) and isinstance(ds, BlockedDesign)
+    np.testing.assert_array_equal(ds.block_cols, dd.block_cols)
+    np.testing.assert_array_equal(ds.codes, dd.codes)
+    np.testing.assert_array_equal(ds.dense_cols, dd.dense_cols)
+    np.testing.assert_array_equal(ds.XD, dd.XD)
+    y = 1.0 + eta + rng.normal(size=n)
+    a = _fit(X, y, names, "blocked", has_intercept=True)
+    b = _fit(Xs, y, names, "blocked", has_intercept=True)
+    np.testing.assert_array_equal(b.coef.to_numpy(), a.coef.to_numpy())
+    np.testing.assert_array_equal(b.vcov.to_numpy(), a.vcov.to_numpy())
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        [2.0, 2.0, 2.0],
+        [0.0, -0.0, 0.0],
+        [-0.0, 1.0, 0.0, 1.0],
+        [3.0, np.nan, 5.0, 3.0],
+        [np.nan, np.nan],
+        [1.0, 2.0, 4.0, 2.0],
+        [np.nan, 1.0, 2.0, 7.5],
+    ],
+)
+def test_column_scale_is_arms_x_scale(x: list[float]) -> None:
+    """x.scale without sorting equals arm's definition via unique(): 1 for a constant column,
+    max - min for two distinct values, 2 sd otherwise (NaN dropped first)."""
+    from mixbridge.python_impl.bayesglm import _column_scale
+
+    v = np.asarray(x)
+    u = np.unique(v[~np.isnan(v)])
+    if u.size <= 1:
+        expected = 1.0
+    elif u.size == 2:
+        expected = float(u[-1] - u[0])
+    else:
+        expected = float(2.0 * np.std(v[~np.isnan(v)], ddof=1))
+    assert _column_scale(v) == expected
