@@ -1238,8 +1238,11 @@ def _glm_terms(
     weights: Any,
     offset: Any,
     drop_baseline: bool,
+    frame: Any = None,
 ) -> Any:
-    """build_glm_terms, with a sparse X when the model uses a factor with many levels."""
+    """build_glm_terms, with a sparse X when the model uses a factor with many levels.
+
+    `frame`: the model frame the input checks already evaluated (None: evaluate here)."""
     from mixbridge.formula import build_glm_terms
 
     return build_glm_terms(
@@ -1251,6 +1254,7 @@ def _glm_terms(
         drop_baseline=drop_baseline,
         sparse="auto",
         sparse_min_levels=SPARSE_MIN_LEVELS,  # read at call time (tests lower it)
+        frame=frame,
     )
 
 
@@ -1315,6 +1319,7 @@ def bayesglm(
         weights=weights,
         offset=offset,
         drop_baseline=drop_baseline,
+        frame=engine_options.get("frame"),
     )
     offset_arr = None if terms.offset is None else np.asarray(terms.offset, dtype=float)
     if offset_arr is not None and not np.any(offset_arr):
