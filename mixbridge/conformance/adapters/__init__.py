@@ -7,7 +7,8 @@ raise `ArgumentError` saying so (never a silently different model). Register you
 `mixbridge.engines.register("name", obj)`; then `engine="name"` works in every fitting call and
 its fits go through `mixbridge.compare` like any other.
 
-Built in: "statsmodels" (MixedLM), and "glmm" / "mixedlm" when those PyPI packages are installed.
+Built in: "statsmodels" (MixedLM), and "glmm" / "mixedlm" when those PyPI packages are installed
+(`pip install 'mixbridge[peers]'`, pinned to the versions the adapters were checked with).
 """
 
 from __future__ import annotations
