@@ -280,3 +280,26 @@ def test_column_scale_is_arms_x_scale(x: list[float]) -> None:
     else:
         expected = float(2.0 * np.std(v[~np.isnan(v)], ddof=1))
     assert _column_scale(v) == expected
+
+
+def test_engine_builds_terms_from_the_checked_frame() -> None:
+    """The engine uses the model frame the input checks evaluated (frame=, as the API passes it)
+    instead of evaluating the formula again: same numbers as its own evaluation, and the frame,
+    not `data`, is what gets fitted."""
+    from mixbridge.checks import check_inputs
+    from mixbridge.python_impl import engine
+
+    rng = np.random.default_rng(4)
+    n, G = 300, 40
+    g = rng.integers(0, G, n)
+    d = pd.DataFrame({"x": rng.normal(size=n), "g": pd.Categorical(g.astype(str))})
+    d["y"] = 0.5 * d["x"] + rng.normal(size=G)[g] + rng.normal(size=n)
+    d2 = d.assign(y=2.0 * d["y"])
+    f = "y ~ x + g"
+    kw = dict(family="gaussian", link=None, weights=None, offset=None)
+    own = engine.bayesglm(f, d, **kw)
+    shared = engine.bayesglm(f, d, frame=check_inputs("bayesglm", f, d, **kw), **kw)
+    np.testing.assert_array_equal(shared.coef.to_numpy(), own.coef.to_numpy())
+    np.testing.assert_array_equal(shared.vcov.to_numpy(), own.vcov.to_numpy())
+    other = engine.bayesglm(f, d, frame=check_inputs("bayesglm", f, d2, **kw), **kw)
+    np.testing.assert_array_equal(other.coef.to_numpy(), engine.bayesglm(f, d2, **kw).coef)
