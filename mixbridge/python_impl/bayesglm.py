@@ -41,6 +41,9 @@ expanded into a dense n x G matrix or a G x G system. The augmented normal equat
 block elimination (diagonal block for the factor, a small dense Schur complement for the other
 columns, Sherman-Morrison for the centred-intercept prior row), with one step of iterative
 refinement whose residual is computed from the data, so it agrees with arm's QR to ~1e-12.
+The data parts of X'W^2X are reused while the working weights repeat (gaussian identity: every
+iteration), and the reported p x p vcov (p <= VCOV_MAX_COEFS) is one rank-(q+1) product plus the
+factor block's diagonal (q = number of other columns): O(p^2) to fill, never an O(G^3) inverse.
 When the model uses a factor with >= SPARSE_MIN_LEVELS levels, the model matrix itself is
 assembled sparsely (the formula module's `build_glm_terms(..., sparse="auto")`), so
 `y ~ x + factor(id)` with 1e5 levels never allocates n x G. Not covered: a large factor
