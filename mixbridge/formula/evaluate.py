@@ -110,8 +110,12 @@ def read_column(data: pd.DataFrame, name: str) -> Value:
     dtype = col.dtype
     if isinstance(dtype, pd.CategoricalDtype):
         # category labels are str(c), exactly as the bridge hands them to R as factor levels
-        cats = [str(c) for c in dtype.categories]
-        codes = col.cat.codes.to_numpy().astype(np.int32)
+        categories = dtype.categories
+        if categories.dtype.kind in "iu":  # integer ids: labels made only when read
+            cats: Sequence[str] = IntegerLevels(categories.to_numpy())
+        else:  # (tolist first: iterating an Arrow-backed Index is ~20x slower)
+            cats = [str(c) for c in categories.tolist()]
+        codes = col.cat.codes.to_numpy().astype(np.int32, copy=False)
         return Factor(codes, cats, bool(dtype.ordered), "factor")
     if pd.api.types.is_bool_dtype(dtype):
         mask = col.isna().to_numpy()

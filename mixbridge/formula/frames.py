@@ -8,6 +8,7 @@ Pipeline (as lme4's `lFormula` and arm's `bayesglm`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +29,20 @@ from mixbridge.formula.evaluate import (
     numeric,
 )
 from mixbridge.formula.levels import IntegerLevels
-from mixbridge.formula.model_matrix import Design, rank_keep
+from mixbridge.formula.model_matrix import (
+    Design,
+    assemble,
+    clearly_full_rank_gram,
+    column_gram,
+    rank_keep,
+)
 from mixbridge.formula.parse import Call, Node, Paren, deparse
 from mixbridge.formula.terms import BarTerm, TermsInfo, expand_bars, expand_terms, split_bars
 from mixbridge.formula.validate import parse_and_validate
 from mixbridge.results import Message
 
 RANK_TOL = 1e-7  # lme4's chkRank.drop.cols default tolerance
+_ROW_BLOCK = 1 << 16  # rows per block where a loop avoids n-vector temporaries
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,11 +140,11 @@ class _Common:
 
     @property
     def n(self) -> int:
-        return int(self.X.shape[0])
+        return int(self.y.shape[0])
 
     @property
     def p(self) -> int:
-        return int(self.X.shape[1])
+        return len(self.x_names)
 
 
 @dataclass
@@ -145,8 +153,32 @@ class MixedTerms(_Common):
 
     dropped_columns: list[str] = field(default_factory=list)
     reterms: list[ReTerm] = field(default_factory=list)
+    # X's columns (None: the intercept) when X is intercept + plain numeric variables; built
+    # with lazy_x=True, X itself is then None until `ensure_x()` (the O(G) lmer path reads the
+    # columns and never needs the n x p matrix)
+    x_columns: list[np.ndarray | None] | None = field(default=None, repr=False)
     _fixed: _Part | None = field(default=None, repr=False)
     _keep: np.ndarray | None = field(default=None, repr=False)
+
+    def ensure_x(self) -> np.ndarray:
+        """X as an (n, p) array, assembled from `x_columns` on first use."""
+        if self.X is None:
+            assert self.x_columns is not None
+            self.X = assemble(self.x_columns, self.n)
+        return self.X
+
+    def x_times(self, beta: np.ndarray) -> np.ndarray:
+        """Xβ, from the columns when X was never built (block by block: no n-vector
+        temporaries)."""
+        if self.X is not None or self.x_columns is None:
+            return self.ensure_x() @ beta
+        out = np.empty(self.n)
+        for a in range(0, self.n, _ROW_BLOCK):
+            seg = out[a : a + _ROW_BLOCK]
+            seg.fill(0.0)
+            for c, b in zip(self.x_columns, np.asarray(beta, dtype=float), strict=True):
+                seg += b if c is None else b * c[a : a + _ROW_BLOCK]
+        return out
 
     def fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
         """X for newdata with the fit's levels, contrasts and transforms; columns = x_names."""
@@ -191,20 +223,31 @@ def build_mixed_terms(
     model: str = "lmer",
     family: str | None = None,
     frame: ModelFrame | None = None,
+    lazy_x: bool = False,
 ) -> MixedTerms:
     """lme4's lFormula/glFormula: response, X (rank-deficient columns dropped), reterms.
 
     `frame`: the already evaluated model frame of this formula and data (from the input checks).
+    `lazy_x`: when X is intercept + plain numeric columns of full rank, leave `X` None and give
+    the columns (`x_columns`); `ensure_x()` builds X when needed.
     """
     if frame is None:
         frame = ModelFrame(formula, data, model, family, weights, offset, keep_order=False)
         frame.evaluate(with_bars=True)
         frame.na_omit()
     fixed = frame.fixed_part(contrasts="treatment", drop_unused=True)
-    x_full = fixed.design.matrix(frame.fixed_values, frame.n)
-    _check_finite(x_full, fixed.design.names, "fixed-effects model matrix")
-    keep = rank_keep(x_full, RANK_TOL)
     names = fixed.design.names
+    columns = fixed.design.column_views(frame.fixed_values) if lazy_x else None
+    if columns is not None:
+        _check_finite_columns(columns, names, "fixed-effects model matrix")
+        if not clearly_full_rank_gram(column_gram(columns, frame.n), RANK_TOL):
+            columns = None  # the exact rank emulation needs X
+    if columns is not None:
+        x_full, keep = None, np.arange(len(names))
+    else:
+        x_full = fixed.design.matrix(frame.fixed_values, frame.n)
+        _check_finite(x_full, names, "fixed-effects model matrix")
+        keep = rank_keep(x_full, RANK_TOL)
     kept = set(keep.tolist())
     dropped = [names[j] for j in range(len(names)) if j not in kept]
     if dropped:
@@ -219,7 +262,7 @@ def build_mixed_terms(
                 code="rank_deficient",
             )
         )
-    y, n_trials, w = frame.response()
+    y, n_trials, w = frame.response(shared_unit_weights=model == "lmer")
     reterms = frame.reterms()
     return MixedTerms(
         formula=formula,
@@ -228,13 +271,16 @@ def build_mixed_terms(
         n_trials=n_trials,
         weights=w,
         offset=frame.total_offset(),
-        X=x_full if len(keep) == x_full.shape[1] else np.asfortranarray(x_full[:, keep]),
+        X=x_full
+        if x_full is None or len(keep) == len(names)
+        else np.asfortranarray(x_full[:, keep]),
         x_names=[names[j] for j in keep],
         messages=frame.messages,
         row_index=frame.row_index,
         family=family,
         dropped_columns=dropped,
         reterms=reterms,
+        x_columns=columns,
         _fixed=fixed,
         _keep=keep,
     )
@@ -310,6 +356,16 @@ def _check_finite(x: np.ndarray, names: list[str], what: str) -> None:
             "(e.g. log(0)); transform or filter the data",
             column=cols[0],
         )
+
+
+def _check_finite_columns(columns: list[np.ndarray | None], names: list[str], what: str) -> None:
+    for c, name in zip(columns, names, strict=True):
+        if c is not None and not math.isfinite(float(np.sum(c))) and not np.isfinite(c).all():
+            raise DataError(
+                f"column(s) {name!r} of the {what} have infinite values (e.g. log(0)); "
+                "transform or filter the data",
+                column=name,
+            )
 
 
 def _check_finite_sparse(x: sp.csc_matrix, names: list[str], what: str) -> None:
@@ -470,9 +526,18 @@ class ModelFrame:
             raise DataError("offset has infinite values (e.g. log(0))", column="offset")
         return total
 
-    def response(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    def response(
+        self, shared_unit_weights: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(y, binomial trials or None, prior weights). `shared_unit_weights`: without weights,
+        return read-only broadcast ones (no n-vector) for consumers that never write into them."""
         name = self.response_name
-        w = np.ones(self.n) if self.weights is None else self.weights.astype(float)
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=float)
+        elif shared_unit_weights and not self.cbind:
+            w = np.broadcast_to(1.0, (self.n,))
+        else:
+            w = np.ones(self.n)
         if self.cbind:
             s, f = (v.values for v in self.resp)  # type: ignore[union-attr]
             trials = s + f
@@ -497,9 +562,9 @@ class ModelFrame:
         y = val.values
         if y.ndim != 1:
             raise DataError(f"response {name!r} must be a single column", column=name)
-        if not np.isfinite(y).all():
+        if not math.isfinite(float(np.sum(y))) and not np.isfinite(y).all():
             raise DataError(f"response {name!r} has infinite values", column=name)
-        return y.astype(float), None, w
+        return np.asarray(y, dtype=float), None, w
 
     def group_factor(self, k: int) -> Factor:
         """The grouping factor of bar `k` on the rows used, unused levels dropped (computed once
@@ -519,13 +584,16 @@ class ModelFrame:
         ):
             vals = {i: _drop_levels(v, True) for i, v in vals.items()}
             design = Design.from_values(info, vals, "treatment")
-            z = design.matrix(vals, self.n)
-            _check_finite(z, design.names, f"random-effects model matrix of ({bar.group_name})")
+            if design.names == ["(Intercept)"]:  # (1 | g): read-only ones, no n-vector
+                z = np.broadcast_to(1.0, (self.n, 1))
+            else:
+                z = design.matrix(vals, self.n)
+                _check_finite(z, design.names, f"random-effects model matrix of ({bar.group_name})")
             g = self.group_factor(k)
             out.append(
                 ReTerm(
                     group=bar.group_name,
-                    codes=g.codes.astype(np.int32),
+                    codes=g.codes.astype(np.int32, copy=False),
                     levels=g.levels if isinstance(g.levels, IntegerLevels) else list(g.levels),
                     Z=z,
                     cnames=list(design.names),

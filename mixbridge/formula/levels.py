@@ -144,7 +144,7 @@ class IntegerLevels(Sequence[str]):
     """
 
     def __init__(self, values: np.ndarray) -> None:
-        self.values = np.asarray(values, dtype=np.int64)  # sorted distinct ids
+        self.values = np.asarray(values, dtype=np.int64)  # distinct ids, in level order
         self._labels: list[str] | None = None
 
     def _list(self) -> list[str]:

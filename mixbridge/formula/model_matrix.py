@@ -144,6 +144,20 @@ class Design:
         x, _ = self._build(values, n=n, names_only=False)
         return x
 
+    def column_views(self, values: dict[int, Value]) -> list[np.ndarray | None] | None:
+        """The columns of X without building it, when each is the intercept (None) or a plain
+        numeric variable (its own vector, not a copy); None for any other design."""
+        cols: list[np.ndarray | None] = [None] if self.info.intercept else []
+        for term in self.info.terms:
+            if len(term) != 1:
+                return None
+            (v,) = term
+            val = values.get(v)
+            if v in self.levels or not isinstance(val, Numeric) or val.values.ndim != 1:
+                return None
+            cols.append(np.asarray(val.values, dtype=float))
+        return cols if len(cols) == len(self.names) else None
+
     def sparse_matrix(self, values: dict[int, Value], n: int) -> sp.csc_matrix:
         """The same matrix as `matrix`, as scipy.sparse CSC: a factor with G levels costs O(n)
         entries, never an n x G array (interactions are row-wise Kronecker products)."""
@@ -307,14 +321,33 @@ def rank_keep(x: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
-def _clearly_full_rank(x: np.ndarray, tol: float) -> bool:
-    """True when every column keeps far more than `tol` of its norm after orthogonalizing against
-    all earlier columns. Those fractions are the diagonal of the Cholesky factor of the
-    column-scaled Gram matrix (one BLAS-3 pass over X). Squaring the condition number costs
-    precision, so only fractions above 1e-4 (1000 x tol: Gram rounding is ~1e-6 relative there)
-    count as clear; then dqrdc2 moves no column and keeps all. Anything else goes through the
-    exact left-to-right emulation."""
-    gram = x.T @ x
+def column_gram(columns: list[np.ndarray | None], n: int) -> np.ndarray:
+    """X'X from X's columns (None: the intercept), one dot product per pair."""
+    p = len(columns)
+    gram = np.empty((p, p))
+    for i, a in enumerate(columns):
+        for j in range(i, p):
+            b = columns[j]
+            if a is None and b is None:
+                v = float(n)
+            elif a is None or b is None:
+                v = float(np.sum(b if a is None else a))
+            else:
+                v = float(np.dot(a, b))
+            gram[i, j] = gram[j, i] = v
+    return gram
+
+
+def assemble(columns: list[np.ndarray | None], n: int) -> np.ndarray:
+    """X (column-major) from its columns (None: the intercept)."""
+    x = np.empty((n, len(columns)), order="F")
+    for j, c in enumerate(columns):
+        x[:, j] = 1.0 if c is None else c
+    return x
+
+
+def clearly_full_rank_gram(gram: np.ndarray, tol: float = 1e-7) -> bool:
+    """`_clearly_full_rank` from a precomputed X'X."""
     norms = np.sqrt(np.diag(gram))
     if not np.all(np.isfinite(gram)) or np.any(norms == 0.0):
         return False
@@ -323,3 +356,13 @@ def _clearly_full_rank(x: np.ndarray, tol: float) -> bool:
     except np.linalg.LinAlgError:
         return False
     return bool(np.all(np.diag(chol) > 1000.0 * tol))
+
+
+def _clearly_full_rank(x: np.ndarray, tol: float) -> bool:
+    """True when every column keeps far more than `tol` of its norm after orthogonalizing against
+    all earlier columns. Those fractions are the diagonal of the Cholesky factor of the
+    column-scaled Gram matrix (one BLAS-3 pass over X). Squaring the condition number costs
+    precision, so only fractions above 1e-4 (1000 x tol: Gram rounding is ~1e-6 relative there)
+    count as clear; then dqrdc2 moves no column and keeps all. Anything else goes through the
+    exact left-to-right emulation."""
+    return clearly_full_rank_gram(x.T @ x, tol)

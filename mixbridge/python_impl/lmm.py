@@ -73,6 +73,7 @@ def lmer_objective(
     """lme4's deviance function (devFunOnly=TRUE) at θ: the REML criterion or ML deviance."""
     terms = build_terms(formula, data, weights, offset, frame)
     check_terms(terms)
+    terms.ensure_x()
     with blas_single_thread():
         devfun = LmerDevfun(terms, reml)
         return devfun(devfun.check_theta(theta))
@@ -83,7 +84,10 @@ def build_terms(
 ) -> Any:
     from mixbridge.formula import build_mixed_terms
 
-    return build_mixed_terms(formula, data, weights=weights, offset=offset, frame=frame)
+    # lazy_x: the O(G) path reads X's columns; any other path calls terms.ensure_x()
+    return build_mixed_terms(
+        formula, data, weights=weights, offset=offset, frame=frame, lazy_x=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +290,8 @@ def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) ->
     if _is_scalar_ri(terms) and not ctrl and _scalar_path_available():
         # O(G) path; control settings belong to the general optimizer and route fits there
         return _fit_scalar(terms, formula=formula, reml=reml)
+    if hasattr(terms, "ensure_x"):
+        terms.ensure_x()
     devfun = LmerDevfun(terms, reml)
     start = ctrl.get("start")
     if start is None:
@@ -359,11 +365,18 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
     w = None if terms.weights is None else np.asarray(terms.weights, dtype=float)
     if w is not None and np.min(w) == 1.0 == np.max(w):
         w = None  # unit weights: the unweighted sums (the frame gives ones when none were set)
-    stats = ls.group_stats(terms.X, y, w, np.asarray(t.codes), t.n_levels)
+    columns = getattr(terms, "x_columns", None)
+    codes = np.asarray(t.codes)
+    if getattr(terms, "X", None) is None and columns and columns[0] is None:
+        # [1, x...] as columns: one pass over the columns themselves, X never built
+        stats = ls.group_stats_columns(columns[1:], y, w, codes, t.n_levels)
+    else:
+        stats = ls.group_stats(terms.ensure_x(), y, w, codes, t.n_levels)
     res = ls.scalar_ri_fit(stats, reml)
     theta = np.array([res.theta])
-    fitted = terms.X @ res.beta
-    fitted += res.b[np.asarray(t.codes)]
+    fitted = _x_times(terms, res.beta)
+    for a in range(0, terms.n, _ROW_BLOCK):  # in blocks: no n-vector temporary for b[codes]
+        fitted[a : a + _ROW_BLOCK] += res.b[codes[a : a + _ROW_BLOCK]]
     if offset is not None:
         fitted += offset
     opt = OptResult(
@@ -404,6 +417,14 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
     )
 
 
+_ROW_BLOCK = 1 << 16
+
+
+def _x_times(terms: Any, beta: np.ndarray) -> np.ndarray:
+    """Xβ (from X's columns when the terms never built X)."""
+    return terms.x_times(beta) if hasattr(terms, "x_times") else terms.X @ beta
+
+
 def _nonzero_or_none(v: Any) -> np.ndarray | None:
     """An optional offset, None when absent or all zero."""
     if v is None:
@@ -434,7 +455,7 @@ def _build_fit(
     x_variances: np.ndarray | None = None,
 ) -> MixedFit:
     reterms = list(terms.reterms)
-    n, p = int(terms.n), int(terms.X.shape[1])
+    n, p = int(terms.n), len(terms.x_names)
     names = list(terms.x_names)
     gp = np.concatenate([[0], np.cumsum([t.n_levels * t.p for t in reterms])])
     tks = _lambda_blocks(reterms, theta)
@@ -445,7 +466,8 @@ def _build_fit(
     vcov = sigma**2 * vcov_unscaled
     vcov = (vcov + vcov.T) / 2.0
     messages = [m for m in getattr(terms, "messages", []) if isinstance(m, Message)]
-    scale_msg = check_scale_x(np.asarray(terms.X, dtype=float), variances=x_variances)
+    x = terms.X if getattr(terms, "X", None) is not None else terms.x_columns
+    scale_msg = check_scale_x(x, variances=x_variances)
     if scale_msg is not None:
         messages.append(scale_msg)
     messages += opt.messages
@@ -536,7 +558,7 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) 
             raise ArgumentError(f"type must be 'link' or 'response', got {type!r}", "type")
         use = _parse_re_form(re_form, reterms)
         if newdata is None:  # computed on demand: a fit keeps no extra n-vectors
-            eta = terms.X @ beta
+            eta = _x_times(terms, beta)
             if terms.offset is not None:
                 eta += np.asarray(terms.offset, float)
         else:
@@ -627,7 +649,7 @@ def _make_simulate(
     def simulate(nsim: int = 1, seed: int | None = None) -> np.ndarray:
         if not isinstance(nsim, (int, np.integer)) or nsim < 1:
             raise ArgumentError(f"nsim must be a positive integer, got {nsim!r}", "nsim")
-        eta_fixed = terms.X @ beta
+        eta_fixed = _x_times(terms, beta)
         if terms.offset is not None:
             eta_fixed += np.asarray(terms.offset, float)
         w = np.ones(n) if terms.weights is None else np.asarray(terms.weights, float)

@@ -322,21 +322,32 @@ def optimize_theta(
 
 
 def check_scale_x(
-    x: np.ndarray, kappa: float = 1e3, variances: np.ndarray | None = None
+    x: np.ndarray | list[np.ndarray | None],
+    kappa: float = 1e3,
+    variances: np.ndarray | None = None,
 ) -> Message | None:
     """lme4's checkScaleX: warn when the non-0/1 columns of X have sds (or sd ratios) beyond
-    kappa, which makes the optimization ill-conditioned. `variances`: the columns' sample
-    variances when already known (e.g. from the one-pass statistics)."""
-    n, p = x.shape
+    kappa, which makes the optimization ill-conditioned.
+
+    `x`: X, or its columns (None for the intercept). `variances`: the columns' sample variances
+    when already known (e.g. from the one-pass statistics)."""
+    if isinstance(x, list):
+        n, p = next((len(c) for c in x if c is not None), 0), len(x)
+        cols = [np.broadcast_to(1.0, (n,)) if c is None else np.asarray(c, float) for c in x]
+    else:
+        n, p = x.shape
+        cols = [x[:, j] for j in range(p)]
     if n < 2 or p == 0:
         return None
-    if variances is not None and x.flags.f_contiguous:  # contiguous columns: ranges are cheap
-        lo, hi, var = x.min(axis=0), x.max(axis=0), np.asarray(variances, dtype=float)
+    if variances is not None:
+        lo = np.array([c[:1].min() if c.strides == (0,) else c.min() for c in cols])
+        hi = np.array([c[:1].max() if c.strides == (0,) else c.max() for c in cols])
+        var = np.asarray(variances, dtype=float)
     else:
-        lo, hi, var = column_summaries(x)
+        lo, hi, var = column_summaries(x if not isinstance(x, list) else np.column_stack(cols))
     cont = np.ones(p, dtype=bool)
     for j in np.flatnonzero((lo >= 0) & (hi <= 1)):  # look at the values of [0, 1] columns only
-        col = x[:, j]
+        col = cols[j]
         cont[j] = bool(np.any((col != 0) & (col != 1)))
     if not np.any(cont):
         return None
