@@ -227,9 +227,9 @@ def group_stats_columns(
     if w is not None:
         return _accumulate(fill, n, p, y, w, codes, n_groups, x_shift, y_shift, 0)
     # Unit weights: the group sums straight from the contiguous columns (exactly the numpy
-    # floor's bincounts), shifted afterwards: Σ_j(x − c) = Σ_j x − n_j·c. That subtraction is
-    # benign (its rounding is O(eps·|c|) per group, far below the centred Gram's scale); only
-    # X'X needs centred data, and gets it block by block from `fill` with no bincounts.
+    # floor's bincounts) and the Gram from dot products, both shifted afterwards:
+    # Σ_j(x − c) = Σ_j x − n_j·c. That costs O(eps·|c|/sd) relative digits, negligible while
+    # mean²/variance ≤ _MAX_SHIFT_LOSS; beyond it, the blocked pass shifts before summing.
     gi = np.asarray(codes).astype(np.intp, copy=False)
     if gi.dtype.kind not in "iu":
         raise TypeError("codes must be integers")
@@ -237,28 +237,27 @@ def group_stats_columns(
     raw = [np.bincount(gi, weights=c, minlength=n_groups) for c in [*cols, y]]
     shifts = np.append(x_shift[1:], y_shift)
     aug = _shifted_gram([*cols, y], shifts, np.array([r.sum() for r in raw]), n)
-    if aug is None:  # large means against the spread: centre block by block before multiplying
-        stats = _accumulate(fill, n, p, y, None, gi, n_groups, x_shift, y_shift, 0, sums=False)
-    else:
-        stats = GroupStats(
-            s=s,
-            Sy=np.zeros(0),
-            SX=np.zeros((n_groups, p)),
-            XtX=aug[:p, :p].copy(),
-            Xty=aug[:p, p].copy(),
-            yty=float(aug[p, p]),
-            ldW=0.0,
-            n=int(n),
-            x_shift=x_shift,
-            y_shift=float(y_shift),
-            intercept=0,
-        )
-    stats.s = s
-    stats.Sy = raw[-1] - s * y_shift
-    stats.SX[:, 0] = s
+    if aug is None:
+        # large means against the spread: shifting after summing would cancel digits in the
+        # group sums too, so everything is accumulated from blocks shifted before summing
+        return _accumulate(fill, n, p, y, None, gi, n_groups, x_shift, y_shift, 0)
+    SX = np.empty((n_groups, p))
+    SX[:, 0] = s
     for k in range(1, p):
-        stats.SX[:, k] = raw[k - 1] - s * x_shift[k]
-    return stats
+        SX[:, k] = raw[k - 1] - s * x_shift[k]
+    return GroupStats(
+        s=s,
+        Sy=raw[-1] - s * y_shift,
+        SX=SX,
+        XtX=aug[:p, :p].copy(),
+        Xty=aug[:p, p].copy(),
+        yty=float(aug[p, p]),
+        ldW=0.0,
+        n=int(n),
+        x_shift=x_shift,
+        y_shift=float(y_shift),
+        intercept=0,
+    )
 
 
 # Cancellation allowed when a cross-product is shifted after the multiplication: with

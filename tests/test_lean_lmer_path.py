@@ -1,0 +1,172 @@
+"""The lean public lmer path (issue #7): every shortcut must give what the general code gives.
+
+Shortcuts under test: integer ids factorized without hashing and with lazily made labels, the
+input checks' frame reused by the engine, X handed over as columns (lazy_x), the Gram from dot
+products (with its cancellation fallback), the scale check from the one-pass statistics, and the
+read-only broadcast offset/weights/Z. The R comparisons of the same fits live in
+test_lmm_scalar.py and test_lmer_vs_r.py; here the reference is our own general code path, run
+on the same data, so every assertion compares two independent computations.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixbridge
+from mixbridge.checks import check_inputs
+from mixbridge.formula import build_mixed_terms
+from mixbridge.formula.evaluate import (
+    Numeric,
+    Transforms,
+    _as_factor,
+    evaluate_grouping,
+    read_column,
+)
+from mixbridge.formula.levels import IntegerLevels, level_index
+from mixbridge.formula.parse import Name
+from mixbridge.python_impl import lmm_scalar as ls
+from mixbridge.python_impl.optimize import check_scale_x
+
+
+def _data(n: int = 3000, seed: int = 3, ids: np.ndarray | None = None) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 150, n) * 7 - 300 if ids is None else ids  # sparse, negative ids
+    x1, x2 = rng.normal(size=n), rng.normal(2.0, 3.0, n)
+    b = rng.normal(0, 0.6, 2000)[np.abs(g) % 2000]
+    y = 1 + 0.5 * x1 - 0.2 * x2 + b + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x1": x1, "x2": x2, "g": g.astype(np.int32)})
+
+
+@pytest.mark.parametrize("kind", ["sparse-negative", "dense-0-based", "int64-offset"])
+def test_integer_ids_give_the_same_factor_as_factor_of_numbers(kind):
+    rng = np.random.default_rng(1)
+    if kind == "sparse-negative":
+        ids = rng.integers(-50, 50, 500) * 3
+    elif kind == "dense-0-based":
+        ids = rng.permutation(np.arange(500) % 40)
+    else:
+        ids = (rng.integers(0, 60, 500) + 10**9).astype(np.int64)
+    df = pd.DataFrame({"g": ids})
+    fast = evaluate_grouping(Name("g"), df, Transforms())
+    generic = _as_factor(read_column(df, "g"))
+    assert isinstance(fast.levels, IntegerLevels)
+    assert list(fast.levels) == list(generic.levels)
+    np.testing.assert_array_equal(fast.codes, generic.codes)
+    assert level_index(fast.levels).equals(pd.Index(list(generic.levels)))
+
+
+def test_nullable_and_float_ids_take_the_generic_path():
+    df = pd.DataFrame({"g": pd.array([3, None, 1, 3], dtype="Int64"), "h": [2.0, 1.0, 2.0, 1.0]})
+    g = evaluate_grouping(Name("g"), df, Transforms())
+    assert not isinstance(g, Numeric) or np.isnan(g.values[1])  # NA kept for na.omit
+    h = evaluate_grouping(Name("h"), df, Transforms())
+    assert isinstance(h, Numeric)  # a double column: factor() labels come from R's formatting
+
+
+def test_integer_levels_read_like_a_list():
+    lv = IntegerLevels(np.array([-3, 0, 12]))
+    assert len(lv) == 3 and lv[0] == "-3" and lv[-1] == "12" and lv[1:] == ["0", "12"]
+    assert list(lv) == ["-3", "0", "12"] and lv == ["-3", "0", "12"]
+    assert lv + ["x"] == ["-3", "0", "12", "x"]
+    assert "0" in lv
+
+
+def _fits(df: pd.DataFrame, formula: str, **kw):
+    """The public call, and the general path: eager X, no frame reuse, strings for ids."""
+    lean = mixbridge.lmer(formula, df, **kw)
+    slow_df = df.assign(g=df["g"].astype(str))
+    terms = build_mixed_terms(formula, slow_df, weights=kw.get("weights"))
+    assert terms.X is not None and terms.x_columns is None
+    from mixbridge.python_impl import lmm
+
+    general = lmm.fit_terms(terms, formula=formula, reml=kw.get("reml", True))
+    return lean, general
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_lean_fit_equals_the_general_terms_path(reml):
+    df = _data()
+    lean, general = _fits(df, "y ~ x1 + x2 + (1 | g)", reml=reml)
+    assert lean.criterion == pytest.approx(general.criterion, rel=1e-12, abs=1e-9)
+    np.testing.assert_allclose(lean.theta, general.theta, rtol=1e-8)
+    np.testing.assert_allclose(lean.fixef.to_numpy(), general.fixef.to_numpy(), rtol=1e-8)
+    r_lean = lean.ranef["g"]
+    r_gen = general.ranef["g"].loc[r_lean.index]  # string ids sort differently
+    np.testing.assert_allclose(r_lean.to_numpy(), r_gen.to_numpy(), rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(lean.fitted, general.fitted, rtol=1e-10)
+    np.testing.assert_allclose(lean.residuals, general.residuals, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(lean.predict(), general.predict(), rtol=1e-10)
+    np.testing.assert_allclose(lean.predict(df.head(7)), general.predict(df.head(7)), rtol=1e-10)
+    sim = lean.simulate(nsim=2, seed=1)
+    assert sim.shape == (len(df), 2) and np.all(np.isfinite(sim))
+
+
+def test_lazy_columns_and_the_matrix_agree():
+    df = _data()
+    frame = check_inputs("lmer", "y ~ x1 + x2 + (1 | g)", df)
+    lazy = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df, frame=frame, lazy_x=True)
+    eager = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df)
+    assert lazy.X is None and lazy.x_columns[0] is None
+    beta = np.array([0.3, -1.2, 2.5])
+    np.testing.assert_allclose(lazy.x_times(beta), eager.X @ beta, rtol=1e-14)
+    np.testing.assert_array_equal(lazy.ensure_x(), eager.X)
+    assert lazy.x_names == eager.x_names and lazy.n == eager.n and lazy.p == eager.p
+
+
+def test_rank_deficient_columns_fall_back_to_the_exact_emulation():
+    df = _data().assign(x3=lambda d: 2.0 * d["x1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = mixbridge.lmer("y ~ x1 + x3 + x2 + (1 | g)", df)
+    assert fit.dropped_columns == ["x3"]
+    assert list(fit.fixef.index) == ["(Intercept)", "x1", "x2"]
+
+
+def test_infinite_values_in_a_column_are_named():
+    df = _data().assign(x2=lambda d: np.log(d["x2"].clip(lower=0)))
+    with pytest.raises(mixbridge.errors.DataError, match="x2"):
+        mixbridge.lmer("y ~ x1 + x2 + (1 | g)", df)
+
+
+def test_scale_check_from_columns_matches_the_matrix_check():
+    rng = np.random.default_rng(2)
+    n = 5000
+    big = rng.normal(size=n) * 1e-5 + 1e6  # sd 1e-5: flagged by lme4's checkScaleX
+    binary = rng.integers(0, 2, n).astype(float)
+    for cols in ([None, rng.normal(size=n), binary], [None, big, binary]):
+        x = np.column_stack([np.ones(n) if c is None else c for c in cols])
+        var = np.var(x, axis=0, ddof=1)
+        a = check_scale_x(x)
+        b = check_scale_x(cols, variances=var)
+        assert (a is None) == (b is None)
+    assert check_scale_x([None, big, binary], variances=np.var(np.c_[big, big, binary], 0, ddof=1))
+
+
+def test_gram_from_dot_products_and_its_fallback_agree_with_the_blocked_pass():
+    rng = np.random.default_rng(5)
+    n, G = 20_000, 300
+    g = rng.integers(0, G, n)
+    x = rng.normal(size=n)
+    # 50: within the dot-product path's limit (mean²/var 2500); 1e9: far beyond it
+    for shift in (0.0, 50.0, 1e9):
+        xs = x + shift
+        y = 0.5 * x + rng.normal(size=n)
+        cols = ls.group_stats_columns([xs], y, None, g, G)
+        X = np.column_stack([np.ones(n), xs])  # row-major: the blocked, shifted pass
+        blocked = ls.group_stats(X, y, None, g, G)
+        fa, fb = ls.scalar_ri_fit(cols, True), ls.scalar_ri_fit(blocked, True)
+        assert fa.criterion == pytest.approx(fb.criterion, rel=1e-12)
+        np.testing.assert_allclose(fa.beta, fb.beta, rtol=1e-9)
+        np.testing.assert_allclose(fa.b, fb.b, rtol=1e-8, atol=1e-12)
+
+
+def test_unit_weights_and_zero_offset_are_the_unweighted_fit():
+    df = _data().assign(w=1.0, o=0.0)
+    plain = mixbridge.lmer("y ~ x1 + x2 + (1 | g)", df)
+    given = mixbridge.lmer("y ~ x1 + x2 + (1 | g)", df, weights="w", offset="o")
+    assert given.criterion == pytest.approx(plain.criterion, rel=1e-13)
+    np.testing.assert_allclose(given.fixef.to_numpy(), plain.fixef.to_numpy(), rtol=1e-12)
