@@ -117,7 +117,7 @@ def bayesglm(
 
     `dispersion` (an extension, not in arm) holds the dispersion fixed, e.g. at lmer's sigma^2.
     """
-    check_inputs(
+    frame = check_inputs(
         "bayesglm", formula, data, weights=weights, offset=offset, family=family, link=link
     )
     prior = dict(
@@ -144,6 +144,7 @@ def bayesglm(
         offset=offset,
         **prior,
         **_transport(engine, transport),
+        **_prepared(engine, frame),
     )
 
 
