@@ -65,7 +65,6 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-
 _BLAS_CONTROLLER: list[Any] = []  # threadpoolctl's controller, created once (see below)
 
 
@@ -119,6 +118,68 @@ def theta_start(reterms: list[Any]) -> np.ndarray:
 # Up to this many random effects the factorization is done densely: for small q, a handful of
 # LAPACK calls beats the fixed overhead of sparse operations (sleepstudy q = 36, Pastes q = 40).
 DENSE_Q_MAX = 400
+
+# `profile` enumerates the pairs of non-zeros of A21 within each first-term level once; beyond
+# this many (memory: ~40 bytes each) it forms A21 W1 A21' by sparse products per θ instead.
+PAIRS_MAX = 50_000_000
+
+
+def _dpotrf(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dpotrf(*args, **kwargs)
+
+
+def _dpotri(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dpotri(*args, **kwargs)
+
+
+def _pair_map(a21: sp.csr_matrix, l1: int, p1: int, stride: int) -> sp.csr_matrix | None:
+    """The linear map vec(W1) -> lower triangle of A21 W1 A21', as a sparse matrix whose rows
+    are positions i·stride + k in a row-major buffer with row length `stride`.
+
+    W1 is block diagonal with one p1×p1 block per level j of the first term, so entry (i, k)
+    sums A21[i, c] W1_j[a, b] A21[k, c'] over pairs of non-zeros in the columns c = j p1 + a,
+    c' = j p1 + b of one level. The pairs are enumerated once (Σ_j nnz_j² of them; InstEval:
+    3.6 million, 1.8 million in the lower triangle), so each θ costs one sparse mat-vec.
+    Returns None when there would be more than PAIRS_MAX pairs (use sparse products then).
+    """
+    a = a21.tocsc()
+    a.sort_indices()
+    start = a.indptr[np.arange(l1) * p1]
+    size = a.indptr[(np.arange(l1) + 1) * p1] - start
+    if int(np.sum(size.astype(np.int64) ** 2)) > PAIRS_MAX:
+        return None
+    col = np.repeat(np.arange(a.shape[1]), np.diff(a.indptr))
+    lev = col // p1
+    if p1 == 1:  # rows are sorted within a column: the partners below-or-on the diagonal
+        cnt = np.arange(a.nnz) - start[lev] + 1
+    else:  # every non-zero of the level, filtered to the lower triangle below
+        cnt = size[lev]
+    e = np.repeat(np.arange(a.nnz), cnt)
+    f = start[lev[e]] + (np.arange(e.size) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    if p1 > 1:
+        keep = a.indices[e] >= a.indices[f]
+        e, f = e[keep], f[keep]
+    wcol = lev[e] * p1 * p1 + (col[e] % p1) * p1 + col[f] % p1
+    rows = a.indices[e].astype(np.int64) * stride + a.indices[f]
+    # row-major (CSR) order: the mat-vec then writes the buffer sequentially and gathers from
+    # the small vec(W1), instead of scattering over the whole buffer
+    return sp.csr_matrix(
+        (a.data[e] * a.data[f], (rows, wcol)), shape=(a.shape[0] * stride, l1 * p1 * p1)
+    )
+
+
+def _accumulate(m: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> None:
+    """out += m @ x in place (m is CSR; out a contiguous 1-D buffer)."""
+    try:
+        from scipy.sparse import _sparsetools
+
+        _sparsetools.csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, x, out)
+    except (ImportError, AttributeError, TypeError, ValueError):  # private API moved: copy
+        out += m @ x
 
 
 class Predictor:
@@ -244,13 +305,15 @@ class Predictor:
 
         The dense block and X are factored together (MixedModels.jl's augmented scheme): one
         Cholesky of [[S22, C], [C', X'WX − R1'R1]] gives L22, R_ZX (dense-block rows) and R_X,
-        so no triangular solves with many right-hand sides are needed per θ.
+        so no triangular solves with many right-hand sides are needed per θ. L21 is never
+        formed with the prior weights: products with it go through A21 (`_l21_mul`).
         """
         self._set_weights(sqrt_w)
         theta = np.asarray(theta, dtype=float)
         self.theta = theta.copy()
         lam = self.lambda_matrix(theta)
         self.Lam = lam
+        self.L21 = None
         q1, q2, p = self.q1, self.q2, self.p
         ld = 0.0
         if q1 > 0:
@@ -265,30 +328,214 @@ class Predictor:
         else:
             self.L11 = self.L11inv = np.zeros((0, self.p1, self.p1))
             r1 = np.zeros((0, p))
-        h = np.empty((q2 + p, q2 + p))
-        if q2 > 0:
-            lam2 = lam[q1:, q1:]
-            c2 = np.asarray(lam2.T @ self.ZtWX[q1:])
-            if q1 > 0:
-                # L21 = Λ2' A21 Λ1 L11⁻ᵀ, with Λ1 L11⁻ᵀ = blockdiag(T1 L11_j⁻ᵀ)
-                w1 = np.einsum("ab,jcb->jac", t1, self.L11inv)
-                self.L21 = (lam2.T @ (self.A21 @ self._block_diag(w1))).tocsr()
-                s22 = (lam2.T @ self.A22 @ lam2 - self.L21 @ self.L21.T).toarray()
-                c2 -= self.L21 @ r1
-            else:
-                s22 = np.asarray(lam2.T @ np.asarray(lam2.T @ self.A22).T)
-            s22[np.diag_indices_from(s22)] += 1.0
-            h[:q2, :q2] = s22
-            h[:q2, q2:] = c2
-            h[q2:, :q2] = c2.T
+        pairs = self._pair_setup() if sqrt_w is None else None
+        if pairs is not None:
+            # the same assembly as `profile` (lower triangle in a row-major buffer)
+            buf = np.empty((q2 + p + 1, q2 + p + 1))
+            h = buf[: q2 + p, : q2 + p]
+            if q2 > 0:
+                w1 = self._w1(theta)[1] if q1 > 0 else None
+                self._fill_s22(pairs, buf, theta, w1)
+                c2 = np.asarray(lam[q1:, q1:].T @ self.ZtWX[q1:])
+                if q1 > 0:
+                    c2 -= self._l21_mul(r1)
+                h[q2:, :q2] = c2.T
+        else:
+            h = np.empty((q2 + p, q2 + p))
+            if q2 > 0:
+                lam2 = lam[q1:, q1:]
+                c2 = np.asarray(lam2.T @ self.ZtWX[q1:])
+                if q1 > 0:
+                    self.L21 = self._l21_matrix()
+                    s22 = (lam2.T @ self.A22 @ lam2 - self.L21 @ self.L21.T).toarray()
+                    c2 -= self.L21 @ r1
+                else:
+                    s22 = np.asarray(lam2.T @ np.asarray(lam2.T @ self.A22).T)
+                s22[np.diag_indices_from(s22)] += 1.0
+                h[:q2, :q2] = s22
+                h[q2:, :q2] = c2.T
         h[q2:, q2:] = self.XtWX - r1.T @ r1
-        lh = sla.cholesky(h, lower=True, check_finite=False)
-        self.L22 = lh[:q2, :q2]
+        lh = sla.cholesky(h, lower=True, check_finite=False)  # reads the lower triangle only
+        self.L22 = np.asfortranarray(lh[:q2, :q2])  # LAPACK's layout: solves without copies
         ld += 2.0 * np.log(np.diag(self.L22)).sum()
         self.ldL2 = float(ld)
         self.RZX = np.vstack([r1, lh[q2:, :q2].T])
         self.RX = np.ascontiguousarray(lh[q2:, q2:].T)
         self.ldRX2 = float(2.0 * np.log(np.abs(np.diag(self.RX))).sum()) if p > 0 else 0.0
+
+    def _w1(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """(log|V11|, W1) at θ: V11_j = T1'A11_j T1 + I and W1_j = T1 V11_j⁻¹ T1', per level of
+        the first term (prior weights)."""
+        t1 = self.lambda_blocks(theta)[0]
+        if self.p1 == 1:
+            th2 = t1[0, 0] ** 2
+            v11 = th2 * self.A11[:, 0, 0] + 1.0
+            return float(np.log(v11).sum()), (th2 / v11).reshape(-1, 1, 1)
+        v11 = np.einsum("ba,jbc,cd->jad", t1, self.A11, t1) + np.eye(self.p1)
+        l11 = np.linalg.cholesky(v11)
+        ld = 2.0 * float(np.log(np.diagonal(l11, axis1=1, axis2=2)).sum())
+        return ld, np.einsum("ab,jbc,dc->jad", t1, np.linalg.inv(v11), t1)
+
+    def _l21_matrix(self) -> sp.csr_matrix:
+        """L21 = Λ2' A21 Λ1 L11⁻ᵀ explicitly, with Λ1 L11⁻ᵀ = blockdiag(T1 L11_j⁻ᵀ)."""
+        t1 = self.lambda_blocks(self.theta)[0]
+        w1 = np.einsum("ab,jcb->jac", t1, self.L11inv)
+        lam2 = self.Lam[self.q1 :, self.q1 :]
+        return (lam2.T @ (self.A21 @ self._block_diag(w1))).tocsr()
+
+    def _l21_mul(self, x1: np.ndarray) -> np.ndarray:
+        """L21 x1 (x1: q1 or q1×m) through A21: Λ2'(A21 (blockdiag(T1 L11_j⁻ᵀ) x1))."""
+        if self.L21 is not None:
+            return self.L21 @ x1
+        t1 = self.lambda_blocks(self.theta)[0]
+        r = x1.reshape(self.l1, self.p1, -1)
+        y = np.einsum("ab,jcb,jcm->jam", t1, self.L11inv, r).reshape(self.q1, -1)
+        out = np.asarray(self.Lam[self.q1 :, self.q1 :].T @ (self.A21 @ y))
+        return out.reshape(self.q2) if x1.ndim == 1 else out
+
+    def _l21t_mul(self, x2: np.ndarray) -> np.ndarray:
+        """L21' x2 (x2: q2 or q2×m) through A21: blockdiag(L11_j⁻¹ T1') A21' Λ2 x2."""
+        if self.L21 is not None:
+            return self.L21.T @ x2
+        t1 = self.lambda_blocks(self.theta)[0]
+        z = np.asarray(self.A21.T @ (self.Lam[self.q1 :, self.q1 :] @ x2))
+        z = z.reshape(self.l1, self.p1, -1)
+        out = np.einsum("jab,cb,jcm->jam", self.L11inv, t1, z).reshape(self.q1, -1)
+        return out.reshape(self.q1) if x2.ndim == 1 else out
+
+    # ----------------------------------------------------------------------------------------
+    # The profiled criterion's pieces alone (lmer's optimizer loop)
+
+    def profile(self, theta: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+        """(log|L|², log|R_X|², PWRSS) at θ for response y with the prior weights.
+
+        MixedModels.jl's scheme: y is appended to X, so one Cholesky of the augmented dense
+        block [[S22, C], [C', [X y]'W[X y] − R1'R1]] yields L22, R_X and, as its last pivot²,
+        the penalized residual sum of squares; no L21, no solves, no n-vectors per θ. The
+        first term's contribution to S22, L21 L21' = Λ2'A21 W1 A21'Λ2 with W1 = blockdiag of
+        T1 (T1'A11_j T1 + I)⁻¹ T1', is one sparse matrix-vector product on the fixed pattern
+        of A21 W1 A21' (`_pair_map`). State from `update` is left untouched.
+
+        The last pivot is a difference y'Wy − ‖projection‖², less accurate than lme4's
+        residual-based PWRSS when the model explains nearly all of y: use it to locate the
+        optimum, and `update`/`solve`/`pwrss` for the reported values.
+        """
+        pairs = self._pair_setup()
+        ps = self._profile_setup(y)
+        theta = np.asarray(theta, dtype=float)
+        q1, q2, p = self.q1, self.q2, self.p
+        m = q2 + p + 1
+        h = ps["buf"]
+        ld = 0.0
+        w1 = None
+        if q1 > 0:
+            ld, w1 = self._w1(theta)
+            zx1 = ps["zx1"]  # (ℓ1, p1, p+1)
+            wzx1 = np.einsum("jab,jbm->jam", w1, zx1)
+            b33 = ps["xtx"] - np.einsum("jam,jan->mn", zx1, wzx1)
+        else:
+            b33 = ps["xtx"]
+        if q2 > 0:
+            self._fill_s22(pairs, h, theta, w1)
+            c2 = ps["zx2"]
+            if q1 > 0:
+                c2 = c2 - self.A21 @ wzx1.reshape(q1, p + 1)
+            lam = pairs["lam2_diag"]
+            if lam is not None:
+                c2 = theta[lam][:, None] * c2
+            else:
+                c2 = np.asarray(self.lambda_matrix(theta)[q1:, q1:].T @ c2)
+            h[q2:, :q2] = c2.T
+        h[q2:, q2:] = b33
+        # h holds the lower triangle row-major; its transpose (a free view) is column-major
+        # with that triangle as the upper one: LAPACK's upper Cholesky U'U = H in place.
+        u, info = _dpotrf(h.T, lower=0, clean=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("augmented PLS matrix is not positive definite")
+        d = np.diagonal(u)
+        ld += 2.0 * float(np.log(d[:q2]).sum())
+        ldrx = 2.0 * float(np.log(np.abs(d[q2 : q2 + p])).sum()) if p > 0 else 0.0
+        return ld, ldrx, float(d[m - 1] ** 2)
+
+    def _fill_s22(
+        self, pairs: dict[str, Any], buf: np.ndarray, theta: np.ndarray, w1: np.ndarray | None
+    ) -> None:
+        """Write the lower triangle of S22 = Λ2'(A22 − A21 W1 A21')Λ2 + I into buf[:q2, :q2]
+        (buf: the row-major (q2+p+1)² buffer the pair map's positions refer to)."""
+        q1, q2 = self.q1, self.q2
+        s22 = buf[:q2, :q2]
+        pmap = pairs["pairs"]
+        if pmap is not None:  # A22's lower triangle is the map's last column (coefficient 1)
+            s22.fill(0.0)
+            x = np.empty(pmap.shape[1])
+            x[:-1] = -w1.ravel()
+            x[-1] = 1.0
+            _accumulate(pmap, x, buf.reshape(-1))
+        else:
+            s22[...] = pairs["a22"]
+            if q1 > 0:
+                s22 -= (self.A21 @ self._block_diag(w1) @ self.A21.T).toarray()
+        blocks = pairs["lam2_blocks"]
+        if blocks is not None:  # Λ2 diagonal: scale the lower blocks by θ_k θ_l
+            for a, (ia, lo_a, hi_a) in enumerate(blocks):
+                for ib, lo_b, hi_b in blocks[: a + 1]:
+                    s22[lo_a:hi_a, lo_b:hi_b] *= theta[ia] * theta[ib]
+        else:
+            lam2 = self.lambda_matrix(theta)[q1:, q1:]
+            full = np.tril(s22) + np.tril(s22, -1).T
+            s22[...] = np.asarray(lam2.T @ np.asarray(lam2.T @ full).T)
+        s22[np.diag_indices(q2)] += 1.0
+
+    def _pair_setup(self) -> dict[str, Any] | None:
+        """θ-independent pieces for assembling S22 with the prior weights (built once)."""
+        self._set_weights(None)
+        pairs = getattr(self, "_pairs", None)
+        if pairs is not None:
+            return pairs
+        q1, q2, p = self.q1, self.q2, self.p
+        stride = q2 + p + 1
+        a22 = self.A22.toarray() if sp.issparse(self.A22) else np.asarray(self.A22)
+        pmap = _pair_map(self.A21, self.l1, self.p1, stride) if q1 > 0 else None
+        if pmap is not None:
+            low = sp.tril(sp.coo_matrix(self.A22)).tocoo()
+            col22 = sp.csr_matrix(
+                (low.data, (low.row.astype(np.int64) * stride + low.col, np.zeros(low.nnz, int))),
+                shape=(pmap.shape[0], 1),
+            )
+            pmap = sp.hstack([pmap, col22], format="csr")
+        pairs = {"a22": a22 if pmap is None else None, "pairs": pmap}
+        # Λ2 diagonal (every dense-block term scalar): (θ index, first, end column) per term
+        k2 = self._k2
+        if all(pk == 1 for pk in self.pk[k2:]):
+            pairs["lam2_blocks"] = [
+                (int(self.toff[k]), int(self.gp[k]) - q1, int(self.gp[k + 1]) - q1)
+                for k in range(k2, len(self.pk))
+            ]
+            pairs["lam2_diag"] = np.array(
+                [self.toff[k] for k in range(k2, len(self.pk)) for _ in range(self.nlev[k])],
+                dtype=np.int64,
+            )
+        else:
+            pairs["lam2_blocks"] = pairs["lam2_diag"] = None
+        self._pairs = pairs
+        return pairs
+
+    def _profile_setup(self, y: np.ndarray) -> dict[str, Any]:
+        """[X y] cross-products for `profile` (built once per response, prior weights)."""
+        y = np.asarray(y, dtype=float)
+        self._set_weights(None)
+        ps = getattr(self, "_ps", None)
+        if ps is not None and np.array_equal(ps["y"], y):
+            return ps
+        q1, q2, p = self.q1, self.q2, self.p
+        xy = np.column_stack([self.X, y])
+        zx = np.asarray(self.Z.T @ (xy * self.w[:, None]))
+        ps = {"y": y.copy(), "xtx": xy.T @ (xy * self.w[:, None])}
+        ps["zx1"] = zx[:q1].reshape(self.l1, self.p1, p + 1)
+        ps["zx2"] = zx[q1:]
+        ps["buf"] = np.zeros((q2 + p + 1, q2 + p + 1))
+        self._ps = ps
+        return ps
 
     def _block_diag(self, blocks: np.ndarray) -> sp.csr_matrix:
         """Sparse block-diagonal matrix from a (ℓ, p, p) stack."""
@@ -306,7 +553,7 @@ class Predictor:
         q1 = self.q1
         x1 = np.einsum("jab,jbm->jam", self.L11inv, r[:q1].reshape(self.l1, self.p1, m))
         x1 = x1.reshape(q1, m)
-        r2 = r[q1:] - self.L21 @ x1 if q1 > 0 and self.q2 > 0 else r[q1:]
+        r2 = r[q1:] - self._l21_mul(x1) if q1 > 0 and self.q2 > 0 else r[q1:]
         x2 = self._tri(r2, trans=False)
         x = np.vstack([x1, x2])
         return x.ravel() if vec else x
@@ -325,7 +572,7 @@ class Predictor:
         m = r.shape[1]
         q1 = self.q1
         x2 = self._tri(r[q1:], trans=True)
-        r1 = r[:q1] - self.L21.T @ x2 if q1 > 0 and self.q2 > 0 else r[:q1]
+        r1 = r[:q1] - self._l21t_mul(x2) if q1 > 0 and self.q2 > 0 else r[:q1]
         x1 = np.einsum("jba,jbm->jam", self.L11inv, r1.reshape(self.l1, self.p1, m))
         x = np.vstack([x1.reshape(q1, m), x2])
         return x.ravel() if vec else x
@@ -375,27 +622,61 @@ class Predictor:
     # Conditional variances
 
     def _vinv_diag_blocks(self) -> list[np.ndarray]:
-        """Per term, the (ℓ_k, p_k, p_k) diagonal blocks of (LL')⁻¹ = V⁻¹."""
+        """Per term, the (ℓ_k, p_k, p_k) diagonal blocks of (LL')⁻¹ = V⁻¹.
+
+        With the Schur complement S22 = L22 L22', V⁻¹'s dense block is S22⁻¹ (one LAPACK
+        potri), and the first term's blocks are V11_j⁻¹ + B_j' S22⁻¹ B_j with B = L21 L11⁻¹.
+        When the pair map of `profile` is available, B_j'S22⁻¹B_j = V11_j⁻¹T1' K_j T1 V11_j⁻¹
+        with K_j = A21_j' (Λ2 S22⁻¹ Λ2') A21_j, i.e. the pair map's transpose applied to
+        Λ2 S22⁻¹ Λ2': O(pairs) instead of q2 triangular solves with ℓ1 p1 right-hand sides.
+        """
         p1, l1, q1, q2 = self.p1, self.l1, self.q1, self.q2
         out = []
+        sinv = None
+        if q2 > 0:
+            low, info = _dpotri(self.L22, lower=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("singular L22")
+            low = np.tril(low)
+            sinv = low + np.tril(low, -1).T
         if q1 > 0:
-            # Block 1: L11⁻ᵀL11⁻¹ + H'H with H = L22⁻¹ L21 L11⁻¹ (the Schur-complement part).
-            first = np.einsum("jca,jcb->jab", self.L11inv, self.L11inv)
-            if q2 > 0:
+            first = np.einsum("jca,jcb->jab", self.L11inv, self.L11inv)  # V11_j⁻¹
+            pairs = getattr(self, "_pairs", None) if self.L21 is None else None
+            if q2 > 0 and pairs is not None and pairs["pairs"] is not None:
+                idx = pairs["lam2_diag"]
+                if idx is not None:
+                    lam = self.theta[idx]
+                    g = sinv * lam[:, None] * lam[None, :]
+                else:
+                    lam2 = self.Lam[q1:, q1:]
+                    g = np.asarray(lam2 @ np.asarray(lam2 @ sinv).T)
+                g = np.tril(g)
+                g[np.diag_indices(q2)] *= 0.5  # K = K̃ + K̃' counts the diagonal twice
+                gbuf = np.zeros((q2, q2 + self.p + 1))
+                gbuf[:, :q2] = g
+                kt = np.asarray(pairs["pairs"].T @ gbuf.ravel())[:-1].reshape(l1, p1, p1)
+                k = kt + kt.transpose(0, 2, 1)
+                t1 = self.lambda_blocks(self.theta)[0]
+                vt = np.einsum("jab,cb->jac", first, t1)  # V11_j⁻¹ T1'
+                first = first + np.einsum("jab,jbc,jdc->jad", vt, k, vt)
+            elif q2 > 0:
+                l21 = self.L21 if self.L21 is not None else self._l21_matrix()
+                # H = L22⁻¹ L21 L11⁻¹: H'H is the Schur-complement part
                 h = sla.solve_triangular(
                     self.L22,
-                    (self.L21 @ self._block_diag(self.L11inv)).toarray(),
+                    (l21 @ self._block_diag(self.L11inv)).toarray(),
                     lower=True,
                     check_finite=False,
                 ).reshape(q2, l1, p1)
                 first = first + np.einsum("ija,ijb->jab", h, h)
             out.append(first)
         if q2 > 0:
-            l22inv = sla.solve_triangular(self.L22, np.eye(q2), lower=True, check_finite=False)
             for k in range(self._k2, len(self.reterms)):
                 lo, pk, nl = self.gp[k] - q1, self.pk[k], self.nlev[k]
-                cols = l22inv[:, lo : lo + nl * pk].reshape(q2, nl, pk)
-                out.append(np.einsum("ija,ijb->jab", cols, cols))
+                base = lo + np.arange(nl) * pk
+                r = base[:, None, None] + np.arange(pk)[None, :, None]
+                c = base[:, None, None] + np.arange(pk)[None, None, :]
+                out.append(sinv[r, c])
         return out
 
     def cond_var(self, sigma: float) -> list[np.ndarray]:
