@@ -225,6 +225,14 @@ class LmerDevfun:
         st = self.state(theta)
         return st.reml_criterion if self.reml else st.ml_deviance
 
+    def profiled(self, theta: np.ndarray) -> float:
+        """The same criterion for the optimizer loop: from `Predictor.profile` (one Cholesky of
+        the augmented [Z X y] system, PWRSS as its last pivot; no solve, no n-vectors). Agrees
+        with `__call__` to rounding; the reported values come from `state`."""
+        ld, ldrx, r2 = self.pred.profile(theta, self.y)
+        ml, rc = profiled_criteria(ld, ldrx, self.ldW, r2, self.pred.n, self.pred.p)
+        return rc if self.reml else ml
+
 
 def scalar_start(terms: Any) -> np.ndarray | None:
     """lme4's special start when every term is a scalar (1|f) on its own factor (§1.6)."""
@@ -303,7 +311,7 @@ def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) ->
         "calc_derivs": bool(ctrl.get("calc_derivs", True)),
         "maxeval": int(ctrl.get("maxeval", 100_000)),
     }
-    opt = optimize_theta(devfun, theta0, devfun.lower, **settings)
+    opt = optimize_theta(devfun.profiled, theta0, devfun.lower, **settings)
     opt = _try_mirrored_start(devfun, opt, settings)
     st = devfun.state(opt.theta)  # leave the model state at the final θ (lme4's last step)
     pred = devfun.pred
@@ -337,7 +345,7 @@ def _try_mirrored_start(devfun: LmerDevfun, opt: OptResult, settings: dict[str, 
         return opt
     start = theta_start(devfun.pred.reterms)
     start[off] = -np.sign(opt.theta[off])
-    alt = optimize_theta(devfun, start, devfun.lower, **settings)
+    alt = optimize_theta(devfun.profiled, start, devfun.lower, **settings)
     best = alt if alt.fval < opt.fval else opt
     best.n_evals = opt.n_evals + alt.n_evals
     best.status = f"{best.status} (best of the default and a mirrored-correlation start)"
