@@ -30,6 +30,7 @@ from mixbridge.python_impl.pirls import (
     CANONICAL,
     GlmResponse,
     PirlsState,
+    ScalarCanonicalKernel,
     ScalarPredictor,
     ScalarTermsPredictor,
     pirls,
@@ -211,11 +212,21 @@ class Devfun:
         self.m = model
         self.pirls_failures = 0
         self.base_offset = model.resp.offset
+        # (1|g) with a canonical link: stage-2 PIRLS in fused group-level form (same function)
+        self.kernel: ScalarCanonicalKernel | None = None
+        if (
+            model.scalar
+            and model.pred.zvals is None
+            and (model.resp.family_name, model.resp.link) in CANONICAL
+        ):
+            self.kernel = ScalarCanonicalKernel(model.pred, model.resp)
         # initial joint PIRLS at θ0 from mustart (mkGlmerDevfun) gives the first lp0
-        st = self._pirls(model.theta0, model.eta_init, self.base_offset, u_only=False)
+        st = self._joint(model.theta0, model.eta_init)
         self.lp0 = st.lin_pred(model.pred)
         self.state: PirlsState = st
         self.n_evals = 0
+        self._last_key: tuple[Any, ...] | None = None
+        self._last_value = float("nan")
 
     def _pirls(
         self,
@@ -241,10 +252,22 @@ class Devfun:
             self.pirls_failures += 1
         return st
 
+    def _joint(self, theta: np.ndarray, eta0: np.ndarray) -> PirlsState:
+        """Joint (β, u) PIRLS from η = eta0 (fused when the model allows it)."""
+        m = self.m
+        if self.kernel is not None:
+            st = self.kernel.pirls_joint(float(theta[0]), eta0, self.base_offset, m.tol, m.maxit)
+            if st is not None:
+                if not st.converged:
+                    self.pirls_failures += 1
+                return st
+        return self._pirls(theta, eta0, self.base_offset, u_only=False)
+
     def stage1(self, theta: np.ndarray) -> float:
+        self._last_key = None
         self.n_evals += 1
         theta = np.asarray(theta, dtype=float)
-        st = self._pirls(theta, self.base_offset + self.lp0, self.base_offset, u_only=False)
+        st = self._joint(theta, self.base_offset + self.lp0)
         self.state = st
         return st.laplace(self.m.resp)
 
@@ -253,22 +276,49 @@ class Devfun:
         self.lp0 = self.state.lin_pred(self.m.pred)
 
     def stage2(
-        self, params: np.ndarray, tol: float | None = None, zb_start: np.ndarray | None = None
+        self, params: np.ndarray, tol: float | None = None, b_start: np.ndarray | None = None
     ) -> float:
-        """`zb_start` (ZΛu to start PIRLS from, instead of lp0) is for the converged-Laplace
-        gradient phase only, where the start does not change the value."""
+        """`b_start` (group effects Λu to start PIRLS from, instead of lp0) is for the
+        converged-Laplace gradient phase only, where the start does not change the value."""
         self.n_evals += 1
         m = self.m
         params = np.asarray(params, dtype=float)
+        key = (params.tobytes(), tol, id(self.lp0))
+        if b_start is None and key == self._last_key:
+            # the same evaluation as the last one (e.g. the re-evaluation at the optimum): the
+            # state and the predictor's factorization still belong to it
+            return self._last_value
         theta, beta = params[: m.n_theta], params[m.n_theta :]
         offset = self.base_offset + m.X @ beta
-        eta0 = self.base_offset + self.lp0 if zb_start is None else offset + zb_start
-        st = self._pirls(theta, eta0, offset, u_only=True, tol=tol)
+        st = None
+        if self.kernel is not None:
+            st = self.kernel.pirls_u(
+                float(theta[0]),
+                offset,
+                eta_start=self.base_offset + self.lp0 if b_start is None else None,
+                b_start=b_start,
+                tol=m.tol if tol is None else tol,
+                maxit=m.maxit,
+                strict=False,
+            )
+            if st is not None and not st.converged:
+                self.pirls_failures += 1
+        if st is None:
+            if b_start is None:
+                eta0 = self.base_offset + self.lp0
+            else:  # one scalar term: b_start[g] times the term's values
+                zb = np.asarray(b_start, dtype=float)[m.pred.codes]
+                eta0 = offset + (zb if m.pred.zvals is None else zb * m.pred.zvals)
+            st = self._pirls(theta, eta0, offset, u_only=True, tol=tol)
         self.state = st
         self.offset = offset
         if m.nagq <= 1:
-            return st.laplace(m.resp)
-        return agq_deviance(m.pred, m.resp, st, offset, m.nagq)
+            value = st.laplace(m.resp)
+        else:
+            value = agq_deviance(m.pred, m.resp, st, offset, m.nagq)
+        self._last_key = key if b_start is None else None
+        self._last_value = value
+        return value
 
 
 def _safe(f: Callable[[np.ndarray], float]) -> Callable[[np.ndarray], float]:
@@ -374,11 +424,75 @@ def _gradient_path(model: GlmerModel) -> bool:
     )
 
 
+def _initial_hessian(model: GlmerModel, theta: np.ndarray) -> np.ndarray:
+    """A cheap approximation of the stage-2 Hessian from the initial PIRLS fit: 2 R_X'R_X for β
+    (lme4's R_X-based vcov is its inverse) and, for θ, twice the Fisher information of the
+    normal approximation, 4θ² Σ_j (S_j/d_j)². Only the optimizer's starting metric."""
+    pred = model.pred
+    th = max(float(theta[0]), 0.1)
+    s = pred._s
+    h = np.zeros((1 + model.X.shape[1],) * 2)
+    h[0, 0] = 4.0 * th * th * float(np.sum((s / (1.0 + th * th * s)) ** 2))
+    h[1:, 1:] = 2.0 * pred._rx_matrix()
+    return h
+
+
+def _quasi_newton(
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    h0: np.ndarray,
+    maxiter: int = 60,
+) -> np.ndarray | None:
+    """BFGS from the metric h0 with backtracking, for the smooth converged Laplace deviance.
+
+    With a good h0 the first step is already Newton-like, so this needs about half of
+    L-BFGS-B's evaluations (which starts from the identity). Stops when the Newton decrement
+    g'B⁻¹g < 1e-9 (f within ~5e-10 of the optimum of the local quadratic model). Returns None
+    (the caller then runs L-BFGS-B) when a step would cross θ = 0 or the search stalls: near the
+    boundary the bounded method is the right tool.
+    """
+    x = np.asarray(x0, dtype=float)
+    f, g = fg(x)
+    if not np.isfinite(f):
+        return None
+    B = np.array(h0, dtype=float)
+    for _ in range(maxiter):
+        try:
+            p = -np.linalg.solve(B, g)
+        except np.linalg.LinAlgError:
+            return None
+        slope = float(g @ p)
+        if not slope < 0:
+            return None
+        if -slope < 1e-9:
+            return x
+        alpha = 1.0
+        for _ in range(30):
+            xn = x + alpha * p
+            if xn[0] <= 0:
+                return None
+            fn, gn = fg(xn)
+            # Armijo, with an allowance for rounding in f (~1e-13 relative for sums over 1e6 rows)
+            if np.isfinite(fn) and fn <= f + 1e-4 * alpha * slope + 1e-13 * abs(f):
+                break
+            alpha *= 0.5
+        else:
+            return None
+        sk, yk = xn - x, gn - g
+        sy = float(sk @ yk)
+        if sy > 1e-12 * float(np.linalg.norm(sk) * np.linalg.norm(yk)):
+            bs = B @ sk
+            B = B - np.outer(bs, bs) / float(sk @ bs) + np.outer(yk, yk) / sy
+        x, f, g = xn, fn, gn
+    return None
+
+
 def _optimize_stage2_gradient(
-    dev: Devfun, model: GlmerModel, x0: np.ndarray, lower: np.ndarray
+    dev: Devfun, model: GlmerModel, x0: np.ndarray, lower: np.ndarray, h0: np.ndarray
 ) -> tuple[np.ndarray, float, int, tuple[np.ndarray, np.ndarray]]:
-    """Stage 2 by L-BFGS-B on the converged Laplace deviance with its analytic gradient; the
-    Hessian (for vcov and the convergence checks) by central differences of that gradient."""
+    """Stage 2 by quasi-Newton (BFGS from an approximate Hessian; L-BFGS-B near the boundary)
+    on the converged Laplace deviance with its analytic gradient; the Hessian (for vcov and the
+    convergence checks) by central differences of that gradient."""
     nth = model.n_theta
     count = [0]
 
@@ -386,32 +500,59 @@ def _optimize_stage2_gradient(
 
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
         count[0] += 1
-        zb = None
+        th = float(x[0])
+        if warm and np.array_equal(x, warm["x"]):
+            return warm["f"], warm["g"].copy()
+        b0 = None
         if warm and warm["theta"] > 0:  # previous modes, rescaled to the new θ
-            zb = warm["zb"] * (x[0] / warm["theta"])
+            b0 = warm["b"] * (th / warm["theta"])
+        if dev.kernel is not None and b0 is not None and th > 0:
+            # warm start to first order: ũ(x) ≈ ũ(x_prev) + dũ/dx·(x − x_prev), so that a
+            # single Newton step usually converges
+            b0 = th * (warm["u"] + warm["du_dx"] @ (x - warm["x"]))
+            # fused Newton steps from the warm start; value and gradient at the same modes
+            offset = dev.base_offset + model.X @ x[nth:]
+            r = dev.kernel.laplace_gradient(th, offset, b0, TIGHT_TOL)
+            if r is not None:
+                f, g_theta, g_beta, st = r
+                dev.state, dev.offset, dev._last_key = st, offset, None
+                g = np.concatenate([[g_theta], g_beta])
+                warm.update(b=th * st.u, theta=th, u=st.u, du_dx=dev.kernel.du_dx, x=x.copy())
+                warm.update(f=f, g=g.copy())
+                return f, g
         try:
-            f = dev.stage2(x, tol=TIGHT_TOL, zb_start=zb)
-            if zb is not None and (not dev.state.converged or not np.isfinite(f)):
+            f = dev.stage2(x, tol=TIGHT_TOL, b_start=b0)
+            if b0 is not None and (not dev.state.converged or not np.isfinite(f)):
                 f = dev.stage2(x, tol=TIGHT_TOL)  # a far jump: restart from lp0 instead
         except (ConvergenceError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(x)
         if not dev.state.converged or not np.isfinite(f):
             return np.inf, np.zeros_like(x)
-        warm.update(zb=dev.state.eta - dev.offset, theta=float(x[0]))
-        g_theta, g_beta = scalar_laplace_gradient(model.pred, model.resp, dev.state, float(x[0]))
-        return f, np.concatenate([[g_theta], g_beta])
+        if dev.kernel is not None:
+            g_theta, g_beta = dev.kernel.gradient(dev.state, th)
+            warm.update(u=dev.state.u, du_dx=dev.kernel.du_dx)
+        else:
+            g_theta, g_beta = scalar_laplace_gradient(model.pred, model.resp, dev.state, th)
+        g = np.concatenate([[g_theta], g_beta])
+        warm.update(b=th * dev.state.u, theta=th, x=x.copy(), f=f, g=g.copy())
+        return f, g
 
-    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-    res = sopt.minimize(
-        fg,
-        x0,
-        jac=True,
-        method="L-BFGS-B",
-        bounds=bounds,
-        options={"ftol": 1e-15, "gtol": 1e-7, "maxiter": 500, "maxcor": 20},
-    )
-    x = np.asarray(res.x, dtype=float)
+    x = _quasi_newton(fg, x0, h0)
+    if x is None:
+        bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+        res = sopt.minimize(
+            fg,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"ftol": 1e-15, "gtol": 1e-7, "maxiter": 500, "maxcor": 20},
+        )
+        x = np.asarray(res.x, dtype=float)
     _, grad = fg(x)
+    # lp0 <- the linear predictor at the optimum (lme4 takes it from its stage-1 optimum): PIRLS
+    # started far away and stopped by lme4's rule can be off by O(1) in the deviance
+    lp0 = dev.state.eta - dev.base_offset
     hess = np.zeros((x.size, x.size))
     for i in range(x.size):
         h = 1e-4 * max(1.0, abs(x[i]))
@@ -420,10 +561,7 @@ def _optimize_stage2_gradient(
         xm[i] = max(x[i] - h, lower[i]) if i < nth else x[i] - h
         hess[:, i] = (fg(xp)[1] - fg(xm)[1]) / (xp[i] - xm[i])
     hess = 0.5 * (hess + hess.T)
-    # lp0 <- the linear predictor at the optimum (lme4 takes it from its stage-1 optimum): PIRLS
-    # started far away and stopped by lme4's rule can be off by O(1) in the deviance
-    dev.stage2(x, tol=TIGHT_TOL)
-    dev.lp0 = dev.state.eta - dev.base_offset
+    dev.lp0 = lp0
     fx = dev.stage2(x)  # the reported value is lme4's (default tolerance) deviance function
     return x, fx, count[0] + 1, (grad, hess)
 
@@ -487,8 +625,9 @@ def glmer(
     f2 = _safe(dev.stage2)
     derivs = None
     if _gradient_path(model):
-        x, fx, nfev2, derivs = _optimize_stage2_gradient(dev, model, x0, lower)
-        info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "L-BFGS-B, analytic gradient"}
+        h0 = _initial_hessian(model, theta1)
+        x, fx, nfev2, derivs = _optimize_stage2_gradient(dev, model, x0, lower, h0)
+        info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "BFGS, analytic gradient"}
     else:
         step = 0.2 * np.concatenate([np.full(theta1.size, 0.1), np.minimum(rx_se, 10.0)])
         x, fx, nfev2 = _nelder_mead(f2, x0, step, lower, 10000)

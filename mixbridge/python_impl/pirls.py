@@ -95,6 +95,21 @@ class GlmResponse:
         self.link = self.family.link
         self._linkinv, self._mu_eta = _LME4_LINKS[self.link]
         y, w = self.y, self.weights
+        self.unit_weights = bool(np.all(w == 1.0))
+        if (
+            self.family_name == "binomial"
+            and self.unit_weights
+            and not np.any(self.n_trials > 1)
+            and bool(np.all((y == 0.0) | (y == 1.0)))
+        ):
+            # 0/1 response, unit weights (the common big-data case): every data-only term below
+            # is exactly zero (y log y = 0, log choose(1, y) = 0), so skip six O(n) passes
+            self._bernoulli = True
+            self._dev_const = np.zeros_like(y)
+            self._aic_k, self._aic_mk, self._aic_coef = y, 1.0 - y, np.ones_like(y)
+            self._aic_const = 0.0
+            self.aic_minus_dev = 0.0
+            return
         if self.family_name == "binomial":
             self._bernoulli = bool(np.all((y == 0.0) | (y == 1.0)))
             self._dev_const = 2.0 * w * (special.xlogy(y, y) + special.xlogy(1.0 - y, 1.0 - y))
@@ -139,7 +154,11 @@ class GlmResponse:
         """√W_i = μ'(η_i)·√(w_i/V(μ_i)) (lme4's sqrtWrkWt) and the working response
         z = (η − offset) + (y − μ)/μ'(η) (lme4's wrkResp)."""
         me = self.mu_eta(eta, mu)
-        sqrt_w = me * np.sqrt(self.weights / self.variance(mu))
+        if (self.family_name, self.link) in CANONICAL:
+            # canonical link: μ'(η) = V(μ) (same clamps), so μ'·√(w/V) = √(w·μ')
+            sqrt_w = np.sqrt(me if self.unit_weights else self.weights * me)
+        else:
+            sqrt_w = me * np.sqrt(self.weights / self.variance(mu))
         return sqrt_w, (eta - offset) + (self.y - mu) / me
 
     def sqrt_working_weights(self, eta: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -579,3 +598,350 @@ def scalar_laplace_gradient(
         + np.sum(az * du_dt)
     )
     return g_theta, g_beta
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused u-only PIRLS and gradient for one scalar intercept term with a canonical link
+
+
+# |η| bound under which lme4's clamps (μ in [ε, 1−ε] for logit, μ ≥ ε for log) are inactive, so
+# the closed forms below are lme4's quantities exactly (up to rounding)
+ETA_BOUND = 30.0
+
+
+class _OutOfRange(Exception):
+    """A linear predictor left |η| ≤ ETA_BOUND: the caller falls back to the generic PIRLS."""
+
+
+class ScalarCanonicalKernel:
+    """lme4's u-only PIRLS for `(1|g)` with the logit or log link, one fused pass per iteration.
+
+    With a canonical link μ'(η) = V(μ), so the working weight is W = w·μ' (w·μ(1−μ) or w·μ) and
+    the PLS right-hand side needs no working response: with η = o + b[g] (b = θu),
+        Σ_{i∈j} W_i z_i = b_j S_j + Σ_{i∈j} w_i (y_i − μ_i),     S_j = Σ_{i∈j} W_i,
+    and the deviance is a closed form in η and log μ (logit) or μ (log):
+        logit: dev_i = c_i − 2 w_i log μ_i + 2 w_i (1 − y_i) η_i,
+        log:   dev_i = c_i + 2 w_i (μ_i − y_i η_i)
+    (c_i = the data-only part). Per iteration: one gather, one exp (+ one log for logit), two
+    bincounts and a few dot products, instead of ~20 elementwise passes. The control flow
+    (convergence test before step halving, halving towards the previous u, log|L|² from the
+    weights at the start of the last iteration) is `pirls`'s, i.e. lme4's `pwrssUpdate`.
+    """
+
+    def __init__(self, pred: ScalarPredictor, resp: GlmResponse) -> None:
+        if pred.zvals is not None or (resp.family_name, resp.link) not in CANONICAL:
+            raise ValueError("ScalarCanonicalKernel needs (1|g) with a canonical link")
+        self.pred, self.resp = pred, resp
+        self.codes, self.G = pred.codes, pred.n_levels
+        self.logit = resp.link == "logit"
+        w, y = resp.weights, resp.y
+        self.unit = resp.unit_weights
+        self.w = None if self.unit else w
+        self.sy = self.gsum(w * y)  # Σ_j w y
+        # η-coefficient of the deviance: logit 2w(1 − y), log −2wy
+        self.eta_coef = 2.0 * w * (1.0 - y) if self.logit else -2.0 * w * y
+        self.dev_const = float(np.sum(resp._dev_const))
+        self.ones_cols = [bool(np.all(pred.X[:, k] == 1.0)) for k in range(pred.X.shape[1])]
+        self._tmp = np.empty(codes_len := self.codes.size)
+        self._tmp2 = np.empty(codes_len)
+
+    def gsum(self, v: np.ndarray) -> np.ndarray:
+        return np.bincount(self.codes, weights=v, minlength=self.G)
+
+    # -- one pass: η, μ, Σ dev from the group effects b --
+    def _mu(self, eta: np.ndarray, mu: np.ndarray) -> None:
+        if self.logit:
+            special.expit(eta, out=mu)
+        else:
+            np.exp(eta, out=mu)
+
+    def _dev(self, eta: np.ndarray, mu: np.ndarray) -> float:
+        if self.logit:
+            lm = np.log(mu, out=self._tmp)
+            s = float(lm.sum()) if self.unit else float(self.w @ lm)
+            return self.dev_const - 2.0 * s + float(self.eta_coef @ eta)
+        s = float(mu.sum()) if self.unit else float(self.w @ mu)
+        return self.dev_const + 2.0 * s + float(self.eta_coef @ eta)
+
+    def _update(
+        self, b: np.ndarray, offset: np.ndarray, off_max: float, eta: np.ndarray, mu: np.ndarray
+    ) -> float:
+        if off_max + float(np.max(np.abs(b), initial=0.0)) > ETA_BOUND:
+            raise _OutOfRange
+        np.take(b, self.codes, out=eta)
+        eta += offset
+        self._mu(eta, mu)
+        return self._dev(eta, mu)
+
+    def _weights(self, mu: np.ndarray) -> np.ndarray:
+        W = self._tmp2
+        if self.logit:
+            np.multiply(mu, mu, out=W)
+            np.subtract(mu, W, out=W)  # μ(1 − μ)
+        else:
+            W[:] = mu
+        if not self.unit:
+            W *= self.w
+        return W
+
+    def pirls_u(
+        self,
+        theta: float,
+        offset: np.ndarray,
+        *,
+        eta_start: np.ndarray | None = None,
+        b_start: np.ndarray | None = None,
+        tol: float = 1e-7,
+        maxit: int = 100,
+        strict: bool = True,
+    ) -> PirlsState | None:
+        """u-only PIRLS from η = eta_start (any vector) or from η = offset + b_start[g].
+        Returns None when η would leave the |η| ≤ ETA_BOUND region (use `pirls` then)."""
+        try:
+            return self._pirls_u(theta, offset, eta_start, b_start, tol, maxit, strict)
+        except _OutOfRange:
+            return None
+
+    def _pirls_u(
+        self,
+        theta: float,
+        offset: np.ndarray,
+        eta_start: np.ndarray | None,
+        b_start: np.ndarray | None,
+        tol: float,
+        maxit: int,
+        strict: bool,
+    ) -> PirlsState:
+        th = float(theta)
+        off_max = float(np.max(np.abs(offset)))
+        n = self.codes.size
+        eta, mu = np.empty(n), np.empty(n)
+        b_cur: np.ndarray | None
+        if b_start is not None:
+            b_cur = np.asarray(b_start, dtype=float)
+            self._update(b_cur, offset, off_max, eta, mu)
+        else:
+            eta[:] = eta_start
+            if float(np.max(np.abs(eta))) > ETA_BOUND:
+                raise _OutOfRange
+            self._mu(eta, mu)
+            b_cur = None
+        self.pred.theta = th
+        oldpdev = DBL_MAX
+        u_old: np.ndarray | None = None
+        u = np.zeros(self.G)
+        pdev, ldL2, converged, it = oldpdev, 0.0, False, 0
+        for it in range(1, maxit + 1):  # noqa: B007 (it is reported)
+            W = self._weights(mu)
+            S = self.gsum(W)
+            swmu = self.gsum(mu if self.unit else self.w * mu)
+            if b_cur is None:  # first iteration from an arbitrary η: Σ W (η − o) directly
+                np.subtract(eta, offset, out=self._tmp)
+                self._tmp *= W
+                swz = self.gsum(self._tmp)
+            else:
+                swz = b_cur * S
+            swz += self.sy - swmu
+            d = 1.0 + th * th * S
+            ldL2 = float(np.sum(np.log1p(th * th * S)))  # weights at the start (lme4's quirk)
+            u = th * swz / d
+            pdev = self._update(th * u, offset, off_max, eta, mu) + float(u @ u)
+            if abs((oldpdev - pdev) / pdev) < tol:
+                converged = True
+                break
+            if np.isnan(pdev) or pdev > oldpdev:
+                for _ in range(MAX_STEP_HALVINGS):
+                    if not (np.isnan(pdev) or pdev > oldpdev):
+                        break
+                    u = 0.5 * ((np.zeros_like(u) if u_old is None else u_old) + u)
+                    pdev = self._update(th * u, offset, off_max, eta, mu) + float(u @ u)
+                if np.isnan(pdev):
+                    raise ConvergenceError("PIRLS loop resulted in NaN value")
+                if pdev - oldpdev > tol:
+                    raise ConvergenceError(
+                        "PIRLS step-halvings failed to reduce the penalized deviance"
+                    )
+            oldpdev = pdev
+            u_old = u
+            b_cur = th * u
+        if not converged and strict:
+            raise ConvergenceError(f"PIRLS (pwrssUpdate) did not converge in {maxit} iterations")
+        # the predictor holds this factorization (cond_var, AGQ's sd, ldL2), as after `pirls`
+        self.pred._s, self.pred._d = S, d
+        self.pred._rx = self.pred._sx = None
+        self.pred._w = self.pred._wfull = W.copy()
+        return PirlsState(u, None, eta, mu, ldL2, pdev, it, converged)
+
+    def pirls_joint(
+        self,
+        theta: float,
+        eta_start: np.ndarray,
+        offset: np.ndarray,
+        tol: float = 1e-7,
+        maxit: int = 100,
+    ) -> PirlsState | None:
+        """lme4's joint (β, u) PIRLS (stage 1, the initial fit) in the same fused form, as
+        `pirls(u_only=False, strict=False)`. None outside |η| ≤ ETA_BOUND."""
+        try:
+            return self._pirls_joint(float(theta), eta_start, offset, tol, maxit)
+        except _OutOfRange:
+            return None
+
+    def _joint_update(
+        self,
+        th: float,
+        u: np.ndarray,
+        beta: np.ndarray,
+        offset: np.ndarray,
+        eta: np.ndarray,
+        mu: np.ndarray,
+    ) -> float:
+        fixed = offset + self.pred.X @ beta
+        off_max = float(np.max(np.abs(fixed)))
+        return self._update(th * u, fixed, off_max, eta, mu) + float(u @ u)
+
+    def _pirls_joint(
+        self, th: float, eta_start: np.ndarray, offset: np.ndarray, tol: float, maxit: int
+    ) -> PirlsState:
+        pred, X = self.pred, self.pred.X
+        eta = np.array(eta_start, dtype=float)
+        if float(np.max(np.abs(eta))) > ETA_BOUND:
+            raise _OutOfRange
+        mu = np.empty_like(eta)
+        self._mu(eta, mu)
+        oldpdev = DBL_MAX
+        u_old: np.ndarray | None = None
+        beta_old: np.ndarray | None = None
+        pdev, ldL2, converged, it = oldpdev, 0.0, False, 0
+        u, beta = np.zeros(self.G), np.zeros(X.shape[1])
+        for it in range(1, maxit + 1):  # noqa: B007 (it is reported)
+            W = self._weights(mu).copy()
+            # W z = W (η − o) + w (y − μ)
+            wz = np.subtract(eta, offset, out=self._tmp)
+            wz *= W
+            wz += self.resp.y if self.unit else self.w * self.resp.y
+            wz -= mu if self.unit else self.w * mu
+            # the factorization of ScalarPredictor.update/solve, from one X·W product
+            S = self.gsum(W)
+            d = 1.0 + th * th * S
+            XW = X * W[:, None]
+            sx = np.column_stack(
+                [S if one else self.gsum(XW[:, k]) for k, one in enumerate(self.ones_cols)]
+            )
+            omega = th * th / d
+            rx = XW.T @ X - sx.T @ (sx * omega[:, None])
+            pred.theta, pred._s, pred._d = th, S, d
+            pred._w = pred._wfull = W
+            pred._sx, pred._rx = sx, rx
+            ldL2 = float(np.sum(np.log1p(th * th * S)))  # weights at the start (lme4's quirk)
+            sz = self.gsum(wz)
+            beta = np.linalg.solve(rx, X.T @ wz - sx.T @ (omega * sz))
+            u = th * (sz - sx @ beta) / d
+            pdev = self._joint_update(th, u, beta, offset, eta, mu)
+            if abs((oldpdev - pdev) / pdev) < tol:
+                converged = True
+                break
+            if np.isnan(pdev) or pdev > oldpdev:
+                for _ in range(MAX_STEP_HALVINGS):
+                    if not (np.isnan(pdev) or pdev > oldpdev):
+                        break
+                    u = 0.5 * ((np.zeros_like(u) if u_old is None else u_old) + u)
+                    if beta_old is not None:
+                        beta = 0.5 * (beta_old + beta)
+                    pdev = self._joint_update(th, u, beta, offset, eta, mu)
+                if np.isnan(pdev):
+                    raise ConvergenceError("PIRLS loop resulted in NaN value")
+                if pdev - oldpdev > tol:
+                    raise ConvergenceError(
+                        "PIRLS step-halvings failed to reduce the penalized deviance"
+                    )
+            oldpdev = pdev
+            u_old, beta_old = u, beta
+        # not converged: handed back flagged, as `pirls(strict=False)`
+        return PirlsState(u, beta, eta, mu, ldL2, pdev, it, converged)
+
+    def gradient(self, state: PirlsState, theta: float) -> tuple[float, np.ndarray]:
+        """`scalar_laplace_gradient` for this model at `state` (z = 1), from group sums."""
+        W = self._weights(state.mu)
+        S = self.gsum(W)
+        swmu = self.gsum(state.mu if self.unit else self.w * state.mu)
+        return self._gradient_from(float(theta), W, S, swmu, state.mu, state.u)
+
+    def _gradient_from(
+        self,
+        th: float,
+        W: np.ndarray,
+        S: np.ndarray,
+        swmu: np.ndarray,
+        mu: np.ndarray,
+        u: np.ndarray,
+    ) -> tuple[float, np.ndarray]:
+        """The gradient from W = w μ', S = Σ_j W and Σ_j w μ at the modes: p + 1 more bincounts,
+        one gather and one X'v product (see `scalar_laplace_gradient` for the formulas)."""
+        X = self.pred.X
+        d = 1.0 + th * th * S
+        sdev1 = -2.0 * (self.sy - swmu)  # Σ_j dev'
+        sx = np.column_stack(
+            [S if one else self.gsum(W * X[:, k]) for k, one in enumerate(self.ones_cols)]
+        )
+        dW = W * (1.0 - 2.0 * mu) if self.logit else W  # w μ''
+        sa = th * th * self.gsum(dW) / d  # Σ_{i∈j} a_i, a_i = θ² dW_i / d_j
+        az = th * sa
+        du_db = -th * sx / d[:, None]
+        du_dt = -(sdev1 + 2.0 * th * S * u) / (2.0 * d)
+        # per-row η-derivative weight: dev'_i + a_i
+        v = np.take(th * th / d, self.codes)
+        v *= dW
+        v -= 2.0 * (self.resp.y - mu) * (1.0 if self.unit else self.w)
+        g_beta = X.T @ v + du_db.T @ az
+        g_theta = float(u @ sdev1 + np.sum(2.0 * th * S / d) + u @ sa + az @ du_dt)
+        self.du_dx = np.column_stack([du_dt, du_db])  # dũ/d(θ, β): the next warm start
+        return g_theta, g_beta
+
+    def laplace_gradient(
+        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int = 50
+    ) -> tuple[float, float, np.ndarray, PirlsState] | None:
+        """The fully converged Laplace deviance at (θ, offset = o + Xβ) and its gradient, for the
+        gradient phase: Newton steps in u from the warm start b_start = θu₀ until the penalized
+        deviance changes by less than tol (relative) — the start's own pdev counts, so a good
+        start needs one step — then log|L|², the gradient and the value all at the final
+        weights (the smooth function `scalar_laplace_gradient` differentiates, not lme4's
+        stopping quirk). None if η leaves |η| ≤ ETA_BOUND or a step fails to decrease pdev
+        (the caller uses the lme4-style path instead)."""
+        try:
+            return self._laplace_gradient(float(theta), offset, b_start, tol, maxit)
+        except _OutOfRange:
+            return None
+
+    def _laplace_gradient(
+        self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
+    ) -> tuple[float, float, np.ndarray, PirlsState] | None:
+        off_max = float(np.max(np.abs(offset)))
+        n = self.codes.size
+        eta, mu = np.empty(n), np.empty(n)
+        b = np.asarray(b_start, dtype=float)
+        u = b / th if th > 0 else np.zeros(self.G)
+        pdev = self._update(b, offset, off_max, eta, mu) + float(u @ u)
+        it, converged = 0, False
+        while True:
+            W = self._weights(mu)
+            S = self.gsum(W)
+            swmu = self.gsum(mu if self.unit else self.w * mu)
+            if converged:
+                break
+            it += 1
+            if it > maxit:
+                return None
+            d = 1.0 + th * th * S
+            u_new = th * (b * S + self.sy - swmu) / d
+            b_new = th * u_new
+            pdev_new = self._update(b_new, offset, off_max, eta, mu) + float(u_new @ u_new)
+            if not np.isfinite(pdev_new) or pdev_new > pdev + tol * abs(pdev_new):
+                return None  # not a Newton descent step: far from the mode
+            converged = abs(pdev - pdev_new) < tol * abs(pdev_new)
+            u, b, pdev = u_new, b_new, pdev_new
+        ldL2 = float(np.sum(np.log1p(th * th * S)))
+        state = PirlsState(u, None, eta, mu, ldL2, pdev, it, True)
+        value = state.laplace(self.resp)
+        g_theta, g_beta = self._gradient_from(th, W, S, swmu, mu, u)
+        return value, g_theta, g_beta, state
