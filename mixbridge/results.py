@@ -240,12 +240,15 @@ def format_mixed_summary(fit: MixedFit) -> str:
     vc = fit.varcorr
     lines.append(f" {'Groups':<10} {'Name':<14} {'Variance':>10} {'Std.Dev.':>9} {'Corr':>6}")
     var_rows = vc[vc["var2"].isna()] if "var2" in vc else vc
+    previous = None
     for _, row in var_rows.iterrows():
         grp = row["grp"]
         name = "" if row["var1"] is None or (isinstance(row["var1"], float)) else row["var1"]
         corr = vc[(vc["grp"] == grp) & (vc["var2"].notna()) & (vc["var2"] == name)]
         corr_txt = " ".join(f"{c:6.2f}" for c in corr["sdcor"]) if len(corr) else ""
-        lines.append(f" {grp:<10} {name:<14} {row['vcov']:10.4f} {row['sdcor']:9.4f} {corr_txt}")
+        shown = "" if grp == previous else grp  # as lme4: a group's name on its first row only
+        previous = grp
+        lines.append(f" {shown:<10} {name:<14} {row['vcov']:10.4f} {row['sdcor']:9.4f} {corr_txt}")
     groups = ", ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
     lines.append("")

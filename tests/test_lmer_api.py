@@ -131,6 +131,9 @@ def test_fit_fields_and_summary(sleep_fits):
     text = fp.summary()
     assert "REML criterion at convergence" in text and "Subject" in text
     assert f"{fp.reml_criterion:.4f}" in text
+    # lme4's layout: the group's name on its first variance row only
+    rows = [ln for ln in text.splitlines() if "(Intercept)" in ln or ln.strip().startswith("Days ")]
+    assert rows[0].split()[0] == "Subject" and rows[1].split()[0] == "Days"
 
 
 @pytest.fixture()
