@@ -12,6 +12,7 @@ import pytest
 
 import mixbridge
 from mixbridge.errors import (
+    ArgumentError,
     DataError,
     FormulaError,
     MixbridgeError,
@@ -251,6 +252,36 @@ def test_predict_re_form_subset_vs_r(r_dataset):
         assert np.all(np.abs(got - ref) <= 1e-4 * (se + sds)), re_form
     with pytest.raises(MixbridgeError, match="not in the model"):
         fp.predict(re_form="~ (1 | nosuch)")
+
+
+@pytest.mark.parametrize("bars", ["(Days || Subject)", "(Days | Subject)"])
+def test_predict_re_form_selects_terms_and_columns_like_lme4(sleep_fits, bars):
+    """re_form's terms pick random-effect columns by factor and name, as lme4's mkNewReTrms:
+    the intercepts alone, the slopes alone, or everything, on a || model and on a full one."""
+    data = sleep_fits[0]
+    f = f"Reaction ~ Days + {bars}"
+    fr = mixbridge.lmer(f, data, engine="r")
+    fp = mixbridge.lmer(f, data)
+    se = fr.fixef_se.to_numpy()
+    vc = fr.varcorr
+    sd = vc[vc["grp"].str.startswith("Subject") & vc["var2"].isna()]["sdcor"].to_numpy()
+    days = data["Days"].to_numpy()
+    bound = 1e-4 * (se[0] + se[1] * days + sd[0] + sd[1] * days)  # as test_predict_newdata_vs_r
+    outcomes = {}
+    for re_form in ("~ (1 | Subject)", "~ (0 + Days | Subject)", "~ (Days || Subject)"):
+        got = fp.predict(newdata=data, re_form=re_form)
+        ref = fr.predict(newdata=data, re_form=re_form)
+        assert np.all(np.abs(got - ref) <= bound), re_form
+        outcomes[re_form] = got
+    both = fp.predict(newdata=data)
+    only = (
+        outcomes["~ (1 | Subject)"]
+        + outcomes["~ (0 + Days | Subject)"]
+        - fp.predict(newdata=data, re_form="~0")
+    )
+    np.testing.assert_allclose(only, both, rtol=1e-12)  # the two parts add up to the whole
+    with pytest.raises(ArgumentError, match="not a random effect"):
+        fp.predict(re_form="~ (0 + Reaction | Subject)")
 
 
 def test_nonconvergence_is_structured(sleep_fits):

@@ -14,7 +14,6 @@ everything else goes through the blocked PLS core in `predictor`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -572,7 +571,7 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) 
         else:
             x_new = np.asarray(terms.fixed_matrix(newdata), dtype=float)
             eta = x_new @ beta + _newdata_offset(terms, newdata, offset_arg)
-        for k in use:
+        for k, cols in use.items():
             t = reterms[k]
             if newdata is None:
                 c = np.asarray(t.codes)
@@ -589,9 +588,9 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) 
                         t.group,
                     )
                 z = np.asarray(t.Z_for(newdata), float).reshape(len(eta), -1)
-            bk = b[gp[k] : gp[k + 1]].reshape(t.n_levels, t.p)
+            bk = b[gp[k] : gp[k + 1]].reshape(t.n_levels, t.p)[:, cols]
             ok = c >= 0  # unseen or missing levels contribute 0 (allow_new_levels)
-            eta[ok] += np.einsum("ic,ic->i", z[ok], bk[c[ok]])
+            eta[ok] += np.einsum("ic,ic->i", z[ok][:, cols], bk[c[ok]])
         return eta
 
     return predict
@@ -617,35 +616,97 @@ def _newdata_offset(terms: Any, newdata: pd.DataFrame, offset_arg: Any) -> np.nd
     )
 
 
-def _parse_re_form(re_form: Any, reterms: list[Any]) -> list[int]:
-    """Indices of the random-effects terms to include: all (None), none ("~0", NA), or those
-    whose grouping factors appear in a one-sided formula such as "~ (1 | plate)"."""
+def _parse_re_form(re_form: Any, reterms: list[Any]) -> dict[int, np.ndarray]:
+    """The random effects to include, as {term index: its columns}: all (None), none ("~0",
+    NA), or those named in a one-sided formula such as "~ (1 | plate)".
+
+    As lme4's predict (mkNewReTrms), re_form's terms pick columns of the model's random effects
+    by grouping factor and column name, after `||` and `/` expansion: `~ (1 | Subject)` keeps
+    only the intercepts of Subject, in a `(Days | Subject)` or a `(Days || Subject)` model.
+    """
+    everything = {k: np.arange(t.p) for k, t in enumerate(reterms)}
     if re_form is None:
-        return list(range(len(reterms)))
+        return everything
     if isinstance(re_form, float) and math.isnan(re_form):
-        return []
+        return {}
     if isinstance(re_form, str):
         text = re_form.replace(" ", "")
         if text in ("~0", "NA", "~-1"):
-            return []
-        groups = re.findall(r"\|([^()|]+)\)", text)
-        if text.startswith("~") and groups and "/" not in text:
-            known = {t.group for t in reterms}
-            unknown = [g for g in groups if g not in known]
-            if unknown:
-                raise ArgumentError(
-                    f"re_form names grouping factor(s) {unknown} that are not in the model "
-                    f"(model factors: {sorted(known)})",
-                    "re_form",
-                )
-            # lme4 matches re.form's terms to the model's; here every term on a named factor is
-            # used (identical unless one factor carries several terms, e.g. (x || g)).
-            return [k for k, t in enumerate(reterms) if t.group in set(groups)]
+            return {}
+        wanted = _re_form_terms(re_form)
+        if wanted:
+            return _select_columns(wanted, reterms)
     raise ArgumentError(
         f"re_form must be None (all random effects), '~0' (none) or a formula of random-effects "
         f"terms such as '~ (1 | g)', got {re_form!r}",
         "re_form",
     )
+
+
+def _select_columns(
+    wanted: list[tuple[str, list[str]]], reterms: list[Any]
+) -> dict[int, np.ndarray]:
+    known = sorted({t.group for t in reterms})
+    picked: dict[int, set[int]] = {}
+    for group, names in wanted:
+        if group not in known:
+            raise ArgumentError(
+                f"re_form names grouping factor(s) {[group]} that are not in the model "
+                f"(model factors: {known})",
+                "re_form",
+            )
+        whole = [k for k, t in enumerate(reterms) if t.group == group and _labels(t) == names]
+        for k in whole:  # the same term as the model's (factor columns included)
+            picked.setdefault(k, set()).update(range(reterms[k].p))
+        for name in [] if whole else names:
+            hits = [
+                (k, j)
+                for k, t in enumerate(reterms)
+                if t.group == group
+                for j, c in enumerate(t.cnames)
+                if c == name
+            ]
+            if not hits:
+                have = [c for t in reterms if t.group == group for c in t.cnames]
+                raise ArgumentError(
+                    f"re_form term on {group!r} names {name!r}, which is not a random effect of "
+                    f"{group!r} in the model (its columns: {have})",
+                    "re_form",
+                )
+            for k, j in hits:
+                picked.setdefault(k, set()).add(j)
+    return {k: np.array(sorted(js)) for k, js in sorted(picked.items())}
+
+
+def _labels(t: Any) -> list[str] | None:
+    """A model term's left side as re_form spells it: "(Intercept)" and its term labels."""
+    lhs = getattr(t, "_lhs", None)
+    if lhs is None:
+        return None
+    return ["(Intercept)"] * bool(lhs.info.intercept) + lhs.info.labels
+
+
+def _re_form_terms(re_form: str) -> list[tuple[str, list[str]]]:
+    """(grouping factor, column names of the left side) of each term of a one-sided re_form
+    formula ([] when it is not one)."""
+    from mixbridge.errors import FormulaError
+    from mixbridge.formula.parse import Num, parse_formula
+    from mixbridge.formula.terms import expand_bars, expand_terms, split_bars
+
+    try:
+        tree = parse_formula(re_form)
+    except FormulaError:
+        return []
+    if tree.lhs is not None or tree.rhs is None:
+        return []
+    fixed, bars = split_bars(tree.rhs)
+    if fixed is not None and not (isinstance(fixed, Num) and fixed.value in (0, 1)):
+        return []  # fixed-effect terms in re_form: not a random-effects formula
+    out = []
+    for bar in expand_bars(bars):
+        info = expand_terms(bar.lhs)
+        out.append((bar.group_name, ["(Intercept)"] * bool(info.intercept) + info.labels))
+    return out
 
 
 def _make_simulate(
