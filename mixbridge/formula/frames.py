@@ -157,6 +157,7 @@ class MixedTerms(_Common):
     # with lazy_x=True, X itself is then None until `ensure_x()` (the O(G) lmer path reads the
     # columns and never needs the n x p matrix)
     x_columns: list[np.ndarray | None] | None = field(default=None, repr=False)
+    x_gram: np.ndarray | None = field(default=None, repr=False)  # X'X of x_columns (rank check)
     _fixed: _Part | None = field(default=None, repr=False)
     _keep: np.ndarray | None = field(default=None, repr=False)
 
@@ -238,10 +239,12 @@ def build_mixed_terms(
     fixed = frame.fixed_part(contrasts="treatment", drop_unused=True)
     names = fixed.design.names
     columns = fixed.design.column_views(frame.fixed_values) if lazy_x else None
+    x_gram = None
     if columns is not None:
         _check_finite_columns(columns, names, "fixed-effects model matrix")
-        if not clearly_full_rank_gram(column_gram(columns, frame.n), RANK_TOL):
-            columns = None  # the exact rank emulation needs X
+        x_gram = column_gram(columns, frame.n)
+        if not clearly_full_rank_gram(x_gram, RANK_TOL):
+            columns = x_gram = None  # the exact rank emulation needs X
     if columns is not None:
         x_full, keep = None, np.arange(len(names))
     else:
@@ -281,6 +284,7 @@ def build_mixed_terms(
         dropped_columns=dropped,
         reterms=reterms,
         x_columns=columns,
+        x_gram=x_gram,
         _fixed=fixed,
         _keep=keep,
     )

@@ -376,7 +376,8 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
     codes = np.asarray(t.codes)
     if getattr(terms, "X", None) is None and columns and columns[0] is None:
         # [1, x...] as columns: one pass over the columns themselves, X never built
-        stats = ls.group_stats_columns(columns[1:], y, w, codes, t.n_levels)
+        x_gram = getattr(terms, "x_gram", None)
+        stats = ls.group_stats_columns(columns[1:], y, w, codes, t.n_levels, x_gram=x_gram)
     else:
         stats = ls.group_stats(terms.ensure_x(), y, w, codes, t.n_levels)
     res = ls.scalar_ri_fit(stats, reml)

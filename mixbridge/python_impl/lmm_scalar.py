@@ -206,9 +206,12 @@ def group_stats_columns(
     n_groups: int,
     *,
     shift: tuple[np.ndarray, float] | None = None,
+    x_gram: np.ndarray | None = None,
 ) -> GroupStats:
     """group_stats for X = [1, columns...] without ever building X: each block of rows is
-    assembled from the 1-D columns in a small buffer, so memory stays at the inputs + O(G)."""
+    assembled from the 1-D columns in a small buffer, so memory stays at the inputs + O(G).
+    `x_gram`: X'X (unshifted, X = [1, columns...]) when already computed, e.g. by the formula
+    layer's rank check; only the products with y are then computed."""
     cols = [np.asarray(c, dtype=float) for c in columns]
     y = np.asarray(y, dtype=float)
     n, p = y.shape[0], len(cols) + 1
@@ -236,7 +239,8 @@ def group_stats_columns(
     s = np.bincount(gi, minlength=n_groups).astype(float)
     raw = [np.bincount(gi, weights=c, minlength=n_groups) for c in [*cols, y]]
     shifts = np.append(x_shift[1:], y_shift)
-    aug = _shifted_gram([*cols, y], shifts, np.array([r.sum() for r in raw]), n)
+    known = None if x_gram is None else np.asarray(x_gram, dtype=float)[1:, 1:]
+    aug = _shifted_gram([*cols, y], shifts, np.array([r.sum() for r in raw]), n, known)
     if aug is None:
         # large means against the spread: shifting after summing would cancel digits in the
         # group sums too, so everything is accumulated from blocks shifted before summing
@@ -267,14 +271,22 @@ _MAX_SHIFT_LOSS = 1e4
 
 
 def _shifted_gram(
-    cols: list[np.ndarray], shifts: np.ndarray, totals: np.ndarray, n: int
+    cols: list[np.ndarray],
+    shifts: np.ndarray,
+    totals: np.ndarray,
+    n: int,
+    known: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """[1, cols]'[1, cols] on the shifted scale (cols − shifts) from plain dot products (one BLAS
-    call per pair, no temporaries), or None when the shift would cancel too many digits."""
+    call per pair, no temporaries), or None when the shift would cancel too many digits.
+    `known`: the unshifted products of the leading columns, already computed."""
     k = len(cols)
+    m = 0 if known is None else known.shape[0]
     raw = np.empty((k, k))
+    if m:
+        raw[:m, :m] = known
     for i in range(k):
-        for j in range(i, k):
+        for j in range(max(i, m), k):
             raw[i, j] = raw[j, i] = float(np.dot(cols[i], cols[j]))
     # Σ(a − c_a)(b − c_b) = Σab − c_b Σa − c_a Σb + n c_a c_b
     shifted = (
