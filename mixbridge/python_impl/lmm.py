@@ -118,7 +118,8 @@ def check_terms(terms: Any) -> None:
         w = np.asarray(terms.weights, dtype=float)
         if w.shape != (n,):
             raise DataError(f"weights must have one value per row ({n}), got {w.shape}", "weights")
-        lo, hi = float(np.min(w)), float(np.max(w))
+        wv = w[:1] if w.strides == (0,) else w  # broadcast unit weights: one value to check
+        lo, hi = float(np.min(wv)), float(np.max(wv))
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise DataError("weights must be finite (found NaN or Inf)", "weights")
         if lo < 0:
@@ -370,7 +371,7 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
     if offset is not None:
         y = y - offset
     w = None if terms.weights is None else np.asarray(terms.weights, dtype=float)
-    if w is not None and np.min(w) == 1.0 == np.max(w):
+    if w is not None and (w[:1] == 1.0).all() and (w.strides == (0,) or np.ptp(w) == 0.0):
         w = None  # unit weights: the unweighted sums (the frame gives ones when none were set)
     columns = getattr(terms, "x_columns", None)
     codes = np.asarray(t.codes)

@@ -347,7 +347,7 @@ def check_scale_x(
         lo, hi, var = column_summaries(x if not isinstance(x, list) else np.column_stack(cols))
     cont = np.ones(p, dtype=bool)
     for j in np.flatnonzero((lo >= 0) & (hi <= 1)):  # look at the values of [0, 1] columns only
-        col = cols[j]
+        col = cols[j][:1] if cols[j].strides == (0,) else cols[j]  # a constant: one value
         cont[j] = bool(np.any((col != 0) & (col != 1)))
     if not np.any(cont):
         return None
