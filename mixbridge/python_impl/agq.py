@@ -9,13 +9,23 @@ reports the log-likelihood).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from mixbridge.python_impl.pirls import GlmResponse, PirlsState, ScalarPredictor
+from mixbridge.python_impl.pirls import (
+    GlmResponse,
+    PirlsState,
+    ScalarCanonicalKernel,
+    ScalarPredictor,
+)
 
 MAX_NAGQ = 100
+# the node formulas of `agq_nodes` are lme4's values while every node's |η| stays below where
+# lme4's clamps (μ in [ε, 1 − ε], or μ ≥ ε for the log link: |η| ≈ 36.04) begin
+AGQ_ETA_BOUND = 35.0
 
 
 @cache
@@ -65,3 +75,266 @@ def agq_deviance(
             wc[:, None] * np.exp(0.5 * zc[:, None] ** 2 - 0.5 * (devc_k - devc0[None, :])), axis=0
         )
     return float(np.sum(devc0) + pred.ldL2 - 2.0 * np.sum(np.log(mult)))
+
+
+# ---------------------------------------------------------------------------------------------
+# (1|g) with a canonical link: the node sums from the modes, value and gradient
+
+
+@dataclass
+class _SortedRows:
+    """Rows ordered by group, cut into chunks of whole groups that fit in cache: the node loop
+    then works on (K, rows-in-chunk) blocks with np.repeat / np.add.reduceat instead of
+    G-sized gathers and bincounts over all n rows per node."""
+
+    order: np.ndarray
+    counts: np.ndarray
+    starts: np.ndarray
+    chunks: list[tuple[int, int, int, int]]  # rows [r0, r1), groups [g0, g1)
+    w: np.ndarray | None
+
+
+CHUNK_ROWS = 8192
+
+
+def _sorted_rows(kernel: ScalarCanonicalKernel) -> _SortedRows | None:
+    cached = getattr(kernel, "_agq_rows", False)
+    if cached is not False:
+        return cached
+    codes = kernel.codes
+    counts = np.bincount(codes, minlength=kernel.G)
+    out = None
+    if np.all(counts > 0):  # reduceat needs non-empty segments
+        order = np.argsort(codes, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        ends = starts + counts
+        chunks, g0 = [], 0
+        while g0 < kernel.G:
+            # as many whole groups as fit in CHUNK_ROWS rows (at least one)
+            g1 = int(np.searchsorted(ends, starts[g0] + CHUNK_ROWS, side="right"))
+            g1 = max(g1, g0 + 1)
+            chunks.append((int(starts[g0]), int(ends[g1 - 1]), g0, g1))
+            g0 = g1
+        out = _SortedRows(order, counts, starts, chunks, None if kernel.unit else kernel.w[order])
+    kernel._agq_rows = out
+    return out
+
+
+@dataclass
+class _NodeSums:
+    log_mult: np.ndarray  # (G,) log Σ_k w_k exp(z_k²/2 − dh_jk/2)
+    z: np.ndarray  # (K,) nodes ≠ 0
+    v: np.ndarray  # (K, G) ũ_j + z_k sd_j
+    p: np.ndarray | None = None  # (K, G) normalized node terms; the centre's is 1 − Σ_k p_jk
+    M: np.ndarray | None = None  # (K, G) Σ_{i∈j} w μ_ik
+    q: np.ndarray | None = None  # (n,) Σ_k p_jk μ_ik, centre included
+
+
+def agq_node_sums(
+    kernel: ScalarCanonicalKernel,
+    state: PirlsState,
+    theta: float,
+    sd: np.ndarray,
+    nagq: int,
+    grad: bool = False,
+) -> _NodeSums | None:
+    """The AGQ node sums at the modes of `state` for one scalar intercept term, with the work
+    independent of the node hoisted out of the node loop.
+
+    At node k, η moves by the group constant s_jk = θ z_k sd_j, so with e_i = exp(−η̃_i):
+        logit: μ_ik = 1/(1 + e_i c_jk), c_jk = exp(−s_jk), and
+               dh_jk = v_jk² − ũ_j² + 2 Σ_{i∈j} w_i log((1 + e_i c_jk)/(1 + e_i)) + 2 s_jk N_j
+               (N_j = Σ_{i∈j} w_i (1 − y_i)): one multiply, one log (and for the gradient one
+               reciprocal) per row and node;
+        log:   μ_ik = μ_i exp(s_jk): everything is a group sum, no per-row work per node.
+    None if a node's η can reach lme4's clamps (|η| > 36): `agq_deviance` handles those.
+    """
+    z, w = gh_rule(nagq)
+    reach = float(np.max(np.abs(state.eta))) + abs(theta) * float(np.max(np.abs(z))) * float(
+        np.max(sd, initial=0.0)
+    )
+    if reach > AGQ_ETA_BOUND:
+        return None
+    keep = z != 0.0
+    z0w = float(np.sum(w[~keep]))
+    zk, wk = z[keep], w[keep]
+    u = state.u
+    s = theta * zk[:, None] * sd[None, :]  # (K, G) shifts of η
+    v = u[None, :] + zk[:, None] * sd[None, :]
+    base = v * v - (u * u)[None, :]
+    lw = np.log(wk)[:, None] + 0.5 * zk[:, None] ** 2
+
+    def weights(dh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        terms = np.exp(lw - 0.5 * dh)
+        mult = z0w + np.sum(terms, axis=0)
+        return np.log(mult), terms / mult[None, :]
+
+    out = _NodeSums(np.empty(0), zk, v)
+    if not kernel.logit:
+        wts = None if kernel.unit else kernel.w
+        m0 = kernel.gsum(state.mu if wts is None else wts * state.mu)
+        es = np.exp(s)
+        dh = base + 2.0 * (es - 1.0) * m0[None, :] - 2.0 * s * kernel.sy[None, :]
+        out.log_mult, p = weights(dh)
+        if grad:
+            out.p, out.M = p, es * m0[None, :]
+            out.q = state.mu * np.take(1.0 - p.sum(axis=0) + np.sum(p * es, axis=0), kernel.codes)
+        return out
+    rows = _sorted_rows(kernel)
+    if rows is None:
+        return _logit_unsorted(kernel, state, out, s, base, weights, grad)
+    e = np.exp(-state.eta[rows.order])
+    mu_s = state.mu[rows.order] if grad else None
+    G, K = kernel.G, zk.size
+    log_mult = np.empty(G)
+    P = np.empty((K, G)) if grad else None
+    M = np.empty((K, G)) if grad else None
+    q_s = np.empty(e.size) if grad else None
+    c_all = np.exp(-s)
+    n1 = kernel.n1
+    for r0, r1, g0, g1 in rows.chunks:
+        cnt = rows.counts[g0:g1]
+        seg = rows.starts[g0:g1] - r0
+        ec = e[r0:r1]
+        wc = None if rows.w is None else rows.w[r0:r1]
+        t = np.repeat(c_all[:, g0:g1], cnt, axis=1)  # (K, B)
+        t *= ec[None, :]
+        t += 1.0
+        lsum = lsum0 = None
+        if wc is None:
+            # Σ_{i∈j} log t_i = log Π_{i∈j} t_i: one log per group and node instead of per row
+            # (t ≥ 1, so the product can only overflow: then the per-row logs below)
+            with np.errstate(over="ignore"):
+                lsum = np.log(np.multiply.reduceat(t, seg, axis=1))
+                lsum0 = np.log(np.multiply.reduceat(1.0 + ec, seg))
+            if not (np.all(np.isfinite(lsum)) and np.all(np.isfinite(lsum0))):
+                lsum = None
+        if lsum is None:
+            lg = np.log(t)
+            lg0 = np.log(1.0 + ec)
+            if wc is not None:
+                lg *= wc[None, :]
+                lg0 *= wc
+            lsum, lsum0 = np.add.reduceat(lg, seg, axis=1), np.add.reduceat(lg0, seg)
+        dh = base[:, g0:g1] + 2.0 * (lsum - lsum0[None, :])
+        dh += 2.0 * s[:, g0:g1] * n1[None, g0:g1]
+        lm, p = weights(dh)
+        log_mult[g0:g1] = lm
+        if grad:
+            np.reciprocal(t, out=t)  # μ_ik
+            P[:, g0:g1] = p
+            tw = t if wc is None else t * wc[None, :]
+            M[:, g0:g1] = np.add.reduceat(tw, seg, axis=1)
+            pr = np.repeat(p, cnt, axis=1)
+            q_s[r0:r1] = np.repeat(1.0 - p.sum(axis=0), cnt) * mu_s[r0:r1] + np.sum(pr * t, axis=0)
+    out.log_mult = log_mult
+    if grad:
+        q = np.empty_like(q_s)
+        q[rows.order] = q_s
+        out.p, out.M, out.q = P, M, q
+    return out
+
+
+def _logit_unsorted(
+    kernel: ScalarCanonicalKernel,
+    state: PirlsState,
+    out: _NodeSums,
+    s: np.ndarray,
+    base: np.ndarray,
+    weights: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    grad: bool,
+) -> _NodeSums:
+    """`agq_node_sums` for logit when some level has no rows: per node over all rows."""
+    codes = kernel.codes
+    wts = None if kernel.unit else kernel.w
+    e = np.exp(-state.eta)
+    lg0 = kernel.gsum(np.log(1.0 + e) * (1.0 if wts is None else wts))
+    dh = base.copy()
+    mus = []
+    M = np.empty_like(s)
+    for k in range(s.shape[0]):
+        t = np.take(np.exp(-s[k]), codes)
+        t *= e
+        t += 1.0
+        lg = np.log(t)
+        dh[k] += 2.0 * (kernel.gsum(lg if wts is None else wts * lg) - lg0) + 2.0 * s[k] * kernel.n1
+        if grad:
+            np.reciprocal(t, out=t)
+            M[k] = kernel.gsum(t if wts is None else wts * t)
+            mus.append(t)
+    out.log_mult, p = weights(dh)
+    if grad:
+        q = np.take(1.0 - p.sum(axis=0), codes) * state.mu
+        for k, mk in enumerate(mus):
+            q += np.take(p[k], codes) * mk
+        out.p, out.M, out.q = p, M, q
+    return out
+
+
+def agq_deviance_fast(
+    kernel: ScalarCanonicalKernel, state: PirlsState, theta: float, nagq: int
+) -> float | None:
+    """`agq_deviance` for (1|g) with a canonical link (same value up to rounding): sd and
+    log|L|² from the predictor's factorization (lme4's: the weights at the start of the last
+    PIRLS iteration)."""
+    pred = kernel.pred
+    nodes = agq_node_sums(kernel, state, float(theta), 1.0 / pred.l_diag, nagq)
+    if nodes is None:
+        return None
+    return float(state.pdev + pred.ldL2 - 2.0 * np.sum(nodes.log_mult))
+
+
+def agq_value_gradient(
+    kernel: ScalarCanonicalKernel,
+    state: PirlsState,
+    theta: float,
+    W: np.ndarray,
+    S: np.ndarray,
+    swmu: np.ndarray,
+    nagq: int,
+) -> tuple[float, float, np.ndarray] | None:
+    """The AGQ deviance at fully converged modes (sd_j = d_j^{-1/2} from the weights at the
+    modes) and its exact gradient in (θ, β).
+
+    AGQ_j = log d_j − 2 log Σ_k w_k e^{z_k²/2} exp(−h_j(v_jk)/2) + const, v_jk = ũ_j + z_k sd_j,
+    h_j(v) = v² + Σ_{i∈j} dev_i(o_i + x_i'β + θv). With p_jk the normalized node terms,
+        dAGQ_j = (1 − ½ sd_j P2_j) d log d_j + Σ_k p_jk ∂h_j(v_jk) + P1_j dũ_j,
+    P1_j = Σ_k p_jk h'_j(v_jk), P2_j = Σ_k p_jk z_k h'_j(v_jk), ∂h at fixed v (β: Σ dev'_i x_i,
+    θ: v Σ dev'_i), and d log d_j, dũ_j the Laplace gradient's pieces (`scalar_laplace_gradient`).
+    """
+    th = float(theta)
+    X, codes, u, mu, y = kernel.pred.X, kernel.codes, state.u, state.mu, kernel.resp.y
+    wts = 1.0 if kernel.unit else kernel.w
+    d = 1.0 + th * th * S
+    sd = 1.0 / np.sqrt(d)
+    nodes = agq_node_sums(kernel, state, th, sd, nagq, grad=True)
+    if nodes is None:
+        return None
+    value = float(state.pdev + np.sum(np.log(d)) - 2.0 * np.sum(nodes.log_mult))
+    zk, v, M, p, q = nodes.z, nodes.v, nodes.M, nodes.p, nodes.q
+    p0 = 1.0 - np.sum(p, axis=0)  # the centre node's weight (z = 0, v = ũ)
+    # h'(v) = 2v + θ D, D = Σ_{i∈j} dev'_i = −2(Σ w y − Σ w μ)
+    D0 = -2.0 * (kernel.sy - swmu)
+    D = -2.0 * (kernel.sy[None, :] - M)
+    hp = 2.0 * v + th * D
+    P1 = np.sum(p * hp, axis=0)  # centre: h'(ũ) = 0 at the mode (up to the PIRLS tolerance)
+    P1 += p0 * (2.0 * u + th * D0)
+    P2 = np.sum(p * hp * zk[:, None], axis=0)
+    T = np.sum(p * v * D, axis=0) + p0 * u * D0  # Σ_k p_jk v_jk D_jk
+    # the Laplace pieces at the modes
+    dW = W * (1.0 - 2.0 * mu) if kernel.logit else W
+    sdw = kernel.gsum(dW)
+    sx = np.column_stack(
+        [S if one else kernel.gsum(W * X[:, k]) for k, one in enumerate(kernel.ones_cols)]
+    )
+    du_db = -th * sx / d[:, None]
+    du_dt = -(D0 + 2.0 * th * S * u) / (2.0 * d)
+    f = 1.0 - 0.5 * sd * P2  # factor on d log d_j
+    row = np.take(th * th * f / d, codes)
+    row *= dW
+    row -= 2.0 * wts * (y - q)
+    coef_u = P1 + f * th**3 * sdw / d  # coefficient of dũ_j
+    g_beta = X.T @ row + du_db.T @ coef_u
+    g_theta = float(np.sum(T) + np.sum(f * (2.0 * th * S + th * th * sdw * u) / d) + coef_u @ du_dt)
+    kernel.du_dx = np.column_stack([du_dt, du_db])
+    return value, g_theta, g_beta

@@ -25,7 +25,12 @@ import pandas as pd
 from scipy import optimize as sopt
 
 from mixbridge.errors import ArgumentError, ConvergenceError, DataError
-from mixbridge.python_impl.agq import MAX_NAGQ, agq_deviance
+from mixbridge.python_impl.agq import (
+    MAX_NAGQ,
+    agq_deviance,
+    agq_deviance_fast,
+    agq_value_gradient,
+)
 from mixbridge.python_impl.pirls import (
     CANONICAL,
     GlmResponse,
@@ -303,6 +308,7 @@ class Devfun:
             )
             if st is not None and not st.converged:
                 self.pirls_failures += 1
+        from_kernel = st is not None
         if st is None:
             if b_start is None:
                 eta0 = self.base_offset + self.lp0
@@ -315,7 +321,11 @@ class Devfun:
         if m.nagq <= 1:
             value = st.laplace(m.resp)
         else:
-            value = agq_deviance(m.pred, m.resp, st, offset, m.nagq)
+            value = None
+            if self.kernel is not None and from_kernel:
+                value = agq_deviance_fast(self.kernel, st, float(theta[0]), m.nagq)
+            if value is None:
+                value = agq_deviance(m.pred, m.resp, st, offset, m.nagq)
         self._last_key = key if b_start is None else None
         self._last_value = value
         return value
@@ -418,7 +428,7 @@ def _gradient_path(model: GlmerModel) -> bool:
     resp = model.resp
     return (
         model.scalar
-        and model.nagq == 1
+        and (model.nagq == 1 or model.pred.zvals is None)  # AGQ: the fused (1|g) kernel
         and (resp.family_name, resp.link) in CANONICAL
         and model.terms.n >= GRADIENT_MIN_ROWS
     )
@@ -442,12 +452,13 @@ def _quasi_newton(
     x0: np.ndarray,
     h0: np.ndarray,
     maxiter: int = 60,
-) -> np.ndarray | None:
+) -> tuple[np.ndarray, np.ndarray] | None:
     """BFGS from the metric h0 with backtracking, for the smooth converged Laplace deviance.
 
     With a good h0 the first step is already Newton-like, so this needs about half of
     L-BFGS-B's evaluations (which starts from the identity). Stops when the Newton decrement
-    g'B⁻¹g < 1e-9 (f within ~5e-10 of the optimum of the local quadratic model). Returns None
+    g'B⁻¹g < 1e-9 (f within ~5e-10 of the optimum of the local quadratic model) and returns
+    (x, B), B the final BFGS matrix. Returns None
     (the caller then runs L-BFGS-B) when a step would cross θ = 0 or the search stalls: near the
     boundary the bounded method is the right tool.
     """
@@ -465,7 +476,7 @@ def _quasi_newton(
         if not slope < 0:
             return None
         if -slope < 1e-9:
-            return x
+            return x, B
         alpha = 1.0
         for _ in range(30):
             xn = x + alpha * p
@@ -487,79 +498,134 @@ def _quasi_newton(
     return None
 
 
+class _NoFastPath(Exception):
+    """The fused AGQ path does not apply at some trial point (|η| beyond lme4's clamps)."""
+
+
 def _optimize_stage2_gradient(
     dev: Devfun, model: GlmerModel, x0: np.ndarray, lower: np.ndarray, h0: np.ndarray
 ) -> tuple[np.ndarray, float, int, tuple[np.ndarray, np.ndarray]]:
     """Stage 2 by quasi-Newton (BFGS from an approximate Hessian; L-BFGS-B near the boundary)
     on the converged Laplace deviance with its analytic gradient; the Hessian (for vcov and the
-    convergence checks) by central differences of that gradient."""
+    convergence checks) by central differences of that gradient.
+
+    nAGQ > 1: the same, first on the Laplace deviance (cheap), then on the AGQ deviance with its
+    exact gradient (`agq_value_gradient`) from the Laplace optimum and the Laplace BFGS metric,
+    which is close to the AGQ optimum and Hessian, so that few AGQ evaluations are needed.
+    """
     nth = model.n_theta
     count = [0]
-
     warm: dict[str, Any] = {}
+    kernel = dev.kernel
+    want_laplace_grad = [False]
 
-    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+    def evaluate(x: np.ndarray, agq: bool) -> tuple[float, np.ndarray]:
         count[0] += 1
         th = float(x[0])
-        if warm and np.array_equal(x, warm["x"]):
+        if warm and warm["agq"] == agq and np.array_equal(x, warm["x"]):
             return warm["f"], warm["g"].copy()
         b0 = None
         if warm and warm["theta"] > 0:  # previous modes, rescaled to the new θ
             b0 = warm["b"] * (th / warm["theta"])
-        if dev.kernel is not None and b0 is not None and th > 0:
+        if kernel is not None and b0 is not None and th > 0:
             # warm start to first order: ũ(x) ≈ ũ(x_prev) + dũ/dx·(x − x_prev), so that a
             # single Newton step usually converges
             b0 = th * (warm["u"] + warm["du_dx"] @ (x - warm["x"]))
-            # fused Newton steps from the warm start; value and gradient at the same modes
             offset = dev.base_offset + model.X @ x[nth:]
-            r = dev.kernel.laplace_gradient(th, offset, b0, TIGHT_TOL)
+            r = kernel.modes(th, offset, b0, TIGHT_TOL)
+            res = None
             if r is not None:
-                f, g_theta, g_beta, st = r
+                st, W, S, swmu = r
+                if agq:
+                    res = agq_value_gradient(kernel, st, th, W, S, swmu, model.nagq)
+                    if res is None:
+                        raise _NoFastPath
+                    if want_laplace_grad[0]:  # for the Hessian: the Laplace one at these modes
+                        gl = kernel._gradient_from(th, W, S, swmu, st.mu, st.u)
+                        warm["g_laplace"] = np.concatenate([[gl[0]], gl[1]])
+                else:
+                    res = (
+                        st.laplace(model.resp),
+                        *kernel._gradient_from(th, W, S, swmu, st.mu, st.u),
+                    )
+            if res is not None:
+                f, g_theta, g_beta = res
                 dev.state, dev.offset, dev._last_key = st, offset, None
                 g = np.concatenate([[g_theta], g_beta])
-                warm.update(b=th * st.u, theta=th, u=st.u, du_dx=dev.kernel.du_dx, x=x.copy())
-                warm.update(f=f, g=g.copy())
+                warm.update(b=th * st.u, theta=th, u=st.u, du_dx=kernel.du_dx, x=x.copy())
+                warm.update(f=f, g=g.copy(), agq=agq)
                 return f, g
+        if agq:
+            raise _NoFastPath
         try:
-            f = dev.stage2(x, tol=TIGHT_TOL, b_start=b0)
-            if b0 is not None and (not dev.state.converged or not np.isfinite(f)):
-                f = dev.stage2(x, tol=TIGHT_TOL)  # a far jump: restart from lp0 instead
+            dev.stage2(x, tol=TIGHT_TOL, b_start=b0)
+            if b0 is not None and not dev.state.converged:
+                dev.stage2(x, tol=TIGHT_TOL)  # a far jump: restart from lp0 instead
+            f = dev.state.laplace(model.resp)
         except (ConvergenceError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(x)
         if not dev.state.converged or not np.isfinite(f):
             return np.inf, np.zeros_like(x)
-        if dev.kernel is not None:
-            g_theta, g_beta = dev.kernel.gradient(dev.state, th)
-            warm.update(u=dev.state.u, du_dx=dev.kernel.du_dx)
+        if kernel is not None:
+            g_theta, g_beta = kernel.gradient(dev.state, th)
+            warm.update(u=dev.state.u, du_dx=kernel.du_dx)
         else:
             g_theta, g_beta = scalar_laplace_gradient(model.pred, model.resp, dev.state, th)
         g = np.concatenate([[g_theta], g_beta])
-        warm.update(b=th * dev.state.u, theta=th, x=x.copy(), f=f, g=g.copy())
+        warm.update(b=th * dev.state.u, theta=th, x=x.copy(), f=f, g=g.copy(), agq=agq)
         return f, g
 
-    x = _quasi_newton(fg, x0, h0)
-    if x is None:
+    def minimize(fg: Callable[[np.ndarray], tuple[float, np.ndarray]], xs, hs) -> tuple:
+        r = _quasi_newton(fg, xs, hs)
+        if r is not None:
+            return r
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
         res = sopt.minimize(
             fg,
-            x0,
+            xs,
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
             options={"ftol": 1e-15, "gtol": 1e-7, "maxiter": 500, "maxcor": 20},
         )
-        x = np.asarray(res.x, dtype=float)
+        return np.asarray(res.x, dtype=float), hs
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        return evaluate(x, False)
+
+    x, metric = minimize(fg, x0, h0)
+    if model.nagq > 1:
+
+        def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+            return evaluate(x, True)
+
+        want_laplace_grad[0] = True  # at every AGQ point: the Hessian needs it at the optimum
+        x, _ = minimize(fg, x, metric)
     _, grad = fg(x)
     # lp0 <- the linear predictor at the optimum (lme4 takes it from its stage-1 optimum): PIRLS
     # started far away and stopped by lme4's rule can be off by O(1) in the deviance
     lp0 = dev.state.eta - dev.base_offset
     hess = np.zeros((x.size, x.size))
+    if model.nagq > 1:
+        # H_AGQ = H_Laplace (central differences, cheap evaluations) + H_R, R = AGQ − Laplace
+        # by forward differences: R is the small quadrature correction, so its third
+        # derivatives — the forward-difference error — are far below the Laplace ones
+        if "g_laplace" not in warm or not np.array_equal(warm["x"], x):
+            warm["agq"] = None  # evaluate again, with the Laplace gradient
+            evaluate(x, True)
+        r0 = grad - warm["g_laplace"]
     for i in range(x.size):
         h = 1e-4 * max(1.0, abs(x[i]))
         xp, xm = x.copy(), x.copy()
         xp[i] += h
         xm[i] = max(x[i] - h, lower[i]) if i < nth else x[i] - h
-        hess[:, i] = (fg(xp)[1] - fg(xm)[1]) / (xp[i] - xm[i])
+        if model.nagq > 1:
+            ga = evaluate(xp, True)[1]
+            gl = warm["g_laplace"]
+            hess[:, i] = (gl - evaluate(xm, False)[1]) / (xp[i] - xm[i])
+            hess[:, i] += (ga - gl - r0) / (xp[i] - x[i])
+        else:
+            hess[:, i] = (fg(xp)[1] - fg(xm)[1]) / (xp[i] - xm[i])
     hess = 0.5 * (hess + hess.T)
     dev.lp0 = lp0
     fx = dev.stage2(x)  # the reported value is lme4's (default tolerance) deviance function
@@ -624,11 +690,17 @@ def glmer(
     x0 = np.concatenate([theta1, beta1])
     f2 = _safe(dev.stage2)
     derivs = None
-    if _gradient_path(model):
+    fast = _gradient_path(model)
+    if fast:
         h0 = _initial_hessian(model, theta1)
-        x, fx, nfev2, derivs = _optimize_stage2_gradient(dev, model, x0, lower, h0)
-        info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "BFGS, analytic gradient"}
-    else:
+        try:
+            x, fx, nfev2, derivs = _optimize_stage2_gradient(dev, model, x0, lower, h0)
+            info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "BFGS, analytic gradient"}
+        except _NoFastPath:
+            fast = False
+            dev.stage1(theta1)  # back to the stage-1 state: lp0 as lme4's
+            dev.start_stage2()
+    if not fast:
         step = 0.2 * np.concatenate([np.full(theta1.size, 0.1), np.minimum(rx_se, 10.0)])
         x, fx, nfev2 = _nelder_mead(f2, x0, step, lower, 10000)
         info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "Nelder-Mead"}

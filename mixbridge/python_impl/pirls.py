@@ -640,6 +640,7 @@ class ScalarCanonicalKernel:
         self.sy = self.gsum(w * y)  # Σ_j w y
         # η-coefficient of the deviance: logit 2w(1 − y), log −2wy
         self.eta_coef = 2.0 * w * (1.0 - y) if self.logit else -2.0 * w * y
+        self.n1 = self.gsum(w * (1.0 - y)) if self.logit else None  # Σ_j w (1 − y)
         self.dev_const = float(np.sum(resp._dev_const))
         self.ones_cols = [bool(np.all(pred.X[:, k] == 1.0)) for k in range(pred.X.shape[1])]
         self._tmp = np.empty(codes_len := self.codes.size)
@@ -898,24 +899,24 @@ class ScalarCanonicalKernel:
         self.du_dx = np.column_stack([du_dt, du_db])  # dũ/d(θ, β): the next warm start
         return g_theta, g_beta
 
-    def laplace_gradient(
+    def modes(
         self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int = 50
-    ) -> tuple[float, float, np.ndarray, PirlsState] | None:
-        """The fully converged Laplace deviance at (θ, offset = o + Xβ) and its gradient, for the
-        gradient phase: Newton steps in u from the warm start b_start = θu₀ until the penalized
-        deviance changes by less than tol (relative) — the start's own pdev counts, so a good
-        start needs one step — then log|L|², the gradient and the value all at the final
-        weights (the smooth function `scalar_laplace_gradient` differentiates, not lme4's
-        stopping quirk). None if η leaves |η| ≤ ETA_BOUND or a step fails to decrease pdev
-        (the caller uses the lme4-style path instead)."""
+    ) -> tuple[PirlsState, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Fully converged conditional modes at (θ, offset = o + Xβ), for the gradient phase:
+        Newton steps in u from the warm start b_start = θu₀ until the penalized deviance changes
+        by less than tol (relative) — the start's own pdev counts, so a good start needs one
+        step. Returns the state (log|L|² at the final weights: the smooth function the
+        gradients differentiate, not lme4's stopping quirk), W = wμ', S = Σ_j W and Σ_j wμ at
+        the modes; None if η leaves |η| ≤ ETA_BOUND or a step fails to decrease pdev (the
+        caller uses the lme4-style path instead)."""
         try:
-            return self._laplace_gradient(float(theta), offset, b_start, tol, maxit)
+            return self._modes(float(theta), offset, b_start, tol, maxit)
         except _OutOfRange:
             return None
 
-    def _laplace_gradient(
+    def _modes(
         self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
-    ) -> tuple[float, float, np.ndarray, PirlsState] | None:
+    ) -> tuple[PirlsState, np.ndarray, np.ndarray, np.ndarray] | None:
         off_max = float(np.max(np.abs(offset)))
         n = self.codes.size
         eta, mu = np.empty(n), np.empty(n)
@@ -936,12 +937,21 @@ class ScalarCanonicalKernel:
             u_new = th * (b * S + self.sy - swmu) / d
             b_new = th * u_new
             pdev_new = self._update(b_new, offset, off_max, eta, mu) + float(u_new @ u_new)
-            if not np.isfinite(pdev_new) or pdev_new > pdev + tol * abs(pdev_new):
-                return None  # not a Newton descent step: far from the mode
+            # not a Newton descent step (beyond rounding in the sums): far from the mode
+            if not np.isfinite(pdev_new) or pdev_new > pdev + max(tol, 1e-11) * abs(pdev_new):
+                return None
             converged = abs(pdev - pdev_new) < tol * abs(pdev_new)
             u, b, pdev = u_new, b_new, pdev_new
         ldL2 = float(np.sum(np.log1p(th * th * S)))
-        state = PirlsState(u, None, eta, mu, ldL2, pdev, it, True)
-        value = state.laplace(self.resp)
-        g_theta, g_beta = self._gradient_from(th, W, S, swmu, mu, u)
-        return value, g_theta, g_beta, state
+        return PirlsState(u, None, eta, mu, ldL2, pdev, it, True), W.copy(), S, swmu
+
+    def laplace_gradient(
+        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float
+    ) -> tuple[float, float, np.ndarray, PirlsState] | None:
+        """The converged Laplace deviance and its gradient at the modes from `modes`."""
+        r = self.modes(theta, offset, b_start, tol)
+        if r is None:
+            return None
+        state, W, S, swmu = r
+        g_theta, g_beta = self._gradient_from(float(theta), W, S, swmu, state.mu, state.u)
+        return state.laplace(self.resp), g_theta, g_beta, state

@@ -1,0 +1,189 @@
+"""The fused (1|g) paths of the Python glmer engine: `ScalarCanonicalKernel` (group-level PIRLS for
+the logit and log links) and the AGQ node sums with their exact gradient (`agq.py`).
+
+Each fused quantity is checked against the generic implementation it replaces (same function,
+different arithmetic: agreement to rounding, 1e-10 relative) and the gradients against central
+differences of the value; the big-data optimizer (forced onto small data) is checked against
+lme4 live, with the agreement levels of test_glmer_python.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixbridge
+from mixbridge.python_impl import agq, glmm
+from mixbridge.python_impl.pirls import ScalarPredictor, pirls
+
+CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+GROUSE = "TICKS ~ YEAR + cHEIGHT + (1|BROOD)"
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def assert_fit_agrees(py, r, *, est_tol: float = 1e-3) -> None:
+    """test_glmer_python.py's standard checks (its docstring explains the tolerances): the
+    criterion never worse than lme4's (1e-6 relative); θ, β and SEs within 1e-3 relative (lme4's
+    Nelder–Mead stops ~1e-5 short of the flat optimum; SEs from finite-difference Hessians)."""
+    crit = -2.0 * (py.loglik - py.extra.get("lme4_loglik_constant", 0.0))
+    assert crit <= -2 * r.loglik + 1e-6 * abs(2 * r.loglik)
+    assert rel(py.theta, r.theta) < est_tol
+    assert rel(py.fixef, r.fixef) < est_tol
+    assert rel(py.fixef_se, r.fixef_se) < est_tol
+    assert py.df == r.df and py.nobs == r.nobs and py.ngroups == r.ngroups
+
+
+def _data(family: str, seed: int, cbind: bool = False) -> tuple[str, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    n, groups = 3000, 150
+    g = rng.integers(0, groups, n)
+    x = rng.standard_normal(n)
+    eta = -0.3 + 0.6 * x + 0.9 * rng.standard_normal(groups)[g]
+    d = pd.DataFrame({"x": x, "g": pd.Categorical(g)})
+    if family == "poisson":
+        d["y"] = rng.poisson(np.exp(eta)).astype(float)
+        return "y ~ x + (1|g)", d
+    if cbind:
+        size = rng.integers(1, 8, n)
+        d["s"] = rng.binomial(size, 1 / (1 + np.exp(-eta))).astype(float)
+        d["f"] = size - d["s"]
+        return "cbind(s, f) ~ x + (1|g)", d
+    d["y"] = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+    return "y ~ x + (1|g)", d
+
+
+CASES = [("binomial", 1, False), ("binomial", 2, True), ("poisson", 3, False)]
+
+
+def _model(formula: str, d: pd.DataFrame, family: str, nagq: int = 1, tol: float = 1e-7):
+    model = glmm.build_model(
+        formula,
+        d,
+        family=family,
+        link=None,
+        nagq=nagq,
+        weights=None,
+        offset=None,
+        control={"tol_pwrss": tol},
+    )
+    return model, glmm.Devfun(model)
+
+
+@pytest.mark.parametrize("family,seed,cbind", CASES)
+def test_kernel_pirls_is_generic_pirls(family, seed, cbind):
+    """u-only and joint fused PIRLS reproduce `pirls` iterate by iterate (lme4's stopping rule
+    included: same iteration count, same log|L|² from the start-of-iteration weights)."""
+    formula, d = _data(family, seed, cbind)
+    model, dev = _model(formula, d, family)
+    k, pred, resp = dev.kernel, model.pred, model.resp
+    assert k is not None
+    theta = np.array([0.7])
+    eta0 = dev.base_offset + dev.lp0
+    ref = pirls(pred, resp, theta, eta0, dev.base_offset, u_only=False, strict=False)
+    ref_ld = pred.ldL2
+    ours = k.pirls_joint(0.7, eta0, dev.base_offset)
+    assert ours is not None and ours.iterations == ref.iterations
+    assert abs(ours.pdev - ref.pdev) <= 1e-10 * abs(ref.pdev)
+    assert abs(ours.ldL2 - ref_ld) <= 1e-10 * abs(ref_ld)
+    np.testing.assert_allclose(ours.beta, ref.beta, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.u, ref.u, rtol=1e-9, atol=1e-12)
+
+    offset = dev.base_offset + model.X @ (ref.beta + 0.05)
+    ref = pirls(pred, resp, theta, eta0, offset, u_only=True, strict=False)
+    ours = k.pirls_u(0.7, offset, eta_start=eta0)
+    assert ours is not None and ours.iterations == ref.iterations
+    assert abs(ours.laplace(resp) - ref.laplace(resp)) <= 1e-10 * abs(ref.laplace(resp))
+    np.testing.assert_allclose(ours.u, ref.u, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("family,seed,cbind", CASES)
+@pytest.mark.parametrize("nagq", [1, 9])
+def test_value_and_gradient_at_converged_modes(family, seed, cbind, nagq):
+    """Laplace/AGQ value at the modes from `modes` equals the generic deviance function (PIRLS
+    converged to 1e-14), and the analytic gradients equal central differences of that value."""
+    formula, d = _data(family, seed, cbind)
+    model, dev = _model(formula, d, family, nagq=nagq, tol=1e-14)
+    k = dev.kernel
+    x = np.array([0.85, -0.25, 0.55])
+    dev.stage2(x)
+    u0 = dev.state.u.copy()
+
+    def value_grad(xx):
+        offset = dev.base_offset + model.X @ xx[1:]
+        st, W, S, swmu = k.modes(xx[0], offset, xx[0] * u0, 1e-14)
+        if nagq == 1:
+            g = k._gradient_from(xx[0], W, S, swmu, st.mu, st.u)
+            return st.laplace(model.resp), np.concatenate([[g[0]], g[1]])
+        f, gt, gb = agq.agq_value_gradient(k, st, xx[0], W, S, swmu, nagq)
+        return f, np.concatenate([[gt], gb])
+
+    f, g = value_grad(x)
+    ref = dev.stage2(x)
+    assert abs(f - ref) <= 1e-10 * abs(ref)
+    h = 1e-5
+    fd = np.array(
+        [(value_grad(x + h * e)[0] - value_grad(x - h * e)[0]) / (2 * h) for e in np.eye(3)]
+    )
+    # central differences, h = 1e-5: truncation O(h²) and rounding ~1e-16·|f|/h (|f| ~ 4e3), both
+    # far below 1e-6 relative to the gradient's scale
+    assert np.max(np.abs(g - fd)) < 1e-6 * max(1.0, np.max(np.abs(fd)))
+
+
+@pytest.mark.parametrize("family,seed,cbind", CASES)
+def test_fast_agq_deviance_is_agq_deviance(family, seed, cbind):
+    """The hoisted node loop (sorted rows, per-group products) is lme4's AGQ formula."""
+    formula, d = _data(family, seed, cbind)
+    model, dev = _model(formula, d, family, nagq=25)
+    dev.stage1(np.array([0.9]))
+    dev.start_stage2()
+    x = np.concatenate([[0.8], dev.state.beta - 0.05])
+    dev.stage2(x)
+    st = dev.state
+    ours = agq.agq_deviance_fast(dev.kernel, st, 0.8, 25)
+    ref = agq.agq_deviance(model.pred, model.resp, st, dev.offset, 25)
+    assert abs(ours - ref) <= 1e-10 * abs(ref)
+
+
+def test_fast_agq_with_an_empty_level():
+    """A level without rows (possible for a predictor built directly) takes the unsorted loop."""
+    formula, d = _data("binomial", 4)
+    model, dev = _model(formula, d, "binomial", nagq=11)
+    pred = model.pred
+    codes = np.where(pred.codes == 3, 149, pred.codes)  # level 3 loses its rows
+    model.pred = ScalarPredictor(pred.X, codes, pred.n_levels, None)
+    dev = glmm.Devfun(model)
+    assert agq._sorted_rows(dev.kernel) is None
+    x = np.concatenate([[0.8], dev.state.beta])
+    value = dev.stage2(x)
+    ref = agq.agq_deviance(model.pred, model.resp, dev.state, dev.offset, 11)
+    assert abs(value - ref) <= 1e-10 * abs(ref)
+
+
+def test_out_of_range_linear_predictor_falls_back():
+    """|η| beyond the bound where lme4's clamps start: the kernel declines, the generic PIRLS
+    (with the clamps) runs instead."""
+    formula, d = _data("binomial", 5)
+    model, dev = _model(formula, d, "binomial")
+    offset = dev.base_offset + model.X @ np.array([40.0, 0.0])
+    assert dev.kernel.pirls_u(0.5, offset, eta_start=offset) is None
+    assert np.isfinite(dev.stage2(np.array([0.5, 40.0, 0.0])))
+
+
+@pytest.mark.parametrize(
+    "name,formula,family,nagq",
+    [("cbpp", CBPP, "binomial", 25), ("grouseticks", GROUSE, "poisson", 10)],
+)
+def test_agq_gradient_path_agrees_with_lme4(r_dataset, monkeypatch, name, formula, family, nagq):
+    """The big-data AGQ optimizer (Laplace, then AGQ with its exact gradient; Hessian as
+    H_Laplace + forward differences of the AGQ correction) forced onto small data."""
+    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 0)
+    data = r_dataset(name)
+    py = mixbridge.glmer(formula, data, family=family, nagq=nagq)
+    assert py.optimizer["stage2"]["method"].endswith("analytic gradient")
+    r = mixbridge.glmer(formula, data, family=family, nagq=nagq, engine="r")
+    assert_fit_agrees(py, r)
