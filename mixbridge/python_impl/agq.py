@@ -105,7 +105,9 @@ def _sorted_rows(kernel: ScalarCanonicalKernel) -> _SortedRows | None:
     counts = np.bincount(codes, minlength=kernel.G)
     out = None
     if np.all(counts > 0):  # reduceat needs non-empty segments
-        order = np.argsort(codes, kind="stable")
+        # small integer keys sort by radix sort: ~3x faster than the generic stable sort
+        keys = codes.astype(np.uint16) if kernel.G <= 65536 else codes
+        order = np.argsort(keys, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         ends = starts + counts
         chunks, g0 = [], 0

@@ -457,7 +457,7 @@ def _quasi_newton(
 
     With a good h0 the first step is already Newton-like, so this needs about half of
     L-BFGS-B's evaluations (which starts from the identity). Stops when the Newton decrement
-    g'B⁻¹g < 1e-9 (f within ~5e-10 of the optimum of the local quadratic model) and returns
+    g'B⁻¹g < 1e-11 (f within ~5e-12 of the optimum of the local quadratic model) and returns
     (x, B), B the final BFGS matrix. Returns None
     (the caller then runs L-BFGS-B) when a step would cross θ = 0 or the search stalls: near the
     boundary the bounded method is the right tool.
@@ -475,7 +475,7 @@ def _quasi_newton(
         slope = float(g @ p)
         if not slope < 0:
             return None
-        if -slope < 1e-9:
+        if -slope < 1e-11:
             return x, B
         alpha = 1.0
         for _ in range(30):
