@@ -87,7 +87,7 @@ class _SortedRows:
     then works on (K, rows-in-chunk) blocks with np.repeat / np.add.reduceat instead of
     G-sized gathers and bincounts over all n rows per node."""
 
-    order: np.ndarray
+    order: np.ndarray | None  # None: the rows already are in group order
     counts: np.ndarray
     starts: np.ndarray
     chunks: list[tuple[int, int, int, int]]  # rows [r0, r1), groups [g0, g1)
@@ -105,9 +105,11 @@ def _sorted_rows(kernel: ScalarCanonicalKernel) -> _SortedRows | None:
     counts = np.bincount(codes, minlength=kernel.G)
     out = None
     if np.all(counts > 0):  # reduceat needs non-empty segments
-        # small integer keys sort by radix sort: ~3x faster than the generic stable sort
-        keys = codes.astype(np.uint16) if kernel.G <= 65536 else codes
-        order = np.argsort(keys, kind="stable")
+        order: np.ndarray | None = None  # None: the rows already are in group order
+        if not kernel.segmented:
+            # small integer keys sort by radix sort: ~3x faster than the generic stable sort
+            keys = codes.astype(np.uint16) if kernel.G <= 65536 else codes
+            order = np.argsort(keys, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         ends = starts + counts
         chunks, g0 = [], 0
@@ -117,7 +119,8 @@ def _sorted_rows(kernel: ScalarCanonicalKernel) -> _SortedRows | None:
             g1 = max(g1, g0 + 1)
             chunks.append((int(starts[g0]), int(ends[g1 - 1]), g0, g1))
             g0 = g1
-        out = _SortedRows(order, counts, starts, chunks, None if kernel.unit else kernel.w[order])
+        w = None if kernel.unit else (kernel.w if order is None else kernel.w[order])
+        out = _SortedRows(order, counts, starts, chunks, w)
     kernel._agq_rows = out
     return out
 
@@ -180,13 +183,17 @@ def agq_node_sums(
         out.log_mult, p = weights(dh)
         if grad:
             out.p, out.M = p, es * m0[None, :]
-            out.q = state.mu * np.take(1.0 - p.sum(axis=0) + np.sum(p * es, axis=0), kernel.codes)
+            out.q = state.mu * kernel.expand(1.0 - p.sum(axis=0) + np.sum(p * es, axis=0))
         return out
     rows = _sorted_rows(kernel)
     if rows is None:
         return _logit_unsorted(kernel, state, out, s, base, weights, grad)
-    e = np.exp(-state.eta[rows.order])
-    mu_s = state.mu[rows.order] if grad else None
+    if rows.order is None:
+        e = np.exp(-state.eta)
+        mu_s = state.mu
+    else:
+        e = np.exp(-state.eta[rows.order])
+        mu_s = state.mu[rows.order] if grad else None
     G, K = kernel.G, zk.size
     log_mult = np.empty(G)
     P = np.empty((K, G)) if grad else None
@@ -231,8 +238,10 @@ def agq_node_sums(
             q_s[r0:r1] = np.repeat(1.0 - p.sum(axis=0), cnt) * mu_s[r0:r1] + np.sum(pr * t, axis=0)
     out.log_mult = log_mult
     if grad:
-        q = np.empty_like(q_s)
-        q[rows.order] = q_s
+        q = q_s
+        if rows.order is not None:
+            q = np.empty_like(q_s)
+            q[rows.order] = q_s
         out.p, out.M, out.q = P, M, q
     return out
 
@@ -305,7 +314,7 @@ def agq_value_gradient(
     θ: v Σ dev'_i), and d log d_j, dũ_j the Laplace gradient's pieces (`scalar_laplace_gradient`).
     """
     th = float(theta)
-    X, codes, u, mu, y = kernel.pred.X, kernel.codes, state.u, state.mu, kernel.resp.y
+    X, u, mu, y = kernel.pred.X, state.u, state.mu, kernel.resp.y
     wts = 1.0 if kernel.unit else kernel.w
     d = 1.0 + th * th * S
     sd = 1.0 / np.sqrt(d)
@@ -332,7 +341,7 @@ def agq_value_gradient(
     du_db = -th * sx / d[:, None]
     du_dt = -(D0 + 2.0 * th * S * u) / (2.0 * d)
     f = 1.0 - 0.5 * sd * P2  # factor on d log d_j
-    row = np.take(th * th * f / d, codes)
+    row = kernel.expand(th * th * f / d)
     row *= dW
     row -= 2.0 * wts * (y - q)
     coef_u = P1 + f * th**3 * sdw / d  # coefficient of dũ_j

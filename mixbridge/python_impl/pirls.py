@@ -633,6 +633,13 @@ class ScalarCanonicalKernel:
             raise ValueError("ScalarCanonicalKernel needs (1|g) with a canonical link")
         self.pred, self.resp = pred, resp
         self.codes, self.G = pred.codes, pred.n_levels
+        # rows already ordered by group (glmm orders big models so): segment sums and repeats
+        counts = np.bincount(self.codes, minlength=self.G)
+        self.counts = counts
+        self.segmented = bool(
+            self.codes.size > 1 and np.all(counts > 0) and np.all(self.codes[1:] >= self.codes[:-1])
+        )
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if self.segmented else None
         self.logit = resp.link == "logit"
         w, y = resp.weights, resp.y
         self.unit = resp.unit_weights
@@ -647,7 +654,20 @@ class ScalarCanonicalKernel:
         self._tmp2 = np.empty(codes_len)
 
     def gsum(self, v: np.ndarray) -> np.ndarray:
+        """Σ_{i∈j} v_i for every group j."""
+        if self.segmented:
+            return np.add.reduceat(v, self.starts)
         return np.bincount(self.codes, weights=v, minlength=self.G)
+
+    def expand(self, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """b[g_i] for every row i."""
+        if self.segmented:
+            r = np.repeat(b, self.counts)
+            if out is None:
+                return r
+            out[:] = r
+            return out
+        return np.take(b, self.codes, out=out)
 
     # -- one pass: η, μ, Σ dev from the group effects b --
     def _mu(self, eta: np.ndarray, mu: np.ndarray) -> None:
@@ -669,8 +689,11 @@ class ScalarCanonicalKernel:
     ) -> float:
         if off_max + float(np.max(np.abs(b), initial=0.0)) > ETA_BOUND:
             raise _OutOfRange
-        np.take(b, self.codes, out=eta)
-        eta += offset
+        if self.segmented:
+            np.add(np.repeat(b, self.counts), offset, out=eta)
+        else:
+            np.take(b, self.codes, out=eta)
+            eta += offset
         self._mu(eta, mu)
         return self._dev(eta, mu)
 
@@ -891,7 +914,7 @@ class ScalarCanonicalKernel:
         du_db = -th * sx / d[:, None]
         du_dt = -(sdev1 + 2.0 * th * S * u) / (2.0 * d)
         # per-row η-derivative weight: dev'_i + a_i
-        v = np.take(th * th / d, self.codes)
+        v = self.expand(th * th / d)
         v *= dW
         v -= 2.0 * (self.resp.y - mu) * (1.0 if self.unit else self.w)
         g_beta = X.T @ v + du_db.T @ az
