@@ -904,7 +904,8 @@ def fit_bayesglm_core(
         dev = float(family.dev_resids(y, mu, weights).sum())
         if family.has_dispersion and not fixed:
             r = z - (xb if all_good else xb[good])
-            mse_resid = float(np.mean((r if unit_w else w * r) ** 2))
+            rw = r if unit_w else w * r
+            mse_resid = float((rw * rw).sum()) / rw.size  # = np.mean(rw**2), without its overhead
             phi = mse_resid + sol.mean_leverage * phi
         boundary = False
         if not np.isfinite(dev):
