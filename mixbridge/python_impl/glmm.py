@@ -152,18 +152,30 @@ def build_model(
     init = fam.initialize(y, w, n_trials=terms.n_trials, response=terms.response_name)
     for text in init.warnings:
         messages.append(Message("warning", text, "python", code="non_integer"))
-    resp = GlmResponse(fam, np.asarray(init.y), np.asarray(init.weights), off, np.asarray(init.n))
+    y0, w0, n0 = np.asarray(init.y), np.asarray(init.weights), np.asarray(init.n)
+    eta_init = off + np.asarray(fam.linkfun(init.mustart), dtype=float)
 
     reterms = list(terms.reterms)
     scalar = len(reterms) == 1 and reterms[0].p == 1
     if nagq > 1 and not scalar:
         raise ArgumentError(AGQ_SCALAR_ONLY, "nagq")
+    rows, x_rows = None, None
     if scalar:
         t = reterms[0]
         zcol = np.asarray(t.Z, dtype=float)[:, 0]
-        pred: Any = ScalarPredictor(
-            terms.X, t.codes, t.n_levels, None if np.all(zcol == 1.0) else zcol
-        )
+        zvals = None if np.all(zcol == 1.0) else zcol
+        codes = np.asarray(t.codes)
+        rows = _group_order(codes, t.n_levels, zvals is None and (family, link) in CANONICAL)
+        if rows is not None:
+            # every group's rows contiguous: per-group sums become np.add.reduceat over
+            # segments and ZΛu an np.repeat (no scattered memory access in the O(n) passes)
+            X = np.asarray(terms.X, dtype=float)
+            x_rows = np.empty(X.shape, order="F")
+            for k in range(X.shape[1]):
+                np.take(X[:, k], rows, out=x_rows[:, k])
+            codes, y0, w0, n0 = codes[rows], y0[rows], w0[rows], n0[rows]
+            off, eta_init = off[rows], eta_init[rows]
+        pred: Any = ScalarPredictor(terms.X if x_rows is None else x_rows, codes, t.n_levels, zvals)
         theta0, lower = np.ones(1), np.zeros(1)
     elif all(t.p == 1 for t in reterms) and sum(t.n_levels for t in reterms[1:]) <= (
         ScalarTermsPredictor.MAX_Q2
@@ -176,48 +188,35 @@ def build_model(
 
         pred = Predictor(terms)
         theta0, lower = theta_start(reterms), lower_bounds(reterms)
-    eta_init = off + np.asarray(fam.linkfun(init.mustart), dtype=float)
-    model = GlmerModel(
-        terms, resp, pred, scalar, theta0, lower, eta_init, nagq, tol, maxit, messages
+    resp = GlmResponse(fam, y0, w0, off, n0)
+    return GlmerModel(
+        terms,
+        resp,
+        pred,
+        scalar,
+        theta0,
+        lower,
+        eta_init,
+        nagq,
+        tol,
+        maxit,
+        messages,
+        rows,
+        x_rows,
     )
-    rows = _group_order(model)
-    if rows is not None:
-        # every group's rows contiguous: per-group sums become np.add.reduceat over segments
-        # and ZΛu an np.repeat (no scattered memory access in the O(n) passes)
-        model.rows, model.x_rows = rows, np.ascontiguousarray(terms.X[rows])
-        model.resp = GlmResponse(
-            fam,
-            np.asarray(init.y)[rows],
-            np.asarray(init.weights)[rows],
-            off[rows],
-            np.asarray(init.n)[rows],
-        )
-        model.pred = ScalarPredictor(
-            model.x_rows, np.asarray(pred.codes)[rows], pred.n_levels, None
-        )
-        model.eta_init = eta_init[rows]
-    return model
 
 
-def _group_order(model: GlmerModel) -> np.ndarray | None:
-    """The rows ordered by group (stable) for a big (1|g) model with a canonical link whose
-    levels all have rows; None otherwise (or when the rows already are in that order)."""
-    pred, resp = model.pred, model.resp
-    if not (
-        model.scalar
-        and isinstance(pred, ScalarPredictor)
-        and pred.zvals is None
-        and (resp.family_name, resp.link) in CANONICAL
-        and model.terms.n >= GRADIENT_MIN_ROWS
-    ):
+def _group_order(codes: np.ndarray, n_levels: int, fused: bool) -> np.ndarray | None:
+    """The rows ordered by group (stable) for a big (1|g) model with a canonical link (`fused`)
+    whose levels all have rows; None otherwise, or when the rows already are in that order."""
+    if not fused or codes.size < max(2, GRADIENT_MIN_ROWS):
         return None
-    codes = pred.codes
-    if codes.size < 2 or np.all(codes[1:] >= codes[:-1]):
+    if np.all(codes[1:] >= codes[:-1]):
         return None
-    if np.any(np.bincount(codes, minlength=pred.n_levels) == 0):
+    if np.any(np.bincount(codes, minlength=n_levels) == 0):
         return None
     # small integer keys sort by radix sort, ~3x faster than the generic stable sort
-    keys = codes.astype(np.uint16) if pred.n_levels <= 65536 else codes
+    keys = codes.astype(np.uint16) if n_levels <= 65536 else codes
     return np.argsort(keys, kind="stable")
 
 
