@@ -363,6 +363,7 @@ class BlockedDesign(Design):
         # X'W^2X's pieces depend only on the working weights, which often repeat between
         # iterations (gaussian identity: always): cached with the w^2 they came from.
         self._data_w2: np.ndarray | None = None
+        self._data_unit = False  # the cached w^2 is all ones (unit weights, gaussian identity)
         self._w_src: np.ndarray | None = None  # the w, good (and w^2) of the last solve
         self._good_src: np.ndarray | None = None
         self._w2: np.ndarray | None = None
@@ -398,10 +399,11 @@ class BlockedDesign(Design):
 
     def _data_terms(self, w2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """X'W^2X's blocks: diagonal of the factor block, factor x dense (G x q), dense x dense."""
-        if self._data is None or not np.array_equal(w2, self._data_w2):
+        if self._data is None or not (w2 is self._data_w2 or np.array_equal(w2, self._data_w2)):
             XWX = (self.XD * w2[:, None]).T @ self.XD
             self._data = (self._by_code(w2), self._by_code_cols(w2), XWX)
             self._data_w2 = w2
+            self._data_unit = bool((w2 == 1.0).all())
         return self._data
 
     def matvec(self, b: np.ndarray) -> np.ndarray:
@@ -427,10 +429,10 @@ class BlockedDesign(Design):
             scales[j] = _column_scale(col)
         return scales
 
-    def _rmatvec(self, w2: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """X' (w2 * e) over all rows (w2 is zero outside the used rows)."""
+    def _rmatvec(self, w2: np.ndarray | None, e: np.ndarray) -> np.ndarray:
+        """X' (w2 * e) over all rows (w2 is zero outside the used rows; None: all ones)."""
         out = np.empty(self.p)
-        we = w2 * e
+        we = e if w2 is None else w2 * e
         out[self.block_cols] = self._by_code(we)
         out[self.dense_cols] = self.XD.T @ we
         return out
@@ -453,6 +455,7 @@ class BlockedDesign(Design):
             zz = np.zeros(n)
             zz[good] = z
         d_data, E, XWX = self._data_terms(w2)
+        w2r = None if self._data_unit else w2  # (1 * e is e)
         a2 = a * a
         diag_prior = a2.copy()
         if prior_row0 is not None:
@@ -513,10 +516,10 @@ class BlockedDesign(Design):
         def gradient(b: np.ndarray) -> np.ndarray:
             # X'W^2(z - Xb) + sum_j a_j^2 r_j (m_j - r_j'b), residuals taken from the data
             e = zz - self.matvec(b)
-            return self._rmatvec(w2, e) + prior_rows_transpose(a2 * (m - prior_rows_times(b)))
+            return self._rmatvec(w2r, e) + prior_rows_transpose(a2 * (m - prior_rows_times(b)))
 
         # the gradient at b = 0 is X'W^2 z + sum_j a_j^2 r_j m_j
-        b = a_solve(self._rmatvec(w2, zz) + prior_rows_transpose(a2 * m))
+        b = a_solve(self._rmatvec(w2r, zz) + prior_rows_transpose(a2 * m))
         b = b + a_solve(gradient(b))  # one refinement step (semi-normal equations)
 
         # diag(V) and tr(V X'X) from the blocks, V = M^-1 - beta v v'
