@@ -188,6 +188,9 @@ class PLSState:
     reml_criterion: float
 
 
+_GRAD_THETA_MIN = 1e-6  # see LmerDevfun.profiled_grad
+
+
 class LmerDevfun:
     """d(θ) or d_R(θ) for fixed model terms: lme4's `devfun` (setTheta → updateDecomp → solve →
     Laplace). Calling it is a pure function of θ; `state(θ)` returns the full PLS solution."""
@@ -232,6 +235,33 @@ class LmerDevfun:
         ld, ldrx, r2 = self.pred.profile(theta, self.y)
         ml, rc = profiled_criteria(ld, ldrx, self.ldW, r2, self.pred.n, self.pred.p)
         return rc if self.reml else ml
+
+    def profiled_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """`profiled` and its analytic gradient (NaN when the model has vector-valued terms).
+
+        Every θ_k of a scalar term scales its ℓ_k columns, so with S_s,k the sums of the
+        leading blocks' inverse diagonals (`Predictor.profile_gradient_sums`):
+            d_R = log|Ω_[ZX]| + (n − p) log r²   ->  ∂_k = (2(ℓ_k − S2_k) − 2(n − p) Sy_k) / θ_k
+            d   = log|Ω_[Z]|  + n log r²         ->  ∂_k = (2(ℓ_k − S1_k) − 2n Sy_k) / θ_k
+        (log r² = log|Ω_[ZXy]| − log|Ω_[ZX]|). Components with θ_k ≤ _GRAD_THETA_MIN are NaN
+        (the optimizer takes a finite difference): the criterion is even in θ_k, so θ_k = 0 is
+        always stationary and only a one-sided difference tells whether to leave the bound;
+        below that the ratio also loses its precision (ℓ_k − S is O(θ_k²)).
+        """
+        theta = np.asarray(theta, dtype=float)
+        f = self.profiled(theta)
+        sums = self.pred.profile_gradient_sums()
+        if sums is None:
+            return f, np.full(theta.size, np.nan)
+        n, p = self.pred.n, self.pred.p
+        lev, s1, s2, sy = sums.T
+        if self.reml:
+            num = 2.0 * (lev - s2) - 2.0 * (n - p) * sy
+        else:
+            num = 2.0 * (lev - s1) - 2.0 * n * sy
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = np.where(theta > _GRAD_THETA_MIN, num / theta, np.nan)
+        return f, g
 
 
 def scalar_start(terms: Any) -> np.ndarray | None:
@@ -311,7 +341,9 @@ def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) ->
         "calc_derivs": bool(ctrl.get("calc_derivs", True)),
         "maxeval": int(ctrl.get("maxeval", 100_000)),
     }
-    opt = optimize_theta(devfun.profiled, theta0, devfun.lower, **settings)
+    opt = optimize_theta(
+        devfun.profiled, theta0, devfun.lower, value_grad=devfun.profiled_grad, **settings
+    )
     opt = _try_mirrored_start(devfun, opt, settings)
     st = devfun.state(opt.theta)  # leave the model state at the final θ (lme4's last step)
     pred = devfun.pred
@@ -345,7 +377,9 @@ def _try_mirrored_start(devfun: LmerDevfun, opt: OptResult, settings: dict[str, 
         return opt
     start = theta_start(devfun.pred.reterms)
     start[off] = -np.sign(opt.theta[off])
-    alt = optimize_theta(devfun.profiled, start, devfun.lower, **settings)
+    alt = optimize_theta(
+        devfun.profiled, start, devfun.lower, value_grad=devfun.profiled_grad, **settings
+    )
     best = alt if alt.fval < opt.fval else opt
     best.n_evals = opt.n_evals + alt.n_evals
     best.status = f"{best.status} (best of the default and a mirrored-correlation start)"

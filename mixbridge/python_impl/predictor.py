@@ -43,6 +43,10 @@ API (used by lmm.py and by glmer's PIRLS):
     pred.pwrss(y, beta, u)              # ‖W^{1/2}(y − Xβ − ZΛu)‖² + ‖u‖²  (y offset-free)
     pred.b(u)  -> Λu (q,);  pred.Zb(u) -> ZΛu (n,);  pred.Xb(beta) -> Xβ (n,)
     pred.rx_inverse()                   # (R_X'R_X)⁻¹, p×p
+    pred.profile(theta, y)              # (ldL2, ldRX2, pwrss) alone, prior weights: lmer's
+                                        #   optimizer loop (one augmented Cholesky, no solve)
+    pred.profile_gradient_sums()        # after profile: per-term inverse-diagonal sums for the
+                                        #   analytic gradient (all terms scalar), else None
     pred.cond_var(sigma)                # list per term of (ℓ_k, p_k, p_k) arrays: diagonal blocks
                                         #   of σ²Λ(LL')⁻¹Λ' (lme4's condVar / postVar)
     pred.cond_var_by_factor(sigma)      # dict group -> (ℓ, nc, nc), terms on one factor combined
@@ -136,6 +140,18 @@ def _dpotri(*args: Any, **kwargs: Any) -> Any:
     return lapack.dpotri(*args, **kwargs)
 
 
+def _dtrtri(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dtrtri(*args, **kwargs)
+
+
+def _dlauum(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dlauum(*args, **kwargs)
+
+
 def _pair_map(a21: sp.csr_matrix, l1: int, p1: int, stride: int) -> sp.csr_matrix | None:
     """The linear map vec(W1) -> lower triangle of A21 W1 A21', as a sparse matrix whose rows
     are positions i·stride + k in a row-major buffer with row length `stride`.
@@ -163,13 +179,21 @@ def _pair_map(a21: sp.csr_matrix, l1: int, p1: int, stride: int) -> sp.csr_matri
     if p1 > 1:
         keep = a.indices[e] >= a.indices[f]
         e, f = e[keep], f[keep]
-    wcol = lev[e] * p1 * p1 + (col[e] % p1) * p1 + col[f] % p1
-    rows = a.indices[e].astype(np.int64) * stride + a.indices[f]
+    ri, rk = a.indices[e], a.indices[f]
     # row-major (CSR) order: the mat-vec then writes the buffer sequentially and gathers from
-    # the small vec(W1), instead of scattering over the whole buffer
-    return sp.csr_matrix(
-        (a.data[e] * a.data[f], (rows, wcol)), shape=(a.shape[0] * stride, l1 * p1 * p1)
-    )
+    # the small vec(W1), instead of scattering over the whole buffer. Two stable radix passes
+    # on 16-bit keys (k, then i) sort by position without a comparison sort.
+    if a.shape[0] < 1 << 16:
+        o = np.argsort(rk.astype(np.uint16), kind="stable")
+        o = o[np.argsort(ri[o].astype(np.uint16), kind="stable")]
+    else:
+        o = np.argsort(ri.astype(np.int64) * stride + rk, kind="stable")
+    e, f, ri, rk = e[o], f[o], ri[o], rk[o]
+    wcol = lev[e] * p1 * p1 + (col[e] % p1) * p1 + col[f] % p1
+    nrow = a.shape[0] * stride
+    counts = np.bincount(ri.astype(np.int64) * stride + rk, minlength=nrow)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix((a.data[e] * a.data[f], wcol, indptr), shape=(nrow, l1 * p1 * p1))
 
 
 def _accumulate(m: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> None:
@@ -423,6 +447,7 @@ class Predictor:
         pairs = self._pair_setup()
         ps = self._profile_setup(y)
         theta = np.asarray(theta, dtype=float)
+        self._prof_theta = theta.copy()
         q1, q2, p = self.q1, self.q2, self.p
         m = q2 + p + 1
         h = ps["buf"]
@@ -456,6 +481,73 @@ class Predictor:
         ld += 2.0 * float(np.log(d[:q2]).sum())
         ldrx = 2.0 * float(np.log(np.abs(d[q2 : q2 + p])).sum()) if p > 0 else 0.0
         return ld, ldrx, float(d[m - 1] ** 2)
+
+    def profile_gradient_sums(self) -> np.ndarray | None:
+        """For the analytic gradient of `profile`'s criterion when every term is scalar: per
+        term k, (ℓ_k, S1_k, S2_k, Sy_k) from the factor of the last `profile` call (which it
+        overwrites); None for models with vector-valued terms.
+
+        With Ω the augmented matrix [Z X y] (Λ applied, +I on Z) and Ω_s its leading blocks up
+        to Z (s = 1), [Z X] (2) and [Z X y] (3), a scalar term has Λ'AΛ = Ω − I on its columns,
+        so d log|Ω_s|/dθ_k = 2 (ℓ_k − S_s,k)/θ_k with S_s,k = Σ_{i∈k} (Ω_s⁻¹)_ii. Returned are
+        S1, S2 and Sy = S3 − S2 (computed directly: a rank-one term). With H = U'U the dense
+        block and R = U⁻¹: H⁻¹ = RR' (LAPACK trtri + lauum, about two factorizations' work),
+        the leading blocks' inverses differ from H⁻¹'s by R's trailing columns, and the first
+        term's diagonal is 1/v_j + ω_j' H_s⁻¹ ω_j / v_j² with ω_j its column of Ω — whose
+        Z-Z part is the pair map's transpose applied to Λ2 H⁻¹ Λ2, as in `cond_var`.
+        """
+        if any(pk != 1 for pk in self.pk):
+            return None
+        ps, pairs = self._ps, self._pairs
+        q1, q2, p = self.q1, self.q2, self.p
+        if q1 > 0 and pairs["pairs"] is None:
+            return None
+        theta = self._prof_theta
+        buf = ps["buf"]
+        rinv, info = _dtrtri(buf.T, lower=0, overwrite_c=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("singular augmented factor")
+        rc = np.array(rinv[:, q2:])  # R's [X y] columns (R is upper triangular)
+        r = rc[:, -1]  # U⁻¹ e_last: H⁻¹ − blockdiag(H2⁻¹, 0) = r r'
+        hinv, info = _dlauum(rinv, lower=0, overwrite_c=1)  # H⁻¹ = R R', in place
+        if info != 0:
+            raise np.linalg.LinAlgError("augmented inverse failed")
+        hdiag = np.diagonal(hinv)[:q2].copy()
+        nterm = len(self.pk)
+        out = np.zeros((nterm, 4))
+        out[:, 0] = self.nlev
+        # dense-block terms: diagonals of H1⁻¹, H2⁻¹ and the y part r²
+        s1 = hdiag - (rc[:q2] ** 2).sum(axis=1)
+        sy = r[:q2] ** 2
+        for k in range(self._k2, nterm):
+            lo, hi = int(self.gp[k]) - q1, int(self.gp[k + 1]) - q1
+            out[k, 1:] = [s1[lo:hi].sum(), (hdiag[lo:hi] - sy[lo:hi]).sum(), sy[lo:hi].sum()]
+        if q1 > 0:
+            lamz = theta[pairs["lam2_diag"]]
+            hxz = np.array(buf[q2:, :q2])  # H⁻¹[[X y], Z] (row-major lower triangle)
+            hxx = np.tril(buf[q2:, q2:])
+            hxx = hxx + np.tril(hxx, -1).T
+            # K_j = a_j' (Λ2 H⁻¹ Λ2) a_j over Z: scale the buffer in place, halve the diagonal
+            s22 = buf[:q2, :q2]
+            for a, (ia, lo_a, hi_a) in enumerate(pairs["lam2_blocks"]):
+                for ib, lo_b, hi_b in pairs["lam2_blocks"][: a + 1]:
+                    s22[lo_a:hi_a, lo_b:hi_b] *= theta[ia] * theta[ib]
+            s22[np.diag_indices(q2)] *= 0.5
+            flat = buf.reshape(-1)[: pairs["pairs"].shape[0]]
+            kk = 2.0 * np.asarray(pairs["pairs"].T @ flat)[:-1]
+            zx = ps["zx1"][:, 0, :]  # Z1'W[X y], (ℓ1, p+1)
+            cx = np.asarray(self.A21.T @ (lamz[:, None] * hxz.T))  # Σ_i a_ij λ_i H⁻¹[i, x]
+            ar = np.asarray(self.A21.T @ (lamz[:, None] * rc[:q2]))  # Σ_i a_ij λ_i R[i, c]
+            c2 = (cx[:, :p] * zx[:, :p]).sum(axis=1)
+            qx2 = np.einsum("jx,xy,jy->j", zx[:, :p], hxx[:p, :p], zx[:, :p])
+            rho2 = ar[:, -1] + zx[:, :p] @ r[q2 : q2 + p]
+            rho3 = rho2 + zx[:, p] * r[-1]
+            th2 = theta[0] ** 2
+            v = th2 * self.A11[:, 0, 0] + 1.0
+            out[0, 1] = np.sum(1.0 / v + th2 * (kk - (ar**2).sum(axis=1)) / v**2)
+            out[0, 2] = np.sum(1.0 / v + th2 * (kk + 2.0 * c2 + qx2 - rho2**2) / v**2)
+            out[0, 3] = np.sum(th2 * rho3**2 / v**2)
+        return out
 
     def _fill_s22(
         self, pairs: dict[str, Any], buf: np.ndarray, theta: np.ndarray, w1: np.ndarray | None
