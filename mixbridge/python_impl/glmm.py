@@ -8,10 +8,15 @@ Pipeline (spec §3):
         -> MixedFit
 
 A single scalar random-effects term (`(1|g)`) uses `ScalarPredictor` (O(n) per PIRLS step, L
-diagonal; big data get an analytic-gradient stage 2); several scalar terms (crossed, nested,
+diagonal); with a canonical link its PIRLS runs in the fused group-level form of
+`ScalarCanonicalKernel` and AGQ in the hoisted node loop of `agq.py`. Big data (≥
+GRADIENT_MIN_ROWS rows) get rows ordered by group and an analytic-gradient stage 2 (Laplace, then
+for nAGQ > 1 the AGQ deviance with its exact gradient). Several scalar terms (crossed, nested,
 `||`) use the blocked `ScalarTermsPredictor`; vector-valued terms use the shared `Predictor`. Every
 deviance evaluation restarts PIRLS from the stored linear predictor lp0, as lme4 does, so the
-objective is deterministic and reproduces lme4's devfun including its PIRLS stopping quirk.
+objective is deterministic and reproduces lme4's devfun including its PIRLS stopping quirk (the
+gradient phase alone warm-starts the modes: it works on the fully converged deviance, which does
+not depend on the start).
 """
 
 from __future__ import annotations
@@ -468,8 +473,9 @@ def _optimize_stage1(dev: Devfun, model: GlmerModel) -> tuple[np.ndarray, float,
 
 
 # Above this many rows a single scalar term with a canonical link is optimized with the analytic
-# Laplace gradient (a few dozen O(n) evaluations instead of hundreds of Nelder–Mead ones). lme4's
-# PIRLS stopping quirk (spec §3.2) is then far below the 1e-6 relative criterion tolerance.
+# Laplace (and AGQ) gradient (a few dozen O(n) evaluations instead of hundreds of Nelder–Mead
+# ones). lme4's PIRLS stopping quirk (spec §3.2) is then far below the 1e-6 relative criterion
+# tolerance.
 GRADIENT_MIN_ROWS = 50_000
 TIGHT_TOL = 1e-10  # PIRLS tolerance that makes the Laplace value smooth for the gradient phase
 
