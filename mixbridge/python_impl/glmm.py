@@ -178,8 +178,9 @@ def build_model(
             x_rows = np.empty(X.shape, order="F")
             for k in range(X.shape[1]):
                 np.take(X[:, k], rows, out=x_rows[:, k])
-            codes, y0, w0, n0 = codes[rows], y0[rows], w0[rows], n0[rows]
-            off, eta_init = off[rows], eta_init[rows]
+            counts = np.bincount(codes, minlength=t.n_levels)
+            codes = np.repeat(np.arange(t.n_levels), counts)  # = codes[rows], without a gather
+            y0, w0, n0, off, eta_init = (_rows_of(a, rows) for a in (y0, w0, n0, off, eta_init))
         pred: Any = ScalarPredictor(terms.X if x_rows is None else x_rows, codes, t.n_levels, zvals)
         theta0, lower = np.ones(1), np.zeros(1)
     elif all(t.p == 1 for t in reterms) and sum(t.n_levels for t in reterms[1:]) <= (
@@ -209,6 +210,14 @@ def build_model(
         rows,
         x_rows,
     )
+
+
+def _rows_of(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """a[rows], except that a constant column (unit weights, a zero offset, single trials)
+    stays what it is: reordering it is a no-op, and a gather costs a pass over n rows."""
+    if a.strides == (0,) or (a.size and a[0] == a[-1] and np.all(a == a[0])):
+        return np.broadcast_to(a[:1], a.shape) if a.size else a
+    return a[rows]
 
 
 def _group_order(codes: np.ndarray, n_levels: int, fused: bool) -> np.ndarray | None:
