@@ -410,7 +410,7 @@ class BlockedDesign(Design):
         ext = np.empty(self.G + 1)
         ext[: self.G] = b[self.block_cols]
         ext[self.G] = 0.0  # the spare bin: rows outside the block
-        gathered = ext[self._bins]
+        gathered = ext.take(self._bins)
         if not self.q:
             return gathered
         out = self.XD @ b[self.dense_cols]
