@@ -168,31 +168,38 @@ def _pair_map(a21: sp.csr_matrix, l1: int, p1: int, stride: int) -> sp.csr_matri
     size = a.indptr[(np.arange(l1) + 1) * p1] - start
     if int(np.sum(size.astype(np.int64) ** 2)) > PAIRS_MAX:
         return None
-    col = np.repeat(np.arange(a.shape[1]), np.diff(a.indptr))
+    # int32 throughout (nnz(A21) < 2³¹): the pair arrays are the memory traffic of this step
+    idx = np.arange(a.nnz, dtype=np.int32)
+    col = np.repeat(np.arange(a.shape[1], dtype=np.int32), np.diff(a.indptr))
     lev = col // p1
+    first = start[lev].astype(np.int32)  # first non-zero of each non-zero's level
     if p1 == 1:  # rows are sorted within a column: the partners below-or-on the diagonal
-        cnt = np.arange(a.nnz) - start[lev] + 1
+        cnt = idx - first + 1
     else:  # every non-zero of the level, filtered to the lower triangle below
         cnt = size[lev]
-    e = np.repeat(np.arange(a.nnz), cnt)
-    f = start[lev[e]] + (np.arange(e.size) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-    if p1 > 1:
-        keep = a.indices[e] >= a.indices[f]
-        e, f = e[keep], f[keep]
+    e = np.repeat(idx, cnt)
+    # partner of the t-th pair of non-zero e: first[e] + t
+    f = np.arange(e.size, dtype=np.int64)
+    f += np.repeat(first - (np.cumsum(cnt) - cnt), cnt)
+    f = f.astype(np.int32)
     ri, rk = a.indices[e], a.indices[f]
+    if p1 > 1:
+        keep = ri >= rk
+        e, f, ri, rk = e[keep], f[keep], ri[keep], rk[keep]
     # row-major (CSR) order: the mat-vec then writes the buffer sequentially and gathers from
     # the small vec(W1), instead of scattering over the whole buffer. Two stable radix passes
     # on 16-bit keys (k, then i) sort by position without a comparison sort.
+    pos = ri.astype(np.int64) * stride + rk
     if a.shape[0] < 1 << 16:
         o = np.argsort(rk.astype(np.uint16), kind="stable")
         o = o[np.argsort(ri[o].astype(np.uint16), kind="stable")]
     else:
-        o = np.argsort(ri.astype(np.int64) * stride + rk, kind="stable")
-    e, f, ri, rk = e[o], f[o], ri[o], rk[o]
-    wcol = lev[e] * p1 * p1 + (col[e] % p1) * p1 + col[f] % p1
+        o = np.argsort(pos, kind="stable")
     nrow = a.shape[0] * stride
-    counts = np.bincount(ri.astype(np.int64) * stride + rk, minlength=nrow)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indptr = np.zeros(nrow + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pos, minlength=nrow), out=indptr[1:])
+    e, f = e[o], f[o]
+    wcol = lev[e] if p1 == 1 else lev[e] * p1 * p1 + (col[e] % p1) * p1 + col[f] % p1
     return sp.csr_matrix((a.data[e] * a.data[f], wcol, indptr), shape=(nrow, l1 * p1 * p1))
 
 
