@@ -289,13 +289,13 @@ class Devfun:
             and (model.resp.family_name, model.resp.link) in CANONICAL
         ):
             self.kernel = ScalarCanonicalKernel(model.pred, model.resp)
+        self._last_key: tuple[Any, ...] | None = None
+        self._last_value = float("nan")
         # initial joint PIRLS at θ0 from mustart (mkGlmerDevfun) gives the first lp0
         st = self._joint(model.theta0, model.eta_init)
         self.lp0 = st.lin_pred(model.pred)
         self.state: PirlsState = st
         self.n_evals = 0
-        self._last_key: tuple[Any, ...] | None = None
-        self._last_value = float("nan")
 
     def _pirls(
         self,
@@ -340,6 +340,16 @@ class Devfun:
         self.state = st
         return st.laplace(self.m.resp)
 
+    @property
+    def lp0(self) -> np.ndarray:
+        """The linear predictor every lme4-style evaluation restarts PIRLS from."""
+        return self._lp0
+
+    @lp0.setter
+    def lp0(self, value: np.ndarray) -> None:
+        self._lp0 = value
+        self._last_key = None  # the remembered evaluation started from the old lp0
+
     def start_stage2(self) -> None:
         """lp0 <- the linear predictor of the last evaluation (the stage-1 optimum)."""
         self.lp0 = self.state.lin_pred(self.m.pred)
@@ -352,7 +362,7 @@ class Devfun:
         self.n_evals += 1
         m = self.m
         params = np.asarray(params, dtype=float)
-        key = (params.tobytes(), tol, id(self.lp0))
+        key = (params.tobytes(), tol)
         if b_start is None and key == self._last_key:
             # the same evaluation as the last one (e.g. the re-evaluation at the optimum): the
             # state and the predictor's factorization still belong to it
