@@ -120,3 +120,39 @@ def test_fit_uses_the_gradient_and_matches_the_difference_path(monkeypatch):
     assert fit.criterion == pytest.approx(ref.criterion, rel=1e-11)
     np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-5)
     np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["gradient", "differences"])
+def test_interior_local_optimum_is_left_for_the_boundary_one(needs_r, monkeypatch, path):
+    """Small nested design with two basins: an interior local optimum (REML criterion 671.9)
+    and the boundary optimum lme4 finds (θ_g:h = 0, 656.7). From lme4's start the
+    finite-difference path of L-BFGS-B stops in the interior one (the gradient path happens to
+    reach the boundary); the probe of the other side of each variance parameter must get both
+    to the boundary optimum."""
+    if path == "differences":
+        monkeypatch.setattr(LmerDevfun, "profiled_grad", None)
+    rng = np.random.default_rng(9)  # the generator of test_lmer_vs_r's random designs, seed 9
+    n = int(rng.integers(80, 300))
+    ng, nh = int(rng.integers(5, 25)), int(rng.integers(3, 8))
+    g = rng.permutation(np.concatenate([np.arange(ng), rng.integers(0, ng, n - ng)]))
+    h = rng.permutation(np.concatenate([np.arange(nh), rng.integers(0, nh, n - nh)]))
+    x = rng.normal(loc=rng.normal(), scale=rng.uniform(0.5, 3), size=n)
+    sd_g, sd_h, sd_x = rng.uniform(0, 2), rng.uniform(0, 1), rng.uniform(0, 0.7)
+    y = (
+        rng.normal()
+        + 0.5 * x
+        + rng.normal(scale=sd_g, size=ng)[g]
+        + rng.normal(scale=sd_x, size=ng)[g] * x
+        + rng.normal(scale=sd_h, size=nh)[h]
+        + rng.normal(size=n)
+    )
+    data = pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g], "h": [f"h{i}" for i in h]})
+    f = "y ~ x + (1 | h/g)"
+    for reml in (True, False):
+        fr = mixbridge.lmer(f, data, reml=reml, engine="r")
+        fp = mixbridge.lmer(f, data, reml=reml)
+        assert fr.singular and fp.singular
+        # same optimum: θ to lme4's stopping accuracy (1e-4 relative, 1e-7 absolute at the
+        # bound), criterion not above R's beyond rounding of the flat optimum (1e-10 relative)
+        np.testing.assert_allclose(fp.theta, fr.theta, rtol=1e-4, atol=1e-7)
+        assert fp.criterion <= fr.criterion * (1 + 1e-10)

@@ -203,6 +203,38 @@ def _minimize(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
         f.limit = np.inf  # post-processing (restart, boundary, derivatives) is not budgeted
 
 
+def _probe_other_basin(
+    f: _Counted,
+    x: np.ndarray,
+    fx: float,
+    theta0: np.ndarray,
+    lower: np.ndarray,
+    maxeval: int,
+    status: str,
+) -> tuple[np.ndarray, float, str, bool]:
+    """Two-basin guard (not in lme4): a variance parameter can have a local optimum inside and a
+    better one on its bound, or the reverse (seen on small nested designs, where lme4's BOBYQA
+    found the boundary optimum 15 units lower). Each diagonal θ_i is probed on the other side —
+    at its bound when inside, at its start value when on the bound — (one evaluation each) and
+    the optimizer restarts from the best probe that beats the optimum."""
+    best: tuple[np.ndarray, float] | None = None
+    for i in np.flatnonzero(np.isfinite(lower)):
+        xp = x.copy()
+        if x[i] > lower[i]:
+            xp[i] = lower[i]
+        else:
+            xp[i] = theta0[i] if theta0[i] > lower[i] else lower[i] + 1.0
+        fp = f(xp)
+        if fp < fx and (best is None or fp < best[1]):
+            best = (xp, fp)
+    if best is None:
+        return x, fx, status, False
+    x2, f2, status2, exhausted = _minimize(f, best[0], lower, maxeval)
+    if f2 < fx:
+        return x2, f2, f"{status2} (restarted from a probe of the other basin)", exhausted
+    return x, fx, status, exhausted
+
+
 def deriv12(
     f: Callable[[np.ndarray], float],
     x: np.ndarray,
@@ -377,6 +409,9 @@ def optimize_theta(
                 if f2 <= fx:
                     x, fx = x2, f2
                 break
+
+    if not exhausted:
+        x, fx, status, exhausted = _probe_other_basin(f, x, fx, theta0, lower, maxeval, status)
 
     # check.boundary: snap near-bound parameters to the bound when that lowers the criterion.
     if boundary_tol > 0:
