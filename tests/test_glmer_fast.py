@@ -255,3 +255,21 @@ def test_big_path_with_offset_agrees_with_lme4(needs_r, monkeypatch):
     # stopping noise, tol_pwrss·pdev ~ 1e-14·1.6e3, divided by δ² = 1e-8: ~2e-3 on Hessian
     # entries ≥ 170, i.e. ~1e-5 relative
     assert rel(py.fixef_se, se) < 1e-5
+
+
+@pytest.mark.parametrize("nagq", [1, 5])
+def test_big_path_singular_fit(needs_r, monkeypatch, nagq):
+    """No group variation: the big-data path ends on the boundary θ = 0 (Laplace and AGQ), as
+    lme4 does; checks as for singular fits in test_glmer_python.py."""
+    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 0)
+    rng = np.random.default_rng(11)
+    n, groups = 1500, 60
+    d = pd.DataFrame({"x": rng.standard_normal(n), "g": pd.Categorical(rng.integers(0, groups, n))})
+    d["y"] = (rng.random(n) < 1 / (1 + np.exp(0.2 - 0.5 * d["x"]))).astype(float)
+    py = mixbridge.glmer("y ~ x + (1|g)", d, family="binomial", nagq=nagq)
+    assert py.optimizer["stage2"]["method"].endswith("analytic gradient")
+    r = mixbridge.glmer("y ~ x + (1|g)", d, family="binomial", nagq=nagq, engine="r")
+    assert r.singular and py.singular and py.theta[0] < 1e-4
+    crit = -2.0 * (py.loglik - py.extra.get("lme4_loglik_constant", 0.0))
+    assert crit <= -2 * r.loglik + 1e-6 * abs(2 * r.loglik)
+    assert rel(py.fixef, r.fixef) < 1e-3

@@ -602,9 +602,9 @@ def _optimize_stage2_gradient(
         b0 = None
         if warm and warm["theta"] > 0:  # previous modes, rescaled to the new θ
             b0 = warm["b"] * (th / warm["theta"])
-        if kernel is not None and b0 is not None and th > 0:
+        if kernel is not None and warm and "du_dx" in warm:
             # warm start to first order: ũ(x) ≈ ũ(x_prev) + dũ/dx·(x − x_prev), so that a
-            # single Newton step usually converges
+            # single Newton step usually converges (at θ = 0 the modes are 0: b0 = 0)
             b0 = th * (warm["u"] + warm["du_dx"] @ (x - warm["x"]))
             offset = dev.base_offset + model.X @ x[nth:]
             r = kernel.modes(th, offset, b0, TIGHT_TOL)
