@@ -72,7 +72,9 @@ def glmer(
     control: Mapping[str, Any] | None = None,
 ) -> MixedFit:
     """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`."""
-    check_inputs("glmer", formula, data, weights=weights, offset=offset, family=family, link=link)
+    frame = check_inputs(
+        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link
+    )
     if not isinstance(nagq, (int, np.integer)) or isinstance(nagq, bool) or not 0 <= nagq <= 100:
         from mixbridge.errors import ArgumentError
 
@@ -87,6 +89,7 @@ def glmer(
         offset=offset,
         control=dict(control or {}),
         **_transport(engine, transport),
+        **_prepared(engine, frame),
     )
 
 
@@ -194,7 +197,9 @@ def glmer_objective(
 
     `control={"tol_pwrss": 1e-12}` tightens the PIRLS tolerance (lme4's `tolPwrss`).
     """
-    check_inputs("glmer", formula, data, weights=weights, offset=offset, family=family, link=link)
+    frame = check_inputs(
+        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link
+    )
     return float(
         engines.get(engine).glmer_objective(
             formula,
@@ -208,6 +213,7 @@ def glmer_objective(
             offset=offset,
             control=dict(control or {}),
             **_transport(engine, transport),
+            **_prepared(engine, frame),
         )
     )
 

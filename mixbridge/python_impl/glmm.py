@@ -126,7 +126,10 @@ def build_model(
     weights: Any,
     offset: Any,
     control: dict[str, Any] | None,
+    frame: Any = None,
 ) -> GlmerModel:
+    """The model terms (from the input checks' evaluated `frame` when given), family and
+    starting values."""
     from mixbridge.formula import build_mixed_terms
     from mixbridge.python_impl.families import get_family
 
@@ -147,7 +150,7 @@ def build_model(
         raise ArgumentError(f"nagq must be an integer from 0 to {MAX_NAGQ}, got {nagq}", "nagq")
     fam = get_family(family, link)
     terms = build_mixed_terms(
-        formula, data, weights=weights, offset=offset, model="glmer", family=family
+        formula, data, weights=weights, offset=offset, model="glmer", family=family, frame=frame
     )
     messages = list(terms.messages)
     y = np.asarray(terms.y, dtype=float)
@@ -734,8 +737,10 @@ def glmer(
     weights: Any = None,
     offset: Any = None,
     control: dict[str, Any] | None = None,
+    frame: Any = None,
 ) -> MixedFit:
-    """Fit `glmer(formula, data, family, nAGQ = nagq)` (spec §3.4) and build the MixedFit."""
+    """Fit `glmer(formula, data, family, nAGQ = nagq)` (spec §3.4) and build the MixedFit.
+    `frame`: the evaluated model frame from the input checks (None: evaluate here)."""
     model = build_model(
         formula,
         data,
@@ -745,6 +750,7 @@ def glmer(
         weights=weights,
         offset=offset,
         control=control,
+        frame=frame,
     )
     dev = Devfun(model)
     if _gradient_path(model):
@@ -795,6 +801,7 @@ def glmer_objective(
     weights: Any = None,
     offset: Any = None,
     control: dict[str, Any] | None = None,
+    frame: Any = None,
 ) -> float:
     """lme4's `glmer(..., devFunOnly = TRUE)` evaluated at (θ, β): the stage-2 deviance function
     (after the stage-1 optimization that sets its starting linear predictor); for nagq = 0 the
@@ -808,6 +815,7 @@ def glmer_objective(
         weights=weights,
         offset=offset,
         control=control,
+        frame=frame,
     )
     theta = np.asarray(theta, dtype=float).reshape(-1)
     beta = np.asarray(beta, dtype=float).reshape(-1)
