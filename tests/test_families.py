@@ -157,3 +157,12 @@ def test_binomial_initialize_rejects_out_of_range_and_warns_non_integer() -> Non
     cb = fam.initialize(np.array([0.25, 0.5]), np.array([4.0, 3.0]), n_trials=np.array([4.0, 3.0]))
     assert cb.warnings == ("non-integer counts in a binomial glm!",)
     np.testing.assert_array_equal(cb.mustart, (np.array([1.0, 1.5]) + 0.5) / np.array([5.0, 4.0]))
+
+
+def test_cauchit_clamp_is_the_cauchy_quantile_of_machine_epsilon() -> None:
+    from scipy import stats
+
+    from mixbridge.python_impl import families
+
+    eps = float(np.finfo(float).eps)
+    assert families._CAUCHIT_THRESH == float(-stats.cauchy.ppf(eps))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from mixbridge.checks import FAMILY_LINKS
 from mixbridge.errors import DataError
@@ -32,9 +32,17 @@ _INVEPS = 1.0 / DBL_EPSILON
 # -qnorm(.Machine$double.eps) as R's qnorm (AS241) computes it; scipy's ndtri gives ...908, and
 # the clamp's pnorm value would then differ from R's in the 14th digit.
 _PROBIT_THRESH = 8.125890664701906
-_CAUCHIT_THRESH = float(-stats.cauchy.ppf(DBL_EPSILON))
+_CAUCHIT_THRESH = 1433540284805664.8  # -scipy.stats.cauchy.ppf(DBL_EPSILON) (tests check it)
 
 Array = np.ndarray
+
+
+def _stats():  # noqa: ANN202
+    """scipy.stats, imported on first use: it costs ~1 s, and only some links and the
+    log-likelihoods need it."""
+    import scipy.stats
+
+    return scipy.stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,16 +97,16 @@ def _probit_linkinv(eta: Array) -> Array:
 
 
 def _probit_mu_eta(eta: Array) -> Array:
-    return np.maximum(stats.norm.pdf(np.asarray(eta, dtype=float)), DBL_EPSILON)
+    return np.maximum(_stats().norm.pdf(np.asarray(eta, dtype=float)), DBL_EPSILON)
 
 
 def _cauchit_linkinv(eta: Array) -> Array:
     eta = np.clip(np.asarray(eta, dtype=float), -_CAUCHIT_THRESH, _CAUCHIT_THRESH)
-    return stats.cauchy.cdf(eta)
+    return _stats().cauchy.cdf(eta)
 
 
 def _cauchit_mu_eta(eta: Array) -> Array:
-    return np.maximum(stats.cauchy.pdf(np.asarray(eta, dtype=float)), DBL_EPSILON)
+    return np.maximum(_stats().cauchy.pdf(np.asarray(eta, dtype=float)), DBL_EPSILON)
 
 
 def _cloglog_linkfun(mu: Array) -> Array:
@@ -152,7 +160,7 @@ LINKS: dict[str, Link] = {
     ),
     "cauchit": Link(
         "cauchit",
-        lambda mu: stats.cauchy.ppf(np.asarray(mu, dtype=float)),
+        lambda mu: _stats().cauchy.ppf(np.asarray(mu, dtype=float)),
         _cauchit_linkinv,
         _cauchit_mu_eta,
         _always_valid,
@@ -302,7 +310,7 @@ class Binomial(Family):
         m = n if np.any(n > 1) else np.asarray(wt, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
             coef = np.where(m > 0, wt / np.where(m > 0, m, 1.0), 0.0)
-            ll = stats.binom.logpmf(np.round(m * y), np.round(m), mu)
+            ll = _stats().binom.logpmf(np.round(m * y), np.round(m), mu)
         ll = np.where(coef == 0, 0.0, ll)  # R: 0 * finite; -Inf only where it counts
         return float(-2.0 * np.sum(coef * ll))
 
@@ -360,7 +368,7 @@ class Poisson(Family):
         # dpois of a non-integer count is 0 in R (log = -Inf), so the aic is Inf there.
         with np.errstate(divide="ignore", invalid="ignore"):
             integer = np.abs(y - np.round(y)) <= 1e-7 * np.maximum(1.0, np.abs(y))
-            ll = np.where(integer, stats.poisson.logpmf(np.round(y), mu), -np.inf)
+            ll = np.where(integer, _stats().poisson.logpmf(np.round(y), mu), -np.inf)
             terms = np.where(wt == 0, 0.0, ll * wt)
         return float(-2.0 * np.sum(terms))
 
@@ -399,7 +407,7 @@ class GammaFamily(Family):
         nw = np.sum(wt)
         disp = dev / nw
         with np.errstate(divide="ignore", invalid="ignore"):
-            ll = stats.gamma.logpdf(y, 1.0 / disp, scale=mu * disp)
+            ll = _stats().gamma.logpdf(y, 1.0 / disp, scale=mu * disp)
             terms = np.where(wt == 0, 0.0, ll * wt)
         return float(-2.0 * np.sum(terms) + 2.0)
 
