@@ -156,3 +156,22 @@ def test_interior_local_optimum_is_left_for_the_boundary_one(needs_r, monkeypatc
         # bound), criterion not above R's beyond rounding of the flat optimum (1e-10 relative)
         np.testing.assert_allclose(fp.theta, fr.theta, rtol=1e-4, atol=1e-7)
         assert fp.criterion <= fr.criterion * (1 + 1e-10)
+
+
+def test_without_the_pair_map(monkeypatch):
+    """Beyond PAIRS_MAX the first term's Schur contribution is formed by sparse products per θ
+    (no analytic gradient then): same criterion and conditional variances."""
+    data = _crossed(13)
+    dv = _devfun(data, True, False, monkeypatch)
+    monkeypatch.setattr(predictor, "PAIRS_MAX", 0)
+    small = _devfun(data, True, False, monkeypatch)
+    theta = np.array([0.7, 0.4, 0.2])
+    # identical algebra, other summation order: rounding only (measured ~1e-15)
+    assert small.profiled(theta) == pytest.approx(dv.profiled(theta), rel=1e-12)
+    assert small.profiled(theta) == pytest.approx(small(theta), rel=1e-11)
+    assert np.all(np.isnan(small.profiled_grad(theta)[1]))
+    dv.state(theta)
+    small.state(theta)
+    a, b = dv.pred.cond_var_by_factor(1.1), small.pred.cond_var_by_factor(1.1)
+    for g in a:
+        np.testing.assert_allclose(b[g], a[g], rtol=1e-10)
