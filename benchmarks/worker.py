@@ -193,7 +193,11 @@ def engine_glmm(model: str):
             }
         f = glmm.fit(data, FORMULAS[model], family="binomial")
         tau2 = float(np.asarray(f.varcorr[0]).ravel()[0])
-        return {"fixef": np.asarray(f.beta).tolist(), "theta": [float(np.sqrt(tau2))]}
+        return {
+            "fixef": np.asarray(f.beta).tolist(),
+            "theta": [float(np.sqrt(tau2))],
+            "criterion": float(f.deviance),  # −2 logLik (Laplace), lme4's scale
+        }
 
     # its API takes a dict of columns (int64 ids): built before timing
     run.prepare = lambda cols: {k: v if k != "g" else v.astype(np.int64) for k, v in cols.items()}
@@ -213,7 +217,11 @@ def engine_mixedlm(model: str):
             }
         if model == "glmm":
             f = mixedlm.glmer(FORMULAS[model], df)  # default family: binomial (logit)
-            return {"fixef": np.asarray(f.beta).tolist(), "theta": np.asarray(f.theta).tolist()}
+            return {
+                "fixef": np.asarray(f.beta).tolist(),
+                "theta": np.asarray(f.theta).tolist(),
+                "criterion": -2.0 * float(f.logLik().value),
+            }
         raise ValueError(f"mixedlm: no {model} in this benchmark")
 
     run.prepare = frame  # its API takes a DataFrame: built before timing, as for mixbridge

@@ -41,3 +41,20 @@ def test_benchmark_tiny_runs_and_estimates_agree_with_r(needs_r, tmp_path):
             assert r["vs_lme4"] is not None and r["vs_floor"] is not None
     table = out.with_suffix(".md").read_text()
     assert "| lmm | 2000 | 100 | mixbridge |" in table
+
+
+def test_parameter_gap_is_explained_only_by_a_lower_criterion():
+    """A fit off lme4's parameters passes only when its criterion is lower than lme4's (lme4
+    stopped early); at an equal or higher criterion it stays a MISMATCH."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import check
+
+    ref = {"fixef": [1.0, 2.0], "se": [0.01, 0.01], "theta": [0.8], "criterion": 1000.0}
+    est = {"fixef": [1.0005, 2.0], "theta": [0.8], "criterion": 999.4}
+    assert check("glmm", est, ref).startswith("explained: fixef off by 0.05 SE")
+    assert check("glmm", {**est, "criterion": 1000.0}, ref).startswith("MISMATCH")
+    assert check("glmm", {**est, "criterion": 1000.3}, ref).startswith("MISMATCH")
+    assert check("glmm", {k: v for k, v in est.items() if k != "criterion"}, ref).startswith(
+        "MISMATCH"
+    )
+    assert check("glmm", {**est, "fixef": [1.0, 2.0]}, ref) == "ok"
