@@ -414,15 +414,18 @@ class GammaFamily(Family):
     def initialize(
         self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
     ) -> Initialized:
-        y = np.asarray(y, dtype=float)
-        if np.any(y <= 0):
-            i = int(np.flatnonzero(y <= 0)[0])
-            raise DataError(
-                f"non-positive values not allowed for the 'Gamma' family: response "
-                f"{response!r} row {i} is {y[i]:g}",
-                response,
-            )
+        # R's message for Gamma
+        y = _positive(y, "non-positive values not allowed for the 'Gamma' family", response)
         return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), y.copy())
+
+
+def _positive(y: Array, what: str, response: str) -> Array:
+    """y as floats, or DataError naming the first row that is not positive."""
+    y = np.asarray(y, dtype=float)
+    if np.any(y <= 0):
+        i = int(np.flatnonzero(y <= 0)[0])
+        raise DataError(f"{what}: response {response!r} row {i} is {y[i]:g}", response)
+    return y
 
 
 class InverseGaussian(Family):
@@ -441,14 +444,9 @@ class InverseGaussian(Family):
     def initialize(
         self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
     ) -> Initialized:
-        y = np.asarray(y, dtype=float)
-        if np.any(y <= 0):
-            i = int(np.flatnonzero(y <= 0)[0])
-            raise DataError(
-                f"positive values only are allowed for the 'inverse.gaussian' family: response "
-                f"{response!r} row {i} is {y[i]:g}",
-                response,
-            )
+        # R's message for inverse.gaussian
+        what = "positive values only are allowed for the 'inverse.gaussian' family"
+        y = _positive(y, what, response)
         return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), y.copy())
 
 
