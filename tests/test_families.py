@@ -166,3 +166,18 @@ def test_cauchit_clamp_is_the_cauchy_quantile_of_machine_epsilon() -> None:
 
     eps = float(np.finfo(float).eps)
     assert families._CAUCHIT_THRESH == float(-stats.cauchy.ppf(eps))
+
+
+@pytest.mark.parametrize(
+    ("family", "text"),
+    [
+        ("Gamma", "non-positive values not allowed for the 'Gamma' family"),
+        ("inverse.gaussian", "positive values only are allowed for the 'inverse.gaussian' family"),
+    ],
+)
+def test_positive_families_name_the_first_bad_row(family: str, text: str) -> None:
+    fam = get_family(family, None)
+    with pytest.raises(DataError, match=rf"{text}: response 'yy' row 2 is 0"):
+        fam.initialize(np.array([1.0, 2.0, 0.0, -1.0]), np.ones(4), response="yy")
+    init = fam.initialize(np.array([1.0, 2.0]), np.ones(2), response="yy")
+    np.testing.assert_array_equal(init.y, [1.0, 2.0])
