@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from designs import random_design
 
 import mixbridge
 from mixbridge.formula import build_mixed_terms
@@ -131,23 +132,8 @@ def test_interior_local_optimum_is_left_for_the_boundary_one(needs_r, monkeypatc
     to the boundary optimum."""
     if path == "differences":
         monkeypatch.setattr(LmerDevfun, "profiled_grad", None)
-    rng = np.random.default_rng(9)  # the generator of test_lmer_vs_r's random designs, seed 9
-    n = int(rng.integers(80, 300))
-    ng, nh = int(rng.integers(5, 25)), int(rng.integers(3, 8))
-    g = rng.permutation(np.concatenate([np.arange(ng), rng.integers(0, ng, n - ng)]))
-    h = rng.permutation(np.concatenate([np.arange(nh), rng.integers(0, nh, n - nh)]))
-    x = rng.normal(loc=rng.normal(), scale=rng.uniform(0.5, 3), size=n)
-    sd_g, sd_h, sd_x = rng.uniform(0, 2), rng.uniform(0, 1), rng.uniform(0, 0.7)
-    y = (
-        rng.normal()
-        + 0.5 * x
-        + rng.normal(scale=sd_g, size=ng)[g]
-        + rng.normal(scale=sd_x, size=ng)[g] * x
-        + rng.normal(scale=sd_h, size=nh)[h]
-        + rng.normal(size=n)
-    )
-    data = pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g], "h": [f"h{i}" for i in h]})
-    f = "y ~ x + (1 | h/g)"
+    data, f = random_design(9)  # test_lmer_vs_r's generator: seed 9 is the nested design
+    assert f == "y ~ x + (1 | h/g)"
     for reml in (True, False):
         fr = mixbridge.lmer(f, data, reml=reml, engine="r")
         fp = mixbridge.lmer(f, data, reml=reml)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from designs import random_design
 
 import mixbridge
 
@@ -277,38 +278,9 @@ def test_lmer_missing_values(r_dataset):
     assert len(fp.fitted) == len(fp.residuals) == 174
 
 
-def _design(seed: int) -> tuple[pd.DataFrame, str]:
-    """Unbalanced random designs of varied structure (some near or at the boundary)."""
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(80, 300))
-    ng, nh = int(rng.integers(5, 25)), int(rng.integers(3, 8))
-    g = rng.permutation(np.concatenate([np.arange(ng), rng.integers(0, ng, n - ng)]))
-    h = rng.permutation(np.concatenate([np.arange(nh), rng.integers(0, nh, n - nh)]))
-    x = rng.normal(loc=rng.normal(), scale=rng.uniform(0.5, 3), size=n)
-    sd_g, sd_h, sd_x = rng.uniform(0, 2), rng.uniform(0, 1), rng.uniform(0, 0.7)
-    y = (
-        rng.normal()
-        + 0.5 * x
-        + rng.normal(scale=sd_g, size=ng)[g]
-        + rng.normal(scale=sd_x, size=ng)[g] * x
-        + rng.normal(scale=sd_h, size=nh)[h]
-        + rng.normal(size=n)
-    )
-    data = pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g], "h": [f"h{i}" for i in h]})
-    formulas = [
-        "y ~ x + (x | g)",
-        "y ~ x + (1 | g) + (1 | h)",
-        "y ~ x + (x || g) + (1 | h)",
-        "y ~ x + (1 | h/g)",
-        "y ~ 1 + (x | g) + (1 | h)",
-        "y ~ x + (1 | g:h)",
-    ]
-    return data, formulas[seed % len(formulas)]
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_lmer_random_designs(needs_r, seed):
-    data, f = _design(seed)
+    data, f = random_design(seed)
     for reml in (True, False):
         fr, fp = _fits(data, f, reml)
         assert_lmer_agrees(fr, fp, data, f, reml)
