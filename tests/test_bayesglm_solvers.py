@@ -162,10 +162,9 @@ def test_zero_weight_rows_drop_out_of_the_dispersion(solver: str) -> None:
     ],
 )
 def test_sparse_terms_equal_formula_module(formula: str, drop_baseline: bool) -> None:
-    """build_glm_terms_sparse (used for factors with many levels) gives exactly the formula
-    module's X, names, response and offset (NA rows dropped alike)."""
+    """build_glm_terms(sparse=True) (used for factors with many levels) gives exactly the dense
+    X, names, response and offset (NA rows dropped alike)."""
     from mixbridge.formula import build_glm_terms
-    from mixbridge.python_impl.bayesglm import build_glm_terms_sparse
 
     rng = np.random.default_rng(0)
     n = 200
@@ -183,7 +182,7 @@ def test_sparse_terms_equal_formula_module(formula: str, drop_baseline: bool) ->
     d.loc[3, "x"] = np.nan
     family = "binomial" if formula.startswith("cbind") else "gaussian"
     a = build_glm_terms(formula, d, family=family, drop_baseline=drop_baseline)
-    b = build_glm_terms_sparse(formula, d, family=family, drop_baseline=drop_baseline)
+    b = build_glm_terms(formula, d, family=family, drop_baseline=drop_baseline, sparse=True)
     assert sp.issparse(b.X)
     np.testing.assert_array_equal(b.X.toarray(), a.X)
     assert b.x_names == a.x_names

@@ -1265,32 +1265,6 @@ def _glm_terms(
     )
 
 
-def build_glm_terms_sparse(
-    formula: str,
-    data: pd.DataFrame,
-    *,
-    family: str = "gaussian",
-    weights: Any = None,
-    offset: Any = None,
-    drop_baseline: bool = True,
-) -> Any:
-    """mixbridge.formula.build_glm_terms with X as a scipy.sparse CSC matrix (sparse=True).
-
-    tests/test_bayesglm_solvers.py checks that X equals build_glm_terms' dense X exactly.
-    """
-    from mixbridge.formula import build_glm_terms
-
-    return build_glm_terms(
-        formula,
-        data,
-        family=family,
-        weights=weights,
-        offset=offset,
-        drop_baseline=drop_baseline,
-        sparse=True,
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Engine entry point
 
