@@ -161,9 +161,6 @@ class GlmResponse:
             sqrt_w = me * np.sqrt(self.weights / self.variance(mu))
         return sqrt_w, (eta - offset) + (self.y - mu) / me
 
-    def sqrt_working_weights(self, eta: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        return self.mu_eta(eta, mu) * np.sqrt(self.weights / self.variance(mu))
-
     def dev_resids(self, mu: np.ndarray) -> np.ndarray:
         """Deviance residuals (R's binomial/poisson dev.resids); μ may be (K, n) for AGQ."""
         w, y = self.weights, self.y
@@ -967,14 +964,3 @@ class ScalarCanonicalKernel:
             u, b, pdev = u_new, b_new, pdev_new
         ldL2 = float(np.sum(np.log1p(th * th * S)))
         return PirlsState(u, None, eta, mu, ldL2, pdev, it, True), W.copy(), S, swmu
-
-    def laplace_gradient(
-        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float
-    ) -> tuple[float, float, np.ndarray, PirlsState] | None:
-        """The converged Laplace deviance and its gradient at the modes from `modes`."""
-        r = self.modes(theta, offset, b_start, tol)
-        if r is None:
-            return None
-        state, W, S, swmu = r
-        g_theta, g_beta = self._gradient_from(float(theta), W, S, swmu, state.mu, state.u)
-        return state.laplace(self.resp), g_theta, g_beta, state
