@@ -328,8 +328,7 @@ def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) ->
     if _is_scalar_ri(terms) and not ctrl and _scalar_path_available():
         # O(G) path; control settings belong to the general optimizer and route fits there
         return _fit_scalar(terms, formula=formula, reml=reml)
-    if hasattr(terms, "ensure_x"):
-        terms.ensure_x()
+    terms.ensure_x()
     devfun = LmerDevfun(terms, reml)
     start = ctrl.get("start")
     if start is None:
@@ -407,17 +406,16 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
     w = None if terms.weights is None else np.asarray(terms.weights, dtype=float)
     if w is not None and (w[:1] == 1.0).all() and (w.strides == (0,) or np.ptp(w) == 0.0):
         w = None  # unit weights: the unweighted sums (the frame gives ones when none were set)
-    columns = getattr(terms, "x_columns", None)
+    columns = terms.x_columns
     codes = np.asarray(t.codes)
-    if getattr(terms, "X", None) is None and columns and columns[0] is None:
+    if terms.X is None and columns and columns[0] is None:
         # [1, x...] as columns: one pass over the columns themselves, X never built
-        x_gram = getattr(terms, "x_gram", None)
-        stats = ls.group_stats_columns(columns[1:], y, w, codes, t.n_levels, x_gram=x_gram)
+        stats = ls.group_stats_columns(columns[1:], y, w, codes, t.n_levels, x_gram=terms.x_gram)
     else:
         stats = ls.group_stats(terms.ensure_x(), y, w, codes, t.n_levels)
     res = ls.scalar_ri_fit(stats, reml)
     theta = np.array([res.theta])
-    fitted = _x_times(terms, res.beta)
+    fitted = terms.x_times(res.beta)
     for a in range(0, terms.n, _ROW_BLOCK):  # in blocks: no n-vector temporary for b[codes]
         fitted[a : a + _ROW_BLOCK] += res.b[codes[a : a + _ROW_BLOCK]]
     if offset is not None:
@@ -463,11 +461,6 @@ def _fit_scalar(terms: Any, *, formula: str, reml: bool) -> MixedFit:
 _ROW_BLOCK = 1 << 16
 
 
-def _x_times(terms: Any, beta: np.ndarray) -> np.ndarray:
-    """Xβ (from X's columns when the terms never built X)."""
-    return terms.x_times(beta) if hasattr(terms, "x_times") else terms.X @ beta
-
-
 def _nonzero_or_none(v: Any) -> np.ndarray | None:
     """An optional offset, None when absent or all zero."""
     if v is None:
@@ -509,7 +502,7 @@ def _build_fit(
     vcov = sigma**2 * vcov_unscaled
     vcov = (vcov + vcov.T) / 2.0
     messages = [m for m in getattr(terms, "messages", []) if isinstance(m, Message)]
-    x = terms.X if getattr(terms, "X", None) is not None else terms.x_columns
+    x = terms.X if terms.X is not None else terms.x_columns
     scale_msg = check_scale_x(x, variances=x_variances)
     if scale_msg is not None:
         messages.append(scale_msg)
@@ -601,7 +594,7 @@ def _make_predict(terms: Any, beta: np.ndarray, b: np.ndarray, offset_arg: Any) 
             raise ArgumentError(f"type must be 'link' or 'response', got {type!r}", "type")
         use = _parse_re_form(re_form, reterms)
         if newdata is None:  # computed on demand: a fit keeps no extra n-vectors
-            eta = _x_times(terms, beta)
+            eta = terms.x_times(beta)
             if terms.offset is not None:
                 eta += np.asarray(terms.offset, float)
         else:
@@ -754,7 +747,7 @@ def _make_simulate(
     def simulate(nsim: int = 1, seed: int | None = None) -> np.ndarray:
         if not isinstance(nsim, (int, np.integer)) or nsim < 1:
             raise ArgumentError(f"nsim must be a positive integer, got {nsim!r}", "nsim")
-        eta_fixed = _x_times(terms, beta)
+        eta_fixed = terms.x_times(beta)
         if terms.offset is not None:
             eta_fixed += np.asarray(terms.offset, float)
         w = np.ones(n) if terms.weights is None else np.asarray(terms.weights, float)
