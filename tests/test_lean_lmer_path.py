@@ -62,7 +62,7 @@ def test_integer_ids_give_the_same_factor_as_factor_of_numbers(kind):
 def test_nullable_and_float_ids_take_the_generic_path():
     df = pd.DataFrame({"g": pd.array([3, None, 1, 3], dtype="Int64"), "h": [2.0, 1.0, 2.0, 1.0]})
     g = evaluate_grouping(Name("g"), df, Transforms())
-    assert not isinstance(g, Numeric) or np.isnan(g.values[1])  # NA kept for na.omit
+    assert isinstance(g, Numeric) and np.isnan(g.values[1])  # NA kept for na.omit
     h = evaluate_grouping(Name("h"), df, Transforms())
     assert isinstance(h, Numeric)  # a double column: factor() labels come from R's formatting
 
@@ -143,7 +143,8 @@ def test_scale_check_from_columns_matches_the_matrix_check():
         a = check_scale_x(x)
         b = check_scale_x(cols, variances=var)
         assert (a is None) == (b is None)
-    assert check_scale_x([None, big, binary], variances=np.var(np.c_[big, big, binary], 0, ddof=1))
+    ones = np.ones(n)
+    assert check_scale_x([None, big, binary], variances=np.var(np.c_[ones, big, binary], 0, ddof=1))
 
 
 def test_gram_from_dot_products_and_its_fallback_agree_with_the_blocked_pass():
