@@ -86,7 +86,38 @@ mb_versions <- function() .mb_capture(.mb_versions())
 .mb_formula <- function(formula) {
   if (!is.character(formula) || length(formula) != 1L) stop("formula must be one string")
   f <- stats::as.formula(formula, env = new.env(parent = globalenv()))
+  f[[length(f)]] <- .mb_balance_sums(f[[length(f)]])
   f
+}
+
+# R parses x1 + x2 + ... + xn as a chain n calls deep, and lme4's findbars, subbars and
+# expandDoubleVerts recurse along it: about 640 terms exhaust the usual 8 MB C stack (and crash
+# an embedded R, whose stack check rpy2 disables). The same sum as a balanced tree of `+` calls
+# is log2(n) deep; terms(), model.frame() and lme4 give the same terms in the same order. Only
+# the formula's own operators are rebuilt: a variable such as I(a + b + c) keeps its call, as
+# its text names the column.
+.mb_formula_ops <- c("+", "-", "*", "/", ":", "^", "%in%", "(", "|", "||")
+.mb_balance_sums <- function(e) {
+  if (!is.call(e) || !is.name(e[[1L]]) || !(as.character(e[[1L]]) %in% .mb_formula_ops)) {
+    return(e)
+  }
+  plus <- as.name("+")
+  if (identical(e[[1L]], plus) && length(e) == 3L) {
+    summands <- list()
+    while (is.call(e) && identical(e[[1L]], plus) && length(e) == 3L) {
+      summands <- c(list(e[[3L]]), summands)
+      e <- e[[2L]]
+    }
+    summands <- lapply(c(list(e), summands), .mb_balance_sums)
+    build <- function(lo, hi) {
+      if (lo == hi) return(summands[[lo]])
+      mid <- (lo + hi) %/% 2L
+      call("+", build(lo, mid), build(mid + 1L, hi))
+    }
+    return(build(1L, length(summands)))
+  }
+  for (j in seq_along(e)[-1L]) e[[j]] <- .mb_balance_sums(e[[j]])
+  e
 }
 
 .mb_families <- c("gaussian", "binomial", "poisson", "Gamma", "inverse.gaussian",
