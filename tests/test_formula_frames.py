@@ -192,6 +192,7 @@ def test_codes_for_interaction_and_nested_groups(df):
 
 
 _ATOMS = ["x", "z", "f", "g", "b", "log(x)", "I(z^2)", "poly(x, 2)", "scale(z)", "factor(k)"]
+_ATOMS += ["I(z > 0)", "I(!b)", "I(x >= 1 & z < 0)", "I((k == 1) * z)"]
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -203,7 +204,7 @@ _ATOMS = ["x", "z", "f", "g", "b", "log(x)", "I(z^2)", "poly(x, 2)", "scale(z)",
     atoms=st.lists(st.sampled_from(_ATOMS), min_size=0, max_size=4),
     op=st.sampled_from([" + ", " * ", ":"]),
     group=st.sampled_from(["g", "f", "k", "g:f", "f/g", "b"]),
-    slope=st.sampled_from(["1", "x", "0 + z", "f", "x || g"]),
+    slope=st.sampled_from(["1", "x", "0 + z", "f", "x || g", "I(z > 0)"]),
 )
 def test_random_inputs_give_terms_or_mixbridge_errors(n, seed, na_frac, atoms, op, group, slope):
     """Whatever the data and formula, building terms succeeds or raises a mixbridge error."""

@@ -69,7 +69,8 @@ for (case in inp$cases) {
     if (case$kind == "terms") {
       tt <- terms(as.formula(case$formula), keep.order = isTRUE(case$keep_order))
       fm <- attr(tt, "factors")
-      codes <- lapply(seq_len(ncol(fm)), function(j) {
+      # (a formula whose terms all cancel has factors integer(0): no codes)
+      codes <- lapply(seq_len(NCOL(fm) * (length(fm) > 0)), function(j) {
         v <- fm[, j]; as.list(v[v > 0])
       })
       return_value <- list(labels = attr(tt, "term.labels"), intercept = attr(tt, "intercept"),
@@ -78,7 +79,8 @@ for (case in inp$cases) {
       next
     }
     if (!is.null(case$dataset)) {
-      e <- new.env(); data(list = case$dataset, package = "lme4", envir = e)
+      pkg <- if (is.null(case$package)) "lme4" else case$package
+      e <- new.env(); data(list = case$dataset, package = pkg, envir = e)
       d <- get(case$dataset, e)
       datasets[[case$dataset]] <- export_df(d)
     } else d <- make_df(inp$data[[case$data]])
@@ -250,6 +252,15 @@ FIXED = [
     "y ~ f:b + g",
     "log(y) ~ x + b:z",
     "y ~ c:a + b + a:b:c".replace("a", "f").replace("c", "z"),
+    # comparisons inside I(): a logical variable, coded like a factor with levels FALSE, TRUE
+    "y ~ I(x>1.5) + z",
+    "y ~ I(x>=1&z<0) + I(!b) + I(z != 0)",
+    "y ~ I(x > 0)",  # always TRUE: the TRUE column duplicates the intercept and is dropped
+    "y ~ 0 + I(x > 100)",  # never TRUE: R keeps both levels (FALSE, TRUE), TRUE is dropped
+    "y ~ I(x>2):f",
+    "y ~ I(1 - (z > 0)) + I((x > 2) * t) + I(-z<=-0.5)*x",
+    "y ~ b + I(!b) + I(b & z > 0) + I(h == 2)",
+    "y ~ I(!x > 2 & !(h != 3))",
 ]
 RANDOM = [
     "y ~ x + (1 | g)",
@@ -270,6 +281,9 @@ RANDOM = [
     "y ~ 0 + (1 | g)",
     "y ~ scale(z) + (scale(z) | f)",
     "y ~ x + (0 + scale(t) + log(x) | g)",
+    "y ~ x + (0 + I(z > 0) | g)",
+    "y ~ x + (I(x>2) || g)",
+    "y ~ I(x > 2) + (I(x > 2) | f)",
 ]
 GLM = [
     ("y ~ f + x:f + b", "gaussian", True),
@@ -284,13 +298,26 @@ GLM = [
     ("yb ~ f*x", "binomial", True),
     ("cbind(s, fl) ~ x + f", "binomial", True),
     ("y ~ x + offset(log(t))", "gaussian", True),
+    ("y ~ I(x>1.5) + I(z < 0 & b)", "gaussian", True),
+    ("y ~ I(x>1.5) + I(z < 0 & b)", "gaussian", False),
+    ("y ~ x + I(x > 100)", "gaussian", True),  # arm keeps the all-zero TRUE column
+    ("I(y > 10) ~ x + I(!b)", "binomial", True),
 ]
-BINOMIAL = ["f ~ x + (1 | g)", "b ~ z + (1 | h)", "cbind(s, fl) ~ x + (1 | g)", "yb ~ f + (1 | g)"]
-DATASETS = [
-    ("Pastes", "strength ~ 1 + (1 | batch/cask)", None),
-    ("sleepstudy", "Reaction ~ Days + (Days || Subject)", None),
-    ("cbpp", "cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial"),
-    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", None),
+BINOMIAL = [
+    "f ~ x + (1 | g)",
+    "b ~ z + (1 | h)",
+    "cbind(s, fl) ~ x + (1 | g)",
+    "yb ~ f + (1 | g)",
+    "I(y > 10) ~ x + (1 | g)",
+    "I(!b) ~ z + I(z > 0) + (1 | h)",
+]
+DATASETS = [  # (data set, formula, family, R package)
+    ("Pastes", "strength ~ 1 + (1 | batch/cask)", None, "lme4"),
+    ("sleepstudy", "Reaction ~ Days + (Days || Subject)", None, "lme4"),
+    ("cbpp", "cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial", "lme4"),
+    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", None, "lme4"),
+    # typed as users do (no spaces): R names the column "I(week > 2)TRUE"
+    ("bacteria", "y ~ trt + I(week>2) + (1|ID)", "binomial", "MASS"),
 ]
 
 
@@ -379,8 +406,9 @@ def _cases() -> list[dict]:
                     "family": "binomial",
                 }
             )
-    for name, f, fam in DATASETS:
+    for name, f, fam, package in DATASETS:
         case = {"id": f"ds-{name}", "kind": "lformula", "dataset": name, "formula": f}
+        case["package"] = package
         if fam:
             case["family"] = fam
         cases.append(case)
@@ -451,6 +479,7 @@ def _random_formulas(seed: int, count: int) -> list[str]:
 
     rnd = random.Random(seed)
     atoms = ["x", "z", "f", "g", "b", "o", "log(t)", "I(x^2)", "poly(z, 2)", "factor(h)", "k"]
+    atoms += ["I(x > 1.5)", "I(z <= 0 & !b)"]
 
     def expr(depth: int) -> str:
         if depth == 0 or rnd.random() < 0.35:
@@ -521,14 +550,16 @@ def test_glm_terms_match_bayesglm(r_results, data_name, i):
         np.testing.assert_allclose(t.offset, np.array(r["offset"], float), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("name,formula,family", DATASETS)
-def test_lme4_datasets_match_lformula(r_results, name, formula, family):
+@pytest.mark.parametrize("name,formula,family,package", DATASETS)
+def test_lme4_datasets_match_lformula(r_results, name, formula, family, package):
     _, res, datasets = r_results
     data = _from_r(datasets[name])
     t = build_mixed_terms(formula, data, model="glmer" if family else "lmer", family=family)
     r = res[f"ds-{name}"]
     _check_fixed(t, r)
     _check_random(t, r)
+    if name == "bacteria":  # R's deparse spacing, whatever the user typed
+        assert t.x_names == ["(Intercept)", "trtdrug", "trtdrug+", "I(week > 2)TRUE"]
 
 
 @pytest.mark.parametrize("i", range(len(TERMS)))

@@ -16,7 +16,19 @@ import pandas as pd
 
 from mixbridge.errors import DataError, FormulaError
 from mixbridge.formula.levels import IntegerLevels, r_number_labels, r_sorted_strings
-from mixbridge.formula.parse import BinOp, Call, Name, Node, Num, Paren, UnaryOp, deparse
+from mixbridge.formula.parse import (
+    COMPARISONS,
+    LOGICAL_OPS,
+    BinOp,
+    Call,
+    Name,
+    Node,
+    Num,
+    Paren,
+    UnaryOp,
+    deparse,
+    left_spine,
+)
 
 
 @dataclass
@@ -183,10 +195,66 @@ def evaluate(node: Node, data: pd.DataFrame, state: Transforms) -> Value:
         if node.fn == "offset":
             return Numeric(numeric(node.args[0], data, state))
         if node.fn == "I":
+            # I() keeps a logical a logical (I(b), I(week > 2)): model.matrix codes it like a
+            # factor with levels FALSE, TRUE, column "I(week > 2)TRUE", as R
+            if is_logical_expression(node.args[0]):
+                return _logical(*logical(node.args[0], data, state))
             inner = evaluate(node.args[0], data, state)
             if isinstance(inner, Factor) and inner.kind == "logical":
-                return inner  # I() keeps a logical a logical: column "I(b)TRUE", as R
+                return inner
     return Numeric(numeric(node, data, state))
+
+
+def is_logical_expression(node: Node) -> bool:
+    """A comparison, `&` or `!`: R gives a logical vector."""
+    while isinstance(node, Paren):
+        node = node.expr
+    return (isinstance(node, BinOp) and node.op in LOGICAL_OPS) or (
+        isinstance(node, UnaryOp) and node.op == "!"
+    )
+
+
+_COMPARE = {
+    "<": np.less,
+    ">": np.greater,
+    "<=": np.less_equal,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+}
+
+
+def logical(node: Node, data: pd.DataFrame, state: Transforms) -> tuple[np.ndarray, np.ndarray]:
+    """(value, missing) of an expression as an R logical: comparisons (NA when a side is NaN),
+    `&` and `!` with R's three-valued logic (FALSE & NA is FALSE), logical columns, and numbers
+    (nonzero is TRUE, NaN is NA)."""
+    while isinstance(node, Paren):
+        node = node.expr
+    if isinstance(node, BinOp) and node.op in COMPARISONS:
+        a, b = numeric(node.left, data, state), numeric(node.right, data, state)
+        missing = np.isnan(a) | np.isnan(b)
+        with np.errstate(invalid="ignore"):
+            return _COMPARE[node.op](a, b) & ~missing, missing
+    if isinstance(node, BinOp) and node.op == "&":
+        leftmost, chain = left_spine(node, {"&"})
+        value, missing = logical(leftmost, data, state)
+        for _, right in chain:
+            v2, m2 = logical(right, data, state)
+            false = (~value & ~missing) | (~v2 & ~m2)  # a FALSE on either side decides
+            missing = ~false & (missing | m2)
+            value = ~false & ~missing
+        return value, missing
+    if isinstance(node, UnaryOp) and node.op == "!":
+        value, missing = logical(node.operand, data, state)
+        return ~value & ~missing, missing
+    if isinstance(node, (Name, Call)):
+        val = evaluate(node, data, state)
+        if isinstance(val, Factor) and val.kind == "logical":
+            is_true = np.asarray(list(val.levels) + ["NA"], dtype=object)[val.codes] == "TRUE"
+            return is_true & (val.codes >= 0), val.codes < 0
+    x = numeric(node, data, state)
+    missing = np.isnan(x)
+    return (x != 0) & ~missing, missing
 
 
 def numeric(node: Node, data: pd.DataFrame, state: Transforms) -> np.ndarray:
@@ -209,23 +277,22 @@ def numeric(node: Node, data: pd.DataFrame, state: Transforms) -> np.ndarray:
         if val.values.ndim != 1:  # pragma: no cover - columns are vectors
             raise DataError(f"column {node.id!r} is not a vector", column=node.id)
         return val.values
+    if is_logical_expression(node):  # R's arithmetic takes TRUE as 1, FALSE as 0
+        value, missing = logical(node, data, state)
+        return np.where(missing, np.nan, value.astype(float))
     with np.errstate(all="ignore"):  # R returns NaN/Inf here (with a warning), never raises
         if isinstance(node, UnaryOp):
             v = numeric(node.operand, data, state)
             return -v if node.op == "-" else v
-        if isinstance(node, BinOp):
-            a = numeric(node.left, data, state)
-            b = numeric(node.right, data, state)
-            if node.op == "+":
-                return a + b
-            if node.op == "-":
-                return a - b
-            if node.op == "*":
-                return a * b
-            if node.op == "/":
-                return a / b
-            if node.op == "^":
-                return np.power(a, b)
+        if isinstance(node, BinOp) and node.op in _ARITH:
+            # a chain x1 + x2 - x3 * ..., left to right by a loop
+            leftmost, chain = left_spine(node, _ARITH_OPS)
+            acc = numeric(leftmost, data, state)
+            for op, right in chain:
+                acc = _ARITH[op](acc, numeric(right, data, state))
+            return acc
+        if isinstance(node, BinOp) and node.op == "^":
+            return np.power(numeric(node.left, data, state), numeric(node.right, data, state))
         if isinstance(node, Call):
             if node.fn == "I":
                 return numeric(node.args[0], data, state)
@@ -238,6 +305,10 @@ def numeric(node: Node, data: pd.DataFrame, state: Transforms) -> np.ndarray:
             if node.fn == "scale":
                 return _scale(node, data, state)
     raise FormulaError(f"cannot evaluate {deparse(node)!r} as a number", token=deparse(node))
+
+
+_ARITH = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
+_ARITH_OPS = frozenset(_ARITH)
 
 
 def _require_fitting(state: Transforms, key: str) -> None:
@@ -377,9 +448,11 @@ def interaction_factor(factors: list[Factor]) -> Factor:
 
 
 def as_grouping_factor(val: Value) -> Factor:
-    """A grouping variable as a factor (numbers: sorted unique values, like factor())."""
+    """A grouping variable as a factor (numbers: sorted unique values, like factor()); a logical
+    becomes a factor of the values present, as factor() in lme4's mkReTrms."""
     if isinstance(val, Factor):
-        return Factor(val.codes, val.levels, False, val.kind, val.all_used)
+        kind = "factor" if val.kind == "logical" else val.kind
+        return Factor(val.codes, val.levels, False, kind, val.all_used)
     return _as_factor(val)
 
 

@@ -615,7 +615,13 @@ class ModelFrame:
 
 
 def _drop_levels(val: Value, drop_unused: bool) -> Value:
-    if isinstance(val, Factor) and (drop_unused or val.kind in ("character", "logical")):
+    """Levels as R's model.matrix sees them: a character variable keeps the values present, a
+    factor its levels (the present ones if drop_unused, as lme4); a logical always has FALSE and
+    TRUE (R's `contrasts<-` makes it factor(x, levels = c(FALSE, TRUE))), so an all-TRUE I(x > 0)
+    gives a TRUE column equal to the intercept, which lme4 drops, instead of an error."""
+    if not isinstance(val, Factor) or val.kind == "logical":
+        return val
+    if drop_unused or val.kind == "character":
         return val.drop_unused()
     return val
 

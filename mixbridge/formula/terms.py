@@ -24,7 +24,10 @@ from mixbridge.formula.parse import (
     Paren,
     UnaryOp,
     deparse,
+    left_spine,
 )
+
+_TERM_OPS = frozenset({"+", "-", ":", "*", "%in%", "/"})  # left-associative term operators
 
 Term = frozenset  # frozenset of variable indices
 
@@ -64,15 +67,17 @@ class _Expander:
     def __init__(self) -> None:
         self.variables: list[Node] = []
         self.var_names: list[str] = []
+        self.var_index: dict[str, int] = {}
         self.intercept = True
         self.offsets: list[Node] = []
 
     def var(self, node: Node) -> int:
         name = deparse(node)
-        if name not in self.var_names:
+        if name not in self.var_index:
+            self.var_index[name] = len(self.var_names)
             self.var_names.append(name)
             self.variables.append(node)
-        return self.var_names.index(name)
+        return self.var_index[name]
 
     def expand(self, node: Node) -> list[Term]:
         """Terms of `node`; intercept changes (0, 1, -1) update self.intercept left to right."""
@@ -100,24 +105,15 @@ class _Expander:
             if node.op == "+":
                 return self.expand(node.operand)
             return self._remove([], node.operand)
+        if isinstance(node, BinOp) and node.op in _TERM_OPS:
+            # a chain a + b - c:d ..., left to right by a loop (a 1000-term sum, no recursion)
+            leftmost, chain = left_spine(node, _TERM_OPS)
+            terms = self.expand(leftmost)
+            for op, right in chain:
+                terms = self._combine(op, terms, right)
+            return terms
         if isinstance(node, BinOp):
             op = node.op
-            if op == "+":
-                left = self.expand(node.left)
-                return _union(left, self.expand(node.right))
-            if op == "-":
-                return self._remove(self.expand(node.left), node.right)
-            if op == ":":
-                return _interact(self.expand(node.left), self.expand(node.right))
-            if op == "*":
-                left, right = self.expand(node.left), self.expand(node.right)
-                return _union(_union(left, right), _interact(left, right))
-            if op == "%in%":
-                left, right = self.expand(node.left), self.expand(node.right)
-                return _interact(left, [_all_vars(right)] if right else [])
-            if op == "/":
-                left, right = self.expand(node.left), self.expand(node.right)
-                return _union(left, _interact([_all_vars(left)] if left else [], right))
             if op == "^":
                 return self._power(node)
             if op in ("|", "||"):
@@ -127,6 +123,22 @@ class _Expander:
                     token=op,
                 )
         raise FormulaError(f"invalid model formula term: {deparse(node)!r}", token=deparse(node))
+
+    def _combine(self, op: str, left: list[Term], right_node: Node) -> list[Term]:
+        """Terms of `left op right` given the terms of left (R's EncodeVars, left first)."""
+        if op == "-":
+            return self._remove(left, right_node)
+        right = self.expand(right_node)
+        if op == "+":
+            return _union(left, right)
+        if op == ":":
+            return _interact(left, right)
+        if op == "*":
+            return _union(_union(left, right), _interact(left, right))
+        if op == "%in%":
+            return _interact(left, [_all_vars(right)] if right else [])
+        # "/": a/b = a + a:b, with a's variables as one term
+        return _union(left, _interact([_all_vars(left)] if left else [], right))
 
     def _remove(self, left: list[Term], node: Node) -> list[Term]:
         inner = node.expr if isinstance(node, Paren) else node
@@ -215,17 +227,18 @@ def split_bars(rhs: Node) -> tuple[Node | None, list[Node]]:
                 )
             bars.append(inner)
             return None
-        if isinstance(node, BinOp) and node.op in ("+", "-"):
-            left = strip(node.left, negated)
-            right = strip(node.right, negated or node.op == "-")
-            if left is None:
-                if right is None:
-                    return None
-                return right if node.op == "+" else UnaryOp("-", right)
-            if right is None:
-                return left
-            return BinOp(node.op, left, right)
-        return node
+        if not (isinstance(node, BinOp) and node.op in ("+", "-")):
+            return node
+        # the summands of a + b - c ..., left to right by a loop
+        leftmost, chain = left_spine(node, {"+", "-"})
+        kept = strip(leftmost, negated)
+        for op, right in chain:
+            rest = strip(right, negated or op == "-")
+            if kept is None:
+                kept = None if rest is None else (rest if op == "+" else UnaryOp("-", rest))
+            elif rest is not None:
+                kept = BinOp(op, kept, rest)
+        return kept
 
     fixed = strip(rhs)
     return fixed, bars
@@ -247,7 +260,11 @@ def _colon_factors(node: Node) -> list[Node]:
     while isinstance(node, Paren):
         node = node.expr
     if isinstance(node, BinOp) and node.op == ":":
-        return _colon_factors(node.left) + _colon_factors(node.right)
+        leftmost, chain = left_spine(node, {":"})
+        out = _colon_factors(leftmost)
+        for _, right in chain:
+            out += _colon_factors(right)
+        return out
     if isinstance(node, Name):
         return [node]
     # lme4 evaluates grouping factors in the model frame, where a call such as factor(g) is not
