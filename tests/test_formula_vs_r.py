@@ -355,6 +355,7 @@ TERMS = [
 NEWDATA = [
     "y ~ poly(x, 2) + scale(z) + f + g + b",
     "y ~ x*f + log(t) + o + factor(h)",
+    "y ~ I(x > 1.5) + I(!b):z + I(z < 0 & h != 2)",
 ]
 
 
