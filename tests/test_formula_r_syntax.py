@@ -228,6 +228,77 @@ def test_r_side_sum_balancing_changes_nothing_but_depth(needs_r):
     assert same == [True] * len(texts)
 
 
+PREFIX_FORM = r"""
+args <- commandArgs(trailingOnly = TRUE)
+texts <- jsonlite::fromJSON(args[2])
+pre <- function(e) {
+  if (!is.call(e)) return(if (is.numeric(e)) format(e, digits = 15) else as.character(e))
+  paste0("(", paste(c(as.character(e[[1]]), vapply(as.list(e)[-1], pre, "")), collapse = " "), ")")
+}
+out <- vapply(texts, function(s) tryCatch(pre(parse(text = s, keep.source = FALSE)[[1]][[3]]),
+                                           error = function(e) "error"), "")
+jsonlite::write_json(unname(out), args[1])
+"""
+
+
+def _prefix(node) -> str:
+    from mixbridge.formula.parse import BinOp, Call, Name, Num, Paren, UnaryOp, format_r_number
+
+    if isinstance(node, Num):
+        return format_r_number(node.value)
+    if isinstance(node, Name):
+        return node.id
+    if isinstance(node, Paren):
+        return f"(( {_prefix(node.expr)})"
+    if isinstance(node, UnaryOp):
+        return f"({node.op} {_prefix(node.operand)})"
+    if isinstance(node, BinOp):
+        return f"({node.op} {_prefix(node.left)} {_prefix(node.right)})"
+    assert isinstance(node, Call)
+    return "(" + " ".join([node.fn, *(_prefix(a) for a in node.args)]) + ")"
+
+
+def _random_expressions(seed: int, count: int) -> list[str]:
+    import random
+
+    rnd = random.Random(seed)
+    binary = ["+", "-", "*", "/", "^", ":", "%in%", "<", ">=", "==", "!=", "&", "&&", "|", "||"]
+
+    def operand(depth: int) -> str:
+        pre = rnd.choice(["", "", "", "-", "!", "+", "- -", "!-"])
+        if depth > 0 and rnd.random() < 0.2:
+            return f"{pre}({expr(depth - 1)})"
+        if depth > 0 and rnd.random() < 0.1:
+            return f"{pre}I({expr(depth - 1)})"
+        return pre + rnd.choice(["a", "b", "c", "1", "2.5"])
+
+    def expr(depth: int) -> str:
+        out = operand(depth)
+        for _ in range(rnd.randint(0, 4)):
+            op = rnd.choice(binary)
+            # (no "<-": R reads a<-b as an assignment, which the tokenizer refuses)
+            out += rnd.choice(["", " "]) + op + (" " if op == "<" else rnd.choice(["", " "]))
+            out += operand(depth)
+        return out
+
+    return [f"y ~ {expr(2)}" for _ in range(count)]
+
+
+def test_parser_groups_operators_like_r(needs_r):
+    """Random expressions of every operator the parser knows, prefix operators in operand
+    position included: the tree (in prefix form) is R's, and what R cannot parse (chained
+    comparisons) is a FormulaError here."""
+    texts = _random_expressions(20240611, 400)
+    r = _rscript(PREFIX_FORM, json.dumps(texts))
+    assert r.count("error") < len(texts) // 2
+    for text, r_form in zip(texts, r, strict=True):
+        if r_form == "error":
+            with pytest.raises(FormulaError):
+                parse_formula(text)
+        else:
+            assert _prefix(parse_formula(text).rhs) == r_form, text
+
+
 # ---------------------------------------------------------------------------------------------
 # Comparisons inside I(): MASS::bacteria
 
