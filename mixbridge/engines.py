@@ -50,6 +50,8 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Any:
+    if not isinstance(name, str):
+        raise ArgumentError(f"engine must be an engine name (str), got {name!r}", "engine")
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name not in _BUILTIN:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from mixbridge.checks import check_flag, named_arguments
 from mixbridge.errors import MixbridgeWarning, RWarning
 
 MessageKind = Literal["warning", "message", "error", "note"]
@@ -137,11 +138,19 @@ class MixedFit:
             raise NotImplementedError(f"engine {self.engine!r} does not expose its objective")
         return float(self._objective(*params))
 
-    def predict(self, newdata: pd.DataFrame | None = None, **kwargs: Any) -> np.ndarray:
+    @named_arguments
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: Any = None,
+        allow_new_levels: bool = False,
+        type: str = "link",  # noqa: A002 - lme4's argument name
+    ) -> np.ndarray:
         """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type)."""
+        allow = check_flag(allow_new_levels, "allow_new_levels")
         if self._predict is None:
             raise NotImplementedError(f"engine {self.engine!r} does not implement predict()")
-        return self._predict(newdata, **kwargs)
+        return self._predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
 
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""
