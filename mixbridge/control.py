@@ -168,9 +168,12 @@ def _unknown(model: str, key: Any, spec: ControlKey | None) -> str:
     text = f"unknown control key {key!r} for {model}; known: {', '.join(known)}"
     hint = _HINTS.get(key) if isinstance(key, str) else None
     if hint is None and isinstance(key, str):
-        close = difflib.get_close_matches(key.lower().replace(".", "_"), known, n=1)
+        close = difflib.get_close_matches(key.lower().replace(".", "_"), list(CONTROL_KEYS), n=1)
         hint = close[0] if close else None
-    return f"{text} (did you mean {hint!r}?)" if hint in known else text
+    if hint is None:
+        return text
+    where = "" if hint in known else f", a {' and '.join(CONTROL_KEYS[hint].models)} setting"
+    return f"{text} (did you mean {hint!r}{where}?)"
 
 
 def _value(key: str, spec: ControlKey, value: Any, model: str) -> Any:

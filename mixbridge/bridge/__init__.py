@@ -203,7 +203,7 @@ def _predict_hook(
                 r_nd = None if nd is None else embedded.data_frame(ri, env, *nd)
                 res = embedded.call("mb_predict", fit_sexp, newdata=r_nd, **pargs)
         value = build.check(res, "predict")
-        emit_warnings(build.messages(res), stacklevel=4)
+        emit_warnings(build.messages(res))
         return np.asarray(value, dtype=float)
 
     return predict
@@ -237,7 +237,7 @@ def lmer(
         "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
         value.get("fit"),
     )  # fmt: skip
-    emit_warnings(fit.messages, stacklevel=4)
+    emit_warnings(fit.messages)
     return fit
 
 
@@ -274,7 +274,7 @@ def glmer(
     fit._predict = _predict_hook(
         "glmer", transport, base, columns, nrow, data, offset, value.get("fit")
     )
-    emit_warnings(fit.messages, stacklevel=4)
+    emit_warnings(fit.messages)
     return fit
 
 
@@ -299,7 +299,7 @@ def lmer_objective(
     }
     res = _run("mb_lmer_objective", transport, args, columns, nrow)
     value = build.check(res, "lmer_objective")
-    emit_warnings(build.messages(res), stacklevel=4)
+    emit_warnings(build.messages(res))
     return float(value[0])
 
 
@@ -335,7 +335,7 @@ def glmer_objective(
     }
     res = _run("mb_glmer_objective", transport, args, columns, nrow)
     value = build.check(res, "glmer_objective")
-    emit_warnings(build.messages(res), stacklevel=4)
+    emit_warnings(build.messages(res))
     return float(value[0])
 
 
@@ -392,7 +392,7 @@ def bayesglm(
     res = _run("mb_bayesglm", transport, args, columns, nrow)
     value = build.check(res, "bayesglm")
     fit = build.bayesglm_fit(res, formula=formula, versions_=_versions(value))
-    emit_warnings(fit.messages, stacklevel=4)
+    emit_warnings(fit.messages)
     return fit
 
 
