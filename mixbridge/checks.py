@@ -78,9 +78,8 @@ def check_inputs(
     if len(data) == 0:
         raise DataError("data has 0 rows")
     _check_weights(frame.weights_in, "weights")
-    if frame.offset_in is not None and np.isinf(frame.offset_in).any():
-        rows = np.flatnonzero(np.isinf(frame.offset_in))
-        raise DataError(f"offset has infinite values in {_rows(rows)}", column="offset")
+    if frame.offset_in is not None:
+        check_finite_offset(frame.offset_in)
     frame.evaluate(with_bars=model != "bayesglm")
     frame.na_omit()
     n = frame.n
@@ -228,6 +227,15 @@ def _check_weights(w: np.ndarray | None, what: str) -> None:
     neg = np.flatnonzero(w < 0)
     if len(neg):
         raise DataError(f"{what} must be non-negative; negative in {_rows(neg)}", column=what)
+
+
+def check_finite_offset(offset: np.ndarray) -> None:
+    """The offset= argument has no Inf (NaN is missing)."""
+    inf = np.isinf(offset)
+    if inf.any():
+        raise DataError(
+            f"offset has infinite values in {_rows(np.flatnonzero(inf))}", column="offset"
+        )
 
 
 def _check_weights_used(w: np.ndarray | None, model: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mixbridge.checks import (
+    check_finite_offset,
     check_finite_values,
     check_flag,
     check_level_labels,
@@ -374,11 +375,13 @@ def _partition_design(part: pd.DataFrame, spec: _Spec) -> tuple:
         check_finite_values(X[:, j], names[j])
     off = spec.template.offset_for(rows)
     if spec.offset is not None:
-        off = off + rows[spec.offset].to_numpy(dtype=float)
-    check_finite_values(off, "offset")
+        off_arg = rows[spec.offset].to_numpy(dtype=float)
+        check_finite_offset(off_arg)
+        off = off + off_arg
+    check_finite_values(off, "offset")  # the formula's offset() terms
     w = None if spec.weights is None else rows[spec.weights].to_numpy(dtype=float)
     if w is not None:
-        check_weight_values(w, "lmer", spec.weights, where="a partition's rows")
+        check_weight_values(w, "lmer", "weights", where="a partition's rows")
     codes = pd.Categorical(rows[spec.group], categories=spec.group_values).codes
     if codes.size and codes.min() < 0:
         raise DataError(f"unexpected level of '{spec.group}' in a partition", spec.group)
