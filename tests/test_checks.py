@@ -410,6 +410,7 @@ def test_predict_flag(df):
         (lambda d: mixbridge.lmer_objective("y ~ x + (1 | g)", d, thetas=[1]), "thetas", "theta"),
         (lambda d: mixbridge.glmer_objective("yb ~ x + (1 | g)", d, [1], [0, 0], fam="x"), "fam",
          "family"),
+        (lambda d: mixbridge.compare(None, None, tolerence="x"), "tolerence", "tolerance"),
     ],
 )  # fmt: skip
 def test_unknown_keywords_are_argument_errors(df, call, key, hint):
