@@ -16,11 +16,11 @@ import pandas as pd
 from mixbridge import engines
 from mixbridge.checks import (
     check_bayesglm_args,
+    check_bayesglm_terms,
     check_family_name,
     check_flag,
     check_inputs,
     check_nagq,
-    check_prior_lengths,
     check_theta_length,
     named_arguments,
 )
@@ -168,7 +168,7 @@ def bayesglm(
         dispersion=dispersion,
     )
     check_bayesglm_args(**prior)
-    check_prior_lengths(frame, drop_baseline, prior)
+    check_bayesglm_terms(frame, drop_baseline, prior)
     return engines.get(engine).bayesglm(
         formula,
         data,

@@ -409,10 +409,13 @@ def check_theta_length(frame: Any, theta: Any, argument: str) -> None:
         )
 
 
-def check_prior_lengths(frame: Any, drop_baseline: bool, prior: dict[str, Any]) -> None:
-    """bayesglm's prior_mean/prior_scale/prior_df: one value, or one per non-intercept
-    coefficient (arm's columns: all levels of a factor when drop_baseline=False)."""
+def check_bayesglm_terms(frame: Any, drop_baseline: bool, prior: dict[str, Any]) -> None:
+    """bayesglm's coefficients: at least one, and prior_mean/prior_scale/prior_df with one
+    value or one per non-intercept coefficient (arm's columns: all levels of a factor when
+    drop_baseline=False)."""
     part = frame.fixed_part(contrasts="treatment" if drop_baseline else "bayes", drop_unused=False)
+    if not part.design.names:
+        raise ArgumentError("the model has no coefficients; bayesglm needs at least one", "formula")
     nv = len(part.design.names) - int(bool(part.info.intercept))
     what = "non-intercept coefficients" if part.info.intercept else "coefficients"
     for name in ("prior_mean", "prior_scale", "prior_df"):

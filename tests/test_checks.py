@@ -483,6 +483,8 @@ def test_same_checks_before_every_engine(df, engine):
          ArgumentError, "prior_mean", "expected 7"),
         (lambda: mixbridge.lmer_objective("y ~ x + (x | g)", df, [1.0, 0.0], engine=engine),
          ArgumentError, "theta", "theta must have length 3"),
+        (lambda: mixbridge.bayesglm("y ~ 0", df, engine=engine), ArgumentError, "formula",
+         "no coefficients"),
     ]  # fmt: skip
     for call, kind, column, words in cases:
         with pytest.raises(kind, match=words) as info:
