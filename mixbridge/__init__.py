@@ -7,6 +7,7 @@ mixbridge.compare(fit, ref).assert_ok()
 """
 
 from mixbridge.api import bayesglm, glmer, glmer_objective, lmer, lmer_objective
+from mixbridge.checks import named_arguments
 from mixbridge.errors import (
     ArgumentError,
     ConvergenceError,
@@ -23,6 +24,7 @@ from mixbridge.results import BayesGLMFit, Message, MixedFit
 __version__ = "0.1.0"
 
 
+@named_arguments
 def compare(a, b, tolerance=None):
     """Compare two fits of the same model; see `mixbridge.conformance.compare`."""
     from mixbridge.conformance.compare import compare as _compare

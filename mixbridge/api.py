@@ -14,7 +14,18 @@ import numpy as np
 import pandas as pd
 
 from mixbridge import engines
-from mixbridge.checks import check_bayesglm_args, check_inputs
+from mixbridge.checks import (
+    check_bayesglm_args,
+    check_bayesglm_terms,
+    check_family_name,
+    check_flag,
+    check_inputs,
+    check_nagq,
+    check_theta_length,
+    named_arguments,
+)
+from mixbridge.control import check_control
+from mixbridge.errors import ArgumentError
 from mixbridge.results import BayesGLMFit, MixedFit
 
 ArrayOrColumn = str | Sequence[float] | np.ndarray | pd.Series | None
@@ -24,6 +35,7 @@ def _is_dask(data: Any) -> bool:
     return type(data).__module__.startswith("dask")
 
 
+@named_arguments
 def lmer(
     formula: str,
     data: pd.DataFrame,
@@ -38,26 +50,41 @@ def lmer(
     """Fit a linear mixed model like lme4's `lmer(formula, data, REML = reml)`.
 
     `weights` and `offset` are column names or arrays (one value per row of `data`). A Dask
-    DataFrame is accepted for models whose random part is a single `(1|g)` term.
+    DataFrame is accepted (engine="python") for models whose random part is a single `(1|g)`
+    term.
     """
+    reml = check_flag(reml, "reml")
     if _is_dask(data):
         from mixbridge.python_impl.distributed import lmer_dask
 
-        return lmer_dask(formula, data, reml=reml, weights=weights, offset=offset)
+        if engine != "python":
+            raise ArgumentError(
+                f"engine={engine!r} cannot fit a Dask DataFrame: only engine='python' fits Dask "
+                "data (out of core, single (1 | g) term); call .compute() to fit a pandas "
+                f"DataFrame with engine={engine!r}",
+                "engine",
+            )
+        _transport(engine, transport)
+        ctrl = check_control("lmer", control, engine)
+        return lmer_dask(formula, data, reml=reml, weights=weights, offset=offset, control=ctrl)
+    ctrl = check_control("lmer", control, _engine_name(engine))
     frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
+    if "start" in ctrl:
+        check_theta_length(frame, ctrl["start"], "start")
     fit = engines.get(engine).lmer(
         formula,
         data,
-        reml=bool(reml),
+        reml=reml,
         weights=weights,
         offset=offset,
-        control=dict(control or {}),
+        control=ctrl,
         **_transport(engine, transport),
         **_prepared(engine, frame),
     )
     return fit
 
 
+@named_arguments
 def glmer(
     formula: str,
     data: pd.DataFrame,
@@ -72,27 +99,27 @@ def glmer(
     control: Mapping[str, Any] | None = None,
 ) -> MixedFit:
     """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`."""
+    family = check_family_name(family, "glmer")
+    nagq = check_nagq(nagq)
+    ctrl = check_control("glmer", control, _engine_name(engine))
     frame = check_inputs(
-        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link
+        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
     )
-    if not isinstance(nagq, (int, np.integer)) or isinstance(nagq, bool) or not 0 <= nagq <= 100:
-        from mixbridge.errors import ArgumentError
-
-        raise ArgumentError(f"nagq must be an integer from 0 to 100, got {nagq!r}", "nagq")
     return engines.get(engine).glmer(
         formula,
         data,
         family=family,
         link=link,
-        nagq=int(nagq),
+        nagq=nagq,
         weights=weights,
         offset=offset,
-        control=dict(control or {}),
+        control=ctrl,
         **_transport(engine, transport),
         **_prepared(engine, frame),
     )
 
 
+@named_arguments
 def bayesglm(
     formula: str,
     data: pd.DataFrame,
@@ -120,6 +147,9 @@ def bayesglm(
 
     `dispersion` (an extension, not in arm) holds the dispersion fixed, e.g. at lmer's sigma^2.
     """
+    family = check_family_name(family, "bayesglm")
+    scaled = check_flag(scaled, "scaled")
+    drop_baseline = check_flag(drop_baseline, "drop_baseline")
     frame = check_inputs(
         "bayesglm", formula, data, weights=weights, offset=offset, family=family, link=link
     )
@@ -138,6 +168,7 @@ def bayesglm(
         dispersion=dispersion,
     )
     check_bayesglm_args(**prior)
+    check_bayesglm_terms(frame, drop_baseline, prior)
     return engines.get(engine).bayesglm(
         formula,
         data,
@@ -151,6 +182,7 @@ def bayesglm(
     )
 
 
+@named_arguments
 def lmer_objective(
     formula: str,
     data: pd.DataFrame,
@@ -163,13 +195,16 @@ def lmer_objective(
     transport: str = "embedded",
 ) -> float:
     """lme4's deviance function (REML criterion or ML deviance) at `theta`, optimizer-free."""
+    reml = check_flag(reml, "reml")
+    theta = _numbers(theta, "theta")
     frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
+    check_theta_length(frame, theta, "theta")
     return float(
         engines.get(engine).lmer_objective(
             formula,
             data,
-            theta=np.asarray(theta, dtype=float),
-            reml=bool(reml),
+            theta=theta,
+            reml=reml,
             weights=weights,
             offset=offset,
             **_transport(engine, transport),
@@ -178,6 +213,7 @@ def lmer_objective(
     )
 
 
+@named_arguments
 def glmer_objective(
     formula: str,
     data: pd.DataFrame,
@@ -197,25 +233,50 @@ def glmer_objective(
 
     `control={"tol_pwrss": 1e-12}` tightens the PIRLS tolerance (lme4's `tolPwrss`).
     """
+    family = check_family_name(family, "glmer")
+    nagq = check_nagq(nagq)
+    ctrl = check_control("glmer", control, _engine_name(engine))
+    theta = _numbers(theta, "theta")
+    beta = _numbers(beta, "beta")
     frame = check_inputs(
-        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link
+        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
     )
+    check_theta_length(frame, theta, "theta")
     return float(
         engines.get(engine).glmer_objective(
             formula,
             data,
-            theta=np.asarray(theta, dtype=float),
-            beta=np.asarray(beta, dtype=float),
+            theta=theta,
+            beta=beta,
             family=family,
             link=link,
-            nagq=int(nagq),
+            nagq=nagq,
             weights=weights,
             offset=offset,
-            control=dict(control or {}),
+            control=ctrl,
             **_transport(engine, transport),
             **_prepared(engine, frame),
         )
     )
+
+
+def _engine_name(engine: Any) -> str:
+    if not isinstance(engine, str):
+        raise ArgumentError(
+            f"engine must be an engine name such as 'python' or 'r', got {engine!r}", "engine"
+        )
+    return engine
+
+
+def _numbers(value: Any, name: str) -> np.ndarray:
+    """A parameter vector (theta, beta) as finite floats."""
+    try:
+        arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{name} must be a vector of numbers, got {value!r}", name) from None
+    if not np.all(np.isfinite(arr)):
+        raise ArgumentError(f"{name} must be finite, got {value!r}", name)
+    return arr
 
 
 def _prepared(engine: str, frame: Any) -> dict[str, Any]:
@@ -227,14 +288,10 @@ def _transport(engine: str, transport: str) -> dict[str, str]:
     """Only the R engine takes a transport; passing a non-default one elsewhere is an error."""
     if engine == "r":
         if transport not in ("embedded", "subprocess"):
-            from mixbridge.errors import ArgumentError
-
             raise ArgumentError(
                 f"transport must be 'embedded' or 'subprocess', got {transport!r}", "transport"
             )
         return {"transport": transport}
     if transport != "embedded":
-        from mixbridge.errors import ArgumentError
-
         raise ArgumentError(f"transport= applies only to engine='r', not {engine!r}", "transport")
     return {}

@@ -14,7 +14,9 @@ exactly as named here; a missing one means "not supported by this engine"):
     glmer_objective(formula, data, *, theta, beta, family, link, nagq, weights, offset, control,
                     **engine_options) -> float
 
-The built-in "python" engine also receives `frame=`: the model frame the input checks already
+The public calls check every argument first (`mixbridge.checks`); `control` arrives with
+`mixbridge.control`'s keys, checked and normalized, for the built-in engines. The built-in
+"python" engine also receives `frame=`: the model frame the input checks already
 evaluated (`mixbridge.formula.frames.ModelFrame`), so the data are read and factorized once.
 
 Built-in engines are imported lazily, so `import mixbridge` stays cheap and never starts R.
@@ -50,6 +52,8 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Any:
+    if not isinstance(name, str):
+        raise ArgumentError(f"engine must be an engine name (str), got {name!r}", "engine")
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name not in _BUILTIN:

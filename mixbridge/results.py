@@ -7,6 +7,8 @@ fits from different engines can be compared field by field (`mixbridge.compare`)
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from mixbridge.checks import check_flag, named_arguments
 from mixbridge.errors import MixbridgeWarning, RWarning
 
 MessageKind = Literal["warning", "message", "error", "note"]
@@ -45,13 +48,30 @@ class Message:
         }
 
 
-def emit_warnings(messages: list[Message], stacklevel: int = 3) -> None:
-    """Re-emit the warnings among `messages` as Python warnings (RWarning for R's own)."""
+def emit_warnings(messages: list[Message], stacklevel: int | None = None) -> None:
+    """Re-emit the warnings among `messages` as Python warnings (RWarning for R's own).
+
+    They point at the first caller outside the mixbridge package (the user's fitting call),
+    however many of our frames lie between; `stacklevel` overrides that."""
+    level = _outside_caller_level() if stacklevel is None else stacklevel
     for m in messages:
         if m.kind != "warning":
             continue
         category = RWarning if m.origin == "R" else MixbridgeWarning
-        warnings.warn(m.text, category, stacklevel=stacklevel)
+        warnings.warn(m.text, category, stacklevel=level)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _outside_caller_level() -> int:
+    """warnings.warn's stacklevel, from emit_warnings, of the first frame not in mixbridge."""
+    frame = sys._getframe(2)  # emit_warnings' caller (stacklevel 2 from emit_warnings)
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 @dataclass
@@ -137,11 +157,19 @@ class MixedFit:
             raise NotImplementedError(f"engine {self.engine!r} does not expose its objective")
         return float(self._objective(*params))
 
-    def predict(self, newdata: pd.DataFrame | None = None, **kwargs: Any) -> np.ndarray:
+    @named_arguments
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: Any = None,
+        allow_new_levels: bool = False,
+        type: str = "link",  # noqa: A002 - lme4's argument name
+    ) -> np.ndarray:
         """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type)."""
+        allow = check_flag(allow_new_levels, "allow_new_levels")
         if self._predict is None:
             raise NotImplementedError(f"engine {self.engine!r} does not implement predict()")
-        return self._predict(newdata, **kwargs)
+        return self._predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
 
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""

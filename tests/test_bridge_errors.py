@@ -57,8 +57,16 @@ def test_r_error_becomes_rmodelerror(needs_r):
     df = pd.DataFrame(
         {"y": [1, 0, 1, 0, 1, 1, 0, 0], "x": [1, 2, 3, 1, 2, 5, 1, 1.0], "g": list("aabbccdd")}
     )
-    with pytest.raises(RModelError) as info:
+    # the public call refuses this before R (the same check on every engine) ...
+    with pytest.raises(ArgumentError, match="single, scalar random-effects term") as info:
         mixbridge.glmer("y ~ x + (x | g)", df, family="binomial", nagq=5, engine="r")
+    assert info.value.argument == "nagq"
+    # ... so R's own error is provoked through the engine itself
+    with pytest.raises(RModelError) as info:
+        bridge.glmer(
+            "y ~ x + (x | g)", df, family="binomial", link=None, nagq=5, weights=None,
+            offset=None, control={},
+        )  # fmt: skip
     err = info.value
     assert "nAGQ > 1 is only available for models with a single, scalar random-effects term" in (
         err.r_message
@@ -68,8 +76,16 @@ def test_r_error_becomes_rmodelerror(needs_r):
 
 
 def test_bayesglm_r_error(needs_r, small):
-    with pytest.raises(RModelError, match="invalid length for prior.mean"):
+    with pytest.raises(ArgumentError, match="invalid length for prior_mean: got 2, expected 6"):
         mixbridge.bayesglm("y ~ x + g", small, prior_mean=[0.0, 1.0], engine="r")
+    args = dict(
+        family="gaussian", link=None, weights=None, offset=None, prior_scale=None, prior_df=1.0,
+        prior_mean_for_intercept=0.0, prior_scale_for_intercept=None, prior_df_for_intercept=1.0,
+        min_prior_scale=1e-12, scaled=True, drop_baseline=True, maxit=100, epsilon=1e-8,
+        dispersion=None,
+    )  # fmt: skip
+    with pytest.raises(RModelError, match="invalid length for prior.mean"):
+        bridge.bayesglm("y ~ x + g", small, prior_mean=[0.0, 1.0], **args)
 
 
 def test_r_warning_becomes_rwarning_and_message(needs_r, sleepstudy):
@@ -185,7 +201,7 @@ def test_nonconvergence_is_reported(needs_r, sleepstudy):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = mixbridge.lmer(
-            "Reaction ~ Days + (Days | Subject)", sleepstudy, engine="r", control={"maxfun": 5}
+            "Reaction ~ Days + (Days | Subject)", sleepstudy, engine="r", control={"maxeval": 5}
         )
     texts = [str(w.message) for w in caught if w.category is RWarning]
     assert any("NLOPT_MAXEVAL_REACHED" in t for t in texts)

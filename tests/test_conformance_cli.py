@@ -134,3 +134,48 @@ def test_suite_file_errors_name_the_problem(tmp_path):
         load_suite(p)
     with pytest.raises(ValueError, match="not found"):
         load_suite(tmp_path / "missing.toml")
+
+
+def test_suite_flags_are_true_or_false(tmp_path):
+    """reml = "false" in a TOML suite fitted REML (and the shrinkage case's reml too); each
+    such case is now an error naming the flag, before any engine runs."""
+    from mixbridge.conformance.suite import run_case
+
+    _grouped_csv(tmp_path / "grouped.csv")
+    p = tmp_path / "flags.toml"
+    p.write_text(
+        """
+[[case]]
+name = "string_reml"
+model = "lmer"
+formula = "y ~ x + (1 | g)"
+data = "grouped.csv"
+reml = "false"
+
+[[case]]
+name = "shrinkage_string_reml"
+model = "shrinkage"
+formula = "y ~ 0 + factor(g)"
+mixed_formula = "y ~ 1 + (1 | g)"
+data = "grouped.csv"
+engine_b = "python"
+reml = "no"
+
+[[case]]
+name = "per_engine_string_reml"
+model = "lmer"
+formula = "y ~ x + (1 | g)"
+data = "grouped.csv"
+engine_b = "python"
+options_b = { reml = "FALSE" }
+"""
+    )
+    for case in load_suite(p):
+        result = run_case(case)
+        assert result.status == "ERROR", case.name
+        assert "ArgumentError" in result.error and "reml must be True or False" in result.error
+    p.write_text(
+        '[[case]]\nname = "s"\nmodel = "lmer"\nformula = "y ~ 1"\ndata = "a.csv"\nslow = "no"\n'
+    )
+    with pytest.raises(ValueError, match="case 's': slow must be true or false"):
+        load_suite(p)

@@ -14,7 +14,7 @@ import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 import mixbridge
-from mixbridge.errors import FormulaError
+from mixbridge.errors import ArgumentError, DataError, FormulaError
 
 # Map-reduce vs one in-memory pass: the same sums in another order (rounding ~1e-16 per row
 # sum), and θ̂ is a root of the analytic derivative, so estimates agree to ~1e-13; 1e-10 is the
@@ -167,3 +167,83 @@ def test_dask_rejects_other_random_structures():
         mixbridge.lmer("y ~ x1 + (x1|g)", ddf)
     with pytest.raises(FormulaError, match="scale"):
         mixbridge.lmer("y ~ scale(x1) + (1|g)", ddf)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Dask path obeys engine=, control= and the in-memory input checks (issue 11, item 6)
+
+
+@pytest.fixture
+def small_ddf():
+    import dask
+
+    df = _data(400, 20, seed=4)
+    with dask.config.set(scheduler="sync"):
+        yield df, dd.from_pandas(df, npartitions=3)
+
+
+@pytest.mark.parametrize("engine", ["r", "statsmodels"])
+def test_dask_engine_is_obeyed(small_ddf, engine):
+    """engine="r" silently ran the Python engine."""
+    _, ddf = small_ddf
+    with pytest.raises(ArgumentError, match=f"engine='{engine}' cannot fit a Dask") as info:
+        mixbridge.lmer("y ~ x1 + (1|g)", ddf, engine=engine)
+    assert info.value.argument == "engine"
+
+
+def test_dask_control_is_obeyed(small_ddf):
+    """control= was ignored: now cond_var applies, optimizer settings and unknown keys are
+    refused by name."""
+    df, ddf = small_ddf
+    lean = mixbridge.lmer("y ~ x1 + (1|g)", ddf, control={"cond_var": False})
+    full = mixbridge.lmer("y ~ x1 + (1|g)", ddf)
+    assert lean.cond_var == {} and full.cond_var
+    np.testing.assert_array_equal(lean.theta, full.theta)
+    for control, key in [({"maxeval": 5}, "maxeval"), ({"start": [1.0]}, "start"),
+                         ({"maxfun": 5}, "maxfun"), ({"cond_var": "no"}, "cond_var")]:  # fmt: skip
+        with pytest.raises(ArgumentError) as info:
+            mixbridge.lmer("y ~ x1 + (1|g)", ddf, control=control)
+        assert info.value.argument == key
+
+
+def test_dask_flags_are_checked(small_ddf):
+    _, ddf = small_ddf
+    with pytest.raises(ArgumentError, match="reml must be True or False"):
+        mixbridge.lmer("y ~ x1 + (1|g)", ddf, reml="false")
+
+
+def test_dask_input_checks_match_in_memory(small_ddf):
+    """A constant response returned NaN estimates and zero weights returned a fit; each case
+    now raises the in-memory error, with the same message."""
+    df, _ = small_ddf
+    n = len(df)
+    w = np.ones(n)
+    w[7] = 0.0
+    g_tenths = np.where(df["g"] == df["g"].iloc[0], 0.1 + 0.2, 0.3 + df["g"].to_numpy())
+    g_tenths[df["g"].to_numpy() == df["g"].iloc[1]] = 0.3
+    cases = [
+        (df.assign(y=2.5), {}, DataError, "response 'y' is constant"),
+        (df.assign(w=w), {"weights": "w"}, DataError, r"1 zero weight\(s\)"),
+        (df.assign(w=np.where(np.arange(n) == 9, np.inf, 1.0)), {"weights": "w"}, DataError,
+         "weights must be finite"),
+        (df.assign(w=np.where(np.arange(n) == 9, -1.0, 1.0)), {"weights": "w"}, DataError,
+         "weights must be non-negative"),
+        (df.assign(o=np.where(np.arange(n) == 300, np.inf, 0.0)), {"offset": "o"}, DataError,
+         "offset has infinite values"),
+        (df.assign(x1=np.where(np.arange(n) == 300, np.inf, df["x1"])), {}, DataError,
+         "'x1' has infinite values"),
+        (df.assign(g=g_tenths), {}, DataError, "share the level label '0.3'"),
+        (df.assign(g=np.where(np.arange(n) % 2 == 0, "a\x00b", "a\x00c")), {}, DataError, "NUL"),
+    ]  # fmt: skip
+    for data, kw, kind, words in cases:
+        with pytest.raises(kind, match=words) as in_memory:
+            mixbridge.lmer("y ~ x1 + (1|g)", data, **kw)
+        with pytest.raises(kind, match=words) as out_of_core:
+            mixbridge.lmer("y ~ x1 + (1|g)", dd.from_pandas(data, npartitions=3), **kw)
+        assert in_memory.value.column == out_of_core.value.column, words
+
+
+def test_other_calls_name_the_dask_restriction(small_ddf):
+    _, ddf = small_ddf
+    with pytest.raises(DataError, match="a Dask DataFrame.*accepted by lmer"):
+        mixbridge.glmer("y ~ x1 + (1|g)", ddf)

@@ -21,56 +21,17 @@ import pandas as pd
 
 from mixbridge.bridge import build
 from mixbridge.bridge.convert import Column, encode_frame
+from mixbridge.control import check_control
 from mixbridge.errors import ArgumentError, DataError
 from mixbridge.formula import validate_formula
 from mixbridge.results import BayesGLMFit, MixedFit, emit_warnings
 
 TRANSPORTS = ("embedded", "subprocess")
-OPTIMIZERS = ("nloptwrap", "bobyqa", "Nelder_Mead", "nlminbwrap")
-
-# control key -> (type check, description); the R side maps them to lmerControl/glmerControl.
-_COMMON_CONTROL = {
-    "optimizer": "optimizer name",
-    "calc_derivs": "bool",
-    "boundary_tol": "number",
-    "restart_edge": "bool",
-    "maxfun": "number",
-    # False: skip ranef's condVar (cond_var stays empty); it can cost more than the fit.
-    "cond_var": "bool",
-}
-_GLMER_CONTROL = {**_COMMON_CONTROL, "tol_pwrss": "number", "nagq0_init_step": "bool"}
 
 
-def _check_control(control: Mapping[str, Any] | None, allowed: dict[str, str]) -> dict:
-    out: dict[str, Any] = {}
-    for key, value in dict(control or {}).items():
-        if key not in allowed:
-            raise ArgumentError(
-                f"unknown control key {key!r} for the R engine; known: {', '.join(allowed)}",
-                key,
-            )
-        kind = allowed[key]
-        if kind == "bool":
-            if not isinstance(value, (bool, np.bool_)):
-                raise ArgumentError(f"control[{key!r}] must be True or False", key)
-            value = bool(value)
-        elif kind == "number":
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ArgumentError(f"control[{key!r}] must be a number", key)
-            if not np.isfinite(value) or value <= 0:
-                raise ArgumentError(f"control[{key!r}] must be a positive number", key)
-            value = float(value)
-        else:
-            names = [value] if isinstance(value, str) else list(value)
-            if not names or len(names) > 2 or any(n not in OPTIMIZERS for n in names):
-                raise ArgumentError(
-                    f"control['optimizer'] must be one of {', '.join(OPTIMIZERS)} "
-                    f"(or two of them for glmer), got {value!r}",
-                    key,
-                )
-            value = names
-        out[key] = value
-    return out
+def _check_control(model: str, control: Mapping[str, Any] | None) -> dict[str, Any]:
+    """control= with mixbridge.control's keys; the R side maps them to lme4's arguments."""
+    return check_control(model, control, "r")
 
 
 def _check_transport(transport: str) -> None:
@@ -82,10 +43,12 @@ def _check_transport(transport: str) -> None:
 
 def _encode(model: str, formula: str, data: pd.DataFrame, weights: Any, offset: Any):
     """Validate the formula against the allow-list (again: the engine may be called directly,
-    and the formula is the one string R parses), then encode the data columns for R."""
+    and the formula is the one string R parses), then encode the columns the model uses.
+    Returns (columns, nrow, {"weights_col": name or None, "offset_col": name or None})."""
     columns = list(data.columns) if isinstance(data, pd.DataFrame) else []
     validate_formula(formula, columns, model)
-    return encode_frame(data, formula, weights, offset)
+    cols, nrow, weights_col, offset_col = encode_frame(data, formula, weights, offset)
+    return cols, nrow, {"weights_col": weights_col, "offset_col": offset_col}
 
 
 def _rpy2_version() -> str | None:
@@ -240,7 +203,7 @@ def _predict_hook(
                 r_nd = None if nd is None else embedded.data_frame(ri, env, *nd)
                 res = embedded.call("mb_predict", fit_sexp, newdata=r_nd, **pargs)
         value = build.check(res, "predict")
-        emit_warnings(build.messages(res), stacklevel=4)
+        emit_warnings(build.messages(res))
         return np.asarray(value, dtype=float)
 
     return predict
@@ -262,9 +225,9 @@ def lmer(
 ) -> MixedFit:
     """lme4::lmer(formula, data, REML = reml, weights, offset, control)."""
     _check_transport(transport)
-    ctrl = _check_control(control, _COMMON_CONTROL)
-    columns, nrow, has_w, has_o = _encode("lmer", formula, data, weights, offset)
-    base = {"formula": formula, "REML": bool(reml), "has_weights": has_w, "has_offset": has_o}
+    ctrl = _check_control("lmer", control)
+    columns, nrow, wo = _encode("lmer", formula, data, weights, offset)
+    base = {"formula": formula, "REML": bool(reml), **wo}
     keep = {"keep_fit": transport == "embedded"}
     res = _run("mb_lmer", transport, {**base, "control": ctrl, **keep}, columns, nrow)
     value = build.check(res, "lmer")
@@ -274,7 +237,7 @@ def lmer(
         "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
         value.get("fit"),
     )  # fmt: skip
-    emit_warnings(fit.messages, stacklevel=4)
+    emit_warnings(fit.messages)
     return fit
 
 
@@ -292,15 +255,14 @@ def glmer(
 ) -> MixedFit:
     """lme4::glmer(formula, data, family(link), nAGQ = nagq, weights, offset, control)."""
     _check_transport(transport)
-    ctrl = _check_control(control, _GLMER_CONTROL)
-    columns, nrow, has_w, has_o = _encode("glmer", formula, data, weights, offset)
+    ctrl = _check_control("glmer", control)
+    columns, nrow, wo = _encode("glmer", formula, data, weights, offset)
     base = {
         "formula": formula,
         "family": family,
         "link": link,
         "nAGQ": int(nagq),
-        "has_weights": has_w,
-        "has_offset": has_o,
+        **wo,
         "control": ctrl,
     }
     keep = {"keep_fit": transport == "embedded"}
@@ -312,7 +274,7 @@ def glmer(
     fit._predict = _predict_hook(
         "glmer", transport, base, columns, nrow, data, offset, value.get("fit")
     )
-    emit_warnings(fit.messages, stacklevel=4)
+    emit_warnings(fit.messages)
     return fit
 
 
@@ -328,17 +290,16 @@ def lmer_objective(
 ) -> float:
     """lme4's lmer deviance function (devFunOnly=TRUE) at theta."""
     _check_transport(transport)
-    columns, nrow, has_w, has_o = _encode("lmer", formula, data, weights, offset)
+    columns, nrow, wo = _encode("lmer", formula, data, weights, offset)
     args = {
         "formula": formula,
         "theta": np.asarray(theta, dtype=float),
         "REML": bool(reml),
-        "has_weights": has_w,
-        "has_offset": has_o,
+        **wo,
     }
     res = _run("mb_lmer_objective", transport, args, columns, nrow)
     value = build.check(res, "lmer_objective")
-    emit_warnings(build.messages(res), stacklevel=4)
+    emit_warnings(build.messages(res))
     return float(value[0])
 
 
@@ -358,8 +319,8 @@ def glmer_objective(
 ) -> float:
     """glmer's deviance function at c(theta, beta) (stage 2; nAGQ = 0: stage 1 at theta)."""
     _check_transport(transport)
-    ctrl = _check_control(control, _GLMER_CONTROL)
-    columns, nrow, has_w, has_o = _encode("glmer", formula, data, weights, offset)
+    ctrl = _check_control("glmer", control)
+    columns, nrow, wo = _encode("glmer", formula, data, weights, offset)
     theta = np.atleast_1d(np.asarray(theta, dtype=float))
     beta = np.atleast_1d(np.asarray(beta, dtype=float))
     params = theta if int(nagq) == 0 else np.concatenate([theta, beta])
@@ -369,13 +330,12 @@ def glmer_objective(
         "family": family,
         "link": link,
         "nAGQ": int(nagq),
-        "has_weights": has_w,
-        "has_offset": has_o,
+        **wo,
         "control": ctrl,
     }
     res = _run("mb_glmer_objective", transport, args, columns, nrow)
     value = build.check(res, "glmer_objective")
-    emit_warnings(build.messages(res), stacklevel=4)
+    emit_warnings(build.messages(res))
     return float(value[0])
 
 
@@ -403,7 +363,7 @@ def bayesglm(
 ) -> BayesGLMFit:
     """arm::bayesglm with the same arguments (dispersion: fixed-phi extension, see the R side)."""
     _check_transport(transport)
-    columns, nrow, has_w, has_o = _encode("bayesglm", formula, data, weights, offset)
+    columns, nrow, wo = _encode("bayesglm", formula, data, weights, offset)
 
     def num(x: Any) -> Any:
         if x is None:
@@ -415,8 +375,7 @@ def bayesglm(
         "formula": formula,
         "family": family,
         "link": link,
-        "has_weights": has_w,
-        "has_offset": has_o,
+        **wo,
         "prior_mean": num(prior_mean),
         "prior_scale": num(prior_scale),
         "prior_df": num(prior_df),
@@ -433,7 +392,7 @@ def bayesglm(
     res = _run("mb_bayesglm", transport, args, columns, nrow)
     value = build.check(res, "bayesglm")
     fit = build.bayesglm_fit(res, formula=formula, versions_=_versions(value))
-    emit_warnings(fit.messages, stacklevel=4)
+    emit_warnings(fit.messages)
     return fit
 
 
@@ -442,6 +401,6 @@ __all__ = ["bayesglm", "glmer", "glmer_objective", "lmer", "lmer_objective"]
 
 def describe_data(data: pd.DataFrame, transport: str = "embedded") -> list[dict[str, Any]]:
     """How R received `data` (class, levels, NA positions, values per column): a diagnostic."""
-    columns, nrow, _, _ = encode_frame(data, "")
+    columns, nrow, _, _ = encode_frame(data, "", all_columns=True)
     res = _run("mb_describe_df", transport, {}, columns, nrow)
     return build.check(res, "describe_data")

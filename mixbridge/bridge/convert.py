@@ -16,7 +16,6 @@ This is deliberately not pandas2ri, which takes seconds per million rows.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,16 +53,43 @@ def _codes(codes: np.ndarray) -> np.ndarray:
     return out
 
 
+def _r_labels(name: str, labels: tuple[str, ...]) -> tuple[str, ...]:
+    """Labels R can hold as they are: R's strings end at a NUL (so "g\\x00a" and "g\\x00b"
+    would be one level) and must be valid UTF-8."""
+    text = "".join(labels)
+    if "\x00" in text:
+        bad = next(lv for lv in labels if "\x00" in lv)
+        raise DataError(f"column {name!r} has the level {bad!r} with a NUL character", name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(lv for lv in labels if not _utf8(lv))
+        raise DataError(
+            f"column {name!r} has the level {bad!r}, which is not valid text", name
+        ) from None
+    return labels
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def encode_series(name: str, s: pd.Series) -> Column:
     """One pandas column as an R-ready vector. Raises DataError for unsupported types."""
     dtype = s.dtype
+    if "\x00" in name:
+        raise DataError(f"column name {name!r} has a NUL character, where R cuts it", name)
     if isinstance(dtype, pd.CategoricalDtype):
         cat = s.cat
         kind = "ordered" if dtype.ordered else "factor"
         levels = tuple(str(c) for c in cat.categories)
         if len(set(levels)) != len(levels):
             raise DataError(f"column {name!r}: category labels are not distinct as strings", name)
-        return Column(name, kind, _codes(np.asarray(cat.codes)), levels)
+        return Column(name, kind, _codes(np.asarray(cat.codes)), _r_labels(name, levels))
     if pd.api.types.is_bool_dtype(dtype):
         if isinstance(dtype, pd.BooleanDtype):
             vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -90,7 +116,7 @@ def encode_series(name: str, s: pd.Series) -> Column:
     if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
         codes, uniques = pd.factorize(s, use_na_sentinel=True)
         if all(isinstance(u, str) for u in uniques):
-            return Column(name, "string", _codes(codes), tuple(uniques))
+            return Column(name, "string", _codes(codes), _r_labels(name, tuple(uniques)))
         if all(isinstance(u, (bool, np.bool_)) for u in uniques):
             vals = np.full(len(s), NA_INTEGER, dtype=np.int32)
             ok = codes >= 0
@@ -112,44 +138,91 @@ def _vector_arg(arg: object, data: pd.DataFrame, what: str) -> np.ndarray:
         if arg not in data.columns:
             raise DataError(f"{what} column {arg!r} is not in the data", what)
         vals = data[arg]
+        if isinstance(vals, pd.DataFrame):
+            raise DataError(f"{what} column {arg!r} appears more than once in the data", what)
     else:
         vals = arg
     try:
         arr = np.asarray(vals, dtype=np.float64)
     except (TypeError, ValueError):
         raise DataError(f"{what} must be numeric", what) from None
-    if arr.ndim != 1 or arr.shape[0] != len(data):
+    if arr.ndim != 1:
+        raise DataError(
+            f"{what} must be a one-dimensional vector (one value per row), got an array of "
+            f"shape {arr.shape}",
+            what,
+        )
+    if arr.shape[0] != len(data):
         raise DataError(f"{what} has {arr.size} values but the data have {len(data)} rows", what)
     return arr
 
 
-def _mentions(formula: str, name: str) -> bool:
-    return re.search(r"(?<![\w.])" + re.escape(name) + r"(?![\w.])", formula) is not None
+def formula_names(formula: str) -> set[str]:
+    """Every name the formula mentions (variables; function names are not names)."""
+    from mixbridge.formula.parse import Name, parse_formula, walk
+
+    tree = parse_formula(formula)
+    nodes = [n for part in (tree.lhs, tree.rhs) if part is not None for n in walk(part)]
+    return {n.id for n in nodes if isinstance(n, Name)}
+
+
+def free_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ...: a column name none of `taken` uses."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _column(data: pd.DataFrame, name: object) -> pd.Series:
+    if not isinstance(name, str):
+        raise DataError(f"column names must be strings, got {name!r}", str(name))
+    col = data[name]
+    if isinstance(col, pd.DataFrame):
+        raise DataError(
+            f"column name {name!r} appears {col.shape[1]} times in the data; R needs unique names",
+            name,
+        )
+    return col
 
 
 def encode_frame(
-    data: pd.DataFrame, formula: str, weights: object = None, offset: object = None
-) -> tuple[list[Column], int, bool, bool]:
-    """All columns R may need, plus weights/offset as `.mb_weights`/`.mb_offset`.
+    data: pd.DataFrame,
+    formula: str,
+    weights: object = None,
+    offset: object = None,
+    *,
+    all_columns: bool = False,
+) -> tuple[list[Column], int, str | None, str | None]:
+    """The columns the formula uses, plus weights/offset under names no formula variable has.
 
-    A column whose type R cannot take is an error only when the formula mentions it;
-    otherwise it is left out. Returns (columns, nrow, has_weights, has_offset).
+    Only the columns the model uses travel to R: any other column (a NUL in its name, a
+    duplicated or empty name, a type R cannot take) cannot change what R fits. `all_columns`:
+    every column R can take (a diagnostic, `describe_data`). Returns (columns, nrow,
+    weights column name or None, offset column name or None).
     """
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}", "data")
     cols: list[Column] = []
-    for name in data.columns:
-        if not isinstance(name, str):
-            raise DataError(f"column names must be strings, got {name!r}", str(name))
-        try:
-            cols.append(encode_series(name, data[name]))
-        except DataError:
-            if _mentions(formula, name):
-                raise
-    has_w = weights is not None
-    has_o = offset is not None
-    if has_w:
-        cols.append(Column(WEIGHTS_COLUMN, "double", _float(_vector_arg(weights, data, "weights"))))
-    if has_o:
-        cols.append(Column(OFFSET_COLUMN, "double", _float(_vector_arg(offset, data, "offset"))))
-    return cols, len(data), has_w, has_o
+    if all_columns:
+        for name in data.columns:
+            try:
+                cols.append(encode_series(name, _column(data, name)))
+            except DataError:
+                continue
+        taken = {c.name for c in cols}
+    else:
+        taken = formula_names(formula)
+        for name in data.columns:
+            if isinstance(name, str) and name in taken:
+                cols.append(encode_series(name, _column(data, name)))
+    weights_name = offset_name = None
+    if weights is not None:
+        weights_name = free_name(WEIGHTS_COLUMN, taken)
+        values = _float(_vector_arg(weights, data, "weights"))
+        cols.append(Column(weights_name, "double", values))
+    if offset is not None:
+        offset_name = free_name(OFFSET_COLUMN, taken)
+        cols.append(Column(offset_name, "double", _float(_vector_arg(offset, data, "offset"))))
+    return cols, len(data), weights_name, offset_name

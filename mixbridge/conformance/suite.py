@@ -33,6 +33,7 @@ except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib  # type: ignore[no-redef]
 
 import mixbridge
+from mixbridge.checks import check_flag
 from mixbridge.conformance.compare import FAIL, Comparison, compare
 
 MODELS = ("lmer", "glmer", "bayesglm", "shrinkage")
@@ -128,7 +129,7 @@ def load_suite(spec: str | Path = "builtin") -> list[Case]:
                 engine_a=entry.get("engine_a", "python"),
                 engine_b=entry.get("engine_b", "r"),
                 tolerance=entry.get("tolerance"),
-                slow=bool(entry.get("slow", False)),
+                slow=_flag(entry, "slow", False),
                 mixed_formula=entry.get("mixed_formula", ""),
                 description=entry.get("description", ""),
                 base_dir=path.parent,
@@ -139,6 +140,13 @@ def load_suite(spec: str | Path = "builtin") -> list[Case]:
     if not cases:
         raise ValueError(f"suite file {path} defines no [[case]]")
     return cases
+
+
+def _flag(entry: dict[str, Any], key: str, default: bool) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"case {entry.get('name')!r}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def read_data(path: str | Path) -> pd.DataFrame:
@@ -284,8 +292,8 @@ def run_case(case: Case) -> CaseResult:
 def _shrinkage_fits(case: Case, data: pd.DataFrame) -> tuple[Any, Any]:
     opts = dict(case.options)
     family = opts.pop("family", None)
-    fix_dispersion = bool(opts.pop("fix_dispersion", False))
-    reml = bool(opts.pop("reml", True))
+    fix_dispersion = check_flag(opts.pop("fix_dispersion", False), "fix_dispersion")
+    reml = check_flag(opts.pop("reml", True), "reml")
     if family in (None, "gaussian"):
         mixed = fit_model("lmer", case.mixed_formula, data, case.engine_b, {"reml": reml})
     else:

@@ -348,6 +348,17 @@ def _poly(node: Call, data: pd.DataFrame, state: Transforms) -> Numeric:
                 f"'degree' must be less than number of unique points in '{key}'",
                 column=deparse(node.args[0]),
             )
+        rank = _power_rank(x, degree)
+        if rank <= degree:
+            # R's poly() stops when rank < degree ("'degree' must be less than number of
+            # unique points"); at rank == degree it goes on with a last column built from a
+            # rank-deficient QR, which no other implementation reproduces: refused as well
+            raise DataError(
+                f"'degree' must be less than number of unique points in '{key}': the powers of "
+                f"{deparse(node.args[0])} up to {degree} are numerically dependent (rank {rank} "
+                f"of {degree + 1} by R's qr(), tol 1e-7); use a lower degree",
+                column=deparse(node.args[0]),
+            )
         # Stieltjes three-term recurrence: monic orthogonal polynomials on the data points,
         # which is what R's QR construction yields (alpha, norm2 as in attr(, "coefs"))
         alpha = np.zeros(degree)
@@ -371,6 +382,14 @@ def _poly(node: Call, data: pd.DataFrame, state: Transforms) -> Numeric:
         z[:, i + 1] = (x - alpha[i]) * z[:, i] - (norm2[i + 1] / norm2[i]) * z[:, i - 1]
     z = z / np.sqrt(norm2[1:])
     return Numeric(z[:, 1:], [str(k) for k in range(1, degree + 1)])
+
+
+def _power_rank(x: np.ndarray, degree: int) -> int:
+    """Rank R's poly() finds for outer(x - mean(x), 0:degree, "^"): qr() with tol 1e-7."""
+    from mixbridge.formula.model_matrix import rank_keep
+
+    xc = x - x.mean()
+    return len(rank_keep(np.power.outer(xc, np.arange(degree + 1, dtype=float)), 1e-7))
 
 
 def _as_factor(val: Value) -> Factor:

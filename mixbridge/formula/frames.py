@@ -638,6 +638,8 @@ def _argument_vector(arg: Any, data: pd.DataFrame, what: str) -> np.ndarray | No
                 column=arg,
             )
         col = data[arg]
+        if isinstance(col, pd.DataFrame):
+            raise DataError(f"{what} column {arg!r} is duplicated in data", column=arg)
         if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
             raise DataError(f"{what} column {arg!r} must be numeric", column=arg)
         return col.astype("float64").to_numpy(dtype=float, na_value=np.nan)
@@ -645,7 +647,13 @@ def _argument_vector(arg: Any, data: pd.DataFrame, what: str) -> np.ndarray | No
         arr = np.asarray(arg, dtype=float)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what} must be numeric ({exc})", column=what) from None
-    if arr.ndim != 1 or len(arr) != len(data):
+    if arr.ndim != 1:
+        raise DataError(
+            f"{what} must be a one-dimensional vector (one value per row), got an array of "
+            f"shape {arr.shape}",
+            column=what,
+        )
+    if len(arr) != len(data):
         raise DataError(
             f"{what} has {arr.size} value(s) but data has {len(data)} rows", column=what
         )

@@ -1188,7 +1188,7 @@ def fit_from_matrix(
         )
     else:
         vcov = pd.DataFrame(summ.vcov, index=index, columns=index, copy=False)
-    emit_warnings(messages, stacklevel=4)
+    emit_warnings(messages)
     return BayesGLMFit(
         formula=formula,
         family=fam.family,

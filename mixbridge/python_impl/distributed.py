@@ -20,7 +20,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mixbridge.checks import (
+    check_finite_offset,
+    check_finite_values,
+    check_flag,
+    check_level_labels,
+    check_response_spread,
+    check_weight_values,
+)
+from mixbridge.control import check_control
 from mixbridge.errors import ArgumentError, DataError, FormulaError
+from mixbridge.formula.evaluate import Transforms, numeric
+from mixbridge.formula.parse import deparse
 from mixbridge.python_impl import lmm_scalar as ls
 from mixbridge.results import Message, MixedFit
 
@@ -79,9 +90,25 @@ def lmer_dask(
     reml: bool = True,
     weights: str | None = None,
     offset: str | None = None,
+    control: dict[str, Any] | None = None,
 ) -> MixedFit:
-    """Fit `lmer(formula, data, REML = reml)` on a Dask DataFrame (single `(1|g)` models)."""
+    """Fit `lmer(formula, data, REML = reml)` on a Dask DataFrame (single `(1|g)` models).
+
+    The input checks are the in-memory ones (`mixbridge.checks`), applied to each partition
+    or to the aggregates. `control`: checked keys (`mixbridge.control`); `cond_var` is honoured,
+    the optimizer settings are refused (the scalar path's 1-D search has none)."""
     dask = _require_dask()
+    reml = check_flag(reml, "reml")
+    ctrl = check_control("lmer", control, "python")
+    keep_cond_var = ctrl.pop("cond_var", True)
+    if ctrl:
+        key = next(iter(ctrl))
+        raise ArgumentError(
+            f"control[{key!r}] is not available for a Dask DataFrame: the out-of-core fit runs "
+            "the single (1 | g) term's one-dimensional search, which has no optimizer settings "
+            "(only cond_var applies); compute() the data to fit it in memory with this setting",
+            key,
+        )
     for name, arg in (("weights", weights), ("offset", offset)):
         if arg is not None and not isinstance(arg, str):
             raise ArgumentError(
@@ -102,6 +129,7 @@ def lmer_dask(
     found = [dask.delayed(_partition_uniques)(p, used, level_cols) for p in parts]
     uniques = _tree(dask, found, _union_uniques).compute()
     group_values, levels = _level_order(group, uniques[0])
+    check_level_labels(levels, group)
     if len(levels) < 2:
         raise DataError(f"grouping factor '{group}' must have > 1 sampled level", group)
 
@@ -113,6 +141,9 @@ def lmer_dask(
     if len(head) == 0:
         raise DataError(f"no rows without missing values in the variables of {formula!r}")
     template = _template(formula, head, dict(zip(factor_cols, uniques[1:], strict=True)), group)
+    fixed_design = template._fixed.design
+    for i, labels in fixed_design.levels.items():
+        check_level_labels(labels, fixed_design.info.var_names[i])
     icol = template.x_names.index("(Intercept)") if "(Intercept)" in template.x_names else None
     spec = _Spec(
         template=template,
@@ -128,9 +159,10 @@ def lmer_dask(
     # 3. one pass: map partitions to GroupStats, add them up in a tree
     shift = dask.delayed(_partition_shift)(parts[0], spec).compute()
     mapped = [dask.delayed(_partition_stats)(p, spec, shift) for p in parts]
-    full_stats, n_dropped = _tree(dask, mapped, _combine).compute()
+    full_stats, n_dropped, y_range = _tree(dask, mapped, _combine).compute()
     if full_stats.n == 0:
         raise DataError(f"no rows without missing values in the variables of {formula!r}")
+    check_response_spread(*y_range, full_stats.n, deparse(tree.lhs), "lmer")
 
     # 4. lme4's rank check on the pooled Gram matrix, then the 1-D fit
     names_full = list(template._fixed.design.names)
@@ -171,6 +203,8 @@ def lmer_dask(
     )
     fit = _mixed_fit(formula, bool(reml), res, stats, names, group, levels, messages + res.messages)
     fit.fitted, fit.residuals = fitted, residuals
+    if not keep_cond_var:
+        fit.cond_var = {}
     fit.dropped_columns = dropped
     fit.extra.update(
         {
@@ -325,23 +359,29 @@ def _nbytes(stats: ls.GroupStats) -> int:
 
 
 def _partition_design(part: pd.DataFrame, spec: _Spec) -> tuple:
-    from mixbridge.formula.evaluate import Transforms, numeric
-
     na = part[spec.used_columns].isna().any(axis=1).to_numpy()
     rows = part[~na] if na.any() else part
     X = spec.template._fixed.matrix(rows)
     y = numeric(spec.response, rows, Transforms(fitting=False))
-    bad = ~(np.isfinite(y) & np.isfinite(X).all(axis=1))
+    bad = np.isnan(y) | np.isnan(X).any(axis=1)
     if bad.any():  # NaN from a transform (e.g. log(-1)) is missing, like na.omit
-        if np.isinf(y).any() or np.isinf(X).any():
-            raise DataError("the response or the fixed-effects model matrix has infinite values")
         rows, X, y = rows[~bad], X[~bad], y[~bad]
+    # the in-memory checks (mixbridge.checks), on this partition's rows
+    if not np.isfinite(y).all():
+        name = deparse(spec.response)
+        raise DataError(f"response {name!r} has infinite values", column=name)
+    names = spec.template._fixed.design.names
+    for j in np.flatnonzero(~np.isfinite(X.sum(axis=0))):
+        check_finite_values(X[:, j], names[j])
     off = spec.template.offset_for(rows)
     if spec.offset is not None:
-        off = off + rows[spec.offset].to_numpy(dtype=float)
+        off_arg = rows[spec.offset].to_numpy(dtype=float)
+        check_finite_offset(off_arg)
+        off = off + off_arg
+    check_finite_values(off, "offset")  # the formula's offset() terms
     w = None if spec.weights is None else rows[spec.weights].to_numpy(dtype=float)
-    if w is not None and np.any(w < 0):
-        raise DataError("weights must be non-negative", spec.weights)
+    if w is not None:
+        check_weight_values(w, "lmer", "weights", where="a partition's rows")
     codes = pd.Categorical(rows[spec.group], categories=spec.group_values).codes
     if codes.size and codes.min() < 0:
         raise DataError(f"unexpected level of '{spec.group}' in a partition", spec.group)
@@ -355,10 +395,13 @@ def _partition_shift(part: pd.DataFrame, spec: _Spec) -> tuple[np.ndarray, float
 
 
 def _partition_stats(part: pd.DataFrame, spec: _Spec, shift: tuple) -> tuple:
-    X, y, w, codes, n_na, _ = _partition_design(part, spec)
+    """(GroupStats, rows dropped as NA, (lowest, highest) response) of one partition."""
+    X, y, w, codes, n_na, rows = _partition_design(part, spec)
     G = len(spec.group_values)
     stats = ls.group_stats(X, y, w, codes, G, shift=shift, intercept=spec.intercept)
-    return stats, n_na
+    raw = numeric(spec.response, rows, Transforms(fitting=False))  # y before the offset
+    y_range = (float(raw.min()), float(raw.max())) if raw.size else (math.inf, -math.inf)
+    return stats, n_na, y_range
 
 
 def _partition_uniques(part: pd.DataFrame, used: list[str], cols: list[str]) -> list:
@@ -383,7 +426,7 @@ def _tree(dask: Any, items: list, combine: Any) -> Any:
 
 
 def _combine(a: tuple, b: tuple) -> tuple:
-    return a[0] + b[0], a[1] + b[1]
+    return a[0] + b[0], a[1] + b[1], (min(a[2][0], b[2][0]), max(a[2][1], b[2][1]))
 
 
 def _partition_fitted(

@@ -9,17 +9,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from mixbridge.control import check_control
 from mixbridge.python_impl.predictor import blas_single_thread
 
 # Every fit runs with BLAS on one thread: the work is many small and mid-sized factorizations,
 # where OpenBLAS threads gain little and, on a busy machine, slow a small Cholesky ~100x.
 
 
+def _split_control(model: str, kwargs: dict[str, Any]) -> bool:
+    """Check kwargs["control"] (mixbridge.control's keys) and take out `cond_var`, which is
+    applied to the result here; returns whether to keep the conditional variances."""
+    control = check_control(model, kwargs.get("control"), "python")
+    keep = control.pop("cond_var", True)
+    kwargs["control"] = control
+    return keep
+
+
 def lmer(formula: str, data: Any, **kwargs: Any):
     from mixbridge.python_impl.lmm import lmer as fit
 
+    keep_cond_var = _split_control("lmer", kwargs)
     with blas_single_thread():
-        return fit(formula, data, **kwargs)
+        result = fit(formula, data, **kwargs)
+    if not keep_cond_var:
+        result.cond_var = {}
+    return result
 
 
 def lmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
@@ -32,13 +46,18 @@ def lmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
 def glmer(formula: str, data: Any, **kwargs: Any):
     from mixbridge.python_impl.glmm import glmer as fit
 
+    keep_cond_var = _split_control("glmer", kwargs)
     with blas_single_thread():
-        return fit(formula, data, **kwargs)
+        result = fit(formula, data, **kwargs)
+    if not keep_cond_var:
+        result.cond_var = {}
+    return result
 
 
 def glmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
     from mixbridge.python_impl.glmm import glmer_objective as objective
 
+    _split_control("glmer", kwargs)
     with blas_single_thread():
         return objective(formula, data, **kwargs)
 

@@ -54,7 +54,7 @@ def lmer(
     `frame`: the evaluated model frame from the input checks (None: evaluate here)."""
     terms = build_terms(formula, data, weights, offset, frame)
     fit = fit_terms(terms, formula=formula, reml=reml, control=control, offset_arg=offset)
-    emit_warnings(fit.messages, stacklevel=4)  # as the R engine re-emits R's warnings
+    emit_warnings(fit.messages)  # as the R engine re-emits R's warnings
     return fit
 
 

@@ -159,10 +159,12 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
 # ---------------------------------------------------------------------------------------------
 # lmer / glmer
 
-# The evaluation limit has a different name per optimizer (nloptr: maxeval; nlminb: eval.max).
+# control keys are mixbridge's (mixbridge/control.py: one set, one meaning on every engine);
+# here they become lme4's arguments. The evaluation limit `maxeval` has a different name per
+# optimizer (nloptr: maxeval; bobyqa, Nelder_Mead: maxfun; nlminb: eval.max).
 .mb_opt_ctrl <- function(control, optimizer) {
-  if (is.null(control$maxfun)) return(list())
-  n <- as.numeric(control$maxfun)
+  if (is.null(control$maxeval)) return(list())
+  n <- as.numeric(control$maxeval)
   if (any(optimizer == "nloptwrap")) list(maxeval = n)
   else if (any(optimizer == "nlminbwrap")) list(eval.max = n)
   else list(maxfun = n)
@@ -191,16 +193,37 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
 }
 
 # Build the (unevaluated) lmer/glmer call: symbols only, so no data is deparsed into messages.
-.mb_mer_call <- function(glmm, has_weights, has_offset, dev_fun_only = FALSE) {
+# weights_col / offset_col: NULL or the data column holding the weights= / offset= argument
+# (named by the Python side so that no variable of the formula has that name).
+.mb_mer_call <- function(glmm, weights_col, offset_col, dev_fun_only = FALSE, start = NULL) {
   cl <- if (glmm) {
     quote(lme4::glmer(formula = fml, data = data, family = fam, nAGQ = nAGQ, control = ctrl))
   } else {
     quote(lme4::lmer(formula = fml, data = data, REML = REML, control = ctrl))
   }
-  if (isTRUE(has_weights)) cl$weights <- quote(.mb_weights)
-  if (isTRUE(has_offset)) cl$offset <- quote(.mb_offset)
+  if (!is.null(weights_col)) cl$weights <- as.name(.mb_col(weights_col))
+  if (!is.null(offset_col)) cl$offset <- as.name(.mb_col(offset_col))
+  if (!is.null(start)) cl$start <- as.numeric(start)
   if (dev_fun_only) cl$devFunOnly <- TRUE
   cl
+}
+
+.mb_col <- function(name) {
+  if (!is.character(name) || length(name) != 1L || !startsWith(name, ".mb_")) {
+    stop("invalid weights/offset column name")
+  }
+  name
+}
+
+# A column name `base`, base_1, base_2, ... that `taken` does not use.
+.mb_free_name <- function(base, taken) {
+  name <- base
+  k <- 0L
+  while (name %in% taken) {
+    k <- k + 1L
+    name <- paste0(base, "_", k)
+  }
+  name
 }
 
 # cond_var = FALSE skips lme4's condVar: for a scalar term with 5e4 levels it costs more CPU
@@ -283,12 +306,12 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
 }
 
 # keep_fit = TRUE adds the merMod itself as `fit` (embedded transport: for predict()).
-mb_lmer <- function(formula, data, REML = TRUE, has_weights = FALSE, has_offset = FALSE,
+mb_lmer <- function(formula, data, REML = TRUE, weights_col = NULL, offset_col = NULL,
                     control = list(), keep_fit = FALSE) {
   .mb_capture({
     fml <- .mb_formula(formula)
     ctrl <- .mb_lmer_control(control)
-    fit <- eval(.mb_mer_call(FALSE, has_weights, has_offset))
+    fit <- eval(.mb_mer_call(FALSE, weights_col, offset_col, start = control$start))
     out <- .mb_extract_mer(fit, glmm = FALSE, cond_var = control$cond_var)
     if (isTRUE(keep_fit)) out$fit <- fit
     out
@@ -296,14 +319,14 @@ mb_lmer <- function(formula, data, REML = TRUE, has_weights = FALSE, has_offset 
 }
 
 mb_glmer <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
-                     has_weights = FALSE, has_offset = FALSE, control = list(),
+                     weights_col = NULL, offset_col = NULL, control = list(),
                      keep_fit = FALSE) {
   .mb_capture({
     fml <- .mb_formula(formula)
     fam <- .mb_family(family, link)
     nAGQ <- as.integer(nAGQ)
     ctrl <- .mb_glmer_control(control)
-    fit <- eval(.mb_mer_call(TRUE, has_weights, has_offset))
+    fit <- eval(.mb_mer_call(TRUE, weights_col, offset_col))
     out <- .mb_extract_mer(fit, glmm = TRUE, cond_var = control$cond_var)
     if (isTRUE(keep_fit)) out$fit <- fit
     out
@@ -337,24 +360,24 @@ mb_predict_refit <- function(model, fit_args, data, newdata = NULL, predict_args
 }
 
 # Deviance functions (devFunOnly = TRUE), returned as R closures for the embedded transport.
-mb_lmer_devfun <- function(formula, data, REML = TRUE, has_weights = FALSE, has_offset = FALSE) {
+mb_lmer_devfun <- function(formula, data, REML = TRUE, weights_col = NULL, offset_col = NULL) {
   .mb_capture({
     fml <- .mb_formula(formula)
     ctrl <- lme4::lmerControl()
-    eval(.mb_mer_call(FALSE, has_weights, has_offset, dev_fun_only = TRUE))
+    eval(.mb_mer_call(FALSE, weights_col, offset_col, dev_fun_only = TRUE))
   })
 }
 
 # glmer with nAGQ >= 1 and devFunOnly runs stage 1 and returns the stage-2 function of
 # c(theta, beta); with nAGQ = 0 it returns the stage-1 function of theta.
 mb_glmer_devfun <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
-                            has_weights = FALSE, has_offset = FALSE, control = list()) {
+                            weights_col = NULL, offset_col = NULL, control = list()) {
   .mb_capture({
     fml <- .mb_formula(formula)
     fam <- .mb_family(family, link)
     nAGQ <- as.integer(nAGQ)
     ctrl <- .mb_glmer_control(control)
-    eval(.mb_mer_call(TRUE, has_weights, has_offset, dev_fun_only = TRUE))
+    eval(.mb_mer_call(TRUE, weights_col, offset_col, dev_fun_only = TRUE))
   })
 }
 
@@ -362,9 +385,9 @@ mb_call_devfun <- function(devfun, params) {
   .mb_capture(as.numeric(devfun(as.numeric(params))))
 }
 
-mb_lmer_objective <- function(formula, data, theta, REML = TRUE, has_weights = FALSE,
-                              has_offset = FALSE) {
-  d <- mb_lmer_devfun(formula, data, REML, has_weights, has_offset)
+mb_lmer_objective <- function(formula, data, theta, REML = TRUE, weights_col = NULL,
+                              offset_col = NULL) {
+  d <- mb_lmer_devfun(formula, data, REML, weights_col, offset_col)
   if (!d$ok) return(d)
   r <- mb_call_devfun(d$value, theta)
   r$messages <- c(d$messages, r$messages)
@@ -372,9 +395,9 @@ mb_lmer_objective <- function(formula, data, theta, REML = TRUE, has_weights = F
 }
 
 mb_glmer_objective <- function(formula, data, params, family = "binomial", link = NULL,
-                               nAGQ = 1L, has_weights = FALSE, has_offset = FALSE,
+                               nAGQ = 1L, weights_col = NULL, offset_col = NULL,
                                control = list()) {
-  d <- mb_glmer_devfun(formula, data, family, link, nAGQ, has_weights, has_offset, control)
+  d <- mb_glmer_devfun(formula, data, family, link, nAGQ, weights_col, offset_col, control)
   if (!d$ok) return(d)
   r <- mb_call_devfun(d$value, params)
   r$messages <- c(d$messages, r$messages)
@@ -408,7 +431,7 @@ mb_glmer_objective <- function(formula, data, params, family = "binomial", link 
 }
 
 mb_bayesglm <- function(formula, data, family = "gaussian", link = NULL,
-                        has_weights = FALSE, has_offset = FALSE,
+                        weights_col = NULL, offset_col = NULL,
                         prior_mean = 0, prior_scale = NULL, prior_df = 1,
                         prior_mean_for_intercept = 0, prior_scale_for_intercept = NULL,
                         prior_df_for_intercept = 1, min_prior_scale = 1e-12, scaled = TRUE,
@@ -422,9 +445,13 @@ mb_bayesglm <- function(formula, data, family = "gaussian", link = NULL,
     if (fixed) {
       phi <- as.numeric(dispersion)
       if (!is.finite(phi) || phi <= 0) stop("dispersion must be a positive number")
-      w0 <- if (isTRUE(has_weights)) data$.mb_weights else rep(1, nrow(data))
-      data$.mb_weights <- w0 / phi
-      has_weights <- TRUE
+      if (is.null(weights_col)) {
+        w0 <- rep(1, nrow(data))
+        weights_col <- .mb_free_name(".mb_weights", names(data))
+      } else {
+        w0 <- data[[weights_col]]
+      }
+      data[[weights_col]] <- w0 / phi
     }
     fn <- if (fixed) .mb_fixed_dispersion_bayesglm() else arm::bayesglm
     cl <- quote(fn(formula = fml, data = data, family = fam,
@@ -435,8 +462,8 @@ mb_bayesglm <- function(formula, data, family = "gaussian", link = NULL,
                    min.prior.scale = min_prior_scale, scaled = scaled,
                    drop.baseline = drop_baseline, maxit = maxit,
                    control = list(epsilon = epsilon)))
-    if (isTRUE(has_weights)) cl$weights <- quote(.mb_weights)
-    if (isTRUE(has_offset)) cl$offset <- quote(.mb_offset)
+    if (!is.null(weights_col)) cl$weights <- as.name(.mb_col(weights_col))
+    if (!is.null(offset_col)) cl$offset <- as.name(.mb_col(offset_col))
     maxit <- as.integer(maxit)
     # drop.baseline = FALSE: `contrasts<-` looks arm's contr.bayes.* up along the search path,
     # so arm must be attached, not only loaded (added by the bayesglm python-engine work).
