@@ -14,8 +14,10 @@ from mixbridge.errors import (
     FormulaError,
     MixbridgeError,
     MixbridgeWarning,
+    RBridgeError,
     RModelError,
     RNotAvailableError,
+    RTimeoutError,
     RWarning,
 )
 from mixbridge.results import BayesGLMFit, Message, MixedFit
@@ -40,8 +42,10 @@ __all__ = [
     "MixbridgeError",
     "MixbridgeWarning",
     "MixedFit",
+    "RBridgeError",
     "RModelError",
     "RNotAvailableError",
+    "RTimeoutError",
     "RWarning",
     "bayesglm",
     "compare",
