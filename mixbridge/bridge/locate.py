@@ -159,20 +159,24 @@ def r_home_fix() -> str:
 def rpy2_version() -> str | None:
     """The installed rpy2's version, or None when rpy2 is not installed.
 
-    Read from the package metadata: rpy2 3.6 is a namespace package without `__version__`.
+    Read from the package metadata: rpy2 3.6 is a namespace package without `__version__`, and
+    uninstalling it can leave an empty `rpy2` folder behind, so a bare `rpy2` is not enough.
     """
     try:
         return importlib.metadata.version("rpy2")
     except importlib.metadata.PackageNotFoundError:
         pass
-    if importlib.util.find_spec("rpy2") is None:
+    try:
+        if importlib.util.find_spec("rpy2.rinterface") is None:
+            return None
+    except (ImportError, ValueError):
         return None
     try:
         import rpy2
 
-        return str(getattr(rpy2, "__version__", "unknown version"))
+        return str(getattr(rpy2, "__version__", "(unknown version)"))
     except Exception:
-        return "unknown version"
+        return "(unknown version)"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
