@@ -87,6 +87,24 @@ def test_timeout_is_checked_and_belongs_to_the_r_engine():
         mixbridge.lmer("y ~ 1 + (1 | g)", d, timeout=10)
 
 
+def test_every_r_call_takes_a_timeout(needs_r):
+    # 50 ms is far less than starting Rscript: each call must stop with RTimeoutError.
+    d = _small_data()
+    quick = dict(engine="r", transport="subprocess", timeout=0.05)
+    calls = [
+        lambda: mixbridge.lmer("y ~ 1 + (1 | g)", d, **quick),
+        lambda: mixbridge.glmer("y ~ 1 + (1 | g)", d.assign(y=d.y > 0), **quick),
+        lambda: mixbridge.bayesglm("y ~ g", d, **quick),
+        lambda: mixbridge.lmer_objective("y ~ 1 + (1 | g)", d, [1.0], **quick),
+        lambda: mixbridge.glmer_objective(
+            "y ~ 1 + (1 | g)", d.assign(y=d.y > 0), [1.0], [0.0], **quick
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(mixbridge.RTimeoutError, match="within 0.05 s"):
+            call()
+
+
 def test_timeout_subprocess_kills_rscript_and_removes_its_folder(needs_r, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     data, formula = _long_fit_data()
