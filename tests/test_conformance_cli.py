@@ -164,15 +164,31 @@ _GOOD_CASE = {
         ("data", '"sim:nope"', "unknown simulator 'nope'"),
     ],
 )
-def test_suite_with_a_wrongly_typed_field_is_a_one_line_error(tmp_path, key, value, message):
+def test_suite_with_a_wrongly_typed_field_is_a_one_line_error(
+    tmp_path, capsys, key, value, message
+):
+    from mixbridge.conformance.cli import conformance_main
+
     fields = {**_GOOD_CASE, key: value}
     suite = tmp_path / "s.toml"
     suite.write_text("[[case]]\n" + "".join(f"{k} = {v}\n" for k, v in fields.items()))
+    # in-process: an exception (what printed a traceback) fails the test by itself
+    assert conformance_main(["--suite", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixbridge conformance: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_suite_error_from_the_command_has_no_traceback(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text("[[case]]\n" + "".join(f"{k} = {v}\n" for k, v in _GOOD_CASE.items()))
+    suite.write_text(suite.read_text().replace('name = "a"', 'name = ["a"]'))
     out = _run("conformance", "--suite", str(suite))
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.startswith("mixbridge conformance: ") and message in out.stderr, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert (
+        out.stderr.strip() == f"mixbridge conformance: case #1 in {suite}: name must be a "
+        "string, got ['a']"
+    )
 
 
 def test_report_pointing_at_an_existing_file_is_a_one_line_error(tmp_path):
