@@ -120,7 +120,7 @@ def clean_stale_tempdirs(root: str | Path | None = None) -> list[Path]:
         if match is None or folder.is_symlink() or not folder.is_dir():
             continue
         try:
-            if folder.stat().st_uid != os.getuid():
+            if hasattr(os, "getuid") and folder.stat().st_uid != os.getuid():
                 continue
         except OSError:
             continue
@@ -141,12 +141,16 @@ def _clean_stale_once() -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill Rscript and anything it started (it leads its own process group)."""
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    """Kill Rscript and anything it started (it leads its own process group on POSIX)."""
+    if hasattr(os, "killpg"):
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         proc.kill()
     proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _run_rscript(
