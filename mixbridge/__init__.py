@@ -15,8 +15,10 @@ from mixbridge.errors import (
     FormulaError,
     MixbridgeError,
     MixbridgeWarning,
+    RBridgeError,
     RModelError,
     RNotAvailableError,
+    RTimeoutError,
     RWarning,
 )
 from mixbridge.results import BayesGLMFit, Message, MixedFit
@@ -42,8 +44,10 @@ __all__ = [
     "MixbridgeError",
     "MixbridgeWarning",
     "MixedFit",
+    "RBridgeError",
     "RModelError",
     "RNotAvailableError",
+    "RTimeoutError",
     "RWarning",
     "bayesglm",
     "compare",

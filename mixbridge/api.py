@@ -44,7 +44,8 @@ def lmer(
     offset: ArrayOrColumn = None,
     *,
     engine: str = "python",
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
 ) -> MixedFit:
     """Fit a linear mixed model like lme4's `lmer(formula, data, REML = reml)`.
@@ -64,7 +65,7 @@ def lmer(
                 f"DataFrame with engine={engine!r}",
                 "engine",
             )
-        _transport(engine, transport)
+        _r_options(engine, transport, timeout)
         ctrl = check_control("lmer", control, engine)
         return lmer_dask(formula, data, reml=reml, weights=weights, offset=offset, control=ctrl)
     ctrl = check_control("lmer", control, _engine_name(engine))
@@ -78,7 +79,7 @@ def lmer(
         weights=weights,
         offset=offset,
         control=ctrl,
-        **_transport(engine, transport),
+        **_r_options(engine, transport, timeout),
         **_prepared(engine, frame),
     )
     return fit
@@ -95,7 +96,8 @@ def glmer(
     offset: ArrayOrColumn = None,
     *,
     engine: str = "python",
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
 ) -> MixedFit:
     """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`."""
@@ -114,7 +116,7 @@ def glmer(
         weights=weights,
         offset=offset,
         control=ctrl,
-        **_transport(engine, transport),
+        **_r_options(engine, transport, timeout),
         **_prepared(engine, frame),
     )
 
@@ -141,7 +143,8 @@ def bayesglm(
     dispersion: float | None = None,
     *,
     engine: str = "python",
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
 ) -> BayesGLMFit:
     """Fit arm's `bayesglm` (weakly informative t priors on the coefficients).
 
@@ -177,7 +180,7 @@ def bayesglm(
         weights=weights,
         offset=offset,
         **prior,
-        **_transport(engine, transport),
+        **_r_options(engine, transport, timeout),
         **_prepared(engine, frame),
     )
 
@@ -192,7 +195,8 @@ def lmer_objective(
     offset: ArrayOrColumn = None,
     *,
     engine: str = "python",
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
 ) -> float:
     """lme4's deviance function (REML criterion or ML deviance) at `theta`, optimizer-free."""
     reml = check_flag(reml, "reml")
@@ -207,7 +211,7 @@ def lmer_objective(
             reml=reml,
             weights=weights,
             offset=offset,
-            **_transport(engine, transport),
+            **_r_options(engine, transport, timeout),
             **_prepared(engine, frame),
         )
     )
@@ -226,7 +230,8 @@ def glmer_objective(
     offset: ArrayOrColumn = None,
     *,
     engine: str = "python",
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
 ) -> float:
     """glmer's deviance function (Laplace or AGQ) at (theta, beta), optimizer-free.
@@ -254,7 +259,7 @@ def glmer_objective(
             weights=weights,
             offset=offset,
             control=ctrl,
-            **_transport(engine, transport),
+            **_r_options(engine, transport, timeout),
             **_prepared(engine, frame),
         )
     )
@@ -284,14 +289,26 @@ def _prepared(engine: str, frame: Any) -> dict[str, Any]:
     return {"frame": frame} if engine == "python" else {}
 
 
-def _transport(engine: str, transport: str) -> dict[str, str]:
-    """Only the R engine takes a transport; passing a non-default one elsewhere is an error."""
+def _r_options(engine: str, transport: str | None, timeout: Any) -> dict[str, Any]:
+    """transport= and timeout= belong to the R engine; elsewhere they are an error.
+
+    transport: None (embedded, or the subprocess transport with a warning when rpy2 cannot
+    start this R), "embedded" or "subprocess". timeout: seconds an R call may take.
+    """
+    from mixbridge.errors import ArgumentError
+
     if engine == "r":
-        if transport not in ("embedded", "subprocess"):
+        from mixbridge.bridge import check_timeout
+
+        if transport is not None and (
+            not isinstance(transport, str) or transport not in ("embedded", "subprocess")
+        ):
             raise ArgumentError(
                 f"transport must be 'embedded' or 'subprocess', got {transport!r}", "transport"
             )
-        return {"transport": transport}
-    if transport != "embedded":
+        return {"transport": transport, "timeout": check_timeout(timeout)}
+    if transport is not None:
         raise ArgumentError(f"transport= applies only to engine='r', not {engine!r}", "transport")
+    if timeout is not None:
+        raise ArgumentError(f"timeout= applies only to engine='r', not {engine!r}", "timeout")
     return {}

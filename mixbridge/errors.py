@@ -45,7 +45,7 @@ class RNotAvailableError(MixbridgeError, RuntimeError):
     """R, an R package, rpy2 or Rscript is missing. `missing` lists what; `install` is the fix."""
 
     def __init__(self, message: str, missing: list[str] | None = None, install: str = "") -> None:
-        full = message if not install else f"{message}\nTo install: {install}"
+        full = message if not install else f"{message}\nTo fix: {install}"
         super().__init__(full)
         self.missing = list(missing or [])
         self.install = install
@@ -59,6 +59,31 @@ class RModelError(MixbridgeError, RuntimeError):
         super().__init__(f"R error{where}: {r_message}")
         self.r_message = r_message
         self.r_call = r_call
+        self.function = function
+
+
+class RTimeoutError(MixbridgeError, TimeoutError):
+    """An R call did not finish within `timeout` seconds and was stopped.
+
+    The subprocess transport kills its Rscript process; the embedded one interrupts R, whose
+    session stays usable. `function` is the bridge entry point, `transport` the transport.
+    """
+
+    def __init__(self, message: str, timeout: float, function: str = "", transport: str = ""):
+        super().__init__(message)
+        self.timeout = timeout
+        self.function = function
+        self.transport = transport
+
+
+class RBridgeError(MixbridgeError, RuntimeError):
+    """The bridge could not talk to R: its process died, or its response could not be read.
+
+    Not an error of the model (that is `RModelError`). `function` is the bridge entry point.
+    """
+
+    def __init__(self, message: str, function: str = "") -> None:
+        super().__init__(message)
         self.function = function
 
 

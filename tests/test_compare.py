@@ -16,6 +16,7 @@ import pytest
 from mixbridge.conformance.compare import compare
 from mixbridge.conformance.divergences import load_divergences, version_matches
 from mixbridge.conformance.tolerance import POLICIES, policy_for
+from mixbridge.errors import ArgumentError
 from mixbridge.results import BayesGLMFit, MixedFit
 
 LEVELS = [str(x) for x in (308, 309, 310)]
@@ -239,7 +240,7 @@ def test_policy_choice_and_overrides():
     assert policy_for(g, make_mixed("r", model="glmer")).name == "glmer"
     loose = policy_for(a, b, {"fixef": 1e-2})
     assert loose["fixef"].rel == 1e-2 and "override" in loose["fixef"].reason
-    with pytest.raises(KeyError):
+    with pytest.raises(ArgumentError, match="unknown quantity 'nonsense'"):
         policy_for(a, b, {"nonsense": 1.0})
     # every tolerance carries its reason
     for policy in POLICIES.values():

@@ -10,7 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import mixbridge
 from mixbridge.conformance.suite import load_suite
+
+_GROUPS = pd.DataFrame({"y": [1.0, 2.1, 2.9, 4.2, 5.1, 5.7, 3.3, 2.2, 6.1], "g": list("aaabbbccc")})
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -179,3 +182,90 @@ options_b = { reml = "FALSE" }
     )
     with pytest.raises(ValueError, match="case 's': slow must be true or false"):
         load_suite(p)
+
+
+_GOOD_CASE = {
+    "name": '"a"',
+    "model": '"lmer"',
+    "formula": '"y ~ 1 + (1 | g)"',
+    "data": '"sim:twelve_groups"',
+}
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("name", '["a"]', "name must be a string"),
+        ("model", "3", "model must be a string"),
+        ("formula", '["y ~ 1"]', "formula must be a string"),
+        ("data", "5", "data must be a string"),
+        ("engine_b", "1", "engine_b must be a string"),
+        ("mixed_formula", "3", "mixed_formula must be a string"),
+        ("slow", '"yes"', "slow must be true or false"),
+        ("options_a", "1", "options_a must be a table"),
+        ("tolerance", "1", "tolerance must be one of"),
+        ("tolerance", '"nope"', "tolerance must be one of"),
+        ("data", '"sim:twelve_groups:x"', "must be a whole number"),
+        ("data", '"sim:nope"', "unknown simulator 'nope'"),
+    ],
+)
+def test_suite_with_a_wrongly_typed_field_is_a_one_line_error(
+    tmp_path, capsys, key, value, message
+):
+    from mixbridge.conformance.cli import conformance_main
+
+    fields = {**_GOOD_CASE, key: value}
+    suite = tmp_path / "s.toml"
+    suite.write_text("[[case]]\n" + "".join(f"{k} = {v}\n" for k, v in fields.items()))
+    # in-process: an exception (what printed a traceback) fails the test by itself
+    assert conformance_main(["--suite", str(suite)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixbridge conformance: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_suite_error_from_the_command_has_no_traceback(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text("[[case]]\n" + "".join(f"{k} = {v}\n" for k, v in _GOOD_CASE.items()))
+    suite.write_text(suite.read_text().replace('name = "a"', 'name = ["a"]'))
+    out = _run("conformance", "--suite", str(suite))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert (
+        out.stderr.strip() == f"mixbridge conformance: case #1 in {suite}: name must be a "
+        "string, got ['a']"
+    )
+
+
+def test_report_pointing_at_an_existing_file_is_a_one_line_error(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text("[[case]]\n" + "".join(f"{k} = {v}\n" for k, v in _GOOD_CASE.items()))
+    existing = tmp_path / "report.html"
+    existing.write_text("keep me")
+    out = _run("conformance", "--suite", str(suite), "--report", str(existing))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "is an existing file" in out.stderr and str(existing) in out.stderr
+    assert existing.read_text() == "keep me"
+    assert "1/1" not in out.stderr  # refused before any case ran
+
+
+def test_compare_with_an_unknown_tolerance_is_a_one_line_error(tmp_path):
+    csv = _grouped_csv(tmp_path / "grouped.csv")
+    out = _run(
+        "compare", "--model", "lmer", "--formula", "y ~ x + (1 | g)", "--data", str(csv),
+        "--engine-b", "python", "--tolerance", "nope",
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "KeyError" not in out.stderr, out.stderr
+    assert "unknown --tolerance 'nope'" in out.stderr and "lmer" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_unknown_tolerance_in_the_api_is_an_argument_error():
+    from mixbridge.conformance.tolerance import policy_for
+
+    fit = mixbridge.lmer("y ~ 1 + (1 | g)", _GROUPS)
+    with pytest.raises(mixbridge.ArgumentError, match="unknown tolerance policy 'nope'"):
+        mixbridge.compare(fit, fit, tolerance="nope")
+    with pytest.raises(mixbridge.ArgumentError, match="unknown quantity 'nonsense'"):
+        policy_for(fit, fit, {"nonsense": 1.0})

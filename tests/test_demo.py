@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
+import pytest
 
 import mixbridge
 from mixbridge import demo
@@ -46,20 +48,85 @@ def test_demo_python_equals_r(needs_r):
     np.testing.assert_allclose(ours.to_numpy(), arm.to_numpy(), rtol=1e-8, atol=1e-8)
 
 
-def test_demo_cli_writes_three_plots(tmp_path, needs_r):
+def test_binomial_table_python_engine_exact_and_approximate_parts():
+    data, true_logits = demo.twelve_group_binomial_data(seed=1)
+    assert set(data["y"]) == {0.0, 1.0} and len(data) == 6 * 100 + 6 * 2
+    table = demo.binomial_demo_table(data, true_logits, ["python"])
+    glmer = table["glmer[python]"]
+    # Exact: the modes are the penalized logistic regression at glmer's intercept and tau.
+    np.testing.assert_allclose(table["bayesglm[python]"], glmer, atol=1e-9)
+    # Approximate, and visibly so: the one-step formula, the posterior means, quadrature.
+    assert 1e-3 < (table["one_step[python]"] - glmer).abs().max() < 0.5
+    assert 1e-3 < (table["posterior_mean[python]"] - glmer).abs().max() < 0.5
+    assert 1e-4 < (table["glmer_agq25[python]"] - glmer).abs().max() < 0.1
+    # Shrinkage towards the intercept: the 2-outcome groups move much further.
+    beta = table.attrs["python"].beta
+    raw = np.log((table["sample_prop"] * table["n"] + 0.5) / ((1 - table["sample_prop"]) *
+                 table["n"] + 0.5))  # fmt: skip
+    moved = (raw - glmer).abs() / (raw - beta).abs()
+    small = table["n"] == 2
+    assert moved[small].min() > moved[~small].max()
+
+
+def test_posterior_mean_against_direct_integration():
+    from scipy import integrate
+
+    successes = pd.Series({"a": 0.0, "b": 2.0, "c": 37.0})
+    n = pd.Series({"a": 2.0, "b": 2.0, "c": 100.0})
+    beta, tau = 0.3, 0.8
+    ours = demo.posterior_mean_logits(successes, n, beta, tau)
+    for level in successes.index:
+        s, m = successes[level], n[level]
+
+        def density(b, s=s, m=m):
+            eta = beta + b
+            return np.exp(s * eta - m * np.logaddexp(0.0, eta) - 0.5 * (b / tau) ** 2)
+
+        # relative tolerance only: the density's scale is e^-60 for the 100-outcome group
+        opts = dict(epsabs=0.0, epsrel=1e-12, limit=500)
+        norm = integrate.quad(density, -np.inf, np.inf, **opts)[0]
+        mean = integrate.quad(lambda b, d=density: b * d(b), -np.inf, np.inf, **opts)[0] / norm
+        assert ours[level] == pytest.approx(beta + mean, abs=1e-8)
+
+
+def test_binomial_python_equals_r(needs_r):
+    data, true_logits = demo.twelve_group_binomial_data(seed=1)
+    table = demo.binomial_demo_table(data, true_logits, ["python", "r"])
+    # glmer's parameter tolerance (1e-3 relative): ours against lme4's modes, both fits.
+    for stem in ("glmer", "glmer_agq25"):
+        np.testing.assert_allclose(table[f"{stem}[python]"], table[f"{stem}[r]"], atol=1e-4)
+    # On R alone: arm's penalized logistic regression is lme4's modes.
+    np.testing.assert_allclose(table["bayesglm[r]"], table["glmer[r]"], atol=1e-8)
+
+
+def test_demo_cli_explains_itself_and_writes_six_plots(tmp_path, needs_r):
     out = tmp_path / "plots"
     proc = subprocess.run(
-        [sys.executable, "-m", "mixbridge.cli", "demo", "--out", str(out)],
+        [sys.executable, "-m", "mixbridge", "demo", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "lmer[r]" in proc.stdout and "lmer[python]" in proc.stdout
+    text = proc.stdout
+    assert "lmer[r]" in text and "lmer[python]" in text
+    assert "glmer[r]" in text and "bayesglm[python]" in text and "posterior_mean[r]" in text
+    assert "1. Gaussian" in text and "2. Binomial" in text
+    assert text.count("Exactly equal") == 2 and "Only approximately equal" in text
+    # No references to documents that do not ship with the package.
+    for ref in (".md", "§", "spec"):
+        assert ref not in text, ref
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["lmer_vs_bayesglm.png", "raw_vs_shrunken.png", "true_vs_raw.png"]
+    assert pngs == [
+        "binomial_glmer_vs_bayesglm.png",
+        "binomial_raw_vs_shrunken.png",
+        "binomial_true_vs_raw.png",
+        "lmer_vs_bayesglm.png",
+        "raw_vs_shrunken.png",
+        "true_vs_raw.png",
+    ]
     assert all((out / p).stat().st_size > 5000 for p in pngs)
-    assert str(out.resolve()) in proc.stdout
+    assert str(out.resolve()) in text
 
 
 def test_cli_usage_and_unknown_command():

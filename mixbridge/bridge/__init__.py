@@ -8,7 +8,8 @@ r_scripts/mixbridge.R (fit, then every result as a plain list, R's warnings/erro
 * "subprocess": a fresh `Rscript mixbridge_cli.R` per call, data as raw bytes (`subproc`).
 
 Both return identical results. Keyword arguments follow `mixbridge.engines`' protocol, plus
-`transport`.
+`transport` (None: embedded, or subprocess with a warning when rpy2 cannot start this R) and
+`timeout` (seconds an R call may take; RTimeoutError after that).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import pandas as pd
 from mixbridge.bridge import build
 from mixbridge.bridge.convert import Column, encode_frame
 from mixbridge.control import check_control
-from mixbridge.errors import ArgumentError, DataError
+from mixbridge.errors import ArgumentError, DataError, RNotAvailableError
 from mixbridge.formula import validate_formula
-from mixbridge.results import BayesGLMFit, MixedFit, emit_warnings
+from mixbridge.results import BayesGLMFit, Message, MixedFit, emit_warnings
 
 TRANSPORTS = ("embedded", "subprocess")
 
@@ -34,11 +35,64 @@ def _check_control(model: str, control: Mapping[str, Any] | None) -> dict[str, A
     return check_control(model, control, "r")
 
 
-def _check_transport(transport: str) -> None:
-    if transport not in TRANSPORTS:
+def _check_transport(transport: Any) -> None:
+    if not isinstance(transport, str) or transport not in TRANSPORTS:
         raise ArgumentError(
             f"transport must be 'embedded' or 'subprocess', got {transport!r}", "transport"
         )
+
+
+def check_timeout(timeout: Any) -> float | None:
+    """None, or a positive number of seconds (ArgumentError otherwise)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, (int, float, np.number)):
+        raise ArgumentError(
+            f"timeout must be a number of seconds or None, got {timeout!r}", "timeout"
+        )
+    if not np.isfinite(timeout) or timeout <= 0:
+        raise ArgumentError(
+            f"timeout must be a positive number of seconds, got {timeout!r}", "timeout"
+        )
+    return float(timeout)
+
+
+def _check_call_options(transport: str | None, timeout: Any) -> float | None:
+    """Check transport= and timeout= before anything else runs; returns the timeout."""
+    if transport is not None:
+        _check_transport(transport)
+    return check_timeout(timeout)
+
+
+def resolve_transport(transport: str | None) -> tuple[str, Message | None]:
+    """The transport to use, and the note to attach when the default had to fall back.
+
+    None means "embedded when it can start": when rpy2 is missing or cannot load this R, the
+    subprocess transport (Rscript, no rpy2) is used and the note says why and how to fix rpy2.
+    Any other reason R cannot start (no R, missing R packages, a wrong R_HOME) is raised: the
+    subprocess transport would fail the same way, or run a different R than the one asked for.
+    An explicit transport is used as given.
+    """
+    if transport is not None:
+        _check_transport(transport)
+        return transport, None
+    from mixbridge.bridge import embedded
+
+    try:
+        embedded.session()
+    except RNotAvailableError as exc:
+        if "rpy2" not in exc.missing:
+            raise
+        reason = str(exc).split("\n")[0]
+        note = Message(
+            "warning",
+            f"the embedded R transport cannot start ({reason}); fitted through the subprocess "
+            f"transport (Rscript) instead. To use the embedded transport: {exc.install}",
+            origin="mixbridge",
+            code="transport_fallback",
+        )
+        return "subprocess", note
+    return "embedded", None
 
 
 def _encode(model: str, formula: str, data: pd.DataFrame, weights: Any, offset: Any):
@@ -51,39 +105,42 @@ def _encode(model: str, formula: str, data: pd.DataFrame, weights: Any, offset: 
     return cols, nrow, {"weights_col": weights_col, "offset_col": offset_col}
 
 
-def _rpy2_version() -> str | None:
-    try:
-        import rpy2
-
-        return str(rpy2.__version__)
-    except ImportError:
-        return None
-
-
 def _run(
     function: str,
     transport: str,
     args: dict[str, Any],
     columns: list[Column] | None,
     nrow: int,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """Call an mb_* R function with the data as `data`; returns {ok, value, messages, error}."""
     _check_transport(transport)
     if transport == "subprocess":
         from mixbridge.bridge import subproc
 
-        return subproc.call(function, args, columns, nrow)
+        return subproc.call(function, args, columns, nrow, timeout=timeout)
     from mixbridge.bridge import embedded
 
     with embedded.LOCK:
         ri, env = embedded.session()
         if columns is not None:
             args = {**args, "data": embedded.data_frame(ri, env, columns, nrow)}
-        return embedded.call(function, **args)
+        return embedded.call(function, timeout=timeout, **args)
 
 
-def _versions(value: dict[str, Any]) -> dict[str, str]:
-    return build.versions(value, _rpy2_version())
+def _versions(value: dict[str, Any], transport: str) -> dict[str, str]:
+    from mixbridge.bridge import locate
+
+    # rpy2 only matters to the embedded transport (and may be absent or broken otherwise)
+    return build.versions(value, locate.rpy2_version() if transport == "embedded" else None)
+
+
+def _finish(fit: Any, transport: str, note: Message | None) -> None:
+    """Record the transport used (and why, after a fallback), then re-emit the warnings."""
+    fit.extra["transport"] = transport
+    if note is not None:
+        fit.messages.append(note)
+    emit_warnings(fit.messages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +154,7 @@ def _devfun_hook(
     columns: list[Column],
     nrow: int,
     n_params: int | None = None,
+    timeout: float | None = None,
 ) -> Callable[..., float]:
     """fit.objective(...) for an R fit: lme4's deviance function for the same model.
 
@@ -117,15 +175,15 @@ def _devfun_hook(
         if transport == "subprocess":
             fn = "mb_glmer_objective" if glmm else "mb_lmer_objective"
             key = "params" if glmm else "theta"
-            res = _run(fn, transport, {**args, key: p}, columns, nrow)
+            res = _run(fn, transport, {**args, key: p}, columns, nrow, timeout)
             return float(build.check(res, fn)[0])
         from mixbridge.bridge import embedded
 
         with embedded.LOCK:
             if "devfun" not in cache:
-                res = _run(function, transport, args, columns, nrow)
+                res = _run(function, transport, args, columns, nrow, timeout)
                 cache["devfun"] = build.check(res, function)
-            res = embedded.call("mb_call_devfun", cache["devfun"], p)
+            res = embedded.call("mb_call_devfun", cache["devfun"], p, timeout=timeout)
         return float(build.check(res, "devfun")[0])
 
     return objective
@@ -164,6 +222,7 @@ def _predict_hook(
     data: pd.DataFrame,
     offset: Any,
     fit_sexp: Any,
+    timeout: float | None = None,
 ) -> Callable[..., np.ndarray]:
     """fit.predict(...) for an R fit: lme4's predict.merMod on the same model.
 
@@ -194,14 +253,14 @@ def _predict_hook(
             from mixbridge.bridge import subproc
 
             args = {"model": model, "fit_args": fit_args, "predict_args": pargs}
-            res = subproc.call("mb_predict_refit", args, columns, nrow, newdata=nd)
+            res = subproc.call("mb_predict_refit", args, columns, nrow, timeout=timeout, newdata=nd)
         else:
             from mixbridge.bridge import embedded
 
             with embedded.LOCK:
                 ri, env = embedded.session()
                 r_nd = None if nd is None else embedded.data_frame(ri, env, *nd)
-                res = embedded.call("mb_predict", fit_sexp, newdata=r_nd, **pargs)
+                res = embedded.call("mb_predict", fit_sexp, newdata=r_nd, timeout=timeout, **pargs)
         value = build.check(res, "predict")
         emit_warnings(build.messages(res))
         return np.asarray(value, dtype=float)
@@ -221,23 +280,25 @@ def lmer(
     weights: Any,
     offset: Any,
     control: Mapping[str, Any] | None,
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
 ) -> MixedFit:
     """lme4::lmer(formula, data, REML = reml, weights, offset, control)."""
-    _check_transport(transport)
+    timeout = _check_call_options(transport, timeout)
     ctrl = _check_control("lmer", control)
     columns, nrow, wo = _encode("lmer", formula, data, weights, offset)
+    transport, note = resolve_transport(transport)
     base = {"formula": formula, "REML": bool(reml), **wo}
     keep = {"keep_fit": transport == "embedded"}
-    res = _run("mb_lmer", transport, {**base, "control": ctrl, **keep}, columns, nrow)
+    res = _run("mb_lmer", transport, {**base, "control": ctrl, **keep}, columns, nrow, timeout)
     value = build.check(res, "lmer")
-    fit = build.mixed_fit(res, model="lmer", formula=formula, versions_=_versions(value))
-    fit._objective = _devfun_hook("mb_lmer_devfun", transport, base, columns, nrow)
+    fit = build.mixed_fit(res, model="lmer", formula=formula, versions_=_versions(value, transport))
+    fit._objective = _devfun_hook("mb_lmer_devfun", transport, base, columns, nrow, timeout=timeout)
     fit._predict = _predict_hook(
         "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
-        value.get("fit"),
+        value.get("fit"), timeout,
     )  # fmt: skip
-    emit_warnings(fit.messages)
+    _finish(fit, transport, note)
     return fit
 
 
@@ -251,12 +312,14 @@ def glmer(
     weights: Any,
     offset: Any,
     control: Mapping[str, Any] | None,
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
 ) -> MixedFit:
     """lme4::glmer(formula, data, family(link), nAGQ = nagq, weights, offset, control)."""
-    _check_transport(transport)
+    timeout = _check_call_options(transport, timeout)
     ctrl = _check_control("glmer", control)
     columns, nrow, wo = _encode("glmer", formula, data, weights, offset)
+    transport, note = resolve_transport(transport)
     base = {
         "formula": formula,
         "family": family,
@@ -266,15 +329,19 @@ def glmer(
         "control": ctrl,
     }
     keep = {"keep_fit": transport == "embedded"}
-    res = _run("mb_glmer", transport, {**base, **keep}, columns, nrow)
+    res = _run("mb_glmer", transport, {**base, **keep}, columns, nrow, timeout)
     value = build.check(res, "glmer")
-    fit = build.mixed_fit(res, model="glmer", formula=formula, versions_=_versions(value))
-    n_params = len(fit.theta) if int(nagq) == 0 else None
-    fit._objective = _devfun_hook("mb_glmer_devfun", transport, base, columns, nrow, n_params)
-    fit._predict = _predict_hook(
-        "glmer", transport, base, columns, nrow, data, offset, value.get("fit")
+    fit = build.mixed_fit(
+        res, model="glmer", formula=formula, versions_=_versions(value, transport)
     )
-    emit_warnings(fit.messages)
+    n_params = len(fit.theta) if int(nagq) == 0 else None
+    fit._objective = _devfun_hook(
+        "mb_glmer_devfun", transport, base, columns, nrow, n_params, timeout
+    )
+    fit._predict = _predict_hook(
+        "glmer", transport, base, columns, nrow, data, offset, value.get("fit"), timeout
+    )
+    _finish(fit, transport, note)
     return fit
 
 
@@ -286,20 +353,22 @@ def lmer_objective(
     reml: bool,
     weights: Any,
     offset: Any,
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
 ) -> float:
     """lme4's lmer deviance function (devFunOnly=TRUE) at theta."""
-    _check_transport(transport)
+    timeout = _check_call_options(transport, timeout)
     columns, nrow, wo = _encode("lmer", formula, data, weights, offset)
+    transport, note = resolve_transport(transport)
     args = {
         "formula": formula,
         "theta": np.asarray(theta, dtype=float),
         "REML": bool(reml),
         **wo,
     }
-    res = _run("mb_lmer_objective", transport, args, columns, nrow)
+    res = _run("mb_lmer_objective", transport, args, columns, nrow, timeout)
     value = build.check(res, "lmer_objective")
-    emit_warnings(build.messages(res))
+    emit_warnings(build.messages(res) + ([note] if note else []))
     return float(value[0])
 
 
@@ -315,12 +384,14 @@ def glmer_objective(
     weights: Any,
     offset: Any,
     control: Mapping[str, Any] | None,
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
 ) -> float:
     """glmer's deviance function at c(theta, beta) (stage 2; nAGQ = 0: stage 1 at theta)."""
-    _check_transport(transport)
+    timeout = _check_call_options(transport, timeout)
     ctrl = _check_control("glmer", control)
     columns, nrow, wo = _encode("glmer", formula, data, weights, offset)
+    transport, note = resolve_transport(transport)
     theta = np.atleast_1d(np.asarray(theta, dtype=float))
     beta = np.atleast_1d(np.asarray(beta, dtype=float))
     params = theta if int(nagq) == 0 else np.concatenate([theta, beta])
@@ -333,9 +404,9 @@ def glmer_objective(
         **wo,
         "control": ctrl,
     }
-    res = _run("mb_glmer_objective", transport, args, columns, nrow)
+    res = _run("mb_glmer_objective", transport, args, columns, nrow, timeout)
     value = build.check(res, "glmer_objective")
-    emit_warnings(build.messages(res))
+    emit_warnings(build.messages(res) + ([note] if note else []))
     return float(value[0])
 
 
@@ -359,11 +430,13 @@ def bayesglm(
     maxit: int,
     epsilon: float,
     dispersion: float | None,
-    transport: str = "embedded",
+    transport: str | None = None,
+    timeout: float | None = None,
 ) -> BayesGLMFit:
     """arm::bayesglm with the same arguments (dispersion: fixed-phi extension, see the R side)."""
-    _check_transport(transport)
+    timeout = _check_call_options(transport, timeout)
     columns, nrow, wo = _encode("bayesglm", formula, data, weights, offset)
+    transport, note = resolve_transport(transport)
 
     def num(x: Any) -> Any:
         if x is None:
@@ -389,18 +462,19 @@ def bayesglm(
         "epsilon": float(epsilon),
         "dispersion": num(dispersion),
     }
-    res = _run("mb_bayesglm", transport, args, columns, nrow)
+    res = _run("mb_bayesglm", transport, args, columns, nrow, timeout)
     value = build.check(res, "bayesglm")
-    fit = build.bayesglm_fit(res, formula=formula, versions_=_versions(value))
-    emit_warnings(fit.messages)
+    fit = build.bayesglm_fit(res, formula=formula, versions_=_versions(value, transport))
+    _finish(fit, transport, note)
     return fit
 
 
 __all__ = ["bayesglm", "glmer", "glmer_objective", "lmer", "lmer_objective"]
 
 
-def describe_data(data: pd.DataFrame, transport: str = "embedded") -> list[dict[str, Any]]:
+def describe_data(data: pd.DataFrame, transport: str | None = None) -> list[dict[str, Any]]:
     """How R received `data` (class, levels, NA positions, values per column): a diagnostic."""
     columns, nrow, _, _ = encode_frame(data, "", all_columns=True)
+    transport, _ = resolve_transport(transport)
     res = _run("mb_describe_df", transport, {}, columns, nrow)
     return build.check(res, "describe_data")

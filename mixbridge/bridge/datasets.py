@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mixbridge.bridge import build
+from mixbridge.bridge import build, resolve_transport
 
 _CACHE: dict[tuple[str, str], pd.DataFrame] = {}
 _CACHE_LOCK = threading.Lock()
@@ -43,19 +43,14 @@ def _column(spec: dict[str, Any]) -> Any:
 def load_r_dataset(name: str, package: str = "lme4", transport: str | None = None) -> pd.DataFrame:
     """`data(name, package = package)` from R as a DataFrame (a fresh copy each call).
 
-    transport: "embedded" (default when rpy2 imports) or "subprocess".
+    transport: "embedded", "subprocess", or None: embedded when rpy2 can start R, else
+    subprocess.
     """
     key = (name, package)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key].copy()
-    if transport is None:
-        try:
-            import rpy2  # noqa: F401
-
-            transport = "embedded"
-        except ImportError:
-            transport = "subprocess"
+    transport, _ = resolve_transport(transport)
     if transport == "subprocess":
         from mixbridge.bridge import subproc
 

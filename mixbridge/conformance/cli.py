@@ -54,8 +54,15 @@ def _compare_parser() -> argparse.ArgumentParser:
 def compare_main(argv: list[str] | None = None) -> int:
     from mixbridge.conformance.compare import compare
     from mixbridge.conformance.suite import fit_model, read_data
+    from mixbridge.conformance.tolerance import POLICIES
 
     args = _compare_parser().parse_args(argv)
+    if args.tolerance is not None and args.tolerance not in POLICIES:
+        sys.stderr.write(
+            f"mixbridge compare: unknown --tolerance {args.tolerance!r}; known: "
+            f"{', '.join(sorted(POLICIES))}\n"
+        )
+        return 2
     try:
         data = read_data(args.data)
     except ValueError as exc:
@@ -78,8 +85,9 @@ def compare_main(argv: list[str] | None = None) -> int:
         a = fit_model(args.model, args.formula, data, args.engine_a, options)
         b = fit_model(args.model, args.formula, data, args.engine_b, options)
         cmp = compare(a, b, tolerance=args.tolerance)
-    except (MixbridgeError, KeyError, ValueError) as exc:
-        sys.stderr.write(f"mixbridge compare: {type(exc).__name__}: {exc}\n")
+    except (MixbridgeError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        sys.stderr.write(f"mixbridge compare: {type(exc).__name__}: {first_line}\n")
         return 2
     cmp.a, cmp.b = args.engine_a, args.engine_b
     sys.stdout.write(json.dumps(cmp.to_dict(), indent=2, default=str) if args.json else str(cmp))
@@ -123,9 +131,23 @@ def conformance_main(argv: list[str] | None = None) -> int:
     args = _conformance_parser().parse_args(argv)
     try:
         cases = load_suite(args.suite)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         sys.stderr.write(f"mixbridge conformance: {exc}\n")
         return 2
+    report_dir = Path(args.report) if args.report else None
+    if report_dir is not None and not args.list:
+        # Checked before any case runs: a report that cannot be written fails at once.
+        if report_dir.exists() and not report_dir.is_dir():
+            sys.stderr.write(
+                f"mixbridge conformance: --report {report_dir} is an existing file; give a "
+                "folder (it is created if missing)\n"
+            )
+            return 2
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            sys.stderr.write(f"mixbridge conformance: cannot create --report folder: {exc}\n")
+            return 2
     if args.case:
         unknown = [c for c in args.case if c not in {k.name for k in cases}]
         if unknown:
@@ -143,10 +165,14 @@ def conformance_main(argv: list[str] | None = None) -> int:
         if args.verbose or r.failed:
             sys.stdout.write(f"\n== {r.case.name}\n")
             sys.stdout.write((str(r.comparison) if r.comparison else f"ERROR {r.error}") + "\n")
-    if args.report:
+    if report_dir is not None:
         from mixbridge.conformance.report import write_report
 
-        index = write_report(results, Path(args.report), suite=str(args.suite))
+        try:
+            index = write_report(results, report_dir, suite=str(args.suite))
+        except OSError as exc:
+            sys.stderr.write(f"mixbridge conformance: cannot write the report: {exc}\n")
+            return 2
         sys.stdout.write(f"\nreport: {index}\n")
     return 1 if any(r.failed for r in results) else 0
 

@@ -103,12 +103,16 @@ def load_suite(spec: str | Path = "builtin") -> list[Case]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"suite file {path} is not valid TOML: {exc}") from exc
+    entries = data.get("case", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"suite file {path}: cases must be [[case]] tables")
     cases = []
     seen: set[str] = set()
-    for i, entry in enumerate(data.get("case", [])):
+    for i, entry in enumerate(entries):
         missing = [k for k in ("name", "model", "formula", "data") if k not in entry]
         if missing:
             raise ValueError(f"case #{i + 1} in {path} lacks {', '.join(missing)}")
+        _check_case_types(entry, f"case #{i + 1} in {path}")
         if entry["model"] not in MODELS:
             raise ValueError(
                 f"case {entry['name']!r}: model must be one of {', '.join(MODELS)}, "
@@ -147,6 +151,41 @@ def _flag(entry: dict[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"case {entry.get('name')!r}: {key} must be true or false, got {value!r}")
     return value
+
+
+_STRING_KEYS = ("name", "model", "formula", "data", "engine_a", "engine_b", "mixed_formula",
+                "description")  # fmt: skip
+
+
+def _check_case_types(entry: dict[str, Any], where: str) -> None:
+    """ValueError naming the case and key whose value has the wrong TOML type."""
+    label = f"case {entry['name']!r}" if isinstance(entry.get("name"), str) else where
+
+    def bad(key: str, expected: str) -> ValueError:
+        return ValueError(f"{label}: {key} must be {expected}, got {entry[key]!r}")
+
+    for key in _STRING_KEYS:
+        if key in entry and not isinstance(entry[key], str):
+            raise bad(key, "a string")
+    if "slow" in entry and not isinstance(entry["slow"], bool):
+        raise bad("slow", "true or false")
+    for key in ("options_a", "options_b"):
+        if key in entry and not isinstance(entry[key], dict):
+            raise bad(key, "a table, e.g. { reml = false }")
+    if "tolerance" in entry:
+        from mixbridge.conformance.tolerance import POLICIES
+
+        if not isinstance(entry["tolerance"], str) or entry["tolerance"] not in POLICIES:
+            raise bad("tolerance", f"one of {', '.join(sorted(POLICIES))}")
+    spec = entry["data"]
+    if spec.startswith("sim:"):
+        name, _, seed = spec[4:].partition(":")
+        if name not in SIMULATORS:
+            raise ValueError(
+                f"{label}: unknown simulator {name!r} in data; known: {', '.join(SIMULATORS)}"
+            )
+        if seed and not seed.isdigit():
+            raise ValueError(f"{label}: the seed in data = {spec!r} must be a whole number")
 
 
 def read_data(path: str | Path) -> pd.DataFrame:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mixbridge.errors import ArgumentError
+
 # Quantities compared for each result type (the row order of a Comparison).
 MIXED_QUANTITIES = (
     "nobs",
@@ -97,8 +99,10 @@ class Policy:
         tols = dict(self.tols)
         for q, v in overrides.items():
             if q not in tols:
-                raise KeyError(
-                    f"unknown quantity {q!r} in tolerance override; known: {sorted(tols)}"
+                raise ArgumentError(
+                    f"unknown quantity {q!r} in tolerance override; known: "
+                    f"{', '.join(sorted(tols))}",
+                    "tolerance",
                 )
             if isinstance(v, Tol):
                 tols[q] = v
@@ -308,14 +312,20 @@ def policy_for(a: Any, b: Any, tolerance: Any = None) -> Policy:
         return tolerance
     if isinstance(tolerance, str):
         if tolerance not in POLICIES:
-            raise KeyError(f"unknown tolerance policy {tolerance!r}; known: {sorted(POLICIES)}")
+            raise ArgumentError(
+                f"unknown tolerance policy {tolerance!r}; known: {', '.join(sorted(POLICIES))}",
+                "tolerance",
+            )
         return POLICIES[tolerance]
     base = _auto_policy(a, b)
     if tolerance is None:
         return base
     if isinstance(tolerance, dict):
         return base.with_overrides(**tolerance)
-    raise TypeError(f"tolerance must be None, a policy name, a Policy or a dict, not {tolerance!r}")
+    raise ArgumentError(
+        f"tolerance must be None, a policy name, a Policy or a dict, not {tolerance!r}",
+        "tolerance",
+    )
 
 
 def _auto_policy(a: Any, b: Any) -> Policy:
