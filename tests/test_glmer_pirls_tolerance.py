@@ -150,11 +150,12 @@ def test_tampered_estimate_fails(converged_fit, lme4_fit, data):
 
 
 @pytest.mark.slow
+@pytest.mark.bigdata  # ~4 min: not in the default suite (the 5,000-row cases above are)
 def test_200k_rows_in_20k_groups(needs_r):
     """The issue's case: 200,000 rows, 20,000 groups, the default big-data path (no setting).
     lme4 takes 86-153 s here, compare() ~60 s (lme4's deviance functions at two tolerances,
     each set up by a stage-1 fit of its own). Before: compare FAILed objective, loglik, AIC, BIC
-    and ranef."""
+    and ranef. Run with `pytest -m bigdata`."""
     data = big_binomial(200_000, 20_000)
     py = mixbridge.glmer(FORMULA, data, family="binomial")
     assert py.optimizer["tol_pwrss"] == glmm.TIGHT_TOL
