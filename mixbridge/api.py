@@ -100,7 +100,15 @@ def glmer(
     timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
 ) -> MixedFit:
-    """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`."""
+    """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`.
+
+    The fit minimizes one deviance function and reports it at its estimates (-2 logLik); it is
+    what `fit.objective` and `glmer_objective` with the same arguments evaluate. Its PIRLS
+    tolerance, `fit.optimizer["tol_pwrss"]`, is lme4's 1e-7 unless `control` sets one, except on
+    the Python engine from 50,000 rows, where it is 1e-12: the converged Laplace/AGQ deviance,
+    whose optimum is lower than that of lme4's early-stopped function (README, "One glmer
+    criterion at every size").
+    """
     family = check_family_name(family, "glmer")
     nagq = check_nagq(nagq)
     ctrl = check_control("glmer", control, _engine_name(engine))
@@ -236,7 +244,11 @@ def glmer_objective(
 ) -> float:
     """glmer's deviance function (Laplace or AGQ) at (theta, beta), optimizer-free.
 
-    `control={"tol_pwrss": 1e-12}` tightens the PIRLS tolerance (lme4's `tolPwrss`).
+    The function `glmer` with the same arguments minimizes: at its estimates this is
+    `fit.criterion` (nAGQ > 1: plus 2·fit.extra["lme4_loglik_constant"] on the Python engine),
+    anywhere `fit.objective(theta, beta)`. `control={"tol_pwrss": ...}` sets the PIRLS tolerance
+    (lme4's `tolPwrss`; default lme4's 1e-7, on the Python engine 1e-12 — the converged
+    deviance — from `GRADIENT_MIN_ROWS` = 50,000 rows, see `fit.optimizer["tol_pwrss"]`).
     """
     family = check_family_name(family, "glmer")
     nagq = check_nagq(nagq)

@@ -6,11 +6,12 @@ fits from different engines can be compared field by field (`mixbridge.compare`)
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mixbridge.checks import check_flag, named_arguments
-from mixbridge.errors import MixbridgeWarning, RWarning
+from mixbridge.errors import ArgumentError, MixbridgeWarning, RWarning
 
 MessageKind = Literal["warning", "message", "error", "note"]
 
@@ -141,7 +142,13 @@ class MixedFit:
 
     @property
     def criterion(self) -> float:
-        """The value the optimizer minimized: REML criterion, ML deviance, or glmer's -2 logLik."""
+        """The value the optimizer minimized: REML criterion, ML deviance, or glmer's -2 logLik.
+
+        It is `objective(...)` at the fit's own estimates (glmer nAGQ > 1 on the Python engine:
+        minus 2·extra["lme4_loglik_constant"], the saturated constant lme4 1.1 leaves out), and
+        `lmer_objective`/`glmer_objective` with the fit's arguments give the same value. glmer:
+        the deviance function's PIRLS tolerance is `optimizer["tol_pwrss"]`.
+        """
         if self.model == "lmer":
             return self.reml_criterion if self.reml else -2.0 * self.loglik
         return -2.0 * self.loglik
@@ -151,11 +158,26 @@ class MixedFit:
         """glmer: vcov from R_X at the final PIRLS weights (lme4's `use.hessian=FALSE`)."""
         return self.extra.get("vcov_rx")
 
-    def objective(self, *params: Any) -> float:
-        """The engine's criterion at given parameters: lmer theta; glmer (theta, beta)."""
+    def objective(self, *params: Any, control: Mapping[str, Any] | None = None) -> float:
+        """The engine's criterion at given parameters: lmer theta; glmer (theta, beta).
+
+        It is the function the fit minimized: at the fit's own estimates it is `criterion`
+        (glmer nAGQ > 1: plus 2·extra["lme4_loglik_constant"], lme4's unnormalized scale), and
+        `glmer_objective`/`lmer_objective` with the fit's arguments give the same values.
+        glmer `control` (e.g. {"tol_pwrss": 1e-12}) evaluates the same model's deviance function
+        with other PIRLS controls instead, as `glmer_objective(..., control=...)` does.
+        """
         if self._objective is None:
             raise NotImplementedError(f"engine {self.engine!r} does not expose its objective")
-        return float(self._objective(*params))
+        if control is None:
+            return float(self._objective(*params))
+        if self.model != "glmer":
+            raise ArgumentError("control= applies to glmer deviance functions only", "control")
+        if "control" not in inspect.signature(self._objective).parameters:
+            raise NotImplementedError(
+                f"engine {self.engine!r} cannot evaluate its objective with another control"
+            )
+        return float(self._objective(*params, control=dict(control)))
 
     @named_arguments
     def predict(

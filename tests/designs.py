@@ -1,4 +1,5 @@
-"""Shared test data: unbalanced random designs for lmer against lme4 (not a test module)."""
+"""Shared test data (not a test module): unbalanced random designs for lmer against lme4, and the
+benchmarks' big binomial random-intercept data for glmer."""
 
 from __future__ import annotations
 
@@ -33,3 +34,17 @@ def random_design(seed: int) -> tuple[pd.DataFrame, str]:
         "y ~ x + (1 | g:h)",
     ]
     return data, formulas[seed % len(formulas)]
+
+
+def big_binomial(n: int, groups: int, seed: int = 2) -> pd.DataFrame:
+    """yb ~ x1 + x2 + (1 | g) data as benchmarks/datasets.glmm_data makes them (logit link,
+    τ = 0.8, every group non-empty), g a Categorical with levels "0".."groups-1"."""
+    rng = np.random.default_rng(seed)
+    g = rng.permutation(np.arange(n) % groups)
+    x = rng.normal(size=(2, n))
+    eta = -0.5 + 0.7 * x[0] - 0.4 * x[1] + rng.normal(0.0, 0.8, groups)[g]
+    y = (rng.uniform(size=n) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
+    levels = [str(i) for i in range(groups)]
+    return pd.DataFrame(
+        {"yb": y, "x1": x[0], "x2": x[1], "g": pd.Categorical.from_codes(g, levels)}
+    )

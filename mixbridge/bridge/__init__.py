@@ -161,29 +161,37 @@ def _devfun_hook(
     Embedded: the R closure is built once (devFunOnly=TRUE) and kept; subprocess: one Rscript
     per evaluation. `n_params`: keep only that many leading parameters (glmer nAGQ = 0, whose
     deviance function takes theta alone, may still be called as objective(theta, beta)).
+    glmer: `control` overrides the fit's control keys (e.g. tol_pwrss), as glmer_objective's.
     """
-    cache: dict[str, Any] = {}
+    cache: dict[Any, Any] = {}
     glmm = function == "mb_glmer_devfun"
 
     def params_of(*params: Any) -> np.ndarray:
         return np.concatenate([np.atleast_1d(np.asarray(p, dtype=float)) for p in params])
 
-    def objective(*params: Any) -> float:
+    def objective(*params: Any, control: Mapping[str, Any] | None = None) -> float:
         p = params_of(*params)
         if n_params is not None:
             p = p[:n_params]
+        call_args = args
+        if control is not None:
+            if not glmm:
+                raise ArgumentError("control= applies to glmer deviance functions only", "control")
+            override = _check_control("glmer", control)
+            call_args = {**args, "control": {**args["control"], **override}}
         if transport == "subprocess":
             fn = "mb_glmer_objective" if glmm else "mb_lmer_objective"
             key = "params" if glmm else "theta"
-            res = _run(fn, transport, {**args, key: p}, columns, nrow, timeout)
+            res = _run(fn, transport, {**call_args, key: p}, columns, nrow, timeout)
             return float(build.check(res, fn)[0])
         from mixbridge.bridge import embedded
 
+        key = repr(sorted(call_args.get("control", {}).items()))
         with embedded.LOCK:
-            if "devfun" not in cache:
-                res = _run(function, transport, args, columns, nrow, timeout)
-                cache["devfun"] = build.check(res, function)
-            res = embedded.call("mb_call_devfun", cache["devfun"], p, timeout=timeout)
+            if key not in cache:
+                res = _run(function, transport, call_args, columns, nrow, timeout)
+                cache[key] = build.check(res, function)
+            res = embedded.call("mb_call_devfun", cache[key], p, timeout=timeout)
         return float(build.check(res, "devfun")[0])
 
     return objective
@@ -334,6 +342,8 @@ def glmer(
     fit = build.mixed_fit(
         res, model="glmer", formula=formula, versions_=_versions(value, transport)
     )
+    if "tol_pwrss" in value:  # the PIRLS tolerance of lme4's deviance function (glmerControl)
+        fit.optimizer["tol_pwrss"] = float(np.ravel(value["tol_pwrss"])[0])
     n_params = len(fit.theta) if int(nagq) == 0 else None
     fit._objective = _devfun_hook(
         "mb_glmer_devfun", transport, base, columns, nrow, n_params, timeout

@@ -482,7 +482,7 @@ def _judge(
     theta_row: Row | None = None,
 ) -> None:
     """Turn a FAIL into "explained" when the evidence allows; run applicable divergence checks."""
-    ctx = div.RowContext(r.quantity, r.signed_diff, r.bound or 0.0, policy)
+    ctx = div.RowContext(r.quantity, r.signed_diff, r.bound or 0.0, policy, r.status == FAIL)
     found = div.explain(model, r.quantity, a, b, ctx, registry)
     if found is not None:
         d, outcome = found

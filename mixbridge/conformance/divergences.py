@@ -10,6 +10,7 @@ quantity to run its check, which recomputes the expected difference from the fit
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,6 +43,7 @@ class RowContext:
     signed_diff: float | None  # a - b for scalar rows, None for vector rows
     bound: float  # the row's tolerance: the residual after the divergence must stay within it
     policy: Any = None
+    failed: bool = False  # the row is beyond its tolerance (before any explanation)
 
 
 @dataclass(frozen=True)
@@ -314,8 +316,216 @@ def check_other_column_dropped(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
     return CheckOutcome(True, bool(abs(residual) <= ctx.bound), detail)
 
 
+# ---------------------------------------------------------------------------------------------
+# glmer: lme4's PIRLS tolerance against the converged deviance
+
+CONVERGED_TOL_PWRSS = 1e-12  # lme4's tolPwrss at which its deviance function is converged
+_CRITERION_ROWS = ("criterion", "loglik", "aic", "bic")
+
+
+def _tol_pwrss(fit: Any) -> float | None:
+    value = (getattr(fit, "optimizer", None) or {}).get("tol_pwrss")
+    return None if value is None else float(value)
+
+
+def _is_lme4(fit: Any) -> bool:
+    return str(getattr(fit, "engine", "")).split("/")[0].lower() == "r"
+
+
+def _lme4_scale(fit: Any) -> float:
+    """The criterion as lme4's deviance function gives it (nAGQ > 1: without the saturated
+    constant the fit may have put in)."""
+    return float(fit.criterion) + 2.0 * float(fit.extra.get(LOGLIK_CONSTANT_KEY, 0.0) or 0.0)
+
+
+def _params_like(fit: Any, like: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(θ, β) of `fit` in `like`'s order (by θ names and coefficient names)."""
+    names = list(like.theta_names) or [f"theta[{i}]" for i in range(len(like.theta))]
+    own = list(fit.theta_names) or [f"theta[{i}]" for i in range(len(fit.theta))]
+    theta = dict(zip(own, np.asarray(fit.theta, dtype=float), strict=True))
+    th = np.array([theta.get(n, np.nan) for n in names], dtype=float)
+    beta = fit.fixef.reindex(like.fixef.index).to_numpy(dtype=float)
+    if np.isnan(th).any() or np.isnan(beta).any():
+        raise ValueError("the fits' θ or coefficient names differ")
+    return th, beta
+
+
+class _Evaluations:
+    """Deviance-function values already computed, so that the rows of one comparison (and the
+    comparisons of the same fits) evaluate each (fit, control, parameters) once. Entries hold a
+    weak reference to their fit: a value is reused only for the very object that produced it."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.values: dict[tuple[Any, ...], tuple[Any, float]] = {}
+
+    def __call__(self, fit: Any, params: tuple[np.ndarray, np.ndarray], tol: float | None) -> float:
+        key = (id(fit), tol, params[0].tobytes(), params[1].tobytes())
+        hit = self.values.get(key)
+        if hit is not None and hit[0]() is fit:
+            return hit[1]
+        control = None if tol is None else {"tol_pwrss": tol}
+        value = float(fit.objective(*params, control=control))
+        if len(self.values) >= self.size:
+            self.values.pop(next(iter(self.values)))
+        self.values[key] = (weakref.ref(fit), value)
+        return value
+
+
+_EVALUATE = _Evaluations()
+
+
+@dataclass(frozen=True)
+class _PirlsEvidence:
+    """lme4's deviance at the converged tolerance (t) and at the loose fit's tolerance (d), at
+    both fits' estimates, and the tight fit's own objective there."""
+
+    tight: str  # "a" or "b": the fit whose PIRLS tolerance is the tighter one
+    tol: dict[str, float]
+    t: dict[str, float]
+    d: dict[str, float]
+    own_tight: dict[str, float | None]
+    reported: dict[str, float]  # criteria on lme4's scale
+
+
+def _pirls_evidence(a: Any, b: Any) -> _PirlsEvidence:
+    lme4 = b if _is_lme4(b) else a
+    tol = {"a": _tol_pwrss(a), "b": _tol_pwrss(b)}
+    tight = "a" if tol["a"] < tol["b"] else "b"
+    loose = "b" if tight == "a" else "a"
+    fits = {"a": a, "b": b}
+    params = {k: _params_like(f, lme4) for k, f in fits.items()}
+    lme4_tol = _tol_pwrss(lme4)
+
+    def lme4_at(k: str, at_tol: float) -> float:
+        # lme4's own function without an override when it already is the one asked for
+        return _EVALUATE(lme4, params[k], None if at_tol == lme4_tol else at_tol)
+
+    tight_fit = fits[tight]
+    own: dict[str, float | None] = {}
+    for k in fits:
+        try:
+            own[k] = _EVALUATE(tight_fit, _params_like(fits[k], tight_fit), None)
+        except NotImplementedError:
+            own[k] = None
+    return _PirlsEvidence(
+        tight=tight,
+        tol={k: float(v) for k, v in tol.items() if v is not None},
+        t={k: lme4_at(k, CONVERGED_TOL_PWRSS) for k in fits},
+        d={k: lme4_at(k, tol[loose]) for k in fits},
+        own_tight=own,
+        reported={k: _lme4_scale(f) for k, f in fits.items()},
+    )
+
+
+def check_pirls_tolerance(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
+    """Two glmer fits of one model whose deviance functions differ in PIRLS tolerance: one at
+    lme4's default tolPwrss (1e-7), one converged (the Python engine on big data, or any fit
+    with control={"tol_pwrss": 1e-12}). lme4's stopping rule leaves log|L|² from the weights of
+    the iteration before, an error growing with the number of groups (spec §3.2) that also moves
+    the optimum. Recomputed from lme4's own deviance function (the R fit's objective) at both
+    estimates, at tolPwrss = 1e-12 (t) and at the loose fit's tolerance (d):
+    - every fit reports its own function at its estimate: |criterion - t| (tight fit) and
+      |criterion - d| (loose fit) within the objective tolerance;
+    - the tight fit is not worse where it matters: t(tight) <= t(loose) + criterion tolerance;
+    - objective rows: the tight fit's objective is lme4's at 1e-12 at both estimates;
+    - parameter rows (only when beyond tolerance): the tight fit's estimate is no worse under t,
+      so the gap is the loose fit's optimum of its PIRLS-error-laden function.
+    """
+    if a.model != "glmer" or b.model != "glmer" or min(a.nagq, b.nagq) < 1:
+        return CheckOutcome(False)
+    tol_a, tol_b = _tol_pwrss(a), _tol_pwrss(b)
+    if tol_a is None or tol_b is None or tol_a == tol_b or not (_is_lme4(a) or _is_lme4(b)):
+        return CheckOutcome(False)
+    parameter = ctx.quantity not in _CRITERION_ROWS and ctx.quantity != "objective"
+    if parameter and not ctx.failed:
+        return CheckOutcome(False)  # a parameter gap within tolerance needs no explanation
+    ev = _pirls_evidence(a, b)
+    tight, loose = ev.tight, ("b" if ev.tight == "a" else "a")
+    policy = ctx.policy
+    obj_bound = policy["objective"].bound(abs(ev.t[loose])) if policy is not None else ctx.bound
+    crit_bound = policy["criterion"].bound(abs(ev.t[loose])) if policy is not None else ctx.bound
+    gap = ev.t[tight] - ev.t[loose]  # < 0: the tight fit's optimum is lower under t
+    own_gap = ev.d[loose] - ev.d[tight]  # <= 0: the loose fit's estimate optimizes d
+    excess = {k: ev.reported[k] - (ev.t[k] if k == tight else ev.d[k]) for k in ("a", "b")}
+    pirls_error = {k: ev.d[k] - ev.t[k] for k in ("a", "b")}
+    head = (
+        f"lme4's deviance at tolPwrss={CONVERGED_TOL_PWRSS:g}: a {ev.t['a']:.12g}, "
+        f"b {ev.t['b']:.12g}; at tolPwrss={ev.tol[loose]:g}: a {ev.d['a']:.12g}, "
+        f"b {ev.d['b']:.12g} (PIRLS error {pirls_error[loose]:+.4g} at {loose}'s estimate); "
+        f"{tight} is the converged fit (tol_pwrss {ev.tol[tight]:g})"
+    )
+    # what each row rests on: the functions (objective), the criteria reported at the estimates
+    # and the optimum gap (criterion rows), the optimum gap (parameter rows)
+    reported: list[str] = []
+    if abs(excess[tight]) > obj_bound:
+        reported.append(
+            f"{tight}'s criterion is {excess[tight]:+.4g} from lme4's converged deviance at its "
+            f"estimate (tolerance {obj_bound:.1e})"
+        )
+    if abs(excess[loose]) > obj_bound:
+        reported.append(
+            f"{loose}'s criterion is {excess[loose]:+.4g} from lme4's tolPwrss={ev.tol[loose]:g} "
+            f"deviance at its estimate (tolerance {obj_bound:.1e})"
+        )
+    optimum: list[str] = []
+    if gap > crit_bound:
+        optimum.append(
+            f"{tight}'s estimate is worse than {loose}'s under the converged deviance by "
+            f"{gap:.4g} (tolerance {crit_bound:.1e})"
+        )
+    if ctx.quantity == "objective":
+        problems: list[str] = []
+        for k in ("a", "b"):
+            own = ev.own_tight[k]
+            if own is None:
+                problems.append(f"{tight} does not expose its objective")
+            elif abs(own - ev.t[k]) > obj_bound:
+                problems.append(
+                    f"{tight}'s objective at {k}'s estimate is {own - ev.t[k]:+.4g} from lme4's "
+                    f"converged deviance (tolerance {obj_bound:.1e})"
+                )
+        diffs = [ev.own_tight[k] - ev.t[k] for k in ("a", "b") if ev.own_tight[k] is not None]
+        detail = (
+            f"{head}; {tight}'s objective agrees with lme4's converged deviance to "
+            f"{max(map(abs, diffs), default=float('nan')):.2e}"
+        )
+    elif ctx.quantity in _CRITERION_ROWS:
+        problems = reported + optimum
+        if ctx.quantity in ("aic", "bic") and (a.df != b.df or a.nobs != b.nobs):
+            problems.append(f"df or nobs differ (a {a.df}/{a.nobs}, b {b.df}/{b.nobs})")
+        diff = ev.reported["a"] - ev.reported["b"]
+        from_pirls = pirls_error[loose] if loose == "a" else -pirls_error[loose]
+        optimum_gap = ev.t["a"] - ev.t["b"]
+        detail = (
+            f"{head}; criteria a - b on lme4's scale {diff:+.6g} = {from_pirls:+.6g} (PIRLS "
+            f"error at {loose}'s estimate) {optimum_gap:+.4g} (optimum gap under the converged "
+            f"deviance) {diff - from_pirls - optimum_gap:+.1e} (each fit's criterion against its "
+            "function)"
+        )
+        shift = _lme4_scale(a) - a.criterion - (_lme4_scale(b) - b.criterion)
+        if shift:
+            detail += f"; the reported criteria also differ by the saturated constant {-shift:+.6g}"
+    else:
+        problems = optimum
+        which = (
+            f"each estimate optimizes its own function ({loose}'s lower by {-own_gap:.4g} under "
+            f"tolPwrss={ev.tol[loose]:g})"
+            if own_gap <= 0
+            else f"{loose}'s estimate is worse under both functions"
+        )
+        detail = (
+            f"{head}; {tight}'s estimate is lower by {-gap:.4g} under the converged deviance, "
+            + which
+        )
+    if problems:
+        detail += "; but " + "; ".join(problems)
+    return CheckOutcome(True, not problems, detail)
+
+
 CHECKS: dict[str, Callable[[Any, Any, RowContext], CheckOutcome]] = {
     "check_agq_saturated_constant": check_agq_saturated_constant,
+    "check_pirls_tolerance": check_pirls_tolerance,
     "check_arm_binomial_aic": check_arm_binomial_aic,
     "check_bayesglm_own_dispersion": check_bayesglm_own_dispersion,
     "check_other_column_dropped": check_other_column_dropped,

@@ -17,12 +17,20 @@ deviance evaluation restarts PIRLS from the stored linear predictor lp0, as lme4
 objective is deterministic and reproduces lme4's devfun including its PIRLS stopping quirk (the
 gradient phase alone warm-starts the modes: it works on the fully converged deviance, which does
 not depend on the start).
+
+One function per fit: the deviance function is lme4's at the model's PIRLS tolerance `tol_pwrss`
+(lme4's default 1e-7 below GRADIENT_MIN_ROWS rows; TIGHT_TOL, the converged Laplace/AGQ deviance,
+from there on; or what `control` says). The fit minimizes it, reports it at its estimates
+(-2 logLik, up to the saturated constant for nAGQ > 1), `fit.objective` and `glmer_objective`
+evaluate it (same start lp0, same tolerance). The converged deviance is the one to optimize on big
+data: lme4's stopping rule (|Δpdev|/pdev < 1e-7) leaves log|L|² from the previous iteration's
+weights, an error that grows with the number of groups (+0.38 at 20,000) and bends its optimum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -78,6 +86,14 @@ class GlmerModel:
     # and eta_init hold the ordered rows, `rows` the order and `x_rows` the ordered X
     rows: np.ndarray | None = None
     x_rows: np.ndarray | None = None
+    # the structure allows the analytic-gradient stage 2 (one scalar term, canonical link)
+    gradient_capable: bool = False
+
+    @property
+    def gradient(self) -> bool:
+        """Stage 2 by the analytic gradient (no stage-1 optimization): its gradient is that of
+        the converged deviance, so only when the deviance function is the converged one."""
+        return self.gradient_capable and self.nagq >= 1 and self.tol <= TIGHT_TOL
 
     @property
     def n_theta(self) -> int:
@@ -101,9 +117,11 @@ class GlmerModel:
         return self.pred.lambda_blocks(theta)
 
 
-def _control(control: dict[str, Any] | None) -> tuple[float, int]:
+def _control(control: dict[str, Any] | None) -> tuple[float | None, int]:
+    """(tol_pwrss or None for the default, maxit) from `control`."""
     control = dict(control or {})
-    tol = float(control.pop("tol_pwrss", 1e-7))
+    tol = control.pop("tol_pwrss", None)
+    tol = None if tol is None else float(tol)
     maxit = int(control.pop("maxit", 100))
     if control:
         raise ArgumentError(
@@ -111,9 +129,15 @@ def _control(control: dict[str, Any] | None) -> tuple[float, int]:
             "supported: tol_pwrss, maxit",
             "control",
         )
-    if not tol > 0:
+    if tol is not None and not tol > 0:
         raise ArgumentError(f"control tol_pwrss must be > 0, got {tol}", "control")
     return tol, maxit
+
+
+def default_tol_pwrss(n_rows: int) -> float:
+    """The PIRLS tolerance of the deviance function when `control` sets none: lme4's below
+    GRADIENT_MIN_ROWS rows, the converged deviance's (TIGHT_TOL) from there on."""
+    return TIGHT_TOL if n_rows >= GRADIENT_MIN_ROWS else LME4_TOL_PWRSS
 
 
 def build_model(
@@ -133,7 +157,7 @@ def build_model(
     from mixbridge.formula import build_mixed_terms
     from mixbridge.python_impl.families import get_family
 
-    tol, maxit = _control(control)
+    tol_given, maxit = _control(control)
     if family not in SUPPORTED:
         raise ArgumentError(
             f"glmer (engine='python') supports families {', '.join(SUPPORTED)}, not {family!r}",
@@ -198,6 +222,12 @@ def build_model(
         pred = Predictor(terms)
         theta0, lower = theta_start(reterms), lower_bounds(reterms)
     resp = GlmResponse(fam, y0, w0, off, n0)
+    tol = default_tol_pwrss(terms.n) if tol_given is None else tol_given
+    gradient_capable = (
+        scalar
+        and (nagq <= 1 or pred.zvals is None)  # AGQ: the fused (1|g) kernel
+        and (family, link) in CANONICAL
+    )
     return GlmerModel(
         terms,
         resp,
@@ -212,6 +242,7 @@ def build_model(
         messages,
         rows,
         x_rows,
+        bool(gradient_capable),
     )
 
 
@@ -494,22 +525,19 @@ def _optimize_stage1(dev: Devfun, model: GlmerModel) -> tuple[np.ndarray, float,
     return _nelder_mead(f, model.theta0, step, model.theta_lower, 10000)
 
 
-# Above this many rows a single scalar term with a canonical link is optimized with the analytic
-# Laplace (and AGQ) gradient (a few dozen O(n) evaluations instead of hundreds of Nelder–Mead
-# ones). lme4's PIRLS stopping quirk (spec §3.2) is then far below the 1e-6 relative criterion
-# tolerance.
+# From this many rows the default deviance function is the converged one (tol_pwrss =
+# TIGHT_TOL): lme4's stopping rule leaves an error in log|L|² that grows with the number of groups
+# (spec §3.2: ~1e-3 on small data; +0.38 on 200,000 rows in 20,000 groups) and moves the optimum.
+# A single scalar term with a canonical link is then optimized with the analytic Laplace (and AGQ)
+# gradient: a few dozen O(n) evaluations instead of hundreds of Nelder–Mead ones. A module
+# setting: lower it to get the big-data path (and function) on smaller data.
 GRADIENT_MIN_ROWS = 50_000
-TIGHT_TOL = 1e-10  # PIRLS tolerance that makes the Laplace value smooth for the gradient phase
-
-
-def _gradient_path(model: GlmerModel) -> bool:
-    resp = model.resp
-    return (
-        model.scalar
-        and (model.nagq == 1 or model.pred.zvals is None)  # AGQ: the fused (1|g) kernel
-        and (resp.family_name, resp.link) in CANONICAL
-        and model.terms.n >= GRADIENT_MIN_ROWS
-    )
+LME4_TOL_PWRSS = 1e-7  # glmerControl()$tolPwrss
+# PIRLS tolerance at which the Laplace (AGQ) value is converged, from any start: smooth in (θ, β).
+# Not 1e-10: pdev settles quadratically but log|L|² (from the weights of the iteration before)
+# only linearly, so PIRLS restarted from lp0 and stopped at 1e-10 can still be 1.5e-3 off
+# (60,000 rows); at 1e-12 the start moves it by ~3e-11 relative (8e-6 at 200,000 rows).
+TIGHT_TOL = 1e-12
 
 
 def _initial_hessian(model: GlmerModel, theta: np.ndarray) -> np.ndarray:
@@ -610,7 +638,7 @@ def _optimize_stage2_gradient(
             # single Newton step usually converges (at θ = 0 the modes are 0: b0 = 0)
             b0 = th * (warm["u"] + warm["du_dx"] @ (x - warm["x"]))
             offset = dev.base_offset + model.X @ x[nth:]
-            r = kernel.modes(th, offset, b0, TIGHT_TOL)
+            r = kernel.modes(th, offset, b0, model.tol)
             res = None
             if r is not None:
                 st, W, S, swmu = r
@@ -636,9 +664,9 @@ def _optimize_stage2_gradient(
         if agq:
             raise _NoFastPath
         try:
-            dev.stage2(x, tol=TIGHT_TOL, b_start=b0)
+            dev.stage2(x, b_start=b0)
             if b0 is not None and not dev.state.converged:
-                dev.stage2(x, tol=TIGHT_TOL)  # a far jump: restart from lp0 instead
+                dev.stage2(x)  # a far jump: restart from lp0 instead
             f = dev.state.laplace(model.resp)
         except (ConvergenceError, np.linalg.LinAlgError):
             return np.inf, np.zeros_like(x)
@@ -680,9 +708,6 @@ def _optimize_stage2_gradient(
         want_laplace_grad[0] = True  # at every AGQ point: the Hessian needs it at the optimum
         x, _ = minimize(fg, x, metric)
     _, grad = fg(x)
-    # lp0 <- the linear predictor at the optimum (lme4 takes it from its stage-1 optimum): PIRLS
-    # started far away and stopped by lme4's rule can be off by O(1) in the deviance
-    lp0 = dev.state.eta - dev.base_offset
     hess = np.zeros((x.size, x.size))
     if model.nagq > 1:
         # H_AGQ = H_Laplace (central differences, cheap evaluations) + H_R, R = AGQ − Laplace
@@ -705,8 +730,9 @@ def _optimize_stage2_gradient(
         else:
             hess[:, i] = (fg(xp)[1] - fg(xm)[1]) / (xp[i] - xm[i])
     hess = 0.5 * (hess + hess.T)
-    dev.lp0 = lp0
-    fx = dev.stage2(x)  # the reported value is lme4's (default tolerance) deviance function
+    # the value of the deviance function itself (PIRLS from lp0, as fit.objective and
+    # glmer_objective evaluate it), not the warm-started one: equal to ~tol_pwrss·pdev
+    fx = dev.stage2(x)
     return x, fx, count[0] + 1, (grad, hess)
 
 
@@ -753,25 +779,23 @@ def glmer(
         frame=frame,
     )
     dev = Devfun(model)
-    if _gradient_path(model):
-        # big data: the gradient-based stage 2 converges from lme4's initial PIRLS fit (θ = 1)
-        # directly; a stage-1 optimization would cost more (joint PIRLS) than it saves
-        theta1, f1, nfev1 = model.theta0.copy(), float("nan"), 0
-    else:
-        theta1, f1, nfev1 = _optimize_stage1(dev, model)
-        dev.stage1(theta1)  # re-evaluate at the optimum: sets lp0 and the stage-1 state (lme4 too)
+    theta1, f1, nfev1 = _stage1(dev, model)
     beta1 = np.asarray(dev.state.beta, dtype=float)
     rx_se = np.sqrt(np.diag(model.pred.rx_inverse()))
-    info: dict[str, Any] = {"stage1": {"theta": theta1.tolist(), "fval": f1, "n_evals": nfev1}}
+    info: dict[str, Any] = {
+        "tol_pwrss": model.tol,
+        "stage1": {"theta": theta1.tolist(), "fval": f1, "n_evals": nfev1},
+    }
     if nagq == 0:
         return _finish_stage1(model, dev, theta1, f1, info)
 
     dev.start_stage2()
+    lp0 = dev.lp0
     lower = np.concatenate([model.theta_lower, np.full(beta1.size, -np.inf)])
     x0 = np.concatenate([theta1, beta1])
     f2 = _safe(dev.stage2)
     derivs = None
-    fast = _gradient_path(model)
+    fast = model.gradient
     if fast:
         h0 = _initial_hessian(model, theta1)
         try:
@@ -779,8 +803,7 @@ def glmer(
             info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "BFGS, analytic gradient"}
         except _NoFastPath:
             fast = False
-            dev.stage1(theta1)  # back to the stage-1 state: lp0 as lme4's
-            dev.start_stage2()
+            dev.lp0 = lp0  # the stage-2 start that glmer_objective uses too
     if not fast:
         step = 0.2 * np.concatenate([np.full(theta1.size, 0.1), np.minimum(rx_se, 10.0)])
         x, fx, nfev2 = _nelder_mead(f2, x0, step, lower, 10000)
@@ -804,8 +827,14 @@ def glmer_objective(
     frame: Any = None,
 ) -> float:
     """lme4's `glmer(..., devFunOnly = TRUE)` evaluated at (θ, β): the stage-2 deviance function
-    (after the stage-1 optimization that sets its starting linear predictor); for nagq = 0 the
-    stage-1 function of θ (β is ignored)."""
+    (after stage 1 as glmer runs it, which sets its starting linear predictor); for nagq = 0 the
+    stage-1 function of θ (β is ignored).
+
+    It is the function `glmer` with the same arguments minimizes and reports (-2 logLik at its
+    estimates; nAGQ > 1: plus 2·fit.extra["lme4_loglik_constant"]), and `fit.objective`: PIRLS at
+    `control["tol_pwrss"]`, by default lme4's 1e-7 below GRADIENT_MIN_ROWS rows and TIGHT_TOL (the
+    converged Laplace/AGQ deviance) from there on. lme4's own function at the converged
+    tolerance: `engine="r", control={"tol_pwrss": 1e-12}`."""
     model = build_model(
         formula,
         data,
@@ -826,10 +855,23 @@ def glmer_objective(
         return dev.stage1(theta)
     if beta.size != model.X.shape[1]:
         raise ArgumentError(f"beta must have length {model.X.shape[1]}, got {beta.size}", "beta")
-    theta1, _, _ = _optimize_stage1(dev, model)
-    dev.stage1(theta1)
+    _stage1(dev, model)
     dev.start_stage2()
     return dev.stage2(np.concatenate([theta, beta]))
+
+
+def _stage1(dev: Devfun, model: GlmerModel) -> tuple[np.ndarray, float, int]:
+    """Stage 1 as glmer runs it, leaving `dev` in the state its stage 2 starts from (so that
+    glmer, fit.objective and glmer_objective restart PIRLS from the same lp0).
+
+    Gradient path: no stage-1 optimization (the converged deviance does not depend on the
+    start, and the gradient-based stage 2 converges from lme4's initial PIRLS fit at θ = 1
+    directly; a stage-1 optimization would cost more, in joint PIRLS, than it saves)."""
+    if model.gradient:
+        return model.theta0.copy(), float("nan"), 0
+    theta1, f1, nfev1 = _optimize_stage1(dev, model)
+    dev.stage1(theta1)  # re-evaluate at the optimum: sets lp0 and the stage-1 state (lme4 too)
+    return theta1, f1, nfev1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1013,21 +1055,40 @@ def _build_fit(
         dropped_columns=list(terms.dropped_columns),
         extra=extra,
     )
-    objective_dev = dev
-
-    def objective(theta_: Any, beta_: Any = None) -> float:
-        if model.nagq == 0:
-            return objective_dev.stage1(np.asarray(theta_, dtype=float))
-        return objective_dev.stage2(
-            np.concatenate(
-                [np.ravel(np.asarray(theta_, float)), np.ravel(np.asarray(beta_, float))]
-            )
-        )
-
-    fit._objective = objective
+    fit._objective = _make_objective(model, dev)
     fit._predict = _make_predict(model, beta, tks, b, gp, model.unsort(state.eta), mu_rows)
     fit._simulate = _make_simulate(model, base_eta, tks)
     return fit
+
+
+def _make_objective(model: GlmerModel, dev: Devfun) -> Callable[..., float]:
+    """fit.objective: the fit's deviance function (`dev`, as left by the fit: its stage-2 start
+    lp0 and tolerance). `control` (tol_pwrss, maxit) evaluates the function glmer_objective
+    gives for the same model with that control instead."""
+    others: dict[tuple[Any, ...], Devfun] = {}
+
+    def devfun_for(control: dict[str, Any] | None) -> Devfun:
+        if control is None:
+            return dev
+        tol, maxit = _control(control)
+        key = (tol, maxit)
+        if key not in others:
+            tol = default_tol_pwrss(model.terms.n) if tol is None else tol
+            other = replace(model, tol=tol, maxit=maxit)
+            others[key] = d = Devfun(other)
+            if other.nagq >= 1:
+                _stage1(d, other)
+                d.start_stage2()
+        return others[key]
+
+    def objective(theta_: Any, beta_: Any = None, *, control: Any = None) -> float:
+        d = devfun_for(None if control is None else dict(control))
+        theta_ = np.ravel(np.asarray(theta_, dtype=float))
+        if model.nagq == 0:
+            return d.stage1(theta_)
+        return d.stage2(np.concatenate([theta_, np.ravel(np.asarray(beta_, dtype=float))]))
+
+    return objective
 
 
 def _divergence_messages(

@@ -328,6 +328,7 @@ mb_glmer <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
     ctrl <- .mb_glmer_control(control)
     fit <- eval(.mb_mer_call(TRUE, weights_col, offset_col))
     out <- .mb_extract_mer(fit, glmm = TRUE, cond_var = control$cond_var)
+    out$tol_pwrss <- as.numeric(ctrl$tolPwrss)  # the deviance function's PIRLS tolerance
     if (isTRUE(keep_fit)) out$fit <- fit
     out
   })
