@@ -15,7 +15,7 @@ import pandas as pd
 
 from mixbridge import engines
 from mixbridge.checks import check_bayesglm_args, check_inputs
-from mixbridge.results import BayesGLMFit, MixedFit
+from mixbridge.results import BayesGLMFit, FitCall, MixedFit
 
 ArrayOrColumn = str | Sequence[float] | np.ndarray | pd.Series | None
 
@@ -55,6 +55,7 @@ def lmer(
         **_transport(engine, transport),
         **_prepared(engine, frame),
     )
+    fit.call = FitCall("lmer", formula, data, reml=bool(reml), weights=weights, offset=offset)
     return fit
 
 
@@ -79,7 +80,7 @@ def glmer(
         from mixbridge.errors import ArgumentError
 
         raise ArgumentError(f"nagq must be an integer from 0 to 100, got {nagq!r}", "nagq")
-    return engines.get(engine).glmer(
+    fit = engines.get(engine).glmer(
         formula,
         data,
         family=family,
@@ -91,6 +92,11 @@ def glmer(
         **_transport(engine, transport),
         **_prepared(engine, frame),
     )
+    fit.call = FitCall(
+        "glmer", formula, data, reml=False, family=family, link=link, nagq=int(nagq),
+        weights=weights, offset=offset,
+    )  # fmt: skip
+    return fit
 
 
 def bayesglm(
