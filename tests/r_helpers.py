@@ -23,9 +23,7 @@ def _to_r(ri: Any, env: Any, value: Any) -> Any:
     if isinstance(value, pd.DataFrame):
         columns, nrow, _, _ = encode_frame(value, "")
         return embedded.data_frame(ri, env, columns, nrow)
-    if hasattr(value, "__sexp__"):  # an rpy2 robjects object
-        return value.__sexp__
-    return embedded.to_r(ri, value)
+    return embedded.to_r(ri, value)  # rpy2 objects (Sexp subclasses) pass through
 
 
 def r_call(function: str, **args: Any) -> Any:

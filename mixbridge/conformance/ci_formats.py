@@ -197,5 +197,6 @@ def markdown_summary(results: list[Any], suite: str = "") -> str:
         lines.append("|---|--:|--:|---|---|---|---|")
         for row in r.comparison.failures:
             lines.append("| " + " | ".join(_md(x) for x in _row_cells(row)) + " |")
-        lines += [f"- note: {_md(n)}" for n in r.comparison.notes]
+        if r.comparison.notes:
+            lines += ["", *(f"- note: {_md(n)}" for n in r.comparison.notes)]
     return "\n".join(lines) + "\n"

@@ -194,8 +194,8 @@ def recording() -> Iterator[list[Comparison]]:
     _RECORDERS.append(made)
     try:
         yield made
-    finally:
-        _RECORDERS.remove(made)
+    finally:  # by identity: recorders nest (pytester), and empty lists compare equal
+        _RECORDERS[:] = [m for m in _RECORDERS if m is not made]
 
 
 # ---------------------------------------------------------------------------------------------
