@@ -54,10 +54,11 @@ def emit_warnings(messages: list[Message], stacklevel: int = 3) -> None:
         warnings.warn(m.text, category, stacklevel=stacklevel)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FitCall:
     """What `mixbridge.lmer`/`glmer` were called with: formula, options and the data itself (a
-    reference, never a copy), so the fit can be rebuilt elsewhere (`MixedFit.to_r`)."""
+    reference, never a copy), so the fit can be rebuilt elsewhere (`MixedFit.to_r`). Compared
+    by identity: the data and array arguments have no single truth value."""
 
     model: Literal["lmer", "glmer"]
     formula: str
