@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Idempotent set-up for mixbridge on a fresh machine (Debian 12 or any machine with R).
-# 1. R + lme4 + arm (+ jsonlite for the subprocess transport): from Debian's r-cran-* packages when
-#    they are missing and apt is usable (root or sudo); otherwise use the R on PATH and say what is missing.
-# 2. A virtual environment in .venv with the package and its test extras.
-# 3. rpy2 picked from the installed R's version (rpy2 >= 3.6.7 needs R >= 4.5; older R gets 3.5.17).
+# 1. R + lme4 + arm (+ jsonlite for the subprocess transport; broom.mixed, emmeans and lmerTest,
+#    which the tests run on lme4's fits and on fits handed to R): from Debian's r-cran-* packages
+#    when they are missing and apt is usable (root or sudo); otherwise use the R on PATH and say
+#    what is missing.
+# 2. Chromium (Debian's `chromium`), in which the tests render the HTML conformance report.
+# 3. A virtual environment in .venv with the package and its test extras.
+# 4. rpy2 picked from the installed R's version (rpy2 >= 3.6.7 needs R >= 4.5; older R gets 3.5.17).
 # Quick when everything is already there. Source it or run it; it prints what it does on stderr.
 set -euo pipefail
 
 MIXBRIDGE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MIXBRIDGE_VENV:-$MIXBRIDGE_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-R_PACKAGES_DEB="r-base-core r-base-dev r-cran-lme4 r-cran-arm r-cran-jsonlite"
+R_PACKAGES_DEB="r-base-core r-base-dev r-cran-lme4 r-cran-arm r-cran-jsonlite r-cran-broom.mixed r-cran-emmeans r-cran-lmertest"
+# the R packages those provide (checked before apt runs; named in the hints when missing)
+R_PACKAGES="lme4 arm Matrix jsonlite broom.mixed emmeans lmerTest"
+BROWSER_PACKAGES_DEB="chromium"
 # pip extras: the test tools and the peers (glmm, mixedlm) the conformance tests certify; part of
 # the stamp, so an existing venv re-installs when this list changes
 EXTRAS="test,peers"
@@ -19,7 +25,7 @@ say() { printf '[mixbridge setup] %s\n' "$*" >&2; }
 
 r_has_packages() {
     command -v Rscript >/dev/null 2>&1 || return 1
-    Rscript --vanilla -e 'ok <- all(vapply(c("lme4","arm","Matrix","jsonlite"), requireNamespace, logical(1), quietly=TRUE)); quit(status = if (ok) 0 else 1)' >/dev/null 2>&1
+    Rscript --vanilla -e 'ok <- all(vapply(commandArgs(TRUE), requireNamespace, logical(1), quietly=TRUE)); quit(status = if (ok) 0 else 1)' $R_PACKAGES >/dev/null 2>&1
 }
 
 apt_usable() {
@@ -42,14 +48,30 @@ install_r() {
         if ! command -v Rscript >/dev/null 2>&1; then
             say "R was not found and apt is not usable here."
             say "Install R >= 4.1 (https://cloud.r-project.org or conda install -c conda-forge r-base),"
-            say "then in R: install.packages(c('lme4', 'arm', 'jsonlite'))"
+            say "then in R: install.packages(c('lme4', 'arm', 'jsonlite', 'broom.mixed', 'emmeans', 'lmerTest'))"
         else
-            missing=$(Rscript --vanilla -e 'p <- c("lme4","arm","Matrix","jsonlite"); cat(p[!vapply(p, requireNamespace, logical(1), quietly=TRUE)])' 2>/dev/null || true)
+            missing=$(Rscript --vanilla -e 'p <- commandArgs(TRUE); cat(p[!vapply(p, requireNamespace, logical(1), quietly=TRUE)])' $R_PACKAGES 2>/dev/null || true)
             say "R is at $(command -v Rscript) but these R packages are missing: ${missing:-unknown}"
             say "Install them in R: install.packages(c($(printf "'%s'," $missing | sed 's/,$//')))"
             say "or with conda: conda install -c conda-forge $(for p in $missing; do printf 'r-%s ' "$p"; done)"
         fi
         say "Continuing without the R engine: the Python engine works; R-backed tests will fail under CI=true."
+    fi
+}
+
+install_browser() {
+    if command -v chromium >/dev/null 2>&1; then return 0; fi
+    if apt_usable; then
+        local SUDO=""
+        [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+        say "installing Chromium (the report is rendered in it by the tests): $BROWSER_PACKAGES_DEB"
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get update -qq </dev/null >&2
+        $SUDO apt-get install -y -qq --no-install-recommends $BROWSER_PACKAGES_DEB </dev/null >&2
+    fi
+    if ! command -v chromium >/dev/null 2>&1; then
+        say "Chromium was not found and apt is not usable: the report's browser test will fail under CI=true"
+        say "(install Chromium, or point MIXBRIDGE_CHROMIUM at a Chromium/Chrome binary)"
     fi
 }
 
@@ -100,5 +122,6 @@ make_venv() {
 }
 
 install_r
+install_browser
 make_venv
 export PATH="$VENV/bin:$PATH"

@@ -26,7 +26,7 @@ from mixbridge.checks import (
 )
 from mixbridge.control import check_control
 from mixbridge.errors import ArgumentError
-from mixbridge.results import BayesGLMFit, MixedFit
+from mixbridge.results import BayesGLMFit, FitCall, MixedFit
 
 ArrayOrColumn = str | Sequence[float] | np.ndarray | pd.Series | None
 
@@ -82,6 +82,7 @@ def lmer(
         **_r_options(engine, transport, timeout),
         **_prepared(engine, frame),
     )
+    fit.call = FitCall("lmer", formula, data, reml=bool(reml), weights=weights, offset=offset)
     return fit
 
 
@@ -115,7 +116,7 @@ def glmer(
     frame = check_inputs(
         "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
     )
-    return engines.get(engine).glmer(
+    fit = engines.get(engine).glmer(
         formula,
         data,
         family=family,
@@ -127,6 +128,11 @@ def glmer(
         **_r_options(engine, transport, timeout),
         **_prepared(engine, frame),
     )
+    fit.call = FitCall(
+        "glmer", formula, data, reml=False, family=family, link=link, nagq=int(nagq),
+        weights=weights, offset=offset,
+    )  # fmt: skip
+    return fit
 
 
 @named_arguments

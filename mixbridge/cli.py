@@ -1,4 +1,4 @@
-"""The `mixbridge` command: doctor, demo, compare, conformance.
+"""The `mixbridge` command: fit, doctor, demo, compare, conformance.
 
 Each subcommand lives in its own module with a `main(argv) -> int`; this file only dispatches.
 """
@@ -9,6 +9,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
+    "fit": ("mixbridge.fit_cli", "fit one model; print its summary or the fit as JSON"),
     "doctor": ("mixbridge.doctor", "check R, lme4, arm, rpy2 and the engines; print fixes"),
     "demo": ("mixbridge.demo", "the twelve-group shrinkage demonstration, Python beside R"),
     "compare": ("mixbridge.conformance.cli", "fit one model with two engines, print the table"),

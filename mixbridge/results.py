@@ -75,6 +75,23 @@ def _outside_caller_level() -> int:
     return level
 
 
+@dataclass(frozen=True, eq=False)
+class FitCall:
+    """What `mixbridge.lmer`/`glmer` were called with: formula, options and the data itself (a
+    reference, never a copy), so the fit can be rebuilt elsewhere (`MixedFit.to_r`). Compared
+    by identity: the data and array arguments have no single truth value."""
+
+    model: Literal["lmer", "glmer"]
+    formula: str
+    data: Any
+    reml: bool = True
+    family: str = "gaussian"
+    link: str | None = None
+    nagq: int = 1
+    weights: Any = None
+    offset: Any = None
+
+
 @dataclass
 class MixedFit:
     """A fitted linear or generalized linear mixed model, as lme4 reports it.
@@ -135,6 +152,8 @@ class MixedFit:
     _predict: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
     _simulate: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Set by the public calls (mixbridge.lmer/glmer); None for fits made another way.
+    call: FitCall | None = field(default=None, repr=False, compare=False)
 
     @property
     def fixef_se(self) -> pd.Series:
@@ -203,6 +222,43 @@ class MixedFit:
         """A text summary in lme4's print layout."""
         return format_mixed_summary(self)
 
+    def tidy(
+        self,
+        effects: str | tuple[str, ...] | list[str] = ("fixed", "ran_pars"),
+        conf_int: bool = False,
+        conf_level: float = 0.95,
+    ) -> pd.DataFrame:
+        """broom.mixed's `tidy(fit, effects, conf.int, conf.level)` table, snake_case columns."""
+        from mixbridge.tidy import tidy_mixed
+
+        return tidy_mixed(self, effects=effects, conf_int=conf_int, conf_level=conf_level)
+
+    def glance(self) -> pd.DataFrame:
+        """broom.mixed's `glance(fit)`: one row of fit statistics, snake_case columns."""
+        from mixbridge.tidy import glance_mixed
+
+        return glance_mixed(self)
+
+    def to_r(self, name: str | None = None) -> Any:
+        """This fit as a real lme4 merMod in the embedded R session (rpy2 object), built by
+        lme4's modular functions at this fit's θ (and β for glmer), without refitting.
+        `name`: also bind it under that name in R's global environment."""
+        from mixbridge.bridge.to_r import to_mermod
+
+        return to_mermod(self, name=name)
+
+    def to_dict(self, rows: bool = False) -> dict[str, Any]:
+        """The fit as JSON-ready data (schema "mixbridge.fit/1"; see `mixbridge.serialize`).
+        `rows=True` adds the per-row fitted values and residuals."""
+        from mixbridge.serialize import mixed_fit_dict
+
+        return mixed_fit_dict(self, rows=rows)
+
+    def _repr_html_(self) -> str:
+        from mixbridge.display import mixed_fit_html
+
+        return mixed_fit_html(self)
+
     def __str__(self) -> str:
         return self.summary()
 
@@ -244,6 +300,18 @@ class BayesGLMFit:
 
     def summary(self) -> str:
         return format_bayesglm_summary(self)
+
+    def to_dict(self, rows: bool = False) -> dict[str, Any]:
+        """The fit as JSON-ready data (schema "mixbridge.fit/1"; see `mixbridge.serialize`).
+        `rows=True` adds the per-row fitted values."""
+        from mixbridge.serialize import bayesglm_fit_dict
+
+        return bayesglm_fit_dict(self, rows=rows)
+
+    def _repr_html_(self) -> str:
+        from mixbridge.display import bayesglm_fit_html
+
+        return bayesglm_fit_html(self)
 
     def __str__(self) -> str:
         return self.summary()

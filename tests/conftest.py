@@ -76,3 +76,29 @@ def r_dataset(needs_r):
         return cache[key].copy()
 
     return load
+
+
+_R_PACKAGES: dict[str, bool] = {}
+
+
+def require_r_packages(config: pytest.Config, *packages: str) -> None:
+    """Skip (locally) or fail (CI=true / --require-r) unless R has all of `packages`
+    (e.g. broom.mixed, emmeans, lmerTest: Debian's r-cran-*, installed by ci/setup.sh)."""
+    unknown = [p for p in packages if p not in _R_PACKAGES]
+    if unknown and r_problem() is None:
+        probe = "cat(vapply(commandArgs(TRUE), function(p) nzchar(system.file(package = p)), NA))"
+        out = subprocess.run(
+            ["Rscript", "--vanilla", "-e", probe, *unknown],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        found = out.stdout.split()
+        for name, flag in zip(unknown, found + ["FALSE"] * len(unknown), strict=False):
+            _R_PACKAGES[name] = flag == "TRUE"
+    problem = r_problem()
+    missing = [p for p in packages if not _R_PACKAGES.get(p, False)]
+    if problem is None and not missing:
+        return
+    why = problem or f"R packages missing: {', '.join(missing)} (apt-get install r-cran-...)"
+    if _r_required(config):
+        pytest.fail(f"R packages required but unavailable: {why}", pytrace=False)
+    pytest.skip(f"R packages unavailable: {why}")

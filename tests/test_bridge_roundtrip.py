@@ -222,7 +222,7 @@ def test_bayesglm_binomial_cauchy_matches_rscript(ref, cbpp):
 
 
 def _fields(fit) -> dict:
-    skip = {"_objective", "_predict", "_simulate", "extra", "versions"}
+    skip = {"_objective", "_predict", "_simulate", "extra", "versions", "call"}
     return {k: v for k, v in vars(fit).items() if k not in skip}
 
 

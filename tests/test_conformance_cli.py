@@ -78,7 +78,7 @@ def test_conformance_small_suite_with_report(needs_r, tmp_path):
     text = index.read_text()
     assert "csv_intercept" in text and "<table" in text and "FAIL" in text
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert "csv_intercept_scatter.png" in pngs
+    assert "csv_intercept_margin.png" in pngs
     assert "csv_intercept_caterpillar.png" in pngs
     assert "twelve_shrinkage_shrinkage.png" in pngs
     for name in pngs:

@@ -97,3 +97,60 @@ def test_hypothesis_profiles_registered():
     ci = settings.get_profile("ci")
     assert ci.derandomize and ci.deadline is None and ci.max_examples == CI_EXAMPLES
     assert settings.get_profile("thorough").max_examples > CI_EXAMPLES
+
+
+DRIFT_TESTS = """
+import numpy as np
+import pandas as pd
+
+import mixbridge
+
+
+def data():
+    rng = np.random.default_rng(7)
+    g = np.repeat([f"g{j}" for j in range(10)], 8)
+    y = 1.0 + rng.normal(0, 1.2, 10)[np.repeat(np.arange(10), 8)] + rng.normal(0, 1, 80)
+    return pd.DataFrame({"y": y, "g": pd.Categorical(g)})
+
+
+def test_plain_assert_on_a_comparison():
+    d = data()
+    fit = mixbridge.lmer("y ~ 1 + (1 | g)", d)
+    ref = mixbridge.lmer("y ~ 1 + (1 | g)", d)
+    fit.fixef = fit.fixef + 0.05
+    assert mixbridge.compare(fit, ref).ok
+
+
+def test_assert_ok():
+    d = data()
+    fit = mixbridge.lmer("y ~ 1 + (1 | g)", d)
+    ref = mixbridge.lmer("y ~ 1 + (1 | g)", d)
+    ref.sigma = ref.sigma * 1.01
+    mixbridge.compare(fit, ref).assert_ok()
+
+
+def test_passing_comparison_adds_nothing():
+    d = data()
+    assert mixbridge.compare(mixbridge.lmer("y ~ 1 + (1 | g)", d),
+                             mixbridge.lmer("y ~ 1 + (1 | g)", d)).ok
+"""
+
+
+def test_failing_tests_show_the_comparison_table(pytester):
+    """A test that fails after compare(...) gets the full table in its report, whether it
+    asserted `cmp.ok` itself or called assert_ok(); no R needed (python against python)."""
+    pytester.makepyfile(test_drift=DRIFT_TESTS)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rf")
+    result.assert_outcomes(failed=2, passed=1)
+    out = result.stdout.str()
+    assert out.count("mixbridge comparisons (1)") == 2
+    result.stdout.fnmatch_lines([
+        "*mixbridge comparisons (1)*",
+        "compare lmer: a = python, b = python*",
+        "fixef * FAIL *(Intercept): a=*",
+        "verdict: FAIL*",
+    ])  # fmt: skip
+    result.stdout.fnmatch_lines(["*sigma * FAIL *"])
+    # the short summary names the failing quantity
+    result.stdout.fnmatch_lines(["FAILED test_drift.py::test_assert_ok - AssertionError: fits "
+                                 "disagree beyond tolerance: *sigma*"])  # fmt: skip

@@ -80,12 +80,13 @@ def test_report_references_resolve_and_images_are_pngs(report):
         assert target.is_file(), f"<{tag} {attr}={value!r}>: {target} does not exist"
         if tag == "img":
             images.append(target)
-    # lmer: scatter + caterpillar; bayesglm: scatter; shrinkage: shrinkage plot; error: none
+    # every case: the margin plot; lmer: + caterpillar; shrinkage: + shrinkage plot; error: none
     assert sorted(p.name for p in images) == [
-        "bayesglm_poisson_scatter.png",
+        "bayesglm_poisson_margin.png",
+        "shrinkage_python_margin.png",
         "shrinkage_python_shrinkage.png",
         "slopes_vs_statsmodels_caterpillar.png",
-        "slopes_vs_statsmodels_scatter.png",
+        "slopes_vs_statsmodels_margin.png",
     ]
     # every PNG written is shown, and each is a real, non-blank image
     assert sorted(p.name for p in out_dir.glob("*.png")) == sorted(p.name for p in images)
@@ -105,3 +106,90 @@ def test_report_tables_and_error(report):
         assert f"id='{name}'" in text and f"href='#{name}'" in text
     assert "unknown simulator" in text  # the broken case's error is shown, not hidden
     assert "<b>1 failing</b>" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The report in a real browser: headless Chromium (Debian's `chromium`, installed by ci/setup.sh)
+
+IMAGES_JS = """JSON.stringify([...document.images].map(i => ({
+    src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth,
+    shown: i.getBoundingClientRect().width})))"""
+TABLES_JS = """JSON.stringify([...document.querySelectorAll('table')].map(t => ({
+    rows: t.rows.length, height: t.getBoundingClientRect().height,
+    text: t.innerText.slice(0, 2000)})))"""
+BAND_RGB = (0xD8, 0xF0, 0xDC)  # the margin plots' within-tolerance band
+
+
+@pytest.fixture(scope="module")
+def chromium(request, tmp_path_factory):
+    """A headless Chromium; skipped locally without one, a failure under CI=true."""
+    import os
+    import shutil
+
+    from browser import HeadlessChromium
+
+    exe = shutil.which(os.environ.get("MIXBRIDGE_CHROMIUM") or "chromium")
+    if exe is None:
+        message = "chromium not found (apt-get install -y chromium; ci/setup.sh installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    browser = HeadlessChromium(exe, tmp_path_factory.mktemp("chromium") / "profile")
+    yield browser
+    browser.close()
+
+
+def _page_state(browser, page: Path) -> tuple[list[dict], list[dict], bytes]:
+    import json
+
+    browser.open(page)
+    images = json.loads(browser.evaluate(IMAGES_JS))
+    tables = json.loads(browser.evaluate(TABLES_JS))
+    return images, tables, browser.screenshot()
+
+
+def test_report_renders_in_headless_chromium(report, chromium):
+    import io
+
+    import matplotlib.image as mpimg
+
+    source = report.read_text(encoding="utf-8")
+    images, tables, png = _page_state(chromium, report)
+    # every image the HTML references was loaded and laid out
+    assert len(images) == source.count("<img ") == 5
+    for img in images:
+        assert img["complete"] and img["width"] > 0 and img["shown"] > 0, img
+    # every table rendered, with its rows: the summary names each case and its status
+    assert len(tables) == source.count("<table")
+    assert all(t["rows"] >= 2 and t["height"] > 0 for t in tables), tables
+    summary = tables[0]["text"]
+    for name in ("slopes_vs_statsmodels", "bayesglm_poisson", "shrinkage_python", "broken_case"):
+        assert name in summary
+    assert "ERROR" in summary
+    # the full-page screenshot is not blank, and the plots were painted into it
+    pixels = mpimg.imread(io.BytesIO(png))[..., :3]
+    height, width = pixels.shape[:2]
+    assert width >= 1200 and height > 2000, (width, height)
+    rgb = np.round(pixels * 255).astype(int)
+    ink = np.mean(np.any(rgb < 200, axis=-1))
+    assert ink > 0.01, f"screenshot nearly blank: {ink:.4f} of pixels drawn"
+    band = np.all(np.abs(rgb - np.array(BAND_RGB)) <= 3, axis=-1)
+    assert band.sum() > 20_000, f"margin-plot bands not painted ({band.sum()} pixels)"
+
+
+def test_browser_check_catches_a_broken_image(report, chromium, tmp_path):
+    """The same check fails on a page whose image does not load (the check can fail)."""
+    import shutil
+
+    copy = tmp_path / "report"
+    shutil.copytree(report.parent, copy)
+    page = copy / "index.html"
+    page.write_text(
+        page.read_text(encoding="utf-8").replace(
+            "</body>", "<img src='no_such_plot.png' alt='missing'></body>"
+        ),
+        encoding="utf-8",
+    )
+    images, _, _ = _page_state(chromium, page)
+    broken = [i["src"] for i in images if not (i["complete"] and i["width"] > 0)]
+    assert broken == ["no_such_plot.png"]

@@ -175,10 +175,22 @@ def mixed_fit(
             "warnings": list(oi["warnings"]),
             "lme4_messages": list(oi["lme4_messages"]),
             "lme4_code": list(oi["lme4_code"]),
+            **_derivs(oi),
         },
         dropped_columns=list(v["dropped_columns"]),
         extra=extra,
     )
+
+
+def _derivs(optinfo: dict[str, Any]) -> dict[str, list]:
+    """lme4's optinfo$derivs as the Python engine reports its own: gradient, hessian (lists)."""
+    if optinfo.get("gradient") is None or optinfo.get("hessian") is None:
+        return {}
+    hessian = _matrix(optinfo["hessian"]).to_numpy()
+    return {
+        "gradient": np.asarray(optinfo["gradient"], dtype=float).tolist(),
+        "hessian": hessian.tolist(),
+    }
 
 
 def bayesglm_fit(res: dict[str, Any], *, formula: str, versions_: dict[str, str]) -> BayesGLMFit:

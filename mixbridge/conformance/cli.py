@@ -3,58 +3,84 @@
     mixbridge compare --model lmer --formula "Reaction ~ Days + (Days|Subject)" --data ss.csv
     mixbridge conformance [--suite builtin|FILE] [--report DIR] [--case NAME ...] [--slow]
 
+Both write result files for CI systems: --junit-xml FILE, --json [FILE] (without FILE: the
+JSON document replaces the text table on stdout), --markdown FILE (a CI job summary).
+
 Exit status: 0 all ok (or explained), 1 a FAIL or an error in a case, 2 bad usage or input.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from mixbridge.errors import MixbridgeError
 
 
-def _float_or_inf(text: str) -> float:
-    return math.inf if text.lower() in ("inf", "infinity") else float(text)
+def _add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """Result files for CI systems (mixbridge.conformance.ci_formats)."""
+    p.add_argument(
+        "--junit-xml",
+        default=None,
+        metavar="FILE",
+        help="write JUnit XML: one test case per case, failing rows in <failure>",
+    )
+    p.add_argument(
+        "--json",
+        dest="json_file",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the results as JSON (schema "
+        "mixbridge.conformance/1) to FILE; without FILE, print them instead of the "
+        "text table",
+    )
+    p.add_argument("--markdown", default=None, metavar="FILE",
+                   help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")  # fmt: skip
 
 
 def _compare_parser() -> argparse.ArgumentParser:
+    from mixbridge.model_options import add_model_arguments
+
     p = argparse.ArgumentParser(
         prog="mixbridge compare",
         description="Fit one model with two engines and print the comparison table.",
     )
-    p.add_argument("--model", required=True, choices=("lmer", "glmer", "bayesglm"))
-    p.add_argument("--formula", required=True)
-    p.add_argument("--data", required=True, help="a .csv or .parquet file")
+    add_model_arguments(p)
     p.add_argument("--engine-a", default="python", help="candidate engine (default python)")
     p.add_argument(
         "--engine-b", default="r", help="reference engine (default r; r:subprocess for Rscript)"
     )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--reml", dest="reml", action="store_true", default=True, help="(default)")
-    g.add_argument("--ml", dest="reml", action="store_false")
-    p.add_argument("--family", default=None)
-    p.add_argument("--link", default=None)
-    p.add_argument("--nagq", type=int, default=1)
-    p.add_argument("--weights", default=None, help="column of prior weights")
-    p.add_argument("--offset", default=None, help="column of offsets")
-    p.add_argument("--prior-mean", type=float, default=None)
-    p.add_argument("--prior-scale", type=float, default=None)
-    p.add_argument("--prior-df", type=_float_or_inf, default=None)
-    p.add_argument("--no-scaled", dest="scaled", action="store_false", default=True)
     p.add_argument("--tolerance", default=None, help="policy name (default: chosen per model)")
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _add_report_arguments(p)
     return p
+
+
+def _write_reports(args: argparse.Namespace, results: list[Any], suite: str) -> None:
+    from mixbridge.conformance import ci_formats
+
+    for path, render in (
+        (args.junit_xml, ci_formats.junit_xml),
+        (args.json_file, ci_formats.results_json_text),
+        (args.markdown, ci_formats.markdown_summary),
+    ):
+        if path == "-":  # --json without a file: the document on stdout
+            sys.stdout.write(render(results, suite=suite) + "\n")
+        elif path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(render(results, suite=suite), encoding="utf-8")
 
 
 def compare_main(argv: list[str] | None = None) -> int:
     from mixbridge.conformance.compare import compare
-    from mixbridge.conformance.suite import fit_model, read_data
+    from mixbridge.conformance.suite import Case, CaseResult, fit_model, read_data
     from mixbridge.conformance.tolerance import POLICIES
+    from mixbridge.model_options import model_options
 
     args = _compare_parser().parse_args(argv)
     if args.tolerance is not None and args.tolerance not in POLICIES:
@@ -68,19 +94,12 @@ def compare_main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"mixbridge compare: {exc}\n")
         return 2
-    options: dict[str, Any] = {}
-    for key in ("weights", "offset"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    if args.model == "lmer":
-        options["reml"] = args.reml
-    elif args.model == "glmer":
-        options.update(family=args.family or "binomial", link=args.link, nagq=args.nagq)
-    else:
-        options.update(family=args.family or "gaussian", link=args.link, scaled=args.scaled)
-        for key in ("prior_mean", "prior_scale", "prior_df"):
-            if getattr(args, key) is not None:
-                options[key] = getattr(args, key)
+    options = model_options(args)
+    case = Case(
+        "compare", args.model, args.formula, args.data, options=options,
+        engine_a=args.engine_a, engine_b=args.engine_b, tolerance=args.tolerance,
+    )  # fmt: skip
+    start = time.perf_counter()
     try:
         a = fit_model(args.model, args.formula, data, args.engine_a, options)
         b = fit_model(args.model, args.formula, data, args.engine_b, options)
@@ -88,10 +107,15 @@ def compare_main(argv: list[str] | None = None) -> int:
     except (MixbridgeError, ValueError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         sys.stderr.write(f"mixbridge compare: {type(exc).__name__}: {first_line}\n")
+        error = f"{type(exc).__name__}: {exc}"
+        _write_reports(args, [CaseResult(case, None, error, time.perf_counter() - start)],
+                       "compare")  # fmt: skip
         return 2
     cmp.a, cmp.b = args.engine_a, args.engine_b
-    sys.stdout.write(json.dumps(cmp.to_dict(), indent=2, default=str) if args.json else str(cmp))
-    sys.stdout.write("\n")
+    result = CaseResult(case, cmp, None, time.perf_counter() - start, a, b, data)
+    _write_reports(args, [result], "compare")
+    if args.json_file != "-":
+        sys.stdout.write(str(cmp) + "\n")
     return 0 if cmp.ok else 1
 
 
@@ -107,6 +131,7 @@ def _conformance_parser() -> argparse.ArgumentParser:
     p.add_argument("--slow", action="store_true", help="include cases marked slow")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--verbose", action="store_true", help="print every case's full table")
+    _add_report_arguments(p)
     return p
 
 
@@ -159,12 +184,14 @@ def conformance_main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"{c.name:<34} {c.model:<9} {c.formula}  [{c.data}]\n")
         return 0
     results = run_suite(cases, progress=_progress, include_slow=args.slow or bool(args.case))
-    frame = summary_frame(results)
-    sys.stdout.write(_summary_text(frame) + "\n")
-    for r in results:
-        if args.verbose or r.failed:
-            sys.stdout.write(f"\n== {r.case.name}\n")
-            sys.stdout.write((str(r.comparison) if r.comparison else f"ERROR {r.error}") + "\n")
+    if args.json_file != "-":
+        frame = summary_frame(results)
+        sys.stdout.write(_summary_text(frame) + "\n")
+        for r in results:
+            if args.verbose or r.failed:
+                sys.stdout.write(f"\n== {r.case.name}\n")
+                sys.stdout.write((str(r.comparison) if r.comparison else f"ERROR {r.error}") + "\n")
+    _write_reports(args, results, str(args.suite))
     if report_dir is not None:
         from mixbridge.conformance.report import write_report
 
@@ -173,7 +200,9 @@ def conformance_main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             sys.stderr.write(f"mixbridge conformance: cannot write the report: {exc}\n")
             return 2
-        sys.stdout.write(f"\nreport: {index}\n")
+        # stdout carries the JSON document when --json has no file
+        out = sys.stderr if args.json_file == "-" else sys.stdout
+        out.write(f"\nreport: {index}\n")
     return 1 if any(r.failed for r in results) else 0
 
 

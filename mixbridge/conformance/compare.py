@@ -12,7 +12,9 @@ then to the known-divergence registry -> status ok / explained / FAIL with the r
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,17 @@ OK, EXPLAINED, FAIL = "ok", "explained", "FAIL"
 
 
 @dataclass
+class RowElements:
+    """Every compared value of a row: labels, a's and b's values, each value's allowed |a - b|
+    (the conformance report plots (a - b) / bound against b)."""
+
+    labels: list[str]
+    a: np.ndarray
+    b: np.ndarray
+    bound: np.ndarray
+
+
+@dataclass
 class Row:
     """One compared quantity: worst differences, where, the tolerance, the verdict and why."""
 
@@ -46,6 +59,7 @@ class Row:
     n: int = 1
     signed_diff: float | None = field(default=None, repr=False)
     bound: float = field(default=0.0, repr=False)
+    elements: RowElements | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -78,12 +92,8 @@ class Comparison:
         return pd.DataFrame([{c: getattr(r, c) for c in cols} for r in self.rows], columns=cols)
 
     def to_dict(self) -> dict[str, Any]:
-        rows = []
-        for r in self.rows:
-            d = asdict(r)
-            d.pop("signed_diff")
-            d.pop("bound")
-            rows.append(d)
+        keys = ("quantity", "max_abs", "max_rel", "where", "tolerance", "status", "reason", "n")
+        rows = [{k: getattr(r, k) for k in keys} for r in self.rows]
         return {
             "a": self.a,
             "b": self.b,
@@ -119,9 +129,15 @@ class Comparison:
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        from mixbridge.display import comparison_html
+
+        return comparison_html(self)
+
     def assert_ok(self) -> None:
         if not self.ok:
-            raise AssertionError("fits disagree beyond tolerance\n" + str(self))
+            names = ", ".join(r.quantity for r in self.failures)
+            raise AssertionError(f"fits disagree beyond tolerance: {names}\n{self}")
 
 
 def _num(x: float) -> str:
@@ -153,13 +169,33 @@ def compare(
     """
     policy = policy_for(a, b, tolerance)
     if isinstance(a, MixedFit) and isinstance(b, MixedFit):
-        return _compare_mixed(a, b, policy, registry)
-    if isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
-        return _compare_bayesglm(a, b, policy, registry)
-    if {type(a), type(b)} == {BayesGLMFit, MixedFit}:
+        result = _compare_mixed(a, b, policy, registry)
+    elif isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
+        result = _compare_bayesglm(a, b, policy, registry)
+    elif {type(a), type(b)} == {BayesGLMFit, MixedFit}:
         bayes, mixed = (a, b) if isinstance(a, BayesGLMFit) else (b, a)
-        return _compare_shrinkage(bayes, mixed, policy, registry)
-    raise TypeError(f"cannot compare {type(a).__name__} with {type(b).__name__}")
+        result = _compare_shrinkage(bayes, mixed, policy, registry)
+    else:
+        raise TypeError(f"cannot compare {type(a).__name__} with {type(b).__name__}")
+    for made in list(_RECORDERS):
+        made.append(result)
+    return result
+
+
+# Lists that collect every Comparison made while they are registered (`recording()`): the
+# pytest plugin shows a failing test's comparison tables in its report.
+_RECORDERS: list[list[Comparison]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[Comparison]]:
+    """Collect every Comparison `compare` returns inside the `with` block."""
+    made: list[Comparison] = []
+    _RECORDERS.append(made)
+    try:
+        yield made
+    finally:  # by identity: recorders nest (pytester), and empty lists compare equal
+        _RECORDERS[:] = [m for m in _RECORDERS if m is not made]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +230,7 @@ def _row(
     i = int(np.argmax(excess)) if np.any(np.isfinite(excess)) else 0
     failed = bool(np.any(excess > 0))
     signed_diff = float(va[0] - vb[0]) if va.size == 1 else None
+    elements = RowElements(list(labels), va, vb, bounds)
     return Row(
         quantity=quantity,
         max_abs=float(np.max(d)),
@@ -205,6 +242,7 @@ def _row(
         n=int(va.size),
         signed_diff=signed_diff,
         bound=float(bounds[i]),
+        elements=elements,
     )
 
 

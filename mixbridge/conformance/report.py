@@ -1,8 +1,9 @@
 """The HTML conformance report: summary table, one comparison table per case, and plots (PNG files
 saved beside index.html; matplotlib with the Agg backend):
 
-- python-vs-R scatter of every estimate per case (fixef, θ, ranef; bayesglm: coef, se), on one
-  range for both axes, so agreement sits on the diagonal;
+- the margin plot: for every compared quantity, each value's difference against its tolerance,
+  (a - b) / tolerance, against the value, with the band |(a - b) / tolerance| <= 1 drawn, so
+  the reader sees how far inside (or outside) the tolerance each number is;
 - caterpillar plot of ranef ± 1.96·sqrt(cond_var) for both engines, one panel per ranef column
   of the first grouping factor;
 - the shrinkage plot for shrinkage cases: true (when simulated), raw, shrunken (fixef + ranef) and
@@ -43,67 +44,71 @@ def _slug(name: str) -> str:
 # Plots
 
 
-def _estimate_kinds(a: Any, b: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(kind, a's values, b's values) for each kind of estimate both fits report, by label."""
-    if isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
-        common = [k for k in b.coef.index if k in a.coef.index]
-        se = [k for k in b.se.index if k in a.se.index]
-        return [
-            ("coef", a.coef[common].to_numpy(float), b.coef[common].to_numpy(float)),
-            ("se", a.se[se].to_numpy(float), b.se[se].to_numpy(float)),
-        ]
-    kinds: list[tuple[str, np.ndarray, np.ndarray]] = []
-    common = [k for k in b.fixef.index if k in a.fixef.index]
-    kinds.append(("fixef", a.fixef[common].to_numpy(float), b.fixef[common].to_numpy(float)))
-    if len(a.theta) == len(b.theta):
-        kinds.append(("theta", np.asarray(a.theta, float), np.asarray(b.theta, float)))
-    ra, rb = [], []
-    for factor, frame in b.ranef.items():
-        other = a.ranef.get(factor)
-        if other is None:
-            continue
-        joined = frame.add_suffix("_b").join(other.add_suffix("_a"), how="inner")
-        for col in frame.columns:
-            rb.extend(joined[f"{col}_b"].to_numpy(float))
-            ra.extend(joined[f"{col}_a"].to_numpy(float))
-    if ra:
-        kinds.append(("ranef", np.array(ra), np.array(rb)))
-    return kinds
+def _margins(row: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(b's values, (a - b) / bound) of a row's elements; None when there is nothing to scale
+    (no elements, or an exact-equality row such as nobs whose bound is 0)."""
+    el = getattr(row, "elements", None)
+    if el is None or len(el.b) == 0:
+        return None
+    bound = np.asarray(el.bound, dtype=float)
+    keep = np.isfinite(bound) & (bound > 0)
+    if not keep.any():
+        return None
+    a, b = np.asarray(el.a, dtype=float)[keep], np.asarray(el.b, dtype=float)[keep]
+    with np.errstate(invalid="ignore"):
+        return b, (a - b) / bound[keep]
 
 
-def _square_limits(xa: np.ndarray, xb: np.ndarray) -> tuple[float, float]:
-    """One range for both axes, so a point on the diagonal is drawn on the diagonal. Padded by
-    5% of the data range or of the values' magnitude, whichever is larger: differences far
-    below the values' size (a single θ, 1e-6 apart) then show as agreement, not as an offset
-    axis that magnifies them into an apparent miss."""
-    both = np.concatenate([xa, xb])
-    both = both[np.isfinite(both)]
-    if both.size == 0:
+def _value_limits(x: np.ndarray) -> tuple[float, float]:
+    """The value axis, padded by 5% of the data range or of the values' magnitude, whichever is
+    larger: values a hair apart (a criterion at two parameter sets) then get readable ticks."""
+    x = x[np.isfinite(x)]
+    if x.size == 0:
         return -1.0, 1.0
-    lo, hi = float(both.min()), float(both.max())
-    pad = 0.05 * max(hi - lo, float(np.abs(both).max()), 1e-12)
+    lo, hi = float(x.min()), float(x.max())
+    pad = 0.05 * max(hi - lo, float(np.abs(x).max()), 1e-12)
     return lo - pad, hi + pad
 
 
-def scatter_plot(a: Any, b: Any, path: Path, title: str) -> Path:
-    """Engine a's estimates against engine b's, each kind in its own panel (scales differ)."""
+def margin_plot(comparison: Any, path: Path, title: str) -> Path | None:
+    """Each quantity's differences against its tolerance: (a - b) / tolerance against b's
+    value, one panel per quantity, with the band |(a - b) / tolerance| <= 1 shaded (one-sided
+    tolerances: everything below +1). Points outside the band are the misses, drawn in red
+    (amber when the row is explained); the distance to the band edge is the margin."""
     plt = _plt()
-    kinds = _estimate_kinds(a, b)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.9), squeeze=False)
-    for ax, (kind, xa, xb) in zip(axes[0], kinds, strict=True):
-        lo, hi = _square_limits(xa, xb)
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", zorder=1)
-        ax.scatter(xb, xa, s=14, alpha=0.8, zorder=2)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_aspect("equal")
-        ax.ticklabel_format(useOffset=False)  # offsets ("1e-12+2.3e1") read as misses
-        worst = float(np.nanmax(np.abs(xa - xb))) if len(xa) else 0.0
-        ax.set_title(f"{kind}: {len(xa)} values, max |a-b| {worst:.1e}", fontsize=9)
-        ax.set_xlabel(f"b = {b.engine}")
-        ax.set_ylabel(f"a = {a.engine}")
-        ax.tick_params(labelsize=8)
-    fig.suptitle(title, fontsize=10)
+    panels = [(r, m) for r in comparison.rows if (m := _margins(r)) is not None]
+    if not panels:
+        return None
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (row, (x, y)) in zip(axes.ravel(), panels, strict=False):
+        finite = np.isfinite(y)
+        worst = float(np.max(np.abs(y[finite]))) if finite.any() else math.nan
+        reach = max(1.5, 1.15 * (worst if math.isfinite(worst) else 1.0))
+        one_sided = "a <= b" in row.tolerance
+        ax.axhspan(-reach * 10 if one_sided else -1.0, 1.0, color="#d8f0dc", zorder=0)
+        for level in (-1.0, 1.0) if not one_sided else (1.0,):
+            ax.axhline(level, color="#1a7f37", lw=0.8, ls="--", zorder=1)
+        ax.axhline(0.0, color="grey", lw=0.6, zorder=1)
+        outside = finite & (np.abs(y) > 1.0) if not one_sided else finite & (y > 1.0)
+        miss = "#9a6700" if row.status == "explained" else "#cf222e"
+        ax.scatter(x[~outside], y[~outside], s=12, color="tab:blue", zorder=3)
+        ax.scatter(x[outside], y[outside], s=18, color=miss, zorder=4)
+        if reach > 20:  # far misses: keep the band readable
+            ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(-reach, reach)
+        ax.set_xlim(*_value_limits(x))
+        ax.ticklabel_format(axis="x", useOffset=False)
+        ax.set_title(f"{row.quantity} ({row.status}): {len(x)} values, "
+                     f"max |a-b|/tol {worst:.2g}", fontsize=8)  # fmt: skip
+        ax.set_xlabel(f"value (b = {comparison.b})", fontsize=8)
+        ax.set_ylabel("(a - b) / tolerance", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{title}: differences against their tolerance (band: within tolerance)",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -229,13 +234,13 @@ def _plots_for(result: Any, out_dir: Path) -> list[Path]:
     out: list[Path] = []
     slug = _slug(name)
     try:
+        margins = margin_plot(result.comparison, out_dir / f"{slug}_margin.png", name)
+        if margins is not None:  # result.comparison is set: cases with errors have no plots
+            out.append(margins)
         if isinstance(a, MixedFit) and isinstance(b, MixedFit):
-            out.append(scatter_plot(a, b, out_dir / f"{slug}_scatter.png", f"{name}: a vs b"))
             cat = caterpillar_plot(a, b, out_dir / f"{slug}_caterpillar.png", name)
             if cat is not None:
                 out.append(cat)
-        elif isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
-            out.append(scatter_plot(a, b, out_dir / f"{slug}_scatter.png", f"{name}: a vs b"))
         elif isinstance(a, BayesGLMFit) and isinstance(b, MixedFit):
             out.append(
                 shrinkage_plot(

@@ -293,7 +293,10 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
       feval = as.integer(if (is.null(oi$feval)) NA else oi$feval),
       warnings = as.character(unlist(oi$warnings)),
       lme4_messages = as.character(unlist(oi$conv$lme4$messages)),
-      lme4_code = as.integer(unlist(oi$conv$lme4$code))
+      lme4_code = as.integer(unlist(oi$conv$lme4$code)),
+      # calc.derivs' finite-difference gradient and Hessian (glmer: over theta and beta)
+      gradient = if (is.null(oi$derivs)) NULL else as.numeric(oi$derivs$gradient),
+      hessian = if (is.null(oi$derivs)) NULL else .mb_mat(oi$derivs$Hessian)
     )
   )
   if (glmm) {

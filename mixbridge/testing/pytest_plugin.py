@@ -12,6 +12,10 @@ Fixtures:
   arguments as you fitted them), runs `mixbridge.compare(fit, r_fit)` and raises AssertionError
   with the comparison table on any FAIL. Returns the Comparison.
 
+A failing test's report gets a "mixbridge comparisons" section: the full table of every
+`compare(...)` made during the test (through `assert_matches_r` or directly), so a CI log shows
+which quantity missed, by how much, against which tolerance, without re-running anything.
+
 Hypothesis profiles "ci" (derandomized, few examples) and "thorough" are registered here (see
 `mixbridge.testing.strategies.register_profiles`); select with HYPOTHESIS_PROFILE.
 """
@@ -42,6 +46,29 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:  # hypothesis not installed: profiles are optional
         return
     register_profiles()
+
+
+_COMPARISONS = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Record the comparisons a test makes (shown in its report when it fails)."""
+    from mixbridge.conformance.compare import recording
+
+    with recording() as made:
+        item.stash[_COMPARISONS] = made
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    made = item.stash.get(_COMPARISONS, None)
+    if report.when == "call" and report.failed and made:
+        text = "\n\n".join(str(c) for c in made)
+        report.sections.append((f"mixbridge comparisons ({len(made)})", text))
+    return report
 
 
 def r_required(config: pytest.Config) -> bool:
