@@ -15,7 +15,7 @@ L-BFGS-B from the best point; each variance parameter is probed on the other sid
 (the criterion is even in it there, so its bound is a stationary point that a gradient method
 cannot leave); and a fit that still fails a check (a better point seen, a probe still better,
 a projected gradient at a singular fit) gets converged=False and a warning.
-""""""
+"""
 
 from __future__ import annotations
 
