@@ -538,33 +538,17 @@ def optimize_theta(
             status = f"{status2} (restarted from a better point found while checking)"
             grad, hess, singular, converged, msgs = _diagnose(f, x, fx, lower, calc_derivs)
 
-    doubts = []
-    if not settled:
-        doubts.append(
-            f"after {MAX_PROBE_ROUNDS} restarts, a probe on the other side of a variance "
-            "parameter's bound still found a lower criterion"
-        )
-    if f.best_f < fx - BEST_SLACK * max(1.0, abs(fx)):
-        doubts.append(
-            f"a point evaluated while checking the optimum has a lower criterion "
-            f"({f.best_f:.10g} < {fx:.10g})"
-        )
-    if singular and calc_derivs:
-        pg = _projected_gradient(grad, x, lower)
-        if pg > SINGULAR_GRAD_TOL:
-            doubts.append(
-                f"boundary fit with projected gradient {pg:.3g} (tol = {SINGULAR_GRAD_TOL})"
-            )
-    for text in doubts:
-        converged = False
-        msgs.append(
-            Message(
-                "warning",
-                f"the optimizer may not have reached the optimum: {text}",
-                "python",
-                code="convergence",
-            )
-        )
+    better = f.best_f < fx - BEST_SLACK * max(1.0, abs(fx))
+    doubts = optimum_doubts(
+        grad,
+        x,
+        lower,
+        singular and calc_derivs,
+        settled=settled,
+        better_seen=(f.best_f, fx) if better else None,
+    )
+    converged = converged and not doubts
+    msgs += doubts
     if exhausted:
         converged = False
         msgs.append(
@@ -596,6 +580,48 @@ BEST_SLACK = 1e-10
 # lme4's checkConv gradient tolerance (0.002), applied at a singular fit, where lme4 checks
 # nothing, to the projected gradient: free parameters and descent directions off a bound.
 SINGULAR_GRAD_TOL = 0.002
+
+
+def optimum_doubts(
+    grad: np.ndarray,
+    x: np.ndarray,
+    lower: np.ndarray,
+    check_gradient: bool,
+    *,
+    settled: bool = True,
+    better_seen: tuple[float, float] | None = None,
+) -> list[Message]:
+    """Warnings for a final point the optimizer cannot vouch for (each makes converged False):
+    probes still better after the last restart (`settled` False), a better point seen while
+    checking (`better_seen` = (its criterion, the optimum's)), or, when `check_gradient` (a
+    singular fit, where lme4's checkConv checks nothing), a projected gradient above
+    SINGULAR_GRAD_TOL."""
+    doubts = []
+    if not settled:
+        doubts.append(
+            f"after {MAX_PROBE_ROUNDS} restarts, a probe on the other side of a variance "
+            "parameter's bound still found a lower criterion"
+        )
+    if better_seen is not None:
+        doubts.append(
+            f"a point evaluated while checking the optimum has a lower criterion "
+            f"({better_seen[0]:.10g} < {better_seen[1]:.10g})"
+        )
+    if check_gradient:
+        pg = _projected_gradient(grad, x, lower)
+        if pg > SINGULAR_GRAD_TOL:
+            doubts.append(
+                f"boundary fit with projected gradient {pg:.3g} (tol = {SINGULAR_GRAD_TOL})"
+            )
+    return [
+        Message(
+            "warning",
+            f"the optimizer may not have reached the optimum: {text}",
+            "python",
+            code="convergence",
+        )
+        for text in doubts
+    ]
 
 
 def _projected_gradient(grad: np.ndarray, x: np.ndarray, lower: np.ndarray) -> float:
