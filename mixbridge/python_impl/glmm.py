@@ -824,6 +824,7 @@ def glmer(
         x, fx, nfev_probe, settled = _probe_theta_bounds(f2, x, fx, model, step, lower)
         info["stage2"] = {"fval": fx, "n_evals": nfev2 + nfev_probe, "method": "Nelder-Mead"}
     x, fx = _check_boundary(f2, x, fx, lower)
+    info["stage2"]["fval"] = fx  # the criterion at the returned (θ, β)
     return _finish_stage2(model, dev, x, fx, lower, info, derivs, settled)
 
 
