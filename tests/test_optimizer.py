@@ -117,7 +117,7 @@ def test_probes_cross_a_correlated_terms_bound_both_ways():
     the column as is and negated (TT' is unchanged by negating a column: the reflection)."""
     x = np.array([0.0, 0.16, 0.02, 0.9])
     lower = np.array([0.0, -np.inf, 0.0, 0.0])
-    pts = optimize._probe_points(x, np.array([1.0, 0.0, 1.0, 1.0]), lower)
+    pts = optimize.probe_points(x, np.array([1.0, 0.0, 1.0, 1.0]), lower)
     as_tuples = {tuple(np.round(p, 12)) for p in pts}
     assert (0.1, 0.16, 0.02, 0.9) in as_tuples
     assert (0.1, -0.16, 0.02, 0.9) in as_tuples

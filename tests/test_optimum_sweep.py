@@ -7,7 +7,8 @@ the function behind `mixbridge.lmer_objective(..., engine="r")`) at both engines
 
     lme4_dev(ours) <= lme4_dev(lme4's) + 1e-8 * |lme4_dev(lme4's)|,
 
-or else the Python fit says converged=False with a convergence warning in `messages`. 1e-8
+or else the Python fit says converged=False with a convergence warning in `messages` (and it
+does not say so at lme4's optimum when lme4 converged: no false alarms). 1e-8
 relative is far above the criterion's rounding (~1e-13 relative) and far below any optimizer
 miss worth reporting (issue 11 saw misses of 1e-4 to 5e-2 relative).
 
@@ -61,9 +62,15 @@ def sweep_seeds(model: str, structure: str) -> list[int]:
     return list(GLMER_VECTOR_SEEDS.get(structure, range(GLMER_DESIGNS)))
 
 
-def _judge(structure: str, seed: int, label: str, py, ours: float, theirs: float) -> str | None:
+def _judge(structure: str, seed: int, label: str, py, r, ours: float, theirs: float) -> str | None:
     gap = ours - theirs
-    if gap <= GAP_REL * abs(theirs) or flagged(py):
+    if gap <= GAP_REL * abs(theirs):
+        if py.converged or not r.converged:
+            return None
+        # at lme4's optimum, lme4 converged, ours says it may not be: a false alarm
+        texts = [m.text for m in py.messages if m.kind == "warning"]
+        return f"{structure} seed={seed} {label}: at the optimum but converged=False: {texts}"
+    if flagged(py):
         return None
     return (
         f"{structure} seed={seed} {label}: lme4's deviance at ours {ours:.10g} vs at lme4's "
@@ -84,7 +91,7 @@ def test_lmer_never_worse_than_lme4(needs_r, structure):
             r = mixbridge.lmer(formula, data, reml=reml, engine="r")
         theirs, ours = r.objective(r.theta), r.objective(py.theta)
         label = f"{formula} REML={reml}"
-        failure = _judge(structure, seed, label, py, ours, theirs)
+        failure = _judge(structure, seed, label, py, r, ours, theirs)
         if failure:
             failures.append(failure)
         # fit.optimizer describes the returned θ
@@ -104,7 +111,7 @@ def test_glmer_never_worse_than_lme4(needs_r, structure):
             r = mixbridge.glmer(formula, data, family=family, control=TIGHT_PIRLS, engine="r")
         theirs = r.objective(r.theta, r.fixef.to_numpy())
         ours = r.objective(py.theta, py.fixef.to_numpy())
-        failure = _judge(structure, seed, f"{formula} {family}", py, ours, theirs)
+        failure = _judge(structure, seed, f"{formula} {family}", py, r, ours, theirs)
         if failure:
             failures.append(failure)
     assert not failures, f"{len(failures)} design(s) worse than lme4:\n" + "\n".join(failures)

@@ -718,20 +718,20 @@ def _probe_theta_bounds(
     step: np.ndarray,
     lower: np.ndarray,
 ) -> tuple[np.ndarray, float, int, bool]:
-    """lmer's two-basin guard (`optimize._probe_points`) on stage 2's θ, β held: each variance
+    """lmer's two-basin guard (`optimize.probe_points`) on stage 2's θ, β held: each variance
     parameter probed at and near its bound, across it for a correlated term (a binomial (x | g)
     design stopped at θ = [0, 0.53, 0.15], 0.83 above lme4's [0.38, -0.19, 0.44]); Nelder–Mead
     restarts from the best probe that beats the optimum, for up to MAX_PROBE_ROUNDS rounds.
 
     Returns (x, criterion, evaluations, settled): settled is False when the last round still
     found a better probe."""
-    from mixbridge.python_impl.optimize import MAX_PROBE_ROUNDS, _probe_points
+    from mixbridge.python_impl.optimize import MAX_PROBE_ROUNDS, probe_points
 
     nth = model.n_theta
     nfev = 0
     for _ in range(MAX_PROBE_ROUNDS):
         best: tuple[np.ndarray, float] | None = None
-        for theta in _probe_points(x[:nth], model.theta0, model.theta_lower):
+        for theta in probe_points(x[:nth], model.theta0, model.theta_lower):
             xp = np.concatenate([theta, x[nth:]])
             fp = f(xp)
             nfev += 1
@@ -910,7 +910,7 @@ def _finish_stage2(
     grad, hess = deriv12(f2, x, fx, lower) if derivs is None else derivs
     messages = list(model.messages)
     singular, converged, conv_msgs = check_conv(grad, hess, x, lower)
-    doubts = optimum_doubts(grad, x, lower, singular, settled=settled)
+    doubts = optimum_doubts(grad, hess, x, lower, singular, settled=settled)
     converged = converged and not doubts
     messages += conv_msgs + doubts
     vcov = _vcov_from_hessian(hess, nth)

@@ -278,7 +278,7 @@ PROBE_LADDER = (1.0, 0.1, 0.01)
 MAX_PROBE_ROUNDS = 5
 
 
-def _probe_points(x: np.ndarray, theta0: np.ndarray, lower: np.ndarray) -> list[np.ndarray]:
+def probe_points(x: np.ndarray, theta0: np.ndarray, lower: np.ndarray) -> list[np.ndarray]:
     """Points on the other side of each bounded θ_i: its bound when inside, and the ladder of
     distances inside that lie beyond it (twice its distance from the bound).
 
@@ -321,7 +321,7 @@ def _probe_other_basin(
     better one on its bound, or the reverse (seen on small nested designs, where lme4's BOBYQA
     found the boundary optimum 15 units lower), or stop on its stationary bound with descent
     inside ((x + x2 || g) designs: up to 4.4 units). Each bounded θ_i is probed on the other
-    side (`_probe_points`) and the optimizer restarts from the best probe that beats the
+    side (`probe_points`) and the optimizer restarts from the best probe that beats the
     optimum, for up to MAX_PROBE_ROUNDS rounds.
 
     Returns (θ, criterion, status, budget exhausted, settled): settled is False when the last
@@ -329,7 +329,7 @@ def _probe_other_basin(
     restarted = False
     for _ in range(MAX_PROBE_ROUNDS):
         best: tuple[np.ndarray, float] | None = None
-        for xp in _probe_points(x, theta0, lower):
+        for xp in probe_points(x, theta0, lower):
             fp = f(xp)
             if fp < fx and (best is None or fp < best[1]):
                 best = (xp, fp)
@@ -346,12 +346,15 @@ def _probe_other_basin(
     return x, fx, status, False, False
 
 
+DERIV12_DELTA = 1e-4  # lme4's deriv12 step
+
+
 def deriv12(
     f: Callable[[np.ndarray], float],
     x: np.ndarray,
     fx: float,
     lower: np.ndarray,
-    delta: float = 1e-4,
+    delta: float = DERIV12_DELTA,
 ) -> tuple[np.ndarray, np.ndarray]:
     """lme4's deriv12: finite-difference gradient and Hessian (central, δ = 1e-4)."""
     m = x.size
@@ -541,6 +544,7 @@ def optimize_theta(
     better = f.best_f < fx - BEST_SLACK * max(1.0, abs(fx))
     doubts = optimum_doubts(
         grad,
+        hess,
         x,
         lower,
         singular and calc_derivs,
@@ -584,6 +588,7 @@ SINGULAR_GRAD_TOL = 0.002
 
 def optimum_doubts(
     grad: np.ndarray,
+    hess: np.ndarray,
     x: np.ndarray,
     lower: np.ndarray,
     check_gradient: bool,
@@ -595,7 +600,7 @@ def optimum_doubts(
     probes still better after the last restart (`settled` False), a better point seen while
     checking (`better_seen` = (its criterion, the optimum's)), or, when `check_gradient` (a
     singular fit, where lme4's checkConv checks nothing), a projected gradient above
-    SINGULAR_GRAD_TOL."""
+    SINGULAR_GRAD_TOL by lme4's measure (`_projected_gradient`)."""
     doubts = []
     if not settled:
         doubts.append(
@@ -608,7 +613,8 @@ def optimum_doubts(
             f"({better_seen[0]:.10g} < {better_seen[1]:.10g})"
         )
     if check_gradient:
-        pg = _projected_gradient(grad, x, lower)
+        # deriv12 differences one-sidedly within its step (1e-4) of a bound
+        pg = _projected_gradient(grad, x, lower, near=DERIV12_DELTA, hess=hess)
         if pg > SINGULAR_GRAD_TOL:
             doubts.append(
                 f"boundary fit with projected gradient {pg:.3g} (tol = {SINGULAR_GRAD_TOL})"
@@ -624,9 +630,27 @@ def optimum_doubts(
     ]
 
 
-def _projected_gradient(grad: np.ndarray, x: np.ndarray, lower: np.ndarray) -> float:
-    g = np.where((x <= lower) & (grad > 0), 0.0, grad)  # at a bound only descent counts
-    return float(np.max(np.abs(g), initial=0.0))
+def _projected_gradient(
+    grad: np.ndarray,
+    x: np.ndarray,
+    lower: np.ndarray,
+    near: float = 0.0,
+    hess: np.ndarray | None = None,
+) -> float:
+    """max |g| over the free directions: at a bound (or within `near` of it, where a one-sided
+    difference of an even criterion is positive by its curvature) only descent counts. With
+    `hess`, lme4's checkConv measure on those directions: each component's smaller of |g| and
+    the gradient scaled by the Cholesky factor of the Hessian restricted to them."""
+    free = ~((x - lower <= near) & (grad > 0))
+    g = np.where(free, grad, 0.0)
+    if hess is None or not np.any(free):
+        return float(np.max(np.abs(g), initial=0.0))
+    try:
+        r = np.linalg.cholesky(hess[np.ix_(free, free)]).T
+        scaled = np.abs(np.linalg.solve(r, g[free]))
+    except np.linalg.LinAlgError:
+        return float(np.max(np.abs(g), initial=0.0))
+    return float(np.max(np.minimum(scaled, np.abs(g[free]))))
 
 
 def _check_boundary(
