@@ -393,3 +393,81 @@ def test_flat_theta_does_not_hide_a_drifted_fixef():
     # θ moved within the flat region, β moved far more than θ can explain: still a FAIL
     a.theta = theta + np.array([2e-4, 0.0, 0.0])
     assert compare(a, b).row("fixef").status == "FAIL"
+
+
+# ---------------------------------------------------------------------------------------------
+# The flat-optimum rule (tolerance.gap_verdict): a parameter gap judged by its criterion cost
+
+
+def test_gap_cost_bounds_the_excess_over_the_optimum():
+    """On a quadratic criterion the midpoint gives the exact curvature along the gap, and the
+    excess bounds are attained when the optimum lies on the segment."""
+    from mixbridge.conformance.tolerance import GapCost, excess_lower_bound
+
+    f = _quadratic(np.zeros(2), 10.0, 3.0)  # f* = 10 at 0, H = 6 I
+    a, b = np.array([0.2, 0.0]), np.array([-0.1, 0.0])
+    c = GapCost("a", f(a), f(b), f((a + b) / 2))
+    assert c.cost == pytest.approx(0.5 * 6 * 0.3**2)
+    assert c.excess_a == pytest.approx(f(a) - 10.0)
+    assert c.excess_b == pytest.approx(f(b) - 10.0)
+    # off the segment the bound is below the true excess, never above
+    a2 = np.array([0.2, 0.1])
+    c2 = GapCost("a", f(a2), f(b), f((a2 + b) / 2))
+    assert 0 <= c2.excess_a <= f(a2) - 10.0
+    assert excess_lower_bound(1e-3, 0.0) == 1e-3 and excess_lower_bound(-1.0, 0.0) == 0.0
+
+
+def test_both_off_the_optimum_symmetrically_is_not_flat():
+    """a and b on either side of the optimum at the same height: the criterion difference is 0,
+    which a rule on the difference alone calls flat; the curvature along the gap proves both
+    are 2.5e-4 above the optimum, far beyond the slack."""
+    theta0 = np.array([0.9667, 0.01516, 0.2309])
+    delta = np.array([5e-4, 0.0, 0.0])
+    obj = _quadratic(theta0, 1743.628, 1e3)
+    a = make_mixed("python", objective=obj, theta=theta0 + delta, reml_criterion=obj(theta0))
+    b = make_mixed("r", objective=obj, theta=theta0 - delta)
+    cmp = compare(a, b)
+    row = cmp.row("theta")
+    assert row.status == "FAIL", str(cmp)
+    assert "a stopped early" in row.reason
+
+
+def test_gap_within_the_theta_tolerance_can_still_cost_too_much():
+    """θ 5e-5 relative apart (inside the 1e-4 tolerance) on a steep criterion (curvature 2e6):
+    a is 2.3e-3 above the optimum, far beyond the slack: FAIL, with the numbers."""
+    theta_b = np.array([0.9667, 0.01516, 0.2309])
+    theta_a = theta_b * (1 + np.array([5e-5, 0.0, 0.0]))
+    obj = _quadratic(theta_b, 1743.628, 1e6)
+    a = make_mixed("python", objective=obj, theta=theta_a, reml_criterion=obj(theta_a))
+    b = make_mixed("r", objective=obj)
+    cmp = compare(a, b)
+    row = cmp.row("theta")
+    assert row.max_rel < POLICIES["lmer"]["theta"].rel
+    assert row.status == "FAIL" and "a stopped early" in row.reason, str(cmp)
+    # the same gap on a flat criterion is fine
+    flat = _quadratic(theta_b, 1743.628, 1.0)
+    a.objective, b.objective = flat, flat
+    a._objective = b._objective = flat
+    assert compare(a, b).row("theta").status == "ok"
+
+
+def test_insteval_like_flat_gap_is_explained():
+    """Issue 11's InstEval numbers: criterion 2.4e5, lme4's θ_dept 9.2e-6 (1.3e-4 relative)
+    from the optimum on a curvature of 4.2e3 along it: 1.8e-7 worse, 7.6e-13 relative — below
+    any fixed rounding gap one could defend, and still equally optimal: explained."""
+    theta_a = np.array([0.9667, 0.01516, 0.0706])
+    theta_b = theta_a + np.array([0.0, 0.0, -9.2e-6])
+    crit = 237585.55
+    center = theta_a
+
+    def obj(theta):
+        d = np.asarray(theta, dtype=float) - center
+        return crit + 0.5 * 4.2e3 * d[2] ** 2 + 50.0 * (d[0] ** 2 + d[1] ** 2)
+
+    a = make_mixed("python", objective=obj, theta=theta_a, reml_criterion=crit)
+    b = make_mixed("r", objective=obj, theta=theta_b, reml_criterion=obj(theta_b))
+    b.loglik = a.loglik
+    cmp = compare(a, b)
+    row = cmp.row("theta")
+    assert row.status == "explained", str(cmp)
+    assert cmp.ok, str(cmp)

@@ -6,11 +6,13 @@ rule), glmer 1e-3 on θ/fixef with objective-based explanations of flat optima.
 
 from __future__ import annotations
 
+import pytest
+from designs import never_worse
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 import mixbridge
-from mixbridge.testing.strategies import grouped_data, profile_settings
+from mixbridge.testing.strategies import STRUCTURES, grouped_data, mixed_data, profile_settings
 
 
 @profile_settings(max_examples=20)
@@ -50,3 +52,26 @@ def test_python_glmer_matches_lme4(needs_r, d):
     note(str(cmp))
     event(f"{d.family}, singular={r.singular}")
     cmp.assert_ok()
+
+
+# fully converged PIRLS on both engines: one smooth deviance function (tests/test_optimum_sweep.py)
+TIGHT_PIRLS = {"tol_pwrss": 1e-14}
+
+
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
+@profile_settings(max_examples=2)
+@given(data=st.data())
+def test_python_glmer_never_worse_any_structure(needs_r, structure, data):
+    """Every random-effects structure, binomial and poisson, boundary cases and interior ones:
+    never a worse optimum than lme4, judged by lme4's deviance function at (θ, β)."""
+    d = data.draw(
+        mixed_data(family=None, structure=structure, max_groups=15, max_size=12, max_rows=150)
+        .filter(lambda d: d.family != "gaussian")
+    )  # fmt: skip
+    note(d.describe())
+    event(f"{d.family}, boundary={d.boundary}")
+    formula = d.formula()
+    py = mixbridge.glmer(formula, d.data, family=d.family, control=TIGHT_PIRLS)
+    r = mixbridge.glmer(formula, d.data, family=d.family, control=TIGHT_PIRLS, engine="r")
+    why = never_worse(py, r, lambda f: (f.theta, f.fixef.to_numpy()))
+    assert not why, why

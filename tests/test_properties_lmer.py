@@ -8,10 +8,19 @@ Hypothesis profile: HYPOTHESIS_PROFILE=ci (default, derandomized) or thorough.
 
 from __future__ import annotations
 
+import pytest
+from designs import never_worse
 from hypothesis import assume, event, given, note
+from hypothesis import strategies as st
 
 import mixbridge
-from mixbridge.testing.strategies import _make, grouped_data, profile_settings
+from mixbridge.testing.strategies import (
+    STRUCTURES,
+    _make,
+    grouped_data,
+    mixed_data,
+    profile_settings,
+)
 
 
 def _fit_both(d, formula: str, reml: bool):
@@ -79,3 +88,22 @@ def test_random_slope_extremely_unbalanced(needs_r):
     py = mixbridge.lmer(formula, d.data, engine="python")
     r = mixbridge.lmer(formula, d.data, engine="r")
     mixbridge.compare(py, r).assert_ok()
+
+
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
+@profile_settings(max_examples=3)
+@given(data=st.data())
+def test_python_lmer_never_worse_any_structure(needs_r, structure, data):
+    """Every random-effects structure, boundary cases and interior ones: never a worse optimum
+    than lme4 (judged by lme4's deviance function), and compare() agrees."""
+    d = data.draw(mixed_data(family="gaussian", structure=structure))
+    note(d.describe())
+    event(f"boundary={d.boundary}")
+    formula = d.formula()
+    py = mixbridge.lmer(formula, d.data)
+    r = mixbridge.lmer(formula, d.data, engine="r")
+    why = never_worse(py, r, lambda f: (f.theta,))
+    assert not why, why
+    cmp = mixbridge.compare(py, r)
+    note(str(cmp))
+    cmp.assert_ok()

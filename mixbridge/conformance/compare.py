@@ -22,11 +22,16 @@ import pandas as pd
 
 from mixbridge.conformance import divergences as div
 from mixbridge.conformance.tolerance import (
+    A_EARLY,
+    B_EARLY,
     CRITERION_QUANTITIES,
     DERIVED_FACTOR,
+    FLAT,
     PARAMETER_QUANTITIES,
+    GapCost,
     Policy,
     Tol,
+    gap_verdict,
     policy_for,
 )
 from mixbridge.results import BayesGLMFit, MixedFit
@@ -346,14 +351,14 @@ def _cond_var_series(fit: MixedFit) -> tuple[pd.Series, dict[str, float]]:
 
 
 @dataclass
-class _Flatness:
-    """Each engine's criterion at both parameter vectors, and what it proves."""
+class Flatness:
+    """What the gap between a's and b's parameters costs under each deviance function (the
+    policy's flat-optimum rule, `tolerance.gap_verdict`)."""
 
-    f_a: float | None = None  # the chosen function at a's parameters
-    f_b: float | None = None  # ... at b's parameters
-    whose: str = ""  # "a" or "b": whose objective function
+    costs: list[GapCost] = field(default_factory=list)
+    slack: float = 0.0
     consistent: bool = False  # the two engines' objectives agree where both were evaluated
-    verdict: str = "unknown"  # "flat" | "b_early" | "a_early" | "unknown"
+    verdict: str = "unknown"  # FLAT | B_EARLY | A_EARLY | "unknown" (no objective)
     text: str = ""
 
 
@@ -366,6 +371,11 @@ def _params(fit: MixedFit, like: MixedFit) -> tuple[Any, ...]:
     return (theta, beta)
 
 
+def _midpoint(p: tuple[Any, ...], q: tuple[Any, ...]) -> tuple[Any, ...]:
+    pairs = zip(p, q, strict=True)
+    return tuple(0.5 * (np.asarray(x, dtype=float) + np.asarray(y, dtype=float)) for x, y in pairs)
+
+
 def _eval(fit: MixedFit, params: tuple[Any, ...]) -> float | None:
     if fit._objective is None or any(np.isnan(np.asarray(p, dtype=float)).any() for p in params):
         return None
@@ -375,19 +385,48 @@ def _eval(fit: MixedFit, params: tuple[Any, ...]) -> float | None:
         return None
 
 
-def _cross_objectives(a: MixedFit, b: MixedFit, policy: Policy) -> tuple[Row | None, _Flatness]:
-    x_aa = _eval(a, _params(a, a))
-    x_ab = _eval(a, _params(b, a)) if x_aa is not None else None
-    x_bb = _eval(b, _params(b, b))
-    x_ba = _eval(b, _params(a, b)) if x_bb is not None else None
-    tol = policy["objective"]
-    flat = _Flatness()
+def _gap_cost(fit: MixedFit, name: str, a: MixedFit, b: MixedFit) -> GapCost | None:
+    """`fit`'s deviance function at a's parameters, b's and their midpoint."""
+    pa, pb = _params(a, fit), _params(b, fit)
+    f_b = _eval(fit, pb)
+    f_a = _eval(fit, pa) if f_b is not None else None
+    if f_a is None or f_b is None:
+        return None
+    same = all(np.array_equal(x, y, equal_nan=True) for x, y in zip(pa, pb, strict=True))
+    f_mid = f_a if same else _eval(fit, _midpoint(pa, pb))
+    if f_mid is None:
+        return None
+    return GapCost(name, f_a, f_b, f_mid)
+
+
+def optimum_gap(a: MixedFit, b: MixedFit, policy: Policy | None = None) -> Flatness:
+    """The flat-optimum rule for fits a (candidate) and b (reference): each exposed deviance
+    function at a's parameters, b's and the midpoint, and the verdict (see
+    `mixbridge.conformance.tolerance`). `consistent` is not checked here (see `compare`)."""
+    policy = policy or policy_for(a, b)
+    flat = Flatness()
+    for fit, name in ((a, "a"), (b, "b")):
+        cost = _gap_cost(fit, name, a, b)
+        if cost is not None:
+            flat.costs.append(cost)
+    if not flat.costs:
+        return flat
+    flat.slack = policy.flat_slack(flat.costs[0].f_b)
+    flat.verdict = gap_verdict(flat.costs, flat.slack)
+    flat.text = "; ".join(c.describe() for c in flat.costs) + f"; slack {flat.slack:.1e}"
+    return flat
+
+
+def _cross_objectives(a: MixedFit, b: MixedFit, policy: Policy) -> tuple[Row | None, Flatness]:
+    flat = optimum_gap(a, b, policy)
+    by_name = {c.function: c for c in flat.costs}
+    ca, cb = by_name.get("a"), by_name.get("b")
     # objective consistency: two engines, same parameters
     pairs: list[tuple[str, float, float]] = []
-    if x_ab is not None:
-        pairs.append(("at b's parameters", x_ab, x_bb if x_bb is not None else b.criterion))
-    if x_ba is not None:
-        pairs.append(("at a's parameters", x_aa if x_aa is not None else a.criterion, x_ba))
+    if ca is not None:
+        pairs.append(("at b's parameters", ca.f_b, cb.f_b if cb is not None else b.criterion))
+    if cb is not None:
+        pairs.append(("at a's parameters", ca.f_a if ca is not None else a.criterion, cb.f_a))
     if not pairs:
         return None, flat
     labels = [p[0] for p in pairs]
@@ -397,26 +436,10 @@ def _cross_objectives(a: MixedFit, b: MixedFit, policy: Policy) -> tuple[Row | N
         np.array([p[1] for p in pairs]),
         np.array([p[2] for p in pairs]),
         np.array([abs(p[2]) for p in pairs]),
-        tol,
+        policy["objective"],
     )
     row.signed_diff = float(pairs[0][1] - pairs[0][2])
     flat.consistent = row.status == OK
-    if x_aa is not None and x_ab is not None:
-        flat.f_a, flat.f_b, flat.whose = x_aa, x_ab, "a"
-    else:
-        flat.f_a, flat.f_b, flat.whose = x_ba, x_bb, "b"
-    slack = policy.flat_slack(flat.f_b)
-    delta = flat.f_a - flat.f_b
-    if delta > slack:
-        flat.verdict = "a_early"
-    elif delta < -slack:
-        flat.verdict = "b_early"
-    else:
-        flat.verdict = "flat"
-    flat.text = (
-        f"{flat.whose}'s criterion at a's params {flat.f_a:.10g}, at b's params {flat.f_b:.10g} "
-        f"(Δ {delta:.2e}, slack {slack:.1e})"
-    )
     return row, flat
 
 
@@ -515,7 +538,7 @@ def _judge(
     a: Any,
     b: Any,
     policy: Policy,
-    flat: _Flatness | None,
+    flat: Flatness | None,
     registry: list[div.Divergence] | None,
     theta_row: Row | None = None,
 ) -> None:
@@ -534,10 +557,16 @@ def _judge(
             r.status = FAIL
             r.reason = f"known divergence {d.id} does not hold: {outcome.detail}"
         return
-    if r.status != FAIL or flat is None or not flat.consistent:
+    if flat is None or not flat.consistent:
         return
-    if r.quantity in PARAMETER_QUANTITIES and flat.verdict in ("flat", "b_early"):
-        why = "flat optimum" if flat.verdict == "flat" else "b stopped early (a's optimum is lower)"
+    if r.status != FAIL:
+        if r.quantity in OPTIMUM_QUANTITIES.get(model, ()) and flat.verdict == A_EARLY:
+            # within the parameter tolerance, but the gap provably costs a more than the slack
+            r.status = FAIL
+            r.reason = f"a stopped early (its parameters cost more than the slack): {flat.text}"
+        return
+    if r.quantity in PARAMETER_QUANTITIES and flat.verdict in (FLAT, B_EARLY):
+        why = "flat optimum" if flat.verdict == FLAT else "b stopped early (a's optimum is lower)"
         if theta_row is not None and r.quantity != "theta":
             # lmer's objective is a function of θ alone: β, σ, ranef, ... follow from θ, so a
             # flat θ explains them only when θ itself moved, and only in proportion
@@ -550,14 +579,16 @@ def _judge(
                 return
         r.status = EXPLAINED
         r.reason = f"{why}: {flat.text}; worst {r.reason}"
-    elif r.quantity in CRITERION_QUANTITIES and flat.verdict == "b_early":
+    elif r.quantity in CRITERION_QUANTITIES and flat.verdict == B_EARLY:
         r.status = EXPLAINED
         r.reason = f"b stopped early (a's optimum is lower): {flat.text}"
-    elif flat.verdict == "a_early":
-        r.reason = (
-            f"a stopped early (b's parameters are better under {flat.whose}'s criterion): "
-            + (flat.text)
-        )
+    elif flat.verdict == A_EARLY:
+        r.reason = f"a stopped early (b's parameters are better): {flat.text}"
+
+
+# The parameters each model's objective is a function of: a gap in them within the parameter
+# tolerance still fails when the flat-optimum rule proves it costs a more than the slack.
+OPTIMUM_QUANTITIES = {"lmer": ("theta",), "glmer": ("theta", "fixef")}
 
 
 def _label(fit: Any) -> str:

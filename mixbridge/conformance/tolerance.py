@@ -4,11 +4,20 @@ Every number sits beside its reason. A tolerance bounds |a - b| by `rel * max(sc
 where `scale` is the quantity's natural size (its value, a coefficient's SE, a random-effect
 term's sd; see `compare`) and `floor` stops the bound collapsing to zero at zero values.
 
-Flat optima: parameters are only as well determined as the criterion's curvature allows, so where
-both fits expose their objective (`fit.objective(...)`) `compare` evaluates each engine's criterion
-at the other's parameters. `flat_abs`/`flat_rel` is the slack, in criterion (deviance) units, under
-which two parameter vectors are "equally optimal": parameter differences beyond tolerance are then
-reported as "explained", with both criterion values, never as silent passes.
+Flat optima: parameters are only as well determined as the criterion's curvature allows. Where
+both fits expose their objective (`fit.objective(...)`), `compare` (and the tests, through
+`optimum_gap`) judges a parameter gap by what it costs in the criterion, with one rule
+(`GapCost`, `gap_verdict`): each deviance function is evaluated at a's parameters, b's and their
+midpoint, which gives the criterion difference d = f(a) − f(b) and the curvature along the gap
+c = ½ΔᵀHΔ = 2(f(a) + f(b) − 2 f(mid)) (exact for a quadratic criterion). Near an optimum x*,
+f(x) − f* ≥ ½|x − x*|²_H (also at a bound, by the optimality conditions), so the excesses
+e_a, e_b over the optimum satisfy e_a − e_b = d and √e_a + √e_b ≥ √c; the least e_a that allows
+is max(c + d, 0)² / 4c. A gap is "flat" (both may be optimal) when that lower bound on a's excess
+is within the policy's slack τ = flat_abs + flat_rel·|f| under every deviance function; "a
+stopped early" when it exceeds τ under any (even if d ≈ 0: two points symmetric about the optimum
+are both off it), and "b stopped early" when b's bound exceeds τ under all. Parameter rows beyond
+their tolerance are then "explained" (flat, b early) with the numbers, never silently passed,
+and a θ within its tolerance whose gap provably costs a more than τ is a FAIL.
 """
 
 from __future__ import annotations
@@ -92,6 +101,7 @@ class Policy:
         return self.tols[quantity]
 
     def flat_slack(self, criterion: float) -> float:
+        """τ: how far above the optimum (criterion units) a fit may be and count as at it."""
         return self.flat_abs + self.flat_rel * abs(criterion)
 
     def with_overrides(self, **overrides: float | Tol) -> Policy:
@@ -111,6 +121,66 @@ class Policy:
             else:
                 tols[q] = replace(tols[q], abs=float(v), reason=f"override ({tols[q].reason})")
         return replace(self, tols=tols, name=f"{self.name}+override")
+
+
+# ---------------------------------------------------------------------------------------------
+# The flat-optimum rule (see the module docstring)
+
+FLAT, A_EARLY, B_EARLY = "flat", "a_early", "b_early"
+
+
+def excess_lower_bound(diff: float, cost: float) -> float:
+    """The least criterion excess over the optimum a point can have when it is `diff` above
+    another point at a gap whose curvature cost ½ΔᵀHΔ is `cost` (see the module docstring)."""
+    if not cost > 0:  # no curvature along the gap (or rounding made it negative)
+        return max(diff, 0.0)
+    return max(cost + diff, 0.0) ** 2 / (4.0 * cost)
+
+
+@dataclass(frozen=True)
+class GapCost:
+    """One deviance function at a's parameters, b's and their midpoint."""
+
+    function: str  # whose deviance function ("a" or "b")
+    f_a: float
+    f_b: float
+    f_mid: float
+
+    @property
+    def diff(self) -> float:
+        return self.f_a - self.f_b
+
+    @property
+    def cost(self) -> float:
+        """½ΔᵀHΔ along the gap Δ = a − b, from the second difference over the segment."""
+        return max(2.0 * (self.f_a + self.f_b - 2.0 * self.f_mid), 0.0)
+
+    @property
+    def excess_a(self) -> float:
+        return excess_lower_bound(self.diff, self.cost)
+
+    @property
+    def excess_b(self) -> float:
+        return excess_lower_bound(-self.diff, self.cost)
+
+    def describe(self) -> str:
+        return (
+            f"{self.function}'s criterion at a's params {self.f_a:.10g}, at b's {self.f_b:.10g} "
+            f"(Δ {self.diff:.2e}, gap cost ½ΔᵀHΔ {self.cost:.2e}; a ≥ {self.excess_a:.2e}, "
+            f"b ≥ {self.excess_b:.2e} above the optimum)"
+        )
+
+
+def gap_verdict(costs: list[GapCost], slack: float) -> str:
+    """FLAT, A_EARLY (a provably more than `slack` above the optimum under some function) or
+    B_EARLY (b provably so under every function, a not)."""
+    if not costs:
+        raise ValueError("gap_verdict needs at least one deviance function's values")
+    if any(c.excess_a > slack for c in costs):
+        return A_EARLY
+    if all(c.excess_b > slack for c in costs):
+        return B_EARLY
+    return FLAT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,8 +229,9 @@ _LMER = Policy(
     flat_abs=1e-6,
     flat_rel=1e-10,
     flat_reason=(
-        "two θ are equally optimal when one engine's criterion at the other's θ is within 1e-6 "
-        "(deviance units, the loglik tolerance) + 1e-10 rel (rounding of a large deviance)"
+        "a θ counts as optimal when its criterion is provably at most 1e-6 above the optimum "
+        "(deviance units: within it the loglik cannot leave its 1e-6 tolerance) + 1e-10 rel "
+        "(the two deviance functions agree to ~1e-12 relative; rounding of a large deviance)"
     ),
 )
 

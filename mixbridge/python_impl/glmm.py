@@ -736,6 +736,42 @@ def _optimize_stage2_gradient(
     return x, fx, count[0] + 1, (grad, hess)
 
 
+def _probe_theta_bounds(
+    f: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    fx: float,
+    model: GlmerModel,
+    step: np.ndarray,
+    lower: np.ndarray,
+) -> tuple[np.ndarray, float, int, bool]:
+    """lmer's two-basin guard (`optimize.probe_points`) on stage 2's θ, β held: each variance
+    parameter probed at and near its bound, across it for a correlated term (a binomial (x | g)
+    design stopped at θ = [0, 0.53, 0.15], 0.83 above lme4's [0.38, -0.19, 0.44]); Nelder–Mead
+    restarts from the best probe that beats the optimum, for up to MAX_PROBE_ROUNDS rounds.
+
+    Returns (x, criterion, evaluations, settled): settled is False when the last round still
+    found a better probe."""
+    from mixbridge.python_impl.optimize import MAX_PROBE_ROUNDS, probe_points
+
+    nth = model.n_theta
+    nfev = 0
+    for _ in range(MAX_PROBE_ROUNDS):
+        best: tuple[np.ndarray, float] | None = None
+        for theta in probe_points(x[:nth], model.theta0, model.theta_lower):
+            xp = np.concatenate([theta, x[nth:]])
+            fp = f(xp)
+            nfev += 1
+            if fp < fx and (best is None or fp < best[1]):
+                best = (xp, fp)
+        if best is None:
+            return x, fx, nfev, True
+        x2, f2, n2 = _nelder_mead(f, best[0], step, lower, 10000)
+        nfev += n2
+        if f2 < fx:
+            x, fx = x2, f2
+    return x, fx, nfev, False
+
+
 def _check_boundary(
     f: Callable[[np.ndarray], float], x: np.ndarray, fx: float, lower: np.ndarray
 ) -> tuple[np.ndarray, float]:
@@ -804,12 +840,15 @@ def glmer(
         except _NoFastPath:
             fast = False
             dev.lp0 = lp0  # the stage-2 start that glmer_objective uses too
+    settled = True
     if not fast:
         step = 0.2 * np.concatenate([np.full(theta1.size, 0.1), np.minimum(rx_se, 10.0)])
         x, fx, nfev2 = _nelder_mead(f2, x0, step, lower, 10000)
-        info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "Nelder-Mead"}
+        x, fx, nfev_probe, settled = _probe_theta_bounds(f2, x, fx, model, step, lower)
+        info["stage2"] = {"fval": fx, "n_evals": nfev2 + nfev_probe, "method": "Nelder-Mead"}
     x, fx = _check_boundary(f2, x, fx, lower)
-    return _finish_stage2(model, dev, x, fx, lower, info, derivs)
+    info["stage2"]["fval"] = fx  # the criterion at the returned (θ, β)
+    return _finish_stage2(model, dev, x, fx, lower, info, derivs, settled)
 
 
 def glmer_objective(
@@ -903,8 +942,9 @@ def _finish_stage2(
     lower: np.ndarray,
     info: dict[str, Any],
     derivs: tuple[np.ndarray, np.ndarray] | None = None,
+    settled: bool = True,
 ) -> MixedFit:
-    from mixbridge.python_impl.optimize import check_conv, deriv12
+    from mixbridge.python_impl.optimize import check_conv, deriv12, optimum_doubts
 
     nth = model.n_theta
     f2 = _safe(dev.stage2)
@@ -912,7 +952,9 @@ def _finish_stage2(
     grad, hess = deriv12(f2, x, fx, lower) if derivs is None else derivs
     messages = list(model.messages)
     singular, converged, conv_msgs = check_conv(grad, hess, x, lower)
-    messages += conv_msgs
+    doubts = optimum_doubts(grad, hess, x, lower, singular, settled=settled)
+    converged = converged and not doubts
+    messages += conv_msgs + doubts
     vcov = _vcov_from_hessian(hess, nth)
     fval = dev.stage2(x)  # lme4 re-evaluates at the optimum: the state below belongs to it
     state = dev.state

@@ -487,7 +487,7 @@ def _build_fit(
     fitted: np.ndarray,
     opt: OptResult,
     objective: Any,
-    optimizer_name: str = "L-BFGS-B+Powell",
+    optimizer_name: str = "L-BFGS-B",
     x_variances: np.ndarray | None = None,
 ) -> MixedFit:
     reterms = list(terms.reterms)
@@ -536,7 +536,9 @@ def _build_fit(
         messages=messages,
         engine="python",
         versions=output.versions(),
-        optimizer={**opt.as_dict(optimizer_name), "fval": float(opt.fval)},
+        # fval: the criterion at the returned θ (the optimizer's own value there agrees to
+        # rounding; this one is the fit's criterion itself)
+        optimizer={**opt.as_dict(optimizer_name), "fval": float(crit)},
         dropped_columns=list(getattr(terms, "dropped_columns", []) or []),
     )
 

@@ -7,6 +7,14 @@ and forward differences otherwise, converged tightly, so that our optimum is at 
 lme4's (which stops about 1e-5 relative short in θ). The post-processing steps follow lme4; their
 findings become structured `Message`s. With a complete analytic gradient the checkConv
 derivatives are the gradient and its forward differences (m + 1 gradients) instead of deriv12.
+
+Never a worse optimum, never silently: every θ returned is the best point the criterion was
+evaluated at, with that value (scipy's (res.x, res.fun) pair is not used: after a failed line
+search it can pair a trial point with another point's value); a failed line search restarts
+L-BFGS-B from the best point; each variance parameter is probed on the other side of its bound
+(the criterion is even in it there, so its bound is a stationary point that a gradient method
+cannot leave); and a fit that still fails a check (a better point seen, a probe still better,
+a projected gradient at a singular fit) gets converged=False and a warning.
 """
 
 from __future__ import annotations
@@ -60,14 +68,30 @@ class _Counted:
         fun: Callable[[np.ndarray], float],
         limit: float = np.inf,
         value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
+        lower: np.ndarray | None = None,
     ) -> None:
         self.fun = fun
+        self.lower = lower  # only feasible points count as best (deriv12 steps below bounds)
         self.vg = value_grad
         self.last: tuple[np.ndarray, float, np.ndarray] | None = None
         self.n = 0
         self.limit = limit
         self.best_x: np.ndarray | None = None
         self.best_f = np.inf
+        self.run_best_x: np.ndarray | None = None  # best point since start_run()
+        self.run_best_f = np.inf
+
+    def start_run(self) -> None:
+        """Start tracking the best point of one optimizer run (see `_lbfgsb`)."""
+        self.run_best_x, self.run_best_f = None, np.inf
+
+    def _record(self, x: np.ndarray, v: float) -> None:
+        if self.lower is not None and np.any(x < self.lower):
+            return
+        if v < self.best_f:
+            self.best_f, self.best_x = v, x.copy()
+        if v < self.run_best_f:
+            self.run_best_f, self.run_best_x = v, x.copy()
 
     def __call__(self, x: np.ndarray) -> float:
         if self.n >= self.limit:
@@ -79,8 +103,7 @@ class _Counted:
         except np.linalg.LinAlgError:
             return np.inf
         v = v if np.isfinite(v) else np.inf
-        if v < self.best_f:
-            self.best_f, self.best_x = v, x.copy()
+        self._record(x, v)
         return v
 
     def value_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -101,8 +124,7 @@ class _Counted:
             return np.inf, np.full(x.size, np.nan)
         if not np.isfinite(v):
             return np.inf, np.full(x.size, np.nan)
-        if v < self.best_f:
-            self.best_f, self.best_x = v, x.copy()
+        self._record(x, v)
         g = np.asarray(g, dtype=float)
         self.last = (x.copy(), v, g.copy())
         return v, g
@@ -146,7 +168,16 @@ MAXLS_GRAD = 8
 FIRST_STEP_SCALE = 5.0
 
 
-def _lbfgsb(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int, central: bool) -> Any:
+def _lbfgsb(
+    f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int, central: bool
+) -> tuple[np.ndarray, float, int, str]:
+    """One L-BFGS-B run from x0. Returns (θ, criterion, status, message) where θ is the best
+    point the run evaluated and the criterion is its value there.
+
+    scipy's (res.x, res.fun) are not used: when the line search fails (status ABNORMAL),
+    L-BFGS-B can return the last *trial* point as res.x with the value of an earlier, better
+    iterate as res.fun (scipy 1.17; a (x + x2 || g) design returned θ = [2.8e-6, 0, 0] at
+    criterion 606.67 with res.fun = 568.18, the value at [0.678, 0, 0])."""
     s = 1.0
     if f.vg is not None and FIRST_STEP_SCALE > 0:
         s = FIRST_STEP_SCALE / max(float(np.linalg.norm(x0)), 1e-3)
@@ -164,9 +195,11 @@ def _lbfgsb(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int, centra
             known = None  # no analytic gradient there: finite differences as before
         return fx, _fd_gradient(f, x, fx, lower, central, known) / s
 
+    f.start_run()
+    x_start = np.asarray(x0, dtype=float)
     res = sopt.minimize(
         fg,
-        x0 * s,
+        x_start * s,
         jac=True,
         method="L-BFGS-B",
         bounds=[(lo if np.isfinite(lo) else None, None) for lo in lo_s],
@@ -178,8 +211,9 @@ def _lbfgsb(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int, centra
             "maxls": MAXLS_GRAD if f.vg is not None else 20,
         },
     )
-    res.x = theta(np.asarray(res.x, dtype=float))
-    return res
+    if f.run_best_x is None:  # nothing finite was evaluated
+        return x_start, f(x_start), int(res.status), str(res.message)
+    return f.run_best_x.copy(), f.run_best_f, int(res.status), str(res.message)
 
 
 def _converged_by_gradient(f: _Counted, x: np.ndarray, lower: np.ndarray) -> bool:
@@ -191,8 +225,7 @@ def _converged_by_gradient(f: _Counted, x: np.ndarray, lower: np.ndarray) -> boo
     fx, g = f.value_grad(x)
     if not np.isfinite(fx) or not np.all(np.isfinite(g)):
         return False
-    g = np.where((x <= lower) & (g > 0), 0.0, g)  # at a bound only a descent direction counts
-    return bool(np.max(np.abs(g), initial=0.0) <= GRAD_DONE)
+    return _projected_gradient(g, x, lower) <= GRAD_DONE
 
 
 # Projected-gradient size that counts as converged when L-BFGS-B's line search stops at the
@@ -200,26 +233,79 @@ def _converged_by_gradient(f: _Counted, x: np.ndarray, lower: np.ndarray) -> boo
 GRAD_DONE = 1e-4
 
 
+# L-BFGS-B restarts after a failed line search, while each gains more than RESTART_GAIN
+# (relative): the criterion's rounding floor is ~1e-13 relative.
+MAX_RESTARTS = 20
+RESTART_GAIN = 1e-12
+
+
 def _minimize(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> tuple:
     """L-BFGS-B on the analytic gradient or forward differences; if its line search gives up
     (difference noise) short of convergence, continue from there with central differences and
-    keep the better point.
+    keep the better point. Every returned θ is a point whose criterion was evaluated, with
+    that value (never scipy's own pair, see `_lbfgsb`).
 
     Returns (θ, criterion, status text, budget_exhausted)."""
     f.limit = f.n + maxeval
     try:
-        res = _lbfgsb(f, x0, lower, maxeval, central=False)
-        x, fx = np.asarray(res.x, dtype=float), float(res.fun)
-        if res.status != 0 and not _converged_by_gradient(f, x, lower):
-            res2 = _lbfgsb(f, x, lower, maxeval, central=True)
-            if res2.fun <= fx:
-                x, fx, res = np.asarray(res2.x, dtype=float), float(res2.fun), res2
-        return x, fx, str(res.message), False
+        x, fx, status, message = _lbfgsb(f, x0, lower, maxeval, central=False)
+        for _ in range(MAX_RESTARTS):
+            if status == 0 or _converged_by_gradient(f, x, lower):
+                break
+            # a fresh run (new quasi-Newton memory) from the best point: a line search that
+            # failed on negative curvature near a variance's bound (the criterion is even in
+            # θ_i there) left the old memory useless
+            x2, f2, status, message2 = _lbfgsb(f, x, lower, maxeval, central=True)
+            gain = fx - f2
+            if f2 <= fx:
+                x, fx, message = x2, f2, message2
+            if not gain > RESTART_GAIN * max(1.0, abs(fx)):
+                break
+        return x, fx, message, False
     except _EvalLimit:
         assert f.best_x is not None
         return f.best_x.copy(), f.best_f, f"stopped after maxeval = {maxeval} evaluations", True
     finally:
         f.limit = np.inf  # post-processing (restart, boundary, derivatives) is not budgeted
+
+
+# Distances (in units of a tenth of the start's scale, at least 0.1) at which a variance
+# parameter at or near its bound is probed inside: the criterion is even in θ_i there, so a
+# stationary bound with descent beyond shows only at a finite distance, and a shallow interior
+# optimum (seen at θ_i = 0.02, 1.8e-4 below the bound's value) only at a small one.
+PROBE_LADDER = (1.0, 0.1, 0.01)
+# Rounds of probe-then-restart (each restart can end at a new boundary point to probe).
+MAX_PROBE_ROUNDS = 5
+
+
+def probe_points(x: np.ndarray, theta0: np.ndarray, lower: np.ndarray) -> list[np.ndarray]:
+    """Points on the other side of each bounded θ_i: its bound when inside, and the ladder of
+    distances inside that lie beyond it (twice its distance from the bound).
+
+    θ is in lme4's layout (each term's T column-major), so the unbounded entries after a
+    diagonal θ_i are the rest of its column. TT' does not change when a whole column of T
+    changes sign, so crossing the bound (θ_i -> -θ_i) is the same model as θ_i with the rest of
+    the column negated: for a correlated term, both are probed (the better basin can have the
+    opposite correlation)."""
+    points = []
+    bounded = np.flatnonzero(np.isfinite(lower))
+    ends = list(bounded[1:]) + [x.size]
+    for i, end in zip(bounded, ends, strict=True):
+        column = np.arange(i + 1, end)
+        away = 0.1 * max(theta0[i] - lower[i], 1.0)
+        above = x[i] - lower[i]
+        values = [lower[i]] if above > 0 else []
+        values += [lower[i] + away * c for c in PROBE_LADDER if away * c > 2 * above]
+        flip = column.size > 0 and bool(np.any(x[column] != 0))
+        for v in values:
+            xp = x.copy()
+            xp[i] = v
+            points.append(xp)
+            if flip and v > lower[i]:
+                xr = xp.copy()
+                xr[column] = -xr[column]
+                points.append(xr)
+    return points
 
 
 def _probe_other_basin(
@@ -230,30 +316,37 @@ def _probe_other_basin(
     lower: np.ndarray,
     maxeval: int,
     status: str,
-) -> tuple[np.ndarray, float, str, bool]:
+) -> tuple[np.ndarray, float, str, bool, bool]:
     """Two-basin guard (not in lme4): a variance parameter can have a local optimum inside and a
     better one on its bound, or the reverse (seen on small nested designs, where lme4's BOBYQA
-    found the boundary optimum 15 units lower). Each diagonal θ_i is probed on the other side —
-    at its bound when inside, a tenth of its start value (at least 0.1) above it when on the
-    bound — (one evaluation each) and the optimizer restarts from the best probe that beats the
-    optimum."""
-    best: tuple[np.ndarray, float] | None = None
-    for i in np.flatnonzero(np.isfinite(lower)):
-        xp = x.copy()
-        if x[i] > lower[i]:
-            xp[i] = lower[i]
-        else:  # off the bound by a tenth of the start's scale: the criterion is even in θ_i,
-            # so a stationary bound with descent beyond shows only at a finite distance
-            xp[i] = lower[i] + 0.1 * max(theta0[i] - lower[i], 1.0)
-        fp = f(xp)
-        if fp < fx and (best is None or fp < best[1]):
-            best = (xp, fp)
-    if best is None:
-        return x, fx, status, False
-    x2, f2, status2, exhausted = _minimize(f, best[0], lower, maxeval)
-    if f2 < fx:
-        return x2, f2, f"{status2} (restarted from a probe of the other basin)", exhausted
-    return x, fx, status, exhausted
+    found the boundary optimum 15 units lower), or stop on its stationary bound with descent
+    inside ((x + x2 || g) designs: up to 4.4 units). Each bounded θ_i is probed on the other
+    side (`probe_points`) and the optimizer restarts from the best probe that beats the
+    optimum, for up to MAX_PROBE_ROUNDS rounds.
+
+    Returns (θ, criterion, status, budget exhausted, settled): settled is False when the last
+    round still found a better probe (the optimum is then not certain)."""
+    restarted = False
+    for _ in range(MAX_PROBE_ROUNDS):
+        best: tuple[np.ndarray, float] | None = None
+        for xp in probe_points(x, theta0, lower):
+            fp = f(xp)
+            if fp < fx and (best is None or fp < best[1]):
+                best = (xp, fp)
+        if best is None:
+            if restarted:
+                status = f"{status} (restarted from a probe of the other basin)"
+            return x, fx, status, False, True
+        x2, f2, status2, exhausted = _minimize(f, best[0], lower, maxeval)
+        restarted = True
+        if f2 < fx:
+            x, fx, status = x2, f2, status2
+        if exhausted:
+            return x, fx, status, True, False
+    return x, fx, status, False, False
+
+
+DERIV12_DELTA = 1e-4  # lme4's deriv12 step
 
 
 def deriv12(
@@ -261,7 +354,7 @@ def deriv12(
     x: np.ndarray,
     fx: float,
     lower: np.ndarray,
-    delta: float = 1e-4,
+    delta: float = DERIV12_DELTA,
 ) -> tuple[np.ndarray, np.ndarray]:
     """lme4's deriv12: finite-difference gradient and Hessian (central, δ = 1e-4)."""
     m = x.size
@@ -414,48 +507,52 @@ def optimize_theta(
     `value_grad(θ)` (optional) returns devfun(θ) with its analytic gradient, NaN in components
     it cannot give (those are filled in by finite differences). With a complete gradient the
     checkConv derivatives come from it (`derivs_from_gradient`), otherwise from deriv12."""
-    f = _Counted(devfun, value_grad=value_grad)
     lower = np.asarray(lower, dtype=float)
+    f = _Counted(devfun, value_grad=value_grad, lower=lower)
     x, fx, status, exhausted = _minimize(f, np.asarray(theta0, dtype=float), lower, maxeval)
 
     # restart_edge: a parameter sitting exactly on its bound with a negative one-sided slope
-    # means the optimizer stopped there prematurely: run it again from there.
+    # means the optimizer stopped there prematurely: run it again from the descent point.
     if restart_edge:
         at_edge = np.flatnonzero(x == lower)
         for i in at_edge:
             xp = x.copy()
             xp[i] += 1e-5
             if (f(xp) - fx) / 1e-5 < 0:
-                x2, f2, status, exhausted = _minimize(f, x, lower, maxeval)
+                x2, f2, status, exhausted = _minimize(f, xp, lower, maxeval)
                 if f2 <= fx:
                     x, fx = x2, f2
                 break
 
+    settled = True
     if not exhausted:
-        x, fx, status, exhausted = _probe_other_basin(f, x, fx, theta0, lower, maxeval, status)
+        x, fx, status, exhausted, settled = _probe_other_basin(
+            f, x, fx, theta0, lower, maxeval, status
+        )
 
-    # check.boundary: snap near-bound parameters to the bound when that lowers the criterion.
-    if boundary_tol > 0:
-        for i in range(x.size):
-            if 0 < x[i] - lower[i] < boundary_tol:
-                xs = x.copy()
-                xs[i] = lower[i]
-                fs = f(xs)
-                if fs <= fx:
-                    x, fx = xs, fs
+    x, fx = _check_boundary(f, x, fx, lower, boundary_tol)
+    grad, hess, singular, converged, msgs = _diagnose(f, x, fx, lower, calc_derivs)
+    if not exhausted and f.best_f < fx - BEST_SLACK * max(1.0, abs(fx)):
+        # a point evaluated by the probes or the derivatives beats the optimum: go on from it
+        assert f.best_x is not None
+        x2, f2, status2, exhausted = _minimize(f, f.best_x.copy(), lower, maxeval)
+        if f2 < fx:
+            x, fx = _check_boundary(f, x2, f2, lower, boundary_tol)
+            status = f"{status2} (restarted from a better point found while checking)"
+            grad, hess, singular, converged, msgs = _diagnose(f, x, fx, lower, calc_derivs)
 
-    derivs = derivs_from_gradient(f, x) if calc_derivs and x.size and value_grad else None
-    if derivs is not None:
-        grad, hess = derivs
-        singular, converged, msgs = check_conv(grad, hess, x, lower)
-    elif calc_derivs and x.size:
-        grad, hess = deriv12(f, x, fx, lower)
-        singular, converged, msgs = check_conv(grad, hess, x, lower)
-    else:
-        grad, hess = np.zeros(x.size), np.zeros((x.size, x.size))
-        singular, converged, msgs = check_conv(grad, hess, x, lower)
-        if not singular:  # without derivatives only the singularity check applies
-            converged, msgs = True, []
+    better = f.best_f < fx - BEST_SLACK * max(1.0, abs(fx))
+    doubts = optimum_doubts(
+        grad,
+        hess,
+        x,
+        lower,
+        singular and calc_derivs,
+        settled=settled,
+        better_seen=(f.best_f, fx) if better else None,
+    )
+    converged = converged and not doubts
+    msgs += doubts
     if exhausted:
         converged = False
         msgs.append(
@@ -478,6 +575,116 @@ def optimize_theta(
         hessian=hess,
         messages=msgs,
     )
+
+
+# A point evaluated after the optimizer stopped (probes, derivatives) that is lower than the
+# optimum by more than this (relative) means the optimum was not reached; below it is rounding
+# of the criterion (~1e-13 relative).
+BEST_SLACK = 1e-10
+# lme4's checkConv gradient tolerance (0.002), applied at a singular fit, where lme4 checks
+# nothing, to the projected gradient: free parameters and descent directions off a bound.
+SINGULAR_GRAD_TOL = 0.002
+
+
+def optimum_doubts(
+    grad: np.ndarray,
+    hess: np.ndarray,
+    x: np.ndarray,
+    lower: np.ndarray,
+    check_gradient: bool,
+    *,
+    settled: bool = True,
+    better_seen: tuple[float, float] | None = None,
+) -> list[Message]:
+    """Warnings for a final point the optimizer cannot vouch for (each makes converged False):
+    probes still better after the last restart (`settled` False), a better point seen while
+    checking (`better_seen` = (its criterion, the optimum's)), or, when `check_gradient` (a
+    singular fit, where lme4's checkConv checks nothing), a projected gradient above
+    SINGULAR_GRAD_TOL by lme4's measure (`_projected_gradient`)."""
+    doubts = []
+    if not settled:
+        doubts.append(
+            f"after {MAX_PROBE_ROUNDS} restarts, a probe on the other side of a variance "
+            "parameter's bound still found a lower criterion"
+        )
+    if better_seen is not None:
+        doubts.append(
+            f"a point evaluated while checking the optimum has a lower criterion "
+            f"({better_seen[0]:.10g} < {better_seen[1]:.10g})"
+        )
+    if check_gradient:
+        # deriv12 differences one-sidedly within its step (1e-4) of a bound
+        pg = _projected_gradient(grad, x, lower, near=DERIV12_DELTA, hess=hess)
+        if pg > SINGULAR_GRAD_TOL:
+            doubts.append(
+                f"boundary fit with projected gradient {pg:.3g} (tol = {SINGULAR_GRAD_TOL})"
+            )
+    return [
+        Message(
+            "warning",
+            f"the optimizer may not have reached the optimum: {text}",
+            "python",
+            code="convergence",
+        )
+        for text in doubts
+    ]
+
+
+def _projected_gradient(
+    grad: np.ndarray,
+    x: np.ndarray,
+    lower: np.ndarray,
+    near: float = 0.0,
+    hess: np.ndarray | None = None,
+) -> float:
+    """max |g| over the free directions: at a bound (or within `near` of it, where a one-sided
+    difference of an even criterion is positive by its curvature) only descent counts. With
+    `hess`, lme4's checkConv measure on those directions: each component's smaller of |g| and
+    the gradient scaled by the Cholesky factor of the Hessian restricted to them."""
+    free = ~((x - lower <= near) & (grad > 0))
+    g = np.where(free, grad, 0.0)
+    if hess is None or not np.any(free):
+        return float(np.max(np.abs(g), initial=0.0))
+    try:
+        r = np.linalg.cholesky(hess[np.ix_(free, free)]).T
+        scaled = np.abs(np.linalg.solve(r, g[free]))
+    except np.linalg.LinAlgError:
+        return float(np.max(np.abs(g), initial=0.0))
+    return float(np.max(np.minimum(scaled, np.abs(g[free]))))
+
+
+def _check_boundary(
+    f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray, boundary_tol: float
+) -> tuple[np.ndarray, float]:
+    """lme4's check.boundary: snap near-bound parameters to the bound when that is no worse."""
+    if boundary_tol > 0:
+        for i in range(x.size):
+            if 0 < x[i] - lower[i] < boundary_tol:
+                xs = x.copy()
+                xs[i] = lower[i]
+                fs = f(xs)
+                if fs <= fx:
+                    x, fx = xs, fs
+    return x, fx
+
+
+def _diagnose(
+    f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray, calc_derivs: bool
+) -> tuple[np.ndarray, np.ndarray, bool, bool, list[Message]]:
+    """lme4's derivatives and checkConv at x: (gradient, Hessian, singular, converged, msgs)."""
+    derivs = derivs_from_gradient(f, x) if calc_derivs and x.size and f.vg else None
+    if derivs is not None:
+        grad, hess = derivs
+        singular, converged, msgs = check_conv(grad, hess, x, lower)
+    elif calc_derivs and x.size:
+        grad, hess = deriv12(f, x, fx, lower)
+        singular, converged, msgs = check_conv(grad, hess, x, lower)
+    else:
+        grad, hess = np.zeros(x.size), np.zeros((x.size, x.size))
+        singular, converged, msgs = check_conv(grad, hess, x, lower)
+        if not singular:  # without derivatives only the singularity check applies
+            converged, msgs = True, []
+    return grad, hess, singular, converged, msgs
 
 
 def check_scale_x(

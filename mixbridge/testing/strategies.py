@@ -14,6 +14,12 @@ binomial or poisson response, optional prior weights. Values are drawn from a nu
 seeded by hypothesis, so examples shrink (fewer groups, smaller sizes, simpler seeds) and
 `describe()` prints everything needed to rebuild the data set.
 
+`mixed_data()` adds the random-effects structure: scalar `(1 | g)`, correlated `(x1 | g)`,
+uncorrelated `(x1 || g)` and `(x1 + x2 || g)`, `(1 | g) + (0 + x1 | g)`, crossed
+`(1 | g) + (1 | h)`, nested `(1 | g/n)` and three terms `(x1 | g) + (1 | h) + (1 | k)`, each
+drawn as a boundary case (the true variance of the slopes, or of the last term, is 0) or not;
+`d.formula()` then has that random part.
+
 Profiles: "ci" (derandomized, few examples, no deadline) and "thorough"; `register_profiles()`
 registers them, `profile_settings()` returns the one named by HYPOTHESIS_PROFILE (default "ci").
 """
@@ -29,6 +35,20 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 FAMILIES = ("gaussian", "binomial", "poisson")
+
+# Random-effects structures `mixed_data` draws (x1, x2: covariates; h crossed with g, k a third
+# crossed factor, n nested in g).
+STRUCTURES = {
+    "scalar": "(1 | g)",
+    "corr_slope": "(x1 | g)",
+    "diag_slope": "(x1 || g)",
+    "diag_two_slopes": "(x1 + x2 || g)",
+    "int_plus_slope": "(1 | g) + (0 + x1 | g)",
+    "crossed": "(1 | g) + (1 | h)",
+    "nested": "(1 | g/n)",
+    "three_terms": "(x1 | g) + (1 | h) + (1 | k)",
+}
+SLOPE_STRUCTURES = ("corr_slope", "diag_slope", "diag_two_slopes", "int_plus_slope", "three_terms")
 
 # Example counts per property: "ci" keeps the whole property suite near 90 s on 2 cores with live
 # R calls; "thorough" is for a nightly / local run.
@@ -75,14 +95,18 @@ class GroupedData:
     sd_ratio: float
     seed: int
     weights: str | None = None
+    structure: str = "scalar"  # a key of STRUCTURES
+    boundary: bool = False  # drawn with the slopes' (or the last term's) true variance 0
 
     @property
     def response(self) -> str:
         return "cbind(s, f)" if "s" in self.data.columns else "y"
 
-    def formula(self, random: str = "(1 | g)", intercept_only: bool = False) -> str:
+    def formula(self, random: str | None = None, intercept_only: bool = False) -> str:
+        """The model formula; `random` defaults to the data's structure (`(1 | g)` for
+        `grouped_data`)."""
         fixed = " + ".join(["1"] + ([] if intercept_only else self.covariates))
-        return f"{self.response} ~ {fixed} + {random}"
+        return f"{self.response} ~ {fixed} + {random or STRUCTURES[self.structure]}"
 
     @property
     def n_groups(self) -> int:
@@ -92,7 +116,8 @@ class GroupedData:
         return (
             f"GroupedData(family={self.family}, groups={self.n_groups}, sizes={self.sizes}, "
             f"sd_ratio={self.sd_ratio:.3g}, covariates={self.covariates}, "
-            f"weights={self.weights}, seed={self.seed}, n={len(self.data)})"
+            f"weights={self.weights}, seed={self.seed}, n={len(self.data)}, "
+            f"structure={self.structure}, boundary={self.boundary})"
         )
 
 
@@ -104,7 +129,12 @@ def _make(
     seed: int,
     weighted: bool,
     trials: int,
+    structure: str = "scalar",
+    boundary: bool = False,
+    slope_sd: float = 0.5,
 ) -> GroupedData:
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {sorted(STRUCTURES)}, got {structure!r}")
     rng = np.random.default_rng(seed)
     n_groups = len(sizes)
     labels = [f"G{j:02d}" for j in range(n_groups)]
@@ -114,13 +144,16 @@ def _make(
     X = rng.normal(size=(n, n_cov))
     beta = rng.normal(0.0, 0.5, n_cov)
     frame = {c: X[:, k] for k, c in enumerate(covariates)}
+    # the linear predictor's random part beyond the intercept of g (all 0 for "scalar")
+    extra, extra_columns = _random_part(rng, structure, boundary, g, X, sd_ratio, slope_sd)
+    frame.update(extra_columns)
     if family == "gaussian":
         # within sd 1, between sd = sd_ratio
-        b = rng.normal(0.0, sd_ratio, n_groups)
-        frame["y"] = 1.0 + X @ beta + b[g] + rng.normal(0.0, 1.0, n)
+        b = rng.normal(0.0, 0.0 if boundary and structure == "scalar" else sd_ratio, n_groups)
+        frame["y"] = 1.0 + X @ beta + b[g] + extra + rng.normal(0.0, 1.0, n)
     elif family == "binomial":
         b = rng.normal(0.0, min(sd_ratio, 3.0), n_groups)  # log-odds sd capped: avoid separation
-        p = 1.0 / (1.0 + np.exp(-(-0.3 + X @ beta + b[g])))
+        p = 1.0 / (1.0 + np.exp(-(-0.3 + X @ beta + b[g] + np.clip(extra, -3, 3))))
         if trials > 1:
             s = rng.binomial(trials, p)
             frame["s"], frame["f"] = s, trials - s
@@ -128,7 +161,8 @@ def _make(
             frame["y"] = rng.binomial(1, p).astype(float)
     elif family == "poisson":
         b = rng.normal(0.0, min(sd_ratio, 1.5), n_groups)
-        frame["y"] = rng.poisson(np.exp(0.5 + 0.5 * (X @ beta) + b[g])).astype(float)
+        eta = 0.5 + 0.5 * (X @ beta) + b[g] + np.clip(extra, -1.5, 1.5)
+        frame["y"] = rng.poisson(np.exp(eta)).astype(float)
     else:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     frame["g"] = pd.Categorical(np.asarray(labels)[g], categories=labels)
@@ -137,8 +171,53 @@ def _make(
         frame["w"] = rng.uniform(0.5, 2.0, n)
         weights = "w"
     return GroupedData(
-        pd.DataFrame(frame), family, covariates, list(sizes), sd_ratio, seed, weights
+        pd.DataFrame(frame),
+        family,
+        covariates,
+        list(sizes),
+        sd_ratio,
+        seed,
+        weights,
+        structure,
+        boundary,
     )
+
+
+def _random_part(
+    rng: np.random.Generator,
+    structure: str,
+    boundary: bool,
+    g: np.ndarray,
+    X: np.ndarray,
+    sd_ratio: float,
+    slope_sd: float,
+) -> tuple[np.ndarray, dict[str, object]]:
+    """The structure's random effects beyond g's intercepts, and the factor columns it needs
+    (h: 2-6 levels crossed with g; k: 2-4 levels; n: 2-3 levels nested in each group of g).
+    A boundary case has slope sd 0 (slope structures) or the last term's sd 0."""
+    n, n_groups = g.size, int(g.max()) + 1
+    extra = np.zeros(n)
+    columns: dict[str, object] = {}
+    sd = 0.0 if boundary else slope_sd
+    if structure in SLOPE_STRUCTURES:
+        extra += rng.normal(0.0, sd, n_groups)[g] * X[:, 0]
+        if structure == "diag_two_slopes":
+            extra += rng.normal(0.0, sd, n_groups)[g] * X[:, 1]
+    if structure in ("crossed", "three_terms"):
+        h = rng.integers(0, int(rng.integers(2, 7)), n)
+        last = structure == "crossed" and boundary
+        extra += rng.normal(0.0, 0.0 if last else sd_ratio, h.max() + 1)[h]
+        columns["h"] = pd.Categorical([f"h{i}" for i in h])
+    if structure == "three_terms":
+        k = rng.integers(0, int(rng.integers(2, 5)), n)
+        extra += rng.normal(0.0, sd_ratio, k.max() + 1)[k]
+        columns["k"] = pd.Categorical([f"k{i}" for i in k])
+    if structure == "nested":
+        sub = rng.integers(0, int(rng.integers(2, 4)), n)
+        cell = g * 3 + sub
+        extra += rng.normal(0.0, 0.0 if boundary else sd_ratio, 3 * n_groups)[cell]
+        columns["n"] = pd.Categorical([f"n{i}" for i in sub])
+    return extra, columns
 
 
 @st.composite
@@ -212,3 +291,32 @@ def one_way_data(
             max_rows=max_rows,
         )
     )
+
+
+@st.composite
+def mixed_data(
+    draw: st.DrawFn,
+    family: str | None = "gaussian",
+    structure: str | None = None,
+    min_groups: int = 5,
+    max_groups: int = 30,
+    max_size: int = 30,
+    sd_ratio: tuple[float, float] = (0.1, 3.0),
+    max_rows: int = 400,
+) -> GroupedData:
+    """Grouped data with a random-effects structure (`structure`: a key of STRUCTURES, None to
+    draw one), drawn as a boundary case or not; `d.formula()` has that random part. Enough
+    rows for the structure's random effects (lme4's check.nobs.vs.nRE) are ensured by the
+    group sizes (at least 3 rows a group with slopes)."""
+    fam = family or draw(st.sampled_from(FAMILIES))
+    struct = structure or draw(st.sampled_from(sorted(STRUCTURES)))
+    boundary = draw(st.booleans())
+    sizes = draw(group_sizes(min_groups, max_groups, max_size, max_rows))
+    floor = 4 if struct in SLOPE_STRUCTURES or struct == "nested" else 2
+    sizes = [max(s, floor) for s in sizes]
+    n_cov = max(draw(st.integers(0, 2)), 2 if struct == "diag_two_slopes" else 1)
+    lo, hi = np.log10(sd_ratio[0]), np.log10(sd_ratio[1])
+    ratio = float(10 ** draw(st.floats(lo, hi, allow_nan=False)))
+    slope_sd = float(draw(st.floats(0.2, 1.0, allow_nan=False)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return _make(sizes, fam, n_cov, ratio, seed, False, 1, struct, boundary, slope_sd)
