@@ -251,7 +251,7 @@ def glmer_objective(
     """glmer's deviance function (Laplace or AGQ) at (theta, beta), optimizer-free.
 
     The function `glmer` with the same arguments minimizes: at its estimates this is
-    `fit.criterion` (nAGQ > 1: plus 2·fit.extra["lme4_loglik_constant"] on the Python engine),
+    `fit.criterion` (nAGQ > 1: plus 2·fit.loglik_constant on the Python engine),
     anywhere `fit.objective(theta, beta)`. `control={"tol_pwrss": ...}` sets the PIRLS tolerance
     (lme4's `tolPwrss`; default lme4's 1e-7, on the Python engine 1e-12 — the converged
     deviance — from `GRADIENT_MIN_ROWS` = 50,000 rows, see `fit.optimizer["tol_pwrss"]`).

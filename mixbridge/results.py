@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -92,6 +92,22 @@ class FitCall:
     offset: Any = None
 
 
+@dataclass(frozen=True)
+class FitMethods:
+    """What an engine computes from a fit beyond its fields, attached with `MixedFit.attach`:
+
+    - `objective(*params, control=None) -> float`: the criterion the fit minimized (lmer: θ;
+      glmer: θ, β); `control` only if the engine can evaluate it with other settings.
+    - `predict(newdata, re_form=, allow_new_levels=, type=) -> ndarray`: predict.merMod.
+    - `simulate(nsim, seed) -> ndarray` (n x nsim): simulate.merMod.
+
+    None: the engine does not offer it (the MixedFit method then says so)."""
+
+    objective: Callable[..., float] | None = None
+    predict: Callable[..., np.ndarray] | None = None
+    simulate: Callable[..., np.ndarray] | None = None
+
+
 @dataclass
 class MixedFit:
     """A fitted linear or generalized linear mixed model, as lme4 reports it.
@@ -114,6 +130,12 @@ class MixedFit:
     - `fitted`, `residuals`: ndarrays over the rows used (after NA omission); response residuals
       for lmer, deviance residuals for glmer (lme4's defaults).
     - `singular`, `converged`, `messages` (list of Message), `engine`, `versions`.
+    - glmer: `vcov_rx`, vcov from R_X at the final PIRLS weights (lme4's `use.hessian=FALSE`);
+      `loglik_constant`, the saturated constant Σ log p(y_i | μ_i = y_i) that lme4 1.1 leaves
+      out of its nAGQ > 1 deviance (0 where the engine reports lme4's own scale): lme4's
+      deviance function at the estimates is `criterion + 2·loglik_constant`.
+    - `methods` (`FitMethods`): objective, predict and simulate, attached by the engine
+      (`attach`); `extra`: engine-specific information, not compared across engines.
     """
 
     model: Literal["lmer", "glmer"]
@@ -147,10 +169,9 @@ class MixedFit:
     nagq: int = 1
     optimizer: dict[str, Any] = field(default_factory=dict)
     dropped_columns: list[str] = field(default_factory=list)
-    # Engine-specific hooks, set by engines that support them (not compared across engines).
-    _objective: Callable[..., float] | None = field(default=None, repr=False, compare=False)
-    _predict: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
-    _simulate: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
+    vcov_rx: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    loglik_constant: float = 0.0
+    methods: FitMethods = field(default_factory=FitMethods, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # Set by the public calls (mixbridge.lmer/glmer); None for fits made another way.
     call: FitCall | None = field(default=None, repr=False, compare=False)
@@ -164,7 +185,7 @@ class MixedFit:
         """The value the optimizer minimized: REML criterion, ML deviance, or glmer's -2 logLik.
 
         It is `objective(...)` at the fit's own estimates (glmer nAGQ > 1 on the Python engine:
-        minus 2·extra["lme4_loglik_constant"], the saturated constant lme4 1.1 leaves out), and
+        minus 2·loglik_constant, the saturated constant lme4 1.1 leaves out), and
         `lmer_objective`/`glmer_objective` with the fit's arguments give the same value. glmer:
         the deviance function's PIRLS tolerance is `optimizer["tol_pwrss"]`.
         """
@@ -172,31 +193,40 @@ class MixedFit:
             return self.reml_criterion if self.reml else -2.0 * self.loglik
         return -2.0 * self.loglik
 
-    @property
-    def vcov_rx(self) -> pd.DataFrame | None:
-        """glmer: vcov from R_X at the final PIRLS weights (lme4's `use.hessian=FALSE`)."""
-        return self.extra.get("vcov_rx")
+    def attach(
+        self,
+        *,
+        objective: Callable[..., float] | None = None,
+        predict: Callable[..., np.ndarray] | None = None,
+        simulate: Callable[..., np.ndarray] | None = None,
+    ) -> MixedFit:
+        """Attach the engine's objective, predict and/or simulate (see `FitMethods`); the ones
+        not given stay as they are. Returns the fit."""
+        given = {"objective": objective, "predict": predict, "simulate": simulate}
+        self.methods = replace(self.methods, **{k: v for k, v in given.items() if v is not None})
+        return self
 
     def objective(self, *params: Any, control: Mapping[str, Any] | None = None) -> float:
         """The engine's criterion at given parameters: lmer theta; glmer (theta, beta).
 
         It is the function the fit minimized: at the fit's own estimates it is `criterion`
-        (glmer nAGQ > 1: plus 2·extra["lme4_loglik_constant"], lme4's unnormalized scale), and
+        (glmer nAGQ > 1: plus 2·loglik_constant, lme4's unnormalized scale), and
         `glmer_objective`/`lmer_objective` with the fit's arguments give the same values.
         glmer `control` (e.g. {"tol_pwrss": 1e-12}) evaluates the same model's deviance function
         with other PIRLS controls instead, as `glmer_objective(..., control=...)` does.
         """
-        if self._objective is None:
+        fn = self.methods.objective
+        if fn is None:
             raise NotImplementedError(f"engine {self.engine!r} does not expose its objective")
         if control is None:
-            return float(self._objective(*params))
+            return float(fn(*params))
         if self.model != "glmer":
             raise ArgumentError("control= applies to glmer deviance functions only", "control")
-        if "control" not in inspect.signature(self._objective).parameters:
+        if "control" not in inspect.signature(fn).parameters:
             raise NotImplementedError(
                 f"engine {self.engine!r} cannot evaluate its objective with another control"
             )
-        return float(self._objective(*params, control=dict(control)))
+        return float(fn(*params, control=dict(control)))
 
     @named_arguments
     def predict(
@@ -208,15 +238,15 @@ class MixedFit:
     ) -> np.ndarray:
         """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type)."""
         allow = check_flag(allow_new_levels, "allow_new_levels")
-        if self._predict is None:
+        if self.methods.predict is None:
             raise NotImplementedError(f"engine {self.engine!r} does not implement predict()")
-        return self._predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
+        return self.methods.predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
 
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""
-        if self._simulate is None:
+        if self.methods.simulate is None:
             raise NotImplementedError(f"engine {self.engine!r} does not implement simulate()")
-        return self._simulate(nsim, seed)
+        return self.methods.simulate(nsim, seed)
 
     def summary(self) -> str:
         """A text summary in lme4's print layout."""

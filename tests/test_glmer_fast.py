@@ -30,7 +30,7 @@ def assert_fit_agrees(py, r, *, est_tol: float = 1e-3) -> None:
     """test_glmer_python.py's standard checks (its docstring explains the tolerances): the
     criterion never worse than lme4's (1e-6 relative); θ, β and SEs within 1e-3 relative (lme4's
     Nelder–Mead stops ~1e-5 short of the flat optimum; SEs from finite-difference Hessians)."""
-    crit = -2.0 * (py.loglik - py.extra.get("lme4_loglik_constant", 0.0))
+    crit = -2.0 * (py.loglik - py.loglik_constant)
     assert crit <= -2 * r.loglik + 1e-6 * abs(2 * r.loglik)
     assert rel(py.theta, r.theta) < est_tol
     assert rel(py.fixef, r.fixef) < est_tol
@@ -270,6 +270,6 @@ def test_big_path_singular_fit(needs_r, monkeypatch, nagq):
     assert py.optimizer["stage2"]["method"].endswith("analytic gradient")
     r = mixbridge.glmer("y ~ x + (1|g)", d, family="binomial", nagq=nagq, engine="r")
     assert r.singular and py.singular and py.theta[0] < 1e-4
-    crit = -2.0 * (py.loglik - py.extra.get("lme4_loglik_constant", 0.0))
+    crit = -2.0 * (py.loglik - py.loglik_constant)
     assert crit <= -2 * r.loglik + 1e-6 * abs(2 * r.loglik)
     assert rel(py.fixef, r.fixef) < 1e-3

@@ -289,10 +289,10 @@ def test_fits_carry_their_call(lme4_data):
 def test_glmer_nagq_to_r(lme4_data, nagq):
     """nAGQ = 0 (θ only; β from PIRLS) and adaptive quadrature: lme4's numbers at the fit's
     parameters. lme4 1.1's nAGQ > 1 logLik leaves out the saturated constant (the registered
-    divergence): the object's logLik is the fit's minus fit.extra["lme4_loglik_constant"]."""
+    divergence): the object's logLik is the fit's minus fit.loglik_constant."""
     fit = mixbridge.glmer(CBPP, lme4_data["cbpp"], family="binomial", nagq=nagq)
     got = _extract(fit)
-    const = fit.extra.get("lme4_loglik_constant", 0.0) if nagq > 1 else 0.0
+    const = fit.loglik_constant if nagq > 1 else 0.0
     _close(got["loglik"], [fit.loglik - const], what="logLik")
     _close(got["fixef"], fit.fixef.to_numpy(), what="fixef")
     _close(got["vcov"], fit.vcov.to_numpy().ravel(order="F"), what="vcov")

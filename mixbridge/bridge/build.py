@@ -133,9 +133,7 @@ def mixed_fit(
         arr = np.asarray(r["cond_var"], dtype=float).reshape((nl, nc, nc)).transpose(0, 2, 1)
         cond_var[name] = arr
     ng = v["ngrps"]
-    extra: dict[str, Any] = {}
-    if "vcov_rx" in v:
-        extra["vcov_rx"] = _matrix(v["vcov_rx"])
+    vcov_rx = _matrix(v["vcov_rx"]) if "vcov_rx" in v else None
     rc = v.get("reml_criterion")
     return MixedFit(
         model=model,  # type: ignore[arg-type]
@@ -178,7 +176,7 @@ def mixed_fit(
             **_derivs(oi),
         },
         dropped_columns=list(v["dropped_columns"]),
-        extra=extra,
+        vcov_rx=vcov_rx,
     )
 
 

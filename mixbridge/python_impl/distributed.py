@@ -515,8 +515,7 @@ def _mixed_fit(
             "fval": float(res.criterion),
         },
     )
-    fit._objective = objective
-    fit.extra["b"] = res.b
+    fit.attach(objective=objective)
     if not math.isfinite(res.criterion):
         fit.converged = False
     return fit

@@ -870,7 +870,7 @@ def glmer_objective(
     stage-1 function of θ (β is ignored).
 
     It is the function `glmer` with the same arguments minimizes and reports (-2 logLik at its
-    estimates; nAGQ > 1: plus 2·fit.extra["lme4_loglik_constant"]), and `fit.objective`: PIRLS at
+    estimates; nAGQ > 1: plus 2·fit.loglik_constant), and `fit.objective`: PIRLS at
     `control["tol_pwrss"]`, by default lme4's 1e-7 below GRADIENT_MIN_ROWS rows and TIGHT_TOL (the
     converged Laplace/AGQ deviance) from there on. lme4's own function at the converged
     tolerance: `engine="r", control={"tol_pwrss": 1e-12}`."""
@@ -1055,11 +1055,6 @@ def _build_fit(
         converged = False
     if singular and not any(m.code == "singular" for m in messages):
         messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
-    extra: dict[str, Any] = {"vcov_rx": pd.DataFrame(vcov_rx, index=names, columns=names)}
-    if model.nagq > 1:
-        extra["lme4_loglik_constant"] = const
-        extra["lme4_deviance"] = fval
-    extra["u"] = state.u
     base_eta = model.unsort(resp.offset + model.X @ beta)
     mu_rows = model.unsort(mu)
 
@@ -1095,12 +1090,14 @@ def _build_fit(
         nagq=int(model.nagq),
         optimizer={"name": "brent/nelder_mead", **info},
         dropped_columns=list(terms.dropped_columns),
-        extra=extra,
+        vcov_rx=pd.DataFrame(vcov_rx, index=names, columns=names),
+        loglik_constant=float(const),
     )
-    fit._objective = _make_objective(model, dev)
-    fit._predict = _make_predict(model, beta, tks, b, gp, model.unsort(state.eta), mu_rows)
-    fit._simulate = _make_simulate(model, base_eta, tks)
-    return fit
+    return fit.attach(
+        objective=_make_objective(model, dev),
+        predict=_make_predict(model, beta, tks, b, gp, model.unsort(state.eta), mu_rows),
+        simulate=_make_simulate(model, base_eta, tks),
+    )
 
 
 def _make_objective(model: GlmerModel, dev: Devfun) -> Callable[..., float]:

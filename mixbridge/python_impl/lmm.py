@@ -320,8 +320,9 @@ def fit_terms(
     check_terms(terms)
     with blas_single_thread():
         fit = _fit_terms(terms, formula=formula, reml=reml, ctrl=ctrl)
-    fit._predict = _make_predict(terms, fit.fixef.to_numpy(), fit.extra["b"], offset_arg)
-    return fit
+    return fit.attach(
+        predict=_make_predict(terms, fit.fixef.to_numpy(), fit.extra.pop("b"), offset_arg)
+    )
 
 
 def _fit_terms(terms: Any, *, formula: str, reml: bool, ctrl: dict[str, Any]) -> MixedFit:
@@ -546,8 +547,9 @@ def _build_fit(
         with blas_single_thread():
             return float(objective(th))
 
-    fit._objective = objective_single_thread
-    fit._simulate = _make_simulate(terms, beta, tks, sigma, fitted)
+    fit.attach(
+        objective=objective_single_thread, simulate=_make_simulate(terms, beta, tks, sigma, fitted)
+    )
     fit.extra["b"] = b
     return fit
 
