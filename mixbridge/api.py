@@ -17,11 +17,13 @@ from mixbridge import engines
 from mixbridge.checks import (
     check_bayesglm_args,
     check_bayesglm_terms,
+    check_dask_inputs,
     check_family_name,
     check_flag,
     check_inputs,
     check_nagq,
     check_theta_length,
+    is_dask,
     named_arguments,
 )
 from mixbridge.control import check_control
@@ -29,10 +31,6 @@ from mixbridge.errors import ArgumentError
 from mixbridge.results import BayesGLMFit, FitCall, MixedFit
 
 ArrayOrColumn = str | Sequence[float] | np.ndarray | pd.Series | None
-
-
-def _is_dask(data: Any) -> bool:
-    return type(data).__module__.startswith("dask")
 
 
 @named_arguments
@@ -55,24 +53,17 @@ def lmer(
     term.
     """
     reml = check_flag(reml, "reml")
-    if _is_dask(data):
-        from mixbridge.python_impl.distributed import lmer_dask
-
-        if engine != "python":
-            raise ArgumentError(
-                f"engine={engine!r} cannot fit a Dask DataFrame: only engine='python' fits Dask "
-                "data (out of core, single (1 | g) term); call .compute() to fit a pandas "
-                f"DataFrame with engine={engine!r}",
-                "engine",
-            )
-        _r_options(engine, transport, timeout)
-        ctrl = check_control("lmer", control, engine)
-        return lmer_dask(formula, data, reml=reml, weights=weights, offset=offset, control=ctrl)
     ctrl = check_control("lmer", control, _engine_name(engine))
-    frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
-    if "start" in ctrl:
-        check_theta_length(frame, ctrl["start"], "start")
-    fit = engines.get(engine).lmer(
+    if is_dask(data):
+        impl = _dask_engine(engine)
+        check_dask_inputs("lmer", formula, data, weights=weights, offset=offset)
+        prepared: dict[str, Any] = {}
+    else:
+        frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
+        if "start" in ctrl:
+            check_theta_length(frame, ctrl["start"], "start")
+        impl, prepared = engines.get(engine), _prepared(engine, frame)
+    fit = impl.lmer(
         formula,
         data,
         reml=reml,
@@ -80,7 +71,7 @@ def lmer(
         offset=offset,
         control=ctrl,
         **_r_options(engine, transport, timeout),
-        **_prepared(engine, frame),
+        **prepared,
     )
     fit.call = FitCall("lmer", formula, data, reml=bool(reml), weights=weights, offset=offset)
     return fit
@@ -281,6 +272,20 @@ def glmer_objective(
             **_prepared(engine, frame),
         )
     )
+
+
+def _dask_engine(engine: str) -> Any:
+    """The engine, which must be registered as fitting Dask data (`engines.accepts`)."""
+    impl = engines.get(engine)
+    if not engines.accepts(engine, "dask"):
+        fits = [e for e in engines.available() if engines.accepts(e, "dask")]
+        raise ArgumentError(
+            f"engine={engine!r} cannot fit a Dask DataFrame: engines that fit Dask data: "
+            f"{', '.join(repr(e) for e in fits)} (engine='python': out of core, single "
+            f"(1 | g) term); call .compute() to fit a pandas DataFrame with engine={engine!r}",
+            "engine",
+        )
+    return impl
 
 
 def _engine_name(engine: Any) -> str:

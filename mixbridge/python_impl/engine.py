@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mixbridge.checks import is_dask
 from mixbridge.control import check_control
 from mixbridge.python_impl.predictor import blas_single_thread
 
@@ -26,9 +27,11 @@ def _split_control(model: str, kwargs: dict[str, Any]) -> bool:
 
 
 def lmer(formula: str, data: Any, **kwargs: Any):
-    from mixbridge.python_impl.lmm import lmer as fit
-
     keep_cond_var = _split_control("lmer", kwargs)
+    if is_dask(data):  # out of core: group statistics from the partitions
+        from mixbridge.python_impl.distributed import lmer_dask as fit
+    else:
+        from mixbridge.python_impl.lmm import lmer as fit
     with blas_single_thread():
         result = fit(formula, data, **kwargs)
     if not keep_cond_var:
