@@ -28,8 +28,9 @@ from mixbridge.formula.evaluate import (
 )
 from mixbridge.formula.levels import IntegerLevels, level_index
 from mixbridge.formula.parse import Name
-from mixbridge.python_impl import lmm_scalar as ls
-from mixbridge.python_impl.optimize import check_scale_x
+from mixbridge.python_impl.group_stats import group_stats, group_stats_columns
+from mixbridge.python_impl.lmm_scalar import scalar_ri_fit
+from mixbridge.python_impl.spec import check_scale_x
 
 
 def _data(n: int = 3000, seed: int = 3, ids: np.ndarray | None = None) -> pd.DataFrame:
@@ -80,10 +81,10 @@ def _fits(df: pd.DataFrame, formula: str, **kw):
     lean = mixbridge.lmer(formula, df, **kw)
     slow_df = df.assign(g=df["g"].astype(str))
     terms = build_mixed_terms(formula, slow_df, weights=kw.get("weights"))
-    assert terms.X is not None and terms.x_columns is None
-    from mixbridge.python_impl import lmm
+    assert terms.x_built and terms.x_columns is None
+    from mixbridge.python_impl.lmer import fit_terms
 
-    general = lmm.fit_terms(terms, formula=formula, reml=kw.get("reml", True))
+    general = fit_terms(terms, formula=formula, reml=kw.get("reml", True))
     return lean, general
 
 
@@ -110,10 +111,12 @@ def test_lazy_columns_and_the_matrix_agree():
     frame = check_inputs("lmer", "y ~ x1 + x2 + (1 | g)", df)
     lazy = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df, frame=frame, lazy_x=True)
     eager = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df)
-    assert lazy.X is None and lazy.x_columns[0] is None
+    assert not lazy.x_built and lazy.x_columns[0] is None
     beta = np.array([0.3, -1.2, 2.5])
     np.testing.assert_allclose(lazy.x_times(beta), eager.X @ beta, rtol=1e-14)
-    np.testing.assert_array_equal(lazy.ensure_x(), eager.X)
+    assert not lazy.x_built  # Xβ from the columns
+    np.testing.assert_array_equal(lazy.X, eager.X)  # X is assembled when read, never None
+    assert lazy.x_built
     assert lazy.x_names == eager.x_names and lazy.n == eager.n and lazy.p == eager.p
 
 
@@ -156,10 +159,10 @@ def test_gram_from_dot_products_and_its_fallback_agree_with_the_blocked_pass():
     for shift in (0.0, 50.0, 1e9):
         xs = x + shift
         y = 0.5 * x + rng.normal(size=n)
-        cols = ls.group_stats_columns([xs], y, None, g, G)
+        cols = group_stats_columns([xs], y, None, g, G)
         X = np.column_stack([np.ones(n), xs])  # row-major: the blocked, shifted pass
-        blocked = ls.group_stats(X, y, None, g, G)
-        fa, fb = ls.scalar_ri_fit(cols, True), ls.scalar_ri_fit(blocked, True)
+        blocked = group_stats(X, y, None, g, G)
+        fa, fb = scalar_ri_fit(cols, True), scalar_ri_fit(blocked, True)
         assert fa.criterion == pytest.approx(fb.criterion, rel=1e-12)
         np.testing.assert_allclose(fa.beta, fb.beta, rtol=1e-9)
         np.testing.assert_allclose(fa.b, fb.b, rtol=1e-8, atol=1e-12)

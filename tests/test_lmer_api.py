@@ -19,7 +19,8 @@ from mixbridge.errors import (
     MixbridgeWarning,
     RWarning,
 )
-from mixbridge.python_impl import lmm
+from mixbridge.python_impl import lmer as lmer_engine
+from mixbridge.python_impl.spec import check_lmer_terms
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
@@ -174,30 +175,30 @@ def test_bad_input(small, via, case, formula, assign, kw, exc, names):
         if via == "api":
             mixbridge.lmer(formula, data, **kw)
         else:  # the engine guards itself when called directly (no api-level checks)
-            lmm.lmer(formula, data, reml=True, control=None, **kw)
+            lmer_engine.lmer(formula, data, reml=True, control=None, **kw)
     assert names in str(err.value)
 
 
 def test_too_many_random_effects(small):
     with pytest.raises(DataError, match=r"number of observations \(=10\)") as err:
-        lmm.lmer("y ~ x + (x|g)", small.iloc[:10], reml=True)
+        lmer_engine.lmer("y ~ x + (x|g)", small.iloc[:10], reml=True)
     assert err.value.column == "g"
 
 
 def test_engine_check_terms_guards_direct_terms(small):
-    """check_terms itself (used when MixedTerms are built elsewhere) names the problem."""
+    """check_lmer_terms itself (used when MixedTerms are built elsewhere) names the problem."""
     from mixbridge.formula import build_mixed_terms
 
     terms = build_mixed_terms("y ~ x + (1|g)", small)
     terms.weights = np.full(30, np.nan)
     with pytest.raises(DataError, match="weights"):
-        lmm.check_terms(terms)
+        check_lmer_terms(terms)
     terms = build_mixed_terms("y ~ x + (1|g)", small)
     terms.y = np.full(30, 2.5)
     with pytest.raises(DataError, match="constant"):
-        lmm.check_terms(terms)
-    with pytest.raises(MixbridgeError, match="unknown lmer control"):
-        lmm.fit_terms(
+        check_lmer_terms(terms)
+    with pytest.raises(MixbridgeError, match="unknown control key 'xtol' for lmer"):
+        lmer_engine.fit_terms(
             build_mixed_terms("y ~ x + (1|g)", small), formula="f", reml=True, control={"xtol": 1}
         )
 
