@@ -22,7 +22,7 @@ from mixbridge.formula import build_mixed_terms
 from mixbridge.formula.evaluate import (
     Numeric,
     Transforms,
-    _as_factor,
+    as_grouping_factor,
     evaluate_grouping,
     read_column,
 )
@@ -53,7 +53,7 @@ def test_integer_ids_give_the_same_factor_as_factor_of_numbers(kind):
         ids = (rng.integers(0, 60, 500) + 10**9).astype(np.int64)
     df = pd.DataFrame({"g": ids})
     fast = evaluate_grouping(Name("g"), df, Transforms())
-    generic = _as_factor(read_column(df, "g"))
+    generic = as_grouping_factor(read_column(df, "g"))  # factor() of the numbers
     assert isinstance(fast.levels, IntegerLevels)
     assert list(fast.levels) == list(generic.levels)
     np.testing.assert_array_equal(fast.codes, generic.codes)
@@ -194,3 +194,25 @@ def test_engines_fit_the_frame_handed_over_by_the_input_checks():
     a = engine.glmer(fb, None, frame=frame, **kw)
     b = engine.glmer(fb, df, **kw)
     assert a.criterion == pytest.approx(b.criterion, rel=1e-14) and np.allclose(a.theta, b.theta)
+
+
+def test_control_keeps_the_og_path_unless_it_needs_the_optimizer():
+    """control= keys the O(G) path honours (cond_var, calc_derivs, restart_edge, boundary_tol)
+    keep it; a start or an evaluation limit belongs to the general optimizer (any control= used
+    to switch the O(G) path off)."""
+    df = _data()
+    f = "y ~ x1 + x2 + (1 | g)"
+    base = mixbridge.lmer(f, df)
+    assert base.optimizer["name"] == "scalar-ri-brent"
+    kept = [{"cond_var": False}, {"calc_derivs": False}, {"restart_edge": False},
+            {"boundary_tol": 1e-5}, {"calc_derivs": True, "cond_var": True}]  # fmt: skip
+    for control in kept:
+        fit = mixbridge.lmer(f, df, control=control)
+        assert fit.optimizer["name"] == "scalar-ri-brent", control
+        assert fit.criterion == base.criterion and fit.fixef.equals(base.fixef), control
+    assert mixbridge.lmer(f, df, control={"cond_var": False}).cond_var == {}
+    for control in ({"start": [0.5]}, {"maxeval": 1000}, {"start": [0.5], "cond_var": False}):
+        fit = mixbridge.lmer(f, df, control=control)
+        assert fit.optimizer["name"] == "L-BFGS-B", control
+        # the same optimum by the other route (both converge tightly on a smooth criterion)
+        assert fit.criterion == pytest.approx(base.criterion, rel=1e-10)

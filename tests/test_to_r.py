@@ -299,3 +299,42 @@ def test_glmer_nagq_to_r(lme4_data, nagq):
     scale = np.abs(fit.ranef["herd"].to_numpy()).max()
     np.testing.assert_allclose(got["ranef"]["herd"], fit.ranef["herd"].to_numpy().ravel(),
                                rtol=TIGHT, atol=TIGHT * scale)  # fmt: skip
+
+
+PREDICT = """function(m, newdata, re_form, type) {
+  rf <- if (re_form == "NULL") NULL else as.formula(re_form)
+  nd <- if (is.null(newdata)) NULL else newdata
+  as.numeric(predict(m, newdata = nd, re.form = rf, type = type))
+}"""
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["grouseticks", "three_terms"],
+)
+def test_glmer_predict_selects_terms_like_lme4(lme4_data, r_dataset, case):
+    """glmer's predict(re_form=...) picks random-effects terms (and columns of a term) as lme4's
+    mkNewReTrms, on the fitted rows and on new data, link and response scale: lme4's predict
+    on the same fit (to_r, at the fit's parameters) to 1e-10."""
+    from designs import sweep_design
+
+    if case == "grouseticks":
+        data = r_dataset("grouseticks")
+        fit = mixbridge.glmer(
+            "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", data, family="poisson"
+        )
+        forms = ["~(1 | BROOD)", "~(1 | LOCATION)", "~(1 | LOCATION) + (1 | BROOD)", "~0"]
+    else:  # (x | g) + (1 | h) + (1 | k): columns of a vector-valued term too
+        data, formula, _ = sweep_design("three_terms", 1, "binomial")
+        fit = mixbridge.glmer(formula, data, family="binomial")
+        forms = ["~(x | g)", "~(1 | g)", "~(0 + x | g)", "~(1 | h) + (1 | k)", "~0"]
+    m = fit.to_r()
+    newdata = data.iloc[::7].reset_index(drop=True)
+    for re_form in [None, *forms]:
+        for nd in (None, newdata):
+            for kind in ("link", "response"):
+                ours = fit.predict(nd, re_form=re_form, type=kind)
+                theirs = r_call(PREDICT, m=m, newdata=nd, re_form=re_form or "NULL", type=kind)
+                np.testing.assert_allclose(ours, theirs, rtol=TIGHT, atol=TIGHT,
+                                           err_msg=f"{re_form} {kind}")  # fmt: skip
+    assert not np.allclose(fit.predict(re_form=forms[0]), fit.predict(re_form=forms[1]))
