@@ -139,15 +139,7 @@ def _fit_general(spec: LmerSpec, formula: str) -> MixedFit:
         start = scalar_start(terms)
     theta0 = theta_start(devfun.pred.reterms) if start is None else devfun.check_theta(start)
     options = settings.optimizer_settings()
-    opt = optimizers.minimize(
-        "L-BFGS-B",
-        devfun.profiled,
-        theta0,
-        devfun.lower,
-        value_grad=devfun.profiled_grad,
-        **options,
-    )
-    opt = _try_mirrored_start(devfun, opt, options)
+    opt = _try_mirrored_start(devfun, _optimize(devfun, theta0, options), options)
     st = devfun.state(opt.final)  # leave the model state at the final θ (lme4's last step)
     pred = devfun.pred
     sigma = math.sqrt(st.pwrss / (pred.n - pred.p if reml else pred.n))
@@ -171,6 +163,18 @@ def _fit_general(spec: LmerSpec, formula: str) -> MixedFit:
     )
 
 
+def _optimize(devfun: LmerDevfun, theta0: np.ndarray, settings: dict[str, Any]) -> OptSummary:
+    """L-BFGS-B on the profiled criterion with its analytic gradient (optimizeLmer)."""
+    return optimizers.minimize(
+        "L-BFGS-B",
+        devfun.profiled,
+        theta0,
+        devfun.lower,
+        value_grad=devfun.profiled_grad,
+        **settings,
+    )
+
+
 def _try_mirrored_start(
     devfun: LmerDevfun, opt: OptSummary, settings: dict[str, Any]
 ) -> OptSummary:
@@ -183,14 +187,7 @@ def _try_mirrored_start(
         return opt
     start = theta_start(devfun.pred.reterms)
     start[off] = -np.sign(opt.final[off])
-    alt = optimizers.minimize(
-        "L-BFGS-B",
-        devfun.profiled,
-        start,
-        devfun.lower,
-        value_grad=devfun.profiled_grad,
-        **settings,
-    )
+    alt = _optimize(devfun, start, settings)
     best = alt if alt.fval < opt.fval else opt
     best.n_evals = opt.n_evals + alt.n_evals
     best.status = f"{best.status} (best of the default and a mirrored-correlation start)"
