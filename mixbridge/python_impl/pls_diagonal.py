@@ -47,14 +47,15 @@ class DiagonalCore:
     ) -> None:
         self._x = None if X is None else np.asarray(X, dtype=float)
         self.terms = terms
-        self.codes = np.asarray(codes, dtype=np.intp)
+        self._codes_given = np.asarray(codes)
+        self._codes: np.ndarray | None = None
         self.n_levels = int(n_levels)
         self.zvals = None if zvals is None else np.asarray(zvals, dtype=float)
         self.group = group
-        self.n = int(self.codes.size)
+        self.n = int(self._codes_given.size)
         self.q = self.n_levels
         self.theta = 1.0
-        self._w = np.ones(len(self.codes))
+        self._w: np.ndarray | None = None
         self._d = np.ones(self.n_levels)
         self._s = np.zeros(self.n_levels)
         self._rx: np.ndarray | None = None
@@ -63,9 +64,18 @@ class DiagonalCore:
     @classmethod
     def from_terms(cls, terms: MixedTerms) -> DiagonalCore:
         t = terms.reterms[0]
-        zcol = np.asarray(t.Z, dtype=float)[:, 0]
-        zvals = None if np.all(zcol == 1.0) else zcol
+        zvals = None
+        if list(t.cnames) != ["(Intercept)"]:  # an intercept's Z is 1 by construction
+            zcol = np.asarray(t.Z, dtype=float)[:, 0]
+            zvals = None if np.all(zcol == 1.0) else zcol
         return cls(None, np.asarray(t.codes), t.n_levels, zvals, group=t.group, terms=terms)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The term's level of every row (intp: bincount and take use it without a copy)."""
+        if self._codes is None:
+            self._codes = self._codes_given.astype(np.intp, copy=False)
+        return self._codes
 
     @property
     def X(self) -> np.ndarray:  # noqa: N802 - the model matrix's name
@@ -113,9 +123,9 @@ class DiagonalCore:
             and (terms.x_columns[0] is None)
         ):
             return group_stats_columns(
-                terms.x_columns[1:], y, w, self.codes, self.n_levels, x_gram=terms.x_gram
+                terms.x_columns[1:], y, w, self._codes_given, self.n_levels, x_gram=terms.x_gram
             )
-        return group_stats(self.X, y, w, self.codes, self.n_levels)
+        return group_stats(self.X, y, w, self._codes_given, self.n_levels)
 
     # -- factorization -----------------------------------------------------------------------
 
