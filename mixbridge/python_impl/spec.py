@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -142,10 +142,6 @@ class GlmerSpec:
     def tol_pwrss(self) -> float:
         tol = self.settings.tol_pwrss
         return default_tol_pwrss(self.terms.n) if tol is None else tol
-
-    def with_control(self, control: Mapping[str, Any] | None) -> GlmerSpec:
-        """The same model with other control settings (fit.objective(control=...))."""
-        return replace(self, settings=glmer_settings(control))
 
 
 def mixed_terms(
