@@ -37,7 +37,12 @@ from mixbridge.python_impl.checkconv import (
     optimum_doubts,
 )
 from mixbridge.python_impl.glmer_devfun import Devfun, GlmerModel
-from mixbridge.python_impl.glmer_gradient import NoFastPath, initial_hessian, optimize_stage2
+from mixbridge.python_impl.glmer_gradient import (
+    NoFastPath,
+    initial_hessian,
+    optimize_stage2,
+    probe_bound,
+)
 from mixbridge.python_impl.optsummary import OptSummary
 from mixbridge.python_impl.pirls import PirlsState
 from mixbridge.python_impl.predict import FitPredictions
@@ -160,7 +165,7 @@ def fit_spec(spec: GlmerSpec) -> MixedFit:
     if model.gradient:
         h0 = initial_hessian(model, opt1.final)
         try:
-            opt2 = optimize_stage2(dev, model, x0, lower, h0)
+            opt2 = probe_bound(dev, model, optimize_stage2(dev, model, x0, lower, h0), lower)
         except NoFastPath:
             dev.lp0 = lp0  # the stage-2 start that glmer_objective uses too
     if opt2 is None:

@@ -19,8 +19,10 @@ import numpy as np
 from mixbridge.errors import ConvergenceError
 from mixbridge.python_impl import optimizers
 from mixbridge.python_impl.agq import agq_value_gradient
+from mixbridge.python_impl.checkconv import BOUNDARY_TOL
 from mixbridge.python_impl.diagonal_canonical import scalar_laplace_gradient
 from mixbridge.python_impl.glmer_devfun import Devfun, GlmerModel
+from mixbridge.python_impl.optimize import probe_points
 from mixbridge.python_impl.optsummary import OptSummary
 from mixbridge.python_impl.pls_diagonal import DiagonalCore
 
@@ -171,3 +173,39 @@ def optimize_stage2(
         gradient=grad,
         hessian=hess,
     )
+
+
+def probe_bound(dev: Devfun, model: GlmerModel, opt: OptSummary, lower: np.ndarray) -> OptSummary:
+    """The two-basin guard of the other optimizers (`optimize.probe_points`) for a gradient-path
+    optimum on its bound: the deviance is even in θ there, so θ = 0 is stationary and a
+    gradient method that reaches it cannot leave it, although the optimum may be inside (a
+    binomial design stopped at θ = 0, 0.05 above lme4's θ = 0.176). Probes inside the bound;
+    from the best one that beats the optimum the gradient optimizer runs again. Interior optima
+    are not probed (their gradient vanishes where the criterion is smooth)."""
+    nth = model.n_theta
+    x = opt.final
+    on_bound = (model.theta_lower == 0) & (x[:nth] - model.theta_lower < BOUNDARY_TOL)
+    if not np.any(on_bound):
+        return opt
+    f = optimizers.safe(dev.stage2)
+    best: tuple[np.ndarray, float] | None = None
+    n_probes = 0
+    for theta in probe_points(x[:nth], model.theta0, model.theta_lower):
+        xp = np.concatenate([theta, x[nth:]])
+        fp = f(xp)
+        n_probes += 1
+        if fp < opt.fval and (best is None or fp < best[1]):
+            best = (xp, fp)
+    opt.n_evals += n_probes
+    if best is None:
+        return opt
+    try:
+        alt = optimize_stage2(dev, model, best[0], lower, initial_hessian(model, best[0][:nth]))
+    except NoFastPath:
+        return opt
+    if alt.fval < opt.fval:
+        alt.n_evals += opt.n_evals
+        alt.start = opt.start
+        alt.status = "restarted from a probe inside the bound"
+        return alt
+    return opt

@@ -1,4 +1,6 @@
-"""Optimizing a profiled criterion over θ, with lme4's boundary handling and convergence checks.
+"""Optimizing a profiled criterion over θ, with lme4's boundary handling and convergence checks:
+lmer's optimizer, `optimizers.minimize("L-BFGS-B", ...)`, returning an `OptSummary` (lme4's
+checks themselves are in `checkconv`).
 
 lme4 (spec §1.6) runs BOBYQA, then `restart_edge`, `check.boundary`, `deriv12` and `checkConv`.
 We replace BOBYQA by scipy's L-BFGS-B (the criterion is smooth in θ, and bounds are only 0 on
