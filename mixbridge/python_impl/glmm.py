@@ -741,8 +741,7 @@ def _probe_theta_bounds(
     x: np.ndarray,
     fx: float,
     model: GlmerModel,
-    step: np.ndarray,
-    lower: np.ndarray,
+    restart: Callable[[np.ndarray], tuple[np.ndarray, float, int]],
 ) -> tuple[np.ndarray, float, int, bool]:
     """lmer's two-basin guard (`optimize.probe_points`) on stage 2's θ, β held: each variance
     parameter probed at and near its bound, across it for a correlated term (a binomial (x | g)
@@ -765,7 +764,7 @@ def _probe_theta_bounds(
                 best = (xp, fp)
         if best is None:
             return x, fx, nfev, True
-        x2, f2, n2 = _nelder_mead(f, best[0], step, lower, 10000)
+        x2, f2, n2 = restart(best[0])
         nfev += n2
         if f2 < fx:
             x, fx = x2, f2
@@ -834,17 +833,36 @@ def glmer(
     fast = model.gradient
     if fast:
         h0 = _initial_hessian(model, theta1)
+        derivs_at: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # each optimum's derivatives
+
+        def gradient_restart(start: np.ndarray) -> tuple[np.ndarray, float, int]:
+            xr, fr, nr, derivs_at[xr.tobytes()] = _optimize_stage2_gradient(
+                dev, model, start, lower, h0
+            )
+            return xr, fr, nr
+
         try:
-            x, fx, nfev2, derivs = _optimize_stage2_gradient(dev, model, x0, lower, h0)
-            info["stage2"] = {"fval": fx, "n_evals": nfev2, "method": "BFGS, analytic gradient"}
+            x, fx, nfev2 = gradient_restart(x0)
+            # the bound probes as on the Nelder-Mead path: θ = 0 is stationary for the gradient
+            # too (a binomial (1|g) design stopped there 0.05 above lme4's optimum)
+            x, fx, nfev_probe, settled = _probe_theta_bounds(f2, x, fx, model, gradient_restart)
+            derivs = derivs_at[x.tobytes()]
+            info["stage2"] = {
+                "fval": fx,
+                "n_evals": nfev2 + nfev_probe,
+                "method": "BFGS, analytic gradient",
+            }
         except _NoFastPath:
             fast = False
             dev.lp0 = lp0  # the stage-2 start that glmer_objective uses too
-    settled = True
     if not fast:
         step = 0.2 * np.concatenate([np.full(theta1.size, 0.1), np.minimum(rx_se, 10.0)])
-        x, fx, nfev2 = _nelder_mead(f2, x0, step, lower, 10000)
-        x, fx, nfev_probe, settled = _probe_theta_bounds(f2, x, fx, model, step, lower)
+
+        def nelder_mead_restart(start: np.ndarray) -> tuple[np.ndarray, float, int]:
+            return _nelder_mead(f2, start, step, lower, 10000)
+
+        x, fx, nfev2 = nelder_mead_restart(x0)
+        x, fx, nfev_probe, settled = _probe_theta_bounds(f2, x, fx, model, nelder_mead_restart)
         info["stage2"] = {"fval": fx, "n_evals": nfev2 + nfev_probe, "method": "Nelder-Mead"}
     x, fx = _check_boundary(f2, x, fx, lower)
     info["stage2"]["fval"] = fx  # the criterion at the returned (θ, β)
