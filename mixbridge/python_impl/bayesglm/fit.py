@@ -22,7 +22,7 @@ import pandas as pd
 
 from mixbridge.errors import DataError
 from mixbridge.formula.frames import ModelFrame
-from mixbridge.python_impl.bayesglm.irls import fit_bayesglm_core
+from mixbridge.python_impl.bayesglm.irls import IterationControl, ResponseData, fit_bayesglm_core
 from mixbridge.python_impl.bayesglm.priors import PriorSpec, PriorValue
 from mixbridge.python_impl.bayesglm.result import build_fit
 from mixbridge.python_impl.bayesglm.solver import ModelMatrix, Solver, make_design
@@ -75,9 +75,13 @@ def fit_from_matrix(
     fam = family if isinstance(family, Family) else get_family(family, link)
     y = np.asarray(y, dtype=float)
     n = len(y)
-    weights = _as_array(weights, n, "weights")
-    offset = _as_array(offset, n, "offset")
-    n_trials = _as_array(n_trials, n, "n_trials")
+    data = ResponseData(
+        y,
+        weights=_as_array(weights, n, "weights"),
+        offset=_as_array(offset, n, "offset"),
+        n_trials=_as_array(n_trials, n, "n_trials"),
+        name=response,
+    )
     design = make_design(X, has_intercept, solver)
     prior = PriorSpec(
         prior_mean=prior_mean,
@@ -89,35 +93,15 @@ def fit_from_matrix(
         min_prior_scale=min_prior_scale,
         scaled=scaled,
     )
+    control = IterationControl(maxit=maxit, epsilon=epsilon, dispersion=dispersion)
     core = fit_bayesglm_core(
-        design,
-        y,
-        family=fam,
-        has_intercept=has_intercept,
-        prior=prior,
-        weights=weights,
-        offset=offset,
-        n_trials=n_trials,
-        maxit=maxit,
-        epsilon=epsilon,
-        dispersion=dispersion,
-        response=response,
+        design, data, family=fam, has_intercept=has_intercept, prior=prior, control=control
     )
     null_fit = fit_null_model(
-        y,
-        family=fam,
-        has_intercept=has_intercept,
-        prior=prior,
-        weights=weights,
-        offset=offset,
-        n_trials=n_trials,
-        maxit=maxit,
-        epsilon=epsilon,
-        dispersion=dispersion,
-        response=response,
+        data, family=fam, has_intercept=has_intercept, prior=prior, control=control
     )
     summ = summarize_core(
-        core, family=fam, has_intercept=has_intercept, offset=offset, null_fit=null_fit
+        core, family=fam, has_intercept=has_intercept, offset=data.offset, null_fit=null_fit
     )
     return build_fit(
         core, summ, family=fam, x_names=x_names, formula=formula, extra_messages=extra_messages

@@ -9,6 +9,7 @@ requires this exact path. Each iteration is one `Design.solve` (design.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,29 @@ from mixbridge.python_impl.bayesglm.design import Design, Solution
 from mixbridge.python_impl.bayesglm.priors import Priors, PriorSpec, build_priors
 from mixbridge.python_impl.families import Family
 from mixbridge.results import Message
+
+
+@dataclass(frozen=True)
+class ResponseData:
+    """The response as glm.fit sees it after the model frame, with its prior weights, offset and
+    binomial trials (cbind(s, f): y = s/(s+f), weights already times the trials, n_trials =
+    s+f). None: weights 1, no offset, no trials."""
+
+    y: np.ndarray
+    weights: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    n_trials: np.ndarray | None = None
+    name: str = "y"  # the response's name, for error messages
+
+
+@dataclass(frozen=True)
+class IterationControl:
+    """bayesglm.fit's control (maxit, epsilon) and `dispersion`, an extension that holds the
+    dispersion fixed at this value instead of estimating it."""
+
+    maxit: int = 100
+    epsilon: float = 1e-8
+    dispersion: float | None = None
 
 
 @dataclass
@@ -118,33 +142,50 @@ def _checked_weights_offset(
     return weights, offset
 
 
+def _halve_step(
+    start: np.ndarray,
+    coefold: np.ndarray | None,
+    acceptable: Callable[[np.ndarray, np.ndarray], bool],
+    *,
+    design: Design,
+    family: Family,
+    offset: np.ndarray,
+    maxit: int,
+    loop: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """glm.fit's step halving: move the coefficients halfway back to the previous iterate until
+    (eta, mu) is acceptable, at most maxit times. Returns (coefficients, eta, mu)."""
+    if coefold is None:
+        raise ConvergenceError(
+            "no valid set of coefficients has been found: please supply starting values"
+        )
+    for _ in range(maxit):
+        start = (start + coefold) / 2.0
+        eta = design.matvec(start) + offset
+        mu = family.linkinv(eta)
+        if acceptable(eta, mu):
+            return start, eta, mu
+    raise ConvergenceError(f"inner loop {loop}; cannot correct step size")
+
+
 def fit_bayesglm_core(
     design: Design,
-    y: np.ndarray,
+    data: ResponseData,
     *,
     family: Family,
     has_intercept: bool,
     prior: PriorSpec,
-    weights: np.ndarray | None = None,
-    offset: np.ndarray | None = None,
-    n_trials: np.ndarray | None = None,
-    maxit: int = 100,
-    epsilon: float = 1e-8,
-    dispersion: float | None = None,
-    response: str = "y",
+    control: IterationControl,
 ) -> CoreFit:
-    """arm::bayesglm.fit on a design (intercept, if any, in column 0).
-
-    `y` is the response as glm sees it after the model frame (for a cbind(s, f) binomial response:
-    the proportion s/(s+f), with `weights` already multiplied by the trials and `n_trials` = s+f).
-    `dispersion` (extension) holds the dispersion fixed.
-    """
-    y = np.asarray(y, dtype=float)
+    """arm::bayesglm.fit on a design (intercept, if any, in column 0)."""
+    maxit, epsilon, dispersion = control.maxit, control.epsilon, control.dispersion
+    response, n_trials = data.name, data.n_trials
+    y = np.asarray(data.y, dtype=float)
     n = len(y)
     p = design.p
     if p == 0:
         raise ArgumentError("the model has no coefficients; bayesglm needs at least one", "formula")
-    weights, offset = _checked_weights_offset(weights, offset, n)
+    weights, offset = _checked_weights_offset(data.weights, data.offset, n)
     priors = build_priors(
         prior,
         design=design,
@@ -238,37 +279,33 @@ def fit_bayesglm_core(
             phi = mse_resid + sol.mean_leverage * phi
         boundary = False
         if not np.isfinite(dev):
-            if coefold is None:
-                raise ConvergenceError(
-                    "no valid set of coefficients has been found: please supply starting values"
-                )
             messages.append(_warn("step size truncated due to divergence", "step_halving"))
-            ii = 1
-            while not np.isfinite(dev):
-                if ii > maxit:
-                    raise ConvergenceError("inner loop 1; cannot correct step size")
-                ii += 1
-                start = (start + coefold) / 2.0
-                eta = design.matvec(start) + offset
-                mu = family.linkinv(eta)
-                dev = float(np.sum(family.dev_resids(y, mu, weights)))
+            start, eta, mu = _halve_step(
+                start,
+                coefold,
+                lambda _eta, mu: bool(np.isfinite(np.sum(family.dev_resids(y, mu, weights)))),
+                design=design,
+                family=family,
+                offset=offset,
+                maxit=maxit,
+                loop=1,
+            )
+            dev = float(np.sum(family.dev_resids(y, mu, weights)))
             boundary = True
         if not (family.valideta(eta) and family.validmu(mu)):
-            if coefold is None:
-                raise ConvergenceError(
-                    "no valid set of coefficients has been found: please supply starting values"
-                )
             messages.append(_warn("step size truncated: out of bounds", "step_halving"))
-            ii = 1
-            while not (family.valideta(eta) and family.validmu(mu)):
-                if ii > maxit:
-                    raise ConvergenceError("inner loop 2; cannot correct step size")
-                ii += 1
-                start = (start + coefold) / 2.0
-                eta = design.matvec(start) + offset
-                mu = family.linkinv(eta)
-            boundary = True
+            start, eta, mu = _halve_step(
+                start,
+                coefold,
+                lambda eta, mu: family.valideta(eta) and family.validmu(mu),
+                design=design,
+                family=family,
+                offset=offset,
+                maxit=maxit,
+                loop=2,
+            )
             dev = float(np.sum(family.dev_resids(y, mu, weights)))
+            boundary = True
         path.append((dev, phi))
         # With a fixed dispersion the criterion is on the scaled deviance dev/phi, which is what
         # arm computes when the fixed phi is passed as prior weights w/phi (the R engine's way).

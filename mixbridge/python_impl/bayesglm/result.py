@@ -71,9 +71,9 @@ def build_fit(
         se=pd.Series(summ.se, index=index),
         se_display=pd.Series(summ.se_display, index=index),
         vcov=vcov,  # type: ignore[arg-type]
-        dispersion=float(summ.dispersion),
+        dispersion=float(core.dispersion),
         dispersion_pearson=float(summ.dispersion_pearson),
-        deviance=float(summ.deviance),
+        deviance=float(core.deviance),
         null_deviance=float(summ.null_deviance),
         aic=float(summ.aic),
         df_residual=int(summ.df_residual),

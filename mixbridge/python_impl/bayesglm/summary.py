@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixbridge.python_impl.bayesglm.dense import DenseDesign
-from mixbridge.python_impl.bayesglm.irls import CoreFit, fit_bayesglm_core
+from mixbridge.python_impl.bayesglm.irls import (
+    CoreFit,
+    IterationControl,
+    ResponseData,
+    fit_bayesglm_core,
+)
 from mixbridge.python_impl.bayesglm.priors import PriorSpec
 from mixbridge.python_impl.families import Family
 from mixbridge.results import Message
@@ -25,13 +30,12 @@ VCOV_MAX_COEFS = 2000
 
 @dataclass
 class CoreSummary:
-    coef: np.ndarray
+    """What the summary adds to the iteration's CoreFit."""
+
     se: np.ndarray
     se_display: np.ndarray
     vcov: np.ndarray | None  # V * dispersion_pearson (summary.glm's cov.scaled)
-    dispersion: float
     dispersion_pearson: float
-    deviance: float
     null_deviance: float
     aic: float
     df_residual: int
@@ -40,36 +44,24 @@ class CoreSummary:
 
 
 def fit_null_model(
-    y: np.ndarray,
+    data: ResponseData,
     *,
     family: Family,
     has_intercept: bool,
     prior: PriorSpec,
-    weights: np.ndarray | None,
-    offset: np.ndarray | None,
-    n_trials: np.ndarray | None,
-    maxit: int,
-    epsilon: float,
-    dispersion: float | None,
-    response: str,
+    control: IterationControl,
 ) -> CoreFit | None:
     """bayesglm.fit of the intercept alone with the offset, whose deviance is the null deviance
     when the model has both (None otherwise: the null deviance needs no fit)."""
-    if offset is None or not has_intercept:
+    if data.offset is None or not has_intercept:
         return None
     return fit_bayesglm_core(
-        DenseDesign(np.ones((len(y), 1))),
-        y,
+        DenseDesign(np.ones((len(data.y), 1))),
+        data,
         family=family,
         has_intercept=True,
         prior=prior.intercept_only(),
-        weights=weights,
-        offset=offset,
-        n_trials=n_trials,
-        maxit=maxit,
-        epsilon=epsilon,
-        dispersion=dispersion,
-        response=response,
+        control=control,
     )
 
 
@@ -127,13 +119,10 @@ def summarize_core(
         null_dev = float(np.sum(family.dev_resids(core.y, wtdmu, weights)))
     aic = family.aic(core.y, core.n_trials, core.mu, weights, core.deviance) + 2 * rank
     return CoreSummary(
-        coef=core.coef,
         se=se,
         se_display=se_display,
         vcov=vcov,
-        dispersion=core.dispersion,
         dispersion_pearson=pearson,
-        deviance=core.deviance,
         null_deviance=null_dev,
         aic=aic,
         df_residual=df_res,
