@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from mixbridge.errors import ArgumentError
 from mixbridge.python_impl.bayesglm import fit_from_matrix
 from mixbridge.python_impl.bayesglm.blocked import BlockedDesign
 from mixbridge.python_impl.bayesglm.solver import make_design
@@ -304,3 +305,11 @@ def test_engine_builds_terms_from_the_checked_frame() -> None:
     np.testing.assert_array_equal(shared.vcov.to_numpy(), own.vcov.to_numpy())
     other = engine.bayesglm(f, d, frame=check_inputs("bayesglm", f, d2, **kw), **kw)
     np.testing.assert_array_equal(other.coef.to_numpy(), engine.bayesglm(f, d2, **kw).coef)
+
+
+def test_unknown_solver_is_an_argument_error() -> None:
+    """An unknown `solver` names the argument (it used to run the blocked path silently)."""
+    X = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 3.0]])
+    with pytest.raises(ArgumentError, match="solver must be one of auto, dense, blocked") as err:
+        make_design(X, True, "qr")  # type: ignore[arg-type]
+    assert err.value.argument == "solver"
