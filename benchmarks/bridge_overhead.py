@@ -1,6 +1,14 @@
 """Bridge overhead: data transfer into R and lmer fit time, embedded (rpy2) vs subprocess.
 
     python benchmarks/bridge_overhead.py [--rows 100000 1000000] [--repeat 3]
+    python benchmarks/bridge_overhead.py --vs-lme4 [--rows ...] [--repeat 3]
+
+--vs-lme4: lme4's own `lmer()` timed inside the embedded R session (system.time, on the R
+data.frame already there) against the whole `mixbridge.lmer(..., engine="r")` call on the
+pandas frame, alternating, best of --repeat each, and their ratio; then the first read of the
+fields an embedded fit fetches from R when read (cond_var: lme4's condVar; fitted, residuals).
+It runs on whatever `mixbridge` is importable, so the same script times an older checkout
+(PYTHONPATH=that checkout) for a before/after comparison.
 
 Model: y ~ x1 + x2 + x3 + (1|g), with n/20 groups (5e4 groups at 1e6 rows). Reported:
 * encode: pandas -> flat numpy vectors (shared by both transports);
@@ -81,12 +89,77 @@ def to_r_subprocess(df: pd.DataFrame) -> None:
     assert res["value"][0] == n
 
 
+def _load() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def lme4_in_session(df: pd.DataFrame) -> float:
+    """lme4's own lmer() on `df` inside the embedded R session: elapsed seconds (system.time)."""
+    cols, n, _, _ = encode_frame(df, FORMULA)
+    with embedded.LOCK:
+        ri, env = embedded.session()
+        frame = embedded.data_frame(ri, env, cols, n)
+        timer = ri.evalr(
+            "function(d) system.time(lme4::lmer(y ~ x1 + x2 + x3 + (1 | g), data = d))[['elapsed']]"
+        )
+        return float(timer(frame)[0])
+
+
+def _list(times: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in times)
+
+
+def vs_lme4(rows: list[int], repeat: int) -> None:
+    import mixbridge.bridge as bridge_module
+
+    deferred = getattr(bridge_module, "DEFERRED_FIELDS", ())
+    print(f"mixbridge from {mixbridge.__file__}; deferred fields: {list(deferred) or 'none'}")
+    print(f"load average at start: {_load()} (2 cores)")
+    print(f"{'rows':>9} {'groups':>7} {'lme4 s':>9} {'mixbridge s':>12} {'ratio':>7} "
+          f"{'cond_var s':>11} {'fitted s':>9}")  # fmt: skip
+    for n in rows:
+        df = make_data(n)
+        lme4_times, ours = [], []
+        first_read: dict[str, float] = {}
+        for _ in range(repeat):
+            lme4_times.append(lme4_in_session(df))
+            t = time.perf_counter()
+            fit = mixbridge.lmer(FORMULA, df, engine="r")
+            ours.append(time.perf_counter() - t)
+            for name in ("cond_var", "fitted"):
+                t = time.perf_counter()
+                getattr(fit, name)
+                first_read[name] = min(first_read.get(name, np.inf), time.perf_counter() - t)
+            del fit
+        best_r, best_m = min(lme4_times), min(ours)
+        print(
+            f"{n:>9} {df['g'].cat.categories.size:>7} {best_r:>9.3f} {best_m:>12.3f} "
+            f"{best_m / best_r:>7.3f} {first_read['cond_var']:>11.3f} "
+            f"{first_read['fitted']:>9.3f}   (all lme4: {_list(lme4_times)}; all mixbridge: "
+            f"{_list(ours)})",
+            flush=True,
+        )
+    print(f"load average at end: {_load()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-fit", action="store_true", help="measure the transfer only")
+    ap.add_argument(
+        "--vs-lme4", action="store_true", help="lme4 in R vs mixbridge.lmer(engine='r')"
+    )
     args = ap.parse_args()
+    if args.vs_lme4:
+        embedded.session()
+        mixbridge.lmer(FORMULA, make_data(400), engine="r")  # warm-up: lme4 loaded, code paths hot
+        vs_lme4(args.rows, args.repeat)
+        return
 
     embedded.session()  # R start-up is not transfer time
     tiny = make_data(10)
