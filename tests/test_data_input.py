@@ -4,6 +4,12 @@ the same data as pandas, on both engines, with factor levels in the order the so
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -252,3 +258,80 @@ def test_compare_takes_fits_of_polars_data(frames, needs_r):
     mixbridge.compare(a, b).assert_ok()
     m = b.to_r()  # the fit's data (converted) travels to R again
     assert m is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Files from the shell, and a plain install (no pyarrow, polars, narwhals)
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDE = """
+import importlib.abc, sys
+class _Plain(importlib.abc.MetaPathFinder):
+    # a plain `pip install mixbridge`: none of the optional data libraries
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"pyarrow", "polars", "narwhals", "fastparquet"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Plain())
+"""
+
+
+def _cli(*args: str, plain: bool = False) -> subprocess.CompletedProcess:
+    code = (HIDE if plain else "") + (
+        "import sys\nfrom mixbridge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=600, env=env)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(frames, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("data_input")
+    import pyarrow.parquet as pq
+
+    pq.write_table(frames["arrow"], out / "d.parquet")  # d: a dictionary, declared order
+    frames["pandas"].to_csv(out / "d.csv", index=False)
+    return {"parquet": out / "d.parquet", "csv": out / "d.csv"}
+
+
+def test_fit_cli_reads_parquet_dictionaries_in_their_order(frames, files):
+    out = _cli("fit", "--model", "lmer", "--formula", "y ~ x + d + (1 | g)",
+               "--data", str(files["parquet"]), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert list(doc["fixef"]) == ["(Intercept)", "x", "dalpha", "dmu"]  # baseline: zeta
+    ref = mixbridge.lmer("y ~ x + d + (1 | g)", frames["arrow"])
+    assert doc["fixef"] == {k: float(v) for k, v in ref.fixef.items()}
+
+
+def test_plain_install_reads_csv_and_names_the_extra_for_parquet(files):
+    csv = _cli("fit", "--model", "lmer", "--formula", "y ~ x + (1 | g)", "--data",
+               str(files["csv"]), plain=True)  # fmt: skip
+    assert csv.returncode == 0, csv.stderr
+    assert "Linear mixed model fit by REML" in csv.stdout
+    for command in ("fit", "compare"):
+        out = _cli(command, "--model", "lmer", "--formula", "y ~ x + (1 | g)", "--data",
+                   str(files["parquet"]), plain=True)  # fmt: skip
+        assert out.returncode == 2, (command, out.stdout, out.stderr)
+        assert 'pip install "mixbridge[arrow]"' in out.stderr, (command, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_plain_install_names_the_extra_for_a_polars_frame():
+    code = (
+        HIDE.replace('"polars", ', "")
+        + """
+import polars as pl, mixbridge
+try:
+    mixbridge.lmer("y ~ x + (1 | g)", pl.DataFrame({"y": [1.0, 2.0], "x": [0.0, 1.0], "g": [1, 2]}))
+except mixbridge.DataError as exc:
+    print("DataError:", exc)
+"""
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "DataError: data is a polars DataFrame" in out.stdout
+    assert 'pip install "mixbridge[polars]"' in out.stdout
