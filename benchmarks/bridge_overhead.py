@@ -5,8 +5,9 @@
 
 --vs-lme4: lme4's own `lmer()` timed inside the embedded R session (system.time, on the R
 data.frame already there) against the whole `mixbridge.lmer(..., engine="r")` call on the
-pandas frame, alternating, best of --repeat each, and their ratio; then the first read of the
-fields an embedded fit fetches from R when read (cond_var: lme4's condVar; fitted, residuals).
+pandas frame, alternating, best of --repeat each (5x as many below 1e6 rows): wall and CPU
+time (this process, embedded R included) and their ratios; then the first read of the fields
+an embedded fit fetches from R when read (cond_var: lme4's condVar; fitted, residuals).
 It runs on whatever `mixbridge` is importable, so the same script times an older checkout
 (PYTHONPATH=that checkout) for a before/after comparison.
 
@@ -97,16 +98,25 @@ def _load() -> str:
         return "unknown"
 
 
-def lme4_in_session(df: pd.DataFrame) -> float:
-    """lme4's own lmer() on `df` inside the embedded R session: elapsed seconds (system.time)."""
+def lme4_in_session(df: pd.DataFrame) -> tuple[float, float]:
+    """lme4's own lmer() on `df` inside the embedded R session: (elapsed, CPU) seconds, from
+    R's system.time (CPU: user + system)."""
     cols, n, _, _ = encode_frame(df, FORMULA)
     with embedded.LOCK:
         ri, env = embedded.session()
         frame = embedded.data_frame(ri, env, cols, n)
         timer = ri.evalr(
-            "function(d) system.time(lme4::lmer(y ~ x1 + x2 + x3 + (1 | g), data = d))[['elapsed']]"
+            "function(d) { t <- system.time(lme4::lmer(y ~ x1 + x2 + x3 + (1 | g), data = d));"
+            " c(t[['elapsed']], t[['user.self']] + t[['sys.self']]) }"
         )
-        return float(timer(frame)[0])
+        wall, cpu = timer(frame)
+        return float(wall), float(cpu)
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process: Python and the embedded R in it."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def _list(times: list[float]) -> str:
@@ -114,35 +124,43 @@ def _list(times: list[float]) -> str:
 
 
 def vs_lme4(rows: list[int], repeat: int) -> None:
+    """Best wall and best CPU time of each, and their ratios. On a shared machine the CPU ratio
+    is the steadier one: wall time moves with the other processes' load."""
     import mixbridge.bridge as bridge_module
 
     deferred = getattr(bridge_module, "DEFERRED_FIELDS", ())
     print(f"mixbridge from {mixbridge.__file__}; deferred fields: {list(deferred) or 'none'}")
     print(f"load average at start: {_load()} (2 cores)")
-    print(f"{'rows':>9} {'groups':>7} {'lme4 s':>9} {'mixbridge s':>12} {'ratio':>7} "
-          f"{'cond_var s':>11} {'fitted s':>9}")  # fmt: skip
+    print("best of each; wall s / CPU s; ratio = mixbridge / lme4")
+    print(f"{'rows':>9} {'groups':>7} {'lme4':>13} {'mixbridge':>13} {'ratio wall':>10} "
+          f"{'ratio CPU':>9} {'cond_var s':>10} {'fitted s':>8}")  # fmt: skip
     for n in rows:
         df = make_data(n)
-        lme4_times, ours = [], []
+        lme4_wall, lme4_cpu, our_wall, our_cpu = [], [], [], []
         first_read: dict[str, float] = {}
-        for _ in range(repeat):
-            lme4_times.append(lme4_in_session(df))
-            t = time.perf_counter()
+        # small fits vary more with the machine's load: more repeats (they are cheap)
+        for _ in range(repeat if n >= 1_000_000 else 5 * repeat):
+            wall, cpu = lme4_in_session(df)
+            lme4_wall.append(wall)
+            lme4_cpu.append(cpu)
+            t, c = time.perf_counter(), _own_cpu()
             fit = mixbridge.lmer(FORMULA, df, engine="r")
-            ours.append(time.perf_counter() - t)
+            our_wall.append(time.perf_counter() - t)
+            our_cpu.append(_own_cpu() - c)
             for name in ("cond_var", "fitted"):
                 t = time.perf_counter()
                 getattr(fit, name)
                 first_read[name] = min(first_read.get(name, np.inf), time.perf_counter() - t)
             del fit
-        best_r, best_m = min(lme4_times), min(ours)
+        rw, rc, mw, mc = min(lme4_wall), min(lme4_cpu), min(our_wall), min(our_cpu)
         print(
-            f"{n:>9} {df['g'].cat.categories.size:>7} {best_r:>9.3f} {best_m:>12.3f} "
-            f"{best_m / best_r:>7.3f} {first_read['cond_var']:>11.3f} "
-            f"{first_read['fitted']:>9.3f}   (all lme4: {_list(lme4_times)}; all mixbridge: "
-            f"{_list(ours)})",
+            f"{n:>9} {df['g'].cat.categories.size:>7} {f'{rw:.2f}/{rc:.2f}':>13} "
+            f"{f'{mw:.2f}/{mc:.2f}':>13} {mw / rw:>10.3f} {mc / rc:>9.3f} "
+            f"{first_read['cond_var']:>10.3f} {first_read['fitted']:>8.3f}",
             flush=True,
         )
+        print(f"{'':>17} wall, lme4: {_list(lme4_wall)}; mixbridge: {_list(our_wall)}")
+        print(f"{'':>17} CPU,  lme4: {_list(lme4_cpu)}; mixbridge: {_list(our_cpu)}")
     print(f"load average at end: {_load()}")
 
 

@@ -335,3 +335,14 @@ except mixbridge.DataError as exc:
     assert out.returncode == 0, out.stderr
     assert "DataError: data is a polars DataFrame" in out.stdout
     assert 'pip install "mixbridge[polars]"' in out.stdout
+
+
+def test_other_narwhals_frames(frames):
+    """A narwhals frame as such, and a lazy DuckDB relation (SQL over the Arrow table)."""
+    ref = mixbridge.lmer(LMER, frames["pandas"], weights="w")
+    assert_same_fit(mixbridge.lmer(LMER, nw.from_native(frames["polars"]), weights="w"), ref)
+    duckdb = pytest.importorskip("duckdb")
+    relation = duckdb.from_arrow(frames["arrow"])  # DuckDB decodes dictionaries to strings
+    plain = "y ~ x + s + i + b + (1 | g)"
+    ref = mixbridge.lmer(plain, frames["pandas"], weights="w")
+    assert_same_fit(mixbridge.lmer(plain, relation, weights="w"), ref)
