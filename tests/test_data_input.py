@@ -346,3 +346,14 @@ def test_other_narwhals_frames(frames):
     plain = "y ~ x + s + i + b + (1 | g)"
     ref = mixbridge.lmer(plain, frames["pandas"], weights="w")
     assert_same_fit(mixbridge.lmer(plain, relation, weights="w"), ref)
+
+
+def test_compare_cli_on_parquet(files, needs_r):
+    out = _cli("compare", "--model", "lmer", "--formula", "y ~ x + d + (1 | g)",
+               "--data", str(files["parquet"]), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    (case,) = doc["cases"]
+    assert case["status"] == "ok"
+    fixef = next(r for r in case["comparison"]["rows"] if r["quantity"] == "fixef")
+    assert fixef["n"] == 4 and fixef["status"] == "ok"
