@@ -74,7 +74,7 @@ def as_pandas(data: Any, columns: Iterable[str] | None = None, argument: str = "
     """
     if isinstance(data, pd.DataFrame) or not _may_be_frame(data):
         return data
-    nw, pa = _libraries(data)
+    nw, pa = _libraries(data, argument)
     from narwhals.exceptions import NarwhalsError
 
     try:
@@ -112,7 +112,7 @@ def as_vector(values: Any, argument: str) -> Any:
         return values
     if not _may_be_frame(values):
         return values
-    nw, pa = _libraries(values)
+    nw, pa = _libraries(values, argument)
     series = nw.from_native(values, series_only=True, pass_through=True)
     if isinstance(series, nw.Series):
         arrow = _arrow(series, pa)
@@ -162,16 +162,16 @@ def _may_be_frame(data: Any) -> bool:
     )
 
 
-def _libraries(data: Any) -> tuple[Any, Any]:
+def _libraries(data: Any, argument: str = "data") -> tuple[Any, Any]:
     """narwhals and pyarrow, or a DataError naming the extra that installs them."""
     try:
         import narwhals.stable.v2 as nw
         import pyarrow as pa
     except ImportError as exc:
         raise DataError(
-            f"data is a {type(data).__module__.split('.')[0]} {type(data).__name__}; reading it "
-            f"needs narwhals and pyarrow ({exc.name} is missing): {EXTRA_HINT}",
-            "data",
+            f"{argument} is a {type(data).__module__.split('.')[0]} {type(data).__name__}; "
+            f"reading it needs narwhals and pyarrow ({exc.name} is missing): {EXTRA_HINT}",
+            argument,
         ) from None
     return nw, pa
 
@@ -193,10 +193,10 @@ def _used_names(formula: Any, weights: Any, offset: Any) -> list[str] | None:
 def _select(names: list[str], columns: Iterable[str] | None) -> list[str]:
     if columns is None:
         return names
-    wanted = list(dict.fromkeys(columns))
-    if any(c not in names for c in wanted):
+    wanted = set(columns)
+    if not wanted <= set(names):
         return names
-    return [n for n in names if n in set(wanted)]
+    return [n for n in names if n in wanted]
 
 
 def _arrow(series: Any, pa: Any) -> Any:

@@ -137,7 +137,8 @@ def _versions(value: dict[str, Any], transport: str) -> dict[str, str]:
 
 # Fields an embedded fit leaves in R until first read (r_scripts/mixbridge.R: .mb_deferrable):
 # lme4's condVar costs more than the fit itself on big data, and the per-row vectors cost a
-# transfer of n doubles each. The subprocess transport keeps no R process: it fetches everything.
+# transfer of n doubles each. The subprocess transport keeps no R process: R computes every
+# field at once.
 DEFERRED_FIELDS = ("cond_var", "fitted", "residuals")
 
 
