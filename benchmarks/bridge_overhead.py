@@ -1,6 +1,15 @@
 """Bridge overhead: data transfer into R and lmer fit time, embedded (rpy2) vs subprocess.
 
     python benchmarks/bridge_overhead.py [--rows 100000 1000000] [--repeat 3]
+    python benchmarks/bridge_overhead.py --vs-lme4 [--rows ...] [--repeat 3]
+
+--vs-lme4: lme4's own `lmer()` timed inside the embedded R session (system.time, on the R
+data.frame already there) against the whole `mixbridge.lmer(..., engine="r")` call on the
+pandas frame, alternating, best of --repeat each (5x as many below 1e6 rows): wall and CPU
+time (this process, embedded R included) and their ratios; then the first read of the fields
+an embedded fit fetches from R when read (cond_var: lme4's condVar; fitted, residuals).
+It runs on whatever `mixbridge` is importable, so the same script times an older checkout
+(PYTHONPATH=that checkout) for a before/after comparison.
 
 Model: y ~ x1 + x2 + x3 + (1|g), with n/20 groups (5e4 groups at 1e6 rows). Reported:
 * encode: pandas -> flat numpy vectors (shared by both transports);
@@ -81,12 +90,94 @@ def to_r_subprocess(df: pd.DataFrame) -> None:
     assert res["value"][0] == n
 
 
+def _load() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def lme4_in_session(df: pd.DataFrame) -> tuple[float, float]:
+    """lme4's own lmer() on `df` inside the embedded R session: (elapsed, CPU) seconds, from
+    R's system.time (CPU: user + system)."""
+    cols, n, _, _ = encode_frame(df, FORMULA)
+    with embedded.LOCK:
+        ri, env = embedded.session()
+        frame = embedded.data_frame(ri, env, cols, n)
+        timer = ri.evalr(
+            "function(d) { t <- system.time(lme4::lmer(y ~ x1 + x2 + x3 + (1 | g), data = d));"
+            " c(t[['elapsed']], t[['user.self']] + t[['sys.self']]) }"
+        )
+        wall, cpu = timer(frame)
+        return float(wall), float(cpu)
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process: Python and the embedded R in it."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _list(times: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in times)
+
+
+def vs_lme4(rows: list[int], repeat: int) -> None:
+    """Best wall and best CPU time of each, and their ratios. On a shared machine the CPU ratio
+    is the steadier one: wall time moves with the other processes' load."""
+    import mixbridge.bridge as bridge_module
+
+    deferred = getattr(bridge_module, "DEFERRED_FIELDS", ())
+    print(f"mixbridge from {mixbridge.__file__}; deferred fields: {list(deferred) or 'none'}")
+    print(f"load average at start: {_load()} (2 cores)")
+    print("best of each; wall s / CPU s; ratio = mixbridge / lme4")
+    print(f"{'rows':>9} {'groups':>7} {'lme4':>13} {'mixbridge':>13} {'ratio wall':>10} "
+          f"{'ratio CPU':>9} {'cond_var s':>10} {'fitted s':>8}")  # fmt: skip
+    for n in rows:
+        df = make_data(n)
+        lme4_wall, lme4_cpu, our_wall, our_cpu = [], [], [], []
+        first_read: dict[str, float] = {}
+        # small fits vary more with the machine's load: more repeats (they are cheap)
+        for _ in range(repeat if n >= 1_000_000 else 5 * repeat):
+            wall, cpu = lme4_in_session(df)
+            lme4_wall.append(wall)
+            lme4_cpu.append(cpu)
+            t, c = time.perf_counter(), _own_cpu()
+            fit = mixbridge.lmer(FORMULA, df, engine="r")
+            our_wall.append(time.perf_counter() - t)
+            our_cpu.append(_own_cpu() - c)
+            for name in ("cond_var", "fitted"):
+                t = time.perf_counter()
+                getattr(fit, name)
+                first_read[name] = min(first_read.get(name, np.inf), time.perf_counter() - t)
+            del fit
+        rw, rc, mw, mc = min(lme4_wall), min(lme4_cpu), min(our_wall), min(our_cpu)
+        print(
+            f"{n:>9} {df['g'].cat.categories.size:>7} {f'{rw:.2f}/{rc:.2f}':>13} "
+            f"{f'{mw:.2f}/{mc:.2f}':>13} {mw / rw:>10.3f} {mc / rc:>9.3f} "
+            f"{first_read['cond_var']:>10.3f} {first_read['fitted']:>8.3f}",
+            flush=True,
+        )
+        print(f"{'':>17} wall, lme4: {_list(lme4_wall)}; mixbridge: {_list(our_wall)}")
+        print(f"{'':>17} CPU,  lme4: {_list(lme4_cpu)}; mixbridge: {_list(our_cpu)}")
+    print(f"load average at end: {_load()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-fit", action="store_true", help="measure the transfer only")
+    ap.add_argument(
+        "--vs-lme4", action="store_true", help="lme4 in R vs mixbridge.lmer(engine='r')"
+    )
     args = ap.parse_args()
+    if args.vs_lme4:
+        embedded.session()
+        mixbridge.lmer(FORMULA, make_data(400), engine="r")  # warm-up: lme4 loaded, code paths hot
+        vs_lme4(args.rows, args.repeat)
+        return
 
     embedded.session()  # R start-up is not transfer time
     tiny = make_data(10)

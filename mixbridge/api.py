@@ -27,16 +27,28 @@ from mixbridge.checks import (
     named_arguments,
 )
 from mixbridge.control import check_control
+from mixbridge.data_input import as_vector, is_dask, model_data
 from mixbridge.errors import ArgumentError
 from mixbridge.results import BayesGLMFit, FitCall, MixedFit
 
-ArrayOrColumn = str | Sequence[float] | np.ndarray | pd.Series | None
+ArrayOrColumn = str | Sequence[float] | np.ndarray | pd.Series | Any | None
+# a pandas DataFrame, a polars DataFrame or LazyFrame, a pyarrow Table, or any frame narwhals
+# supports (mixbridge.data_input); lmer also takes a Dask DataFrame
+DataLike = Any
+
+
+def _inputs(data: Any, formula: Any, weights: Any, offset: Any) -> tuple[Any, Any, Any]:
+    """data, weights and offset of any DataFrame library as pandas/numpy (mixbridge.data_input):
+    polars, pyarrow and every frame narwhals supports, only the columns the call uses."""
+    weights = as_vector(weights, "weights")
+    offset = as_vector(offset, "offset")
+    return model_data(data, formula, weights, offset), weights, offset
 
 
 @named_arguments
 def lmer(
     formula: str,
-    data: pd.DataFrame,
+    data: DataLike,
     reml: bool = True,
     weights: ArrayOrColumn = None,
     offset: ArrayOrColumn = None,
@@ -48,9 +60,10 @@ def lmer(
 ) -> MixedFit:
     """Fit a linear mixed model like lme4's `lmer(formula, data, REML = reml)`.
 
-    `weights` and `offset` are column names or arrays (one value per row of `data`). A Dask
-    DataFrame is accepted (engine="python") for models whose random part is a single `(1|g)`
-    term.
+    `data`: pandas, polars (eager or lazy), a pyarrow Table or any frame narwhals supports
+    (`mixbridge.data_input`). `weights` and `offset` are column names or arrays (one value per
+    row of `data`). A Dask DataFrame is accepted (engine="python") for models whose random
+    part is a single `(1|g)` term.
     """
     reml = check_flag(reml, "reml")
     ctrl = check_control("lmer", control, _engine_name(engine))
@@ -59,6 +72,7 @@ def lmer(
         check_dask_inputs("lmer", formula, data, weights=weights, offset=offset)
         prepared: dict[str, Any] = {}
     else:
+        data, weights, offset = _inputs(data, formula, weights, offset)
         frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
         if "start" in ctrl:
             check_theta_length(frame, ctrl["start"], "start")
@@ -80,7 +94,7 @@ def lmer(
 @named_arguments
 def glmer(
     formula: str,
-    data: pd.DataFrame,
+    data: DataLike,
     family: str = "binomial",
     link: str | None = None,
     nagq: int = 1,
@@ -104,6 +118,7 @@ def glmer(
     family = check_family_name(family, "glmer")
     nagq = check_nagq(nagq)
     ctrl = check_control("glmer", control, _engine_name(engine))
+    data, weights, offset = _inputs(data, formula, weights, offset)
     frame = check_inputs(
         "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
     )
@@ -129,7 +144,7 @@ def glmer(
 @named_arguments
 def bayesglm(
     formula: str,
-    data: pd.DataFrame,
+    data: DataLike,
     family: str = "gaussian",
     link: str | None = None,
     weights: ArrayOrColumn = None,
@@ -158,6 +173,7 @@ def bayesglm(
     family = check_family_name(family, "bayesglm")
     scaled = check_flag(scaled, "scaled")
     drop_baseline = check_flag(drop_baseline, "drop_baseline")
+    data, weights, offset = _inputs(data, formula, weights, offset)
     frame = check_inputs(
         "bayesglm", formula, data, weights=weights, offset=offset, family=family, link=link
     )
@@ -193,7 +209,7 @@ def bayesglm(
 @named_arguments
 def lmer_objective(
     formula: str,
-    data: pd.DataFrame,
+    data: DataLike,
     theta: Sequence[float] | np.ndarray,
     reml: bool = True,
     weights: ArrayOrColumn = None,
@@ -206,6 +222,7 @@ def lmer_objective(
     """lme4's deviance function (REML criterion or ML deviance) at `theta`, optimizer-free."""
     reml = check_flag(reml, "reml")
     theta = _numbers(theta, "theta")
+    data, weights, offset = _inputs(data, formula, weights, offset)
     frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
     check_theta_length(frame, theta, "theta")
     return float(
@@ -225,7 +242,7 @@ def lmer_objective(
 @named_arguments
 def glmer_objective(
     formula: str,
-    data: pd.DataFrame,
+    data: DataLike,
     theta: Sequence[float] | np.ndarray,
     beta: Sequence[float] | np.ndarray,
     family: str = "binomial",
@@ -252,6 +269,7 @@ def glmer_objective(
     ctrl = check_control("glmer", control, _engine_name(engine))
     theta = _numbers(theta, "theta")
     beta = _numbers(beta, "beta")
+    data, weights, offset = _inputs(data, formula, weights, offset)
     frame = check_inputs(
         "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
     )

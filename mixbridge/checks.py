@@ -70,7 +70,11 @@ def check_inputs(
         kind = type(data).__name__
         if type(data).__module__.startswith("dask"):
             kind = f"a Dask {kind} (accepted by lmer() only, for a single (1 | g) term)"
-        raise DataError(f"data must be a pandas DataFrame, got {kind}", column=None)
+        raise DataError(
+            f"data must be a DataFrame (pandas, polars, a pyarrow Table or any frame narwhals "
+            f"supports), got {kind}",
+            column=None,
+        )
     if not isinstance(formula, str):
         raise FormulaError(f"formula must be a string, got {type(formula).__name__}")
     fam = _check_family(model, family, link)

@@ -2,18 +2,30 @@
 
 Field names keep lme4's and arm's meanings in snake_case. Every engine fills the same fields, so
 fits from different engines can be compared field by field (`mixbridge.compare`).
+
+Deferred fields: a result type declares which of its fields may be computed when first read
+(`DeferredField`; MixedFit: ranef, cond_var, fitted, residuals; BayesGLMFit: fitted). An engine
+may give such a field a `Deferred(fetch)` instead of its value: the first read runs `fetch`
+once, under the Deferred's lock, stores the value in the field and returns it; every later read
+is a plain attribute read. Readers never see the difference (`compare`, `to_dict`, `tidy`,
+`to_r`, `==`, copies and pickling all read the values). `fit.deferred_fields()` names the fields
+not fetched yet, `fit.fetch_deferred()` fetches them now.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import math
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,6 +34,7 @@ from mixbridge.checks import check_flag, named_arguments
 from mixbridge.errors import ArgumentError, MixbridgeWarning, RWarning
 
 MessageKind = Literal["warning", "message", "error", "note"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,148 @@ class FitCall:
     offset: Any = None
 
 
+class Deferred(Generic[T]):
+    """A field value computed when first read: `fetch()` runs once, under `lock`.
+
+    `lock`: the lock the fetch needs anyway (the R engine passes the embedded R session's lock,
+    so a fetch never waits on a second lock while holding R's); default a lock of its own.
+    `source` says where the value comes from (shown by repr before it is fetched). A fetch that
+    raises leaves the Deferred unfetched: the next read tries again. Once fetched, the Deferred
+    drops `fetch` and with it whatever it held (e.g. the R object).
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], T],
+        *,
+        lock: AbstractContextManager[Any] | None = None,
+        source: str = "",
+    ) -> None:
+        self._fetch: Callable[[], T] | None = fetch
+        self._lock = lock if lock is not None else threading.Lock()
+        self._value: T | None = None
+        self.source = source
+
+    @property
+    def fetched(self) -> bool:
+        return self._fetch is None
+
+    def get(self) -> T:
+        """The value, fetched now if it was not yet."""
+        if self._fetch is not None:
+            with self._lock:
+                if self._fetch is not None:  # another thread may have fetched it meanwhile
+                    self._value = self._fetch()
+                    self._fetch = None
+        return self._value  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"<deferred: {self.source or 'not fetched yet'}>"
+
+
+class DeferredField:
+    """A dataclass field that may hold a `Deferred`: the first read fetches and stores the value.
+
+    Declared in the class body as `name: type = DeferredField()`; the field stays required in
+    the constructor (reading the descriptor on the class raises AttributeError, which dataclasses
+    take as "no default").
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(self.name)
+        try:
+            value = obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+        if isinstance(value, Deferred):
+            fetched = value.get()
+            if obj.__dict__.get(self.name) is value:  # unless set anew meanwhile
+                obj.__dict__[self.name] = fetched
+            return fetched
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
+class DeferredFields:
+    """What a result type with `DeferredField`s offers: which fields are not fetched yet, fetch
+    them now, and copies and pickles that carry values (the fetched ones)."""
+
+    # fields holding the engine's functions: not pickled (see __getstate__); each holds an
+    # object that is false when empty and whose type() is its empty value (FitMethods)
+    _HOOKS: ClassVar[tuple[str, ...]] = ()
+
+    def deferred_fields(self) -> tuple[str, ...]:
+        """Names of the fields whose value has not been fetched yet."""
+        return tuple(
+            name
+            for name, value in self.__dict__.items()
+            if isinstance(value, Deferred) and not value.fetched
+        )
+
+    def fetch_deferred(self, *names: str) -> None:
+        """Fetch these deferred fields now (all of them when none are named), e.g. before the
+        engine's session goes away. Fields that hold their value already are left alone."""
+        for name in names or self.deferred_fields():
+            if not isinstance(type(self).__dict__.get(name), DeferredField):
+                raise ArgumentError(f"{type(self).__name__} has no deferred field {name!r}", name)
+            getattr(self, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled: every field with its value (deferred ones fetched first). The engine's
+        functions (objective, predict, simulate) are closures over the engine's live state and
+        stay in the process that fitted: an unpickled fit has all fields, not those methods."""
+        self.fetch_deferred()
+        state = dict(self.__dict__)
+        dropped = [hook for hook in self._HOOKS if state.get(hook)]
+        for hook in dropped:
+            state[hook] = type(state[hook])()
+        if dropped:
+            state["_unpickled_without"] = tuple(dropped)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __copy__(self) -> Any:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)  # shares the Deferreds: a fetch serves both
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        self.fetch_deferred()
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            # the engine's functions are shared, not copied (closures over live state)
+            new.__dict__[key] = value if key in self._HOOKS else copy.deepcopy(value, memo)
+        return new
+
+    def _no_engine_function(self, hook: str, what: str) -> NotImplementedError:
+        """The error for a missing engine function (objective, predict, simulate)."""
+        engine = self.__dict__.get("engine")
+        if hook in self.__dict__.get("_unpickled_without", ()):
+            return NotImplementedError(
+                f"{what} is not available on an unpickled fit: engine {engine!r}'s functions "
+                "stay in the process that fitted it (every field was pickled)"
+            )
+        return NotImplementedError(f"engine {engine!r} does not implement {what}")
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if not f.repr:
+                continue
+            raw = self.__dict__.get(f.name)
+            shown.append(f"{f.name}={raw!r}")  # a Deferred shows as <deferred: ...>
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
 @dataclass(frozen=True)
 class FitMethods:
     """What an engine computes from a fit beyond its fields, attached with `MixedFit.attach`:
@@ -107,9 +262,13 @@ class FitMethods:
     predict: Callable[..., np.ndarray] | None = None
     simulate: Callable[..., np.ndarray] | None = None
 
+    def __bool__(self) -> bool:
+        """True when the engine attached any function."""
+        return any(fn is not None for fn in (self.objective, self.predict, self.simulate))
 
-@dataclass
-class MixedFit:
+
+@dataclass(repr=False)
+class MixedFit(DeferredFields):
     """A fitted linear or generalized linear mixed model, as lme4 reports it.
 
     Conventions (all engines):
@@ -136,7 +295,13 @@ class MixedFit:
       deviance function at the estimates is `criterion + 2·loglik_constant`.
     - `methods` (`FitMethods`): objective, predict and simulate, attached by the engine
       (`attach`); `extra`: engine-specific information, not compared across engines.
+
+    `ranef`, `cond_var`, `fitted` and `residuals` may be deferred by the engine (computed when
+    first read; see the module docstring): the R engine's embedded transport fetches cond_var,
+    fitted and residuals from the live merMod on first read.
     """
+
+    _HOOKS: ClassVar[tuple[str, ...]] = ("methods",)
 
     model: Literal["lmer", "glmer"]
     formula: str
@@ -149,8 +314,8 @@ class MixedFit:
     theta_names: list[str]
     varcorr: pd.DataFrame
     sigma: float
-    ranef: dict[str, pd.DataFrame]
-    cond_var: dict[str, np.ndarray]
+    ranef: dict[str, pd.DataFrame] = DeferredField()  # type: ignore[assignment]
+    cond_var: dict[str, np.ndarray] = DeferredField()  # type: ignore[assignment]
     loglik: float
     df: int
     deviance: float
@@ -159,8 +324,8 @@ class MixedFit:
     bic: float
     nobs: int
     ngroups: dict[str, int]
-    fitted: np.ndarray
-    residuals: np.ndarray
+    fitted: np.ndarray = DeferredField()  # type: ignore[assignment]
+    residuals: np.ndarray = DeferredField()  # type: ignore[assignment]
     singular: bool
     converged: bool
     messages: list[Message]
@@ -217,7 +382,7 @@ class MixedFit:
         """
         fn = self.methods.objective
         if fn is None:
-            raise NotImplementedError(f"engine {self.engine!r} does not expose its objective")
+            raise self._no_engine_function("methods", "objective()")
         if control is None:
             return float(fn(*params))
         if self.model != "glmer":
@@ -231,21 +396,25 @@ class MixedFit:
     @named_arguments
     def predict(
         self,
-        newdata: pd.DataFrame | None = None,
+        newdata: Any = None,
         re_form: Any = None,
         allow_new_levels: bool = False,
         type: str = "link",  # noqa: A002 - lme4's argument name
     ) -> np.ndarray:
-        """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type)."""
+        """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type).
+        `newdata`: any frame the fitting calls take (pandas, polars, pyarrow, narwhals)."""
+        from mixbridge.data_input import as_pandas
+
         allow = check_flag(allow_new_levels, "allow_new_levels")
         if self.methods.predict is None:
-            raise NotImplementedError(f"engine {self.engine!r} does not implement predict()")
+            raise self._no_engine_function("methods", "predict()")
+        newdata = as_pandas(newdata, argument="newdata")
         return self.methods.predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
 
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""
         if self.methods.simulate is None:
-            raise NotImplementedError(f"engine {self.engine!r} does not implement simulate()")
+            raise self._no_engine_function("methods", "simulate()")
         return self.methods.simulate(nsim, seed)
 
     def summary(self) -> str:
@@ -293,13 +462,14 @@ class MixedFit:
         return self.summary()
 
 
-@dataclass
-class BayesGLMFit:
+@dataclass(repr=False)
+class BayesGLMFit(DeferredFields):
     """A fitted arm::bayesglm model.
 
     `coef`, `se` (summary.glm SEs, Pearson dispersion), `se_display` (display() SEs, the fit's
     internal dispersion), `vcov` (summary's cov.scaled); `dispersion` is arm's final EM value
     (`fit$dispersion`), `dispersion_pearson` the summary one. `deviance` is unpenalized.
+    `fitted` may be deferred by the engine (computed when first read).
     """
 
     formula: str
@@ -321,7 +491,7 @@ class BayesGLMFit:
     prior_scale: np.ndarray
     prior_df: np.ndarray
     prior_sd: np.ndarray
-    fitted: np.ndarray
+    fitted: np.ndarray = DeferredField()  # type: ignore[assignment]
     nobs: int
     messages: list[Message]
     engine: str

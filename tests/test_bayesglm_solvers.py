@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from mixbridge.python_impl.bayesglm import BlockedDesign, fit_from_matrix, make_design
+from mixbridge.errors import ArgumentError
+from mixbridge.python_impl.bayesglm import fit_from_matrix
+from mixbridge.python_impl.bayesglm.blocked import BlockedDesign
+from mixbridge.python_impl.bayesglm.solver import make_design
 
 
 def _design(rng: np.random.Generator, n: int, G: int, intercept: bool, baseline: bool):
@@ -196,7 +199,7 @@ def test_public_api_large_factor_stays_sparse() -> None:
     """y ~ x + factor(id) with 3,000 levels through mixbridge.bayesglm: sparse X, blocked
     solver, the same numbers as the engine core on an explicitly built one-hot matrix."""
     import mixbridge
-    from mixbridge.python_impl.bayesglm import _glm_terms
+    from mixbridge.python_impl.bayesglm.terms import glm_terms
 
     rng = np.random.default_rng(9)
     G, n = 3_000, 9_000
@@ -205,7 +208,7 @@ def test_public_api_large_factor_stays_sparse() -> None:
     d = pd.DataFrame(
         {"id": ids, "x": x, "y": 0.5 * x + rng.normal(size=G)[ids] + rng.normal(size=n)}
     )
-    terms = _glm_terms(
+    terms = glm_terms(
         "y ~ x + factor(id)", d, family="gaussian", weights=None, offset=None, drop_baseline=True
     )
     assert sp.issparse(terms.X)
@@ -268,7 +271,7 @@ def test_sparse_one_hot_detection_equals_dense() -> None:
 def test_column_scale_is_arms_x_scale(x: list[float]) -> None:
     """x.scale without sorting equals arm's definition via unique(): 1 for a constant column,
     max - min for two distinct values, 2 sd otherwise (NaN dropped first)."""
-    from mixbridge.python_impl.bayesglm import _column_scale
+    from mixbridge.python_impl.bayesglm.design import column_scale
 
     v = np.asarray(x)
     u = np.unique(v[~np.isnan(v)])
@@ -278,7 +281,7 @@ def test_column_scale_is_arms_x_scale(x: list[float]) -> None:
         expected = float(u[-1] - u[0])
     else:
         expected = float(2.0 * np.std(v[~np.isnan(v)], ddof=1))
-    assert _column_scale(v) == expected
+    assert column_scale(v) == expected
 
 
 def test_engine_builds_terms_from_the_checked_frame() -> None:
@@ -302,3 +305,11 @@ def test_engine_builds_terms_from_the_checked_frame() -> None:
     np.testing.assert_array_equal(shared.vcov.to_numpy(), own.vcov.to_numpy())
     other = engine.bayesglm(f, d, frame=check_inputs("bayesglm", f, d2, **kw), **kw)
     np.testing.assert_array_equal(other.coef.to_numpy(), engine.bayesglm(f, d2, **kw).coef)
+
+
+def test_unknown_solver_is_an_argument_error() -> None:
+    """An unknown `solver` names the argument (it used to run the blocked path silently)."""
+    X = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 3.0]])
+    with pytest.raises(ArgumentError, match="solver must be one of auto, dense, blocked") as err:
+        make_design(X, True, "qr")  # type: ignore[arg-type]
+    assert err.value.argument == "solver"

@@ -361,9 +361,9 @@ def test_fixed_dispersion_gives_lmer_blups(needs_r: None) -> None:
 def test_sparse_terms_path_matches_arm(monkeypatch: pytest.MonkeyPatch, needs_r: None) -> None:
     """The sparse model-matrix path (normally for >= 500 levels), forced on a 40-level factor
     with an interaction, against arm."""
-    import mixbridge.python_impl.bayesglm as engine_module
+    from mixbridge.python_impl.bayesglm import terms
 
-    monkeypatch.setattr(engine_module, "SPARSE_MIN_LEVELS", 10)
+    monkeypatch.setattr(terms, "SPARSE_MIN_LEVELS", 10)
     data = _data_many_levels()
     data["z"] = np.arange(len(data)) % 3 == 0
     case = Case("sparse", "yb ~ x + id + x:z", None, {"family": "binomial"})

@@ -195,10 +195,11 @@ def test_lmertest_works_on_converted_lmer(lme4_data, request):
     d = lme4_data["sleepstudy"]
     formula = "Reaction ~ Days + (Days | Subject)"
     script = """function(m, data) {
-      suppressPackageStartupMessages(library(lmerTest))
+      # lmerTest through its namespace, never attached: attached, it would change what other
+      # tests' broom.mixed calls return for plain lme4 fits
       own <- lmerTest::lmer(Reaction ~ Days + (Days | Subject), data)
       co <- function(x) as.data.frame(summary(x)$coefficients)
-      list(converted = co(as_lmerModLmerTest(m)), own = co(own))
+      list(converted = co(lmerTest::as_lmerModLmerTest(m)), own = co(own))
     }"""
     fits = {"python": mixbridge.lmer(formula, d), "r": mixbridge.lmer(formula, d, engine="r")}
     tables = {k: r_call(script, m=f.to_r(), data=d) for k, f in fits.items()}

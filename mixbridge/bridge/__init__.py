@@ -135,6 +135,51 @@ def _versions(value: dict[str, Any], transport: str) -> dict[str, str]:
     return build.versions(value, locate.rpy2_version() if transport == "embedded" else None)
 
 
+# Fields an embedded fit leaves in R until first read (r_scripts/mixbridge.R: .mb_deferrable):
+# lme4's condVar costs more than the fit itself on big data, and the per-row vectors cost a
+# transfer of n doubles each. The subprocess transport keeps no R process: R computes every
+# field at once.
+DEFERRED_FIELDS = ("cond_var", "fitted", "residuals")
+
+
+def _fit_options(transport: str) -> dict[str, Any]:
+    """keep_fit/defer for mb_lmer and mb_glmer: the embedded transport keeps the merMod in R
+    (predict, deferred fields); the subprocess transport gets every field at once."""
+    if transport == "embedded":
+        return {"keep_fit": True, "defer": list(DEFERRED_FIELDS)}
+    return {"keep_fit": False}
+
+
+def _field_fetcher(fit_sexp: Any, timeout: float | None) -> Callable[[str], dict[str, Any]] | None:
+    """fit.<field> from the merMod kept in the embedded R session (None: no merMod kept)."""
+    if fit_sexp is None:
+        return None
+
+    def fetch(name: str) -> dict[str, Any]:
+        from mixbridge.bridge import embedded
+
+        with embedded.LOCK:
+            return embedded.call("mb_mer_field", fit_sexp, name, timeout=timeout)
+
+    return fetch
+
+
+def _mixed_fit(
+    res: dict[str, Any], model: str, formula: str, transport: str, timeout: float | None
+) -> MixedFit:
+    from mixbridge.bridge import embedded
+
+    value = res["value"]
+    return build.mixed_fit(
+        res,
+        model=model,
+        formula=formula,
+        versions_=_versions(value, transport),
+        fetch_field=_field_fetcher(value.get("fit"), timeout),
+        lock=embedded.LOCK,
+    )
+
+
 def _finish(fit: Any, transport: str, note: Message | None) -> None:
     """Record the transport used (and why, after a fallback), then re-emit the warnings."""
     fit.extra["transport"] = transport
@@ -297,10 +342,10 @@ def lmer(
     columns, nrow, wo = _encode("lmer", formula, data, weights, offset)
     transport, note = resolve_transport(transport)
     base = {"formula": formula, "REML": bool(reml), **wo}
-    keep = {"keep_fit": transport == "embedded"}
+    keep = _fit_options(transport)
     res = _run("mb_lmer", transport, {**base, "control": ctrl, **keep}, columns, nrow, timeout)
     value = build.check(res, "lmer")
-    fit = build.mixed_fit(res, model="lmer", formula=formula, versions_=_versions(value, transport))
+    fit = _mixed_fit(res, "lmer", formula, transport, timeout)
     fit.attach(
         objective=_devfun_hook("mb_lmer_devfun", transport, base, columns, nrow, timeout=timeout),
         predict=_predict_hook(
@@ -338,12 +383,10 @@ def glmer(
         **wo,
         "control": ctrl,
     }
-    keep = {"keep_fit": transport == "embedded"}
+    keep = _fit_options(transport)
     res = _run("mb_glmer", transport, {**base, **keep}, columns, nrow, timeout)
     value = build.check(res, "glmer")
-    fit = build.mixed_fit(
-        res, model="glmer", formula=formula, versions_=_versions(value, transport)
-    )
+    fit = _mixed_fit(res, "glmer", formula, transport, timeout)
     if "tol_pwrss" in value:  # the PIRLS tolerance of lme4's deviance function (glmerControl)
         fit.optimizer["tol_pwrss"] = float(np.ravel(value["tol_pwrss"])[0])
     n_params = len(fit.theta) if int(nagq) == 0 else None

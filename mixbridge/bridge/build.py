@@ -7,13 +7,15 @@ this module is the single place where R's names become mixbridge's fields.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mixbridge.errors import RModelError
-from mixbridge.results import BayesGLMFit, Message, MixedFit
+from mixbridge.results import BayesGLMFit, Deferred, Message, MixedFit, emit_warnings
 
 
 def _f(x: Any) -> float:
@@ -92,9 +94,61 @@ def versions(value: dict[str, Any], rpy2_version: str | None) -> dict[str, str]:
     return v
 
 
+def cond_var(value: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """lme4's condVar per factor (R: nc x nc x levels, column-major) as levels x nc x nc."""
+    out: dict[str, np.ndarray] = {}
+    for r in value or []:
+        nc, _, nl = (int(d) for d in r["dim"])
+        arr = np.asarray(r["values"], dtype=float).reshape((nl, nc, nc)).transpose(0, 2, 1)
+        out[_s(r["factor"])] = arr
+    return out
+
+
+def _vector(value: Any) -> np.ndarray:
+    return np.asarray(value, dtype=float)
+
+
+# The fields R can leave out of a fit's result (r_scripts/mixbridge.R: .mb_deferrable), each
+# decoded by one function whether it came with the fit or was fetched later (mb_mer_field).
+FIELDS: dict[str, Callable[[Any], Any]] = {
+    "cond_var": cond_var,
+    "fitted": _vector,
+    "residuals": _vector,
+}
+
+
+def _deferred(
+    name: str,
+    fetch_field: Callable[[str], dict[str, Any]],
+    lock: AbstractContextManager[Any] | None,
+    msgs: list[Message],
+) -> Deferred[Any]:
+    """fit.<name>, fetched from R when first read: decoded as if it had come with the fit; R's
+    warnings and messages join fit.messages (warnings are re-emitted then)."""
+
+    def fetch() -> Any:
+        res = fetch_field(name)
+        value = check(res, f"fit.{name}")
+        new = messages(res)
+        msgs.extend(new)
+        emit_warnings(new)
+        return FIELDS[name](value)
+
+    return Deferred(fetch, lock=lock, source=f"{name} from lme4's fit in the embedded R session")
+
+
 def mixed_fit(
-    res: dict[str, Any], *, model: str, formula: str, versions_: dict[str, str]
+    res: dict[str, Any],
+    *,
+    model: str,
+    formula: str,
+    versions_: dict[str, str],
+    fetch_field: Callable[[str], dict[str, Any]] | None = None,
+    lock: AbstractContextManager[Any] | None = None,
 ) -> MixedFit:
+    """The MixedFit of an mb_lmer/mb_glmer result. Fields the result lists under "deferred"
+    (left out by R) become Deferreds: `fetch_field(name)` returns R's {ok, value, messages,
+    error} for that field when it is first read, under `lock`."""
     v = res["value"]
     msgs = messages(res)
     oi = v["optinfo"]
@@ -120,18 +174,19 @@ def mixed_fit(
         }
     )
     ranef: dict[str, pd.DataFrame] = {}
-    cond_var: dict[str, np.ndarray] = {}
     for r in v["ranef"]:
-        name = _s(r["factor"])
         modes = _matrix(r["modes"])
         modes.index = [str(i) for i in modes.index]
-        ranef[name] = modes
-        if not r["cond_var_dim"]:  # control={"cond_var": False}
-            continue
-        nc, _, nl = (int(d) for d in r["cond_var_dim"])
-        # R array nc x nc x levels, column-major -> (levels, nc, nc)
-        arr = np.asarray(r["cond_var"], dtype=float).reshape((nl, nc, nc)).transpose(0, 2, 1)
-        cond_var[name] = arr
+        ranef[_s(r["factor"])] = modes
+    left_out = set(v.get("deferred") or [])
+    if left_out and fetch_field is None:
+        raise ValueError(f"R left out {sorted(left_out)} and nothing can fetch them")
+    deferrable = {
+        name: _deferred(name, fetch_field, lock, msgs)  # type: ignore[arg-type]
+        if name in left_out
+        else FIELDS[name](v[name])
+        for name in FIELDS
+    }
     ng = v["ngrps"]
     vcov_rx = _matrix(v["vcov_rx"]) if "vcov_rx" in v else None
     rc = v.get("reml_criterion")
@@ -148,7 +203,7 @@ def mixed_fit(
         varcorr=varcorr,
         sigma=_f(v["sigma"]),
         ranef=ranef,
-        cond_var=cond_var,
+        cond_var=deferrable["cond_var"],
         loglik=_f(v["loglik"]),
         df=_i(v["df"]),
         deviance=_f(v["deviance"]),
@@ -157,8 +212,8 @@ def mixed_fit(
         bic=_f(v["bic"]),
         nobs=_i(v["nobs"]),
         ngroups={str(k): int(n) for k, n in zip(ng["names"], ng["values"], strict=True)},
-        fitted=np.asarray(v["fitted"], dtype=float),
-        residuals=np.asarray(v["residuals"], dtype=float),
+        fitted=deferrable["fitted"],
+        residuals=deferrable["residuals"],
         singular=_b(v["singular"]),
         converged=converged,
         messages=msgs,

@@ -75,6 +75,16 @@ def session() -> tuple[Any, Any]:
     """
     with LOCK:
         if "env" in _STATE:
+            if not _STATE["ri"].embedded.isready():
+                # rpy2's endr() ended R; R cannot start twice in one process
+                raise RNotAvailableError(
+                    "the embedded R session has ended (rpy2's endr()) and R cannot be started "
+                    "again in this process; fit fields not read before then (see "
+                    "fit.deferred_fields()) cannot be fetched. Use transport='subprocess', or "
+                    "call fit.fetch_deferred() before ending R",
+                    missing=["R"],
+                    install="start a new Python process",
+                )
             return _STATE["ri"], _STATE["env"]
         problem = locate.r_home_problem()
         if problem:

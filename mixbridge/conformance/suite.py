@@ -189,17 +189,11 @@ def _check_case_types(entry: dict[str, Any], where: str) -> None:
 
 
 def read_data(path: str | Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a DataFrame; string columns become categoricals (R factors)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"data file not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        frame = pd.read_csv(p)
-    elif suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(p)
-    else:
-        raise ValueError(f"data file must be .csv or .parquet, got {p.name}")
+    """A CSV or Parquet file as a DataFrame (`mixbridge.data_input.read_file`); object columns
+    become categoricals (R factors)."""
+    from mixbridge.data_input import read_file
+
+    frame = read_file(path)
     for col in frame.columns:
         if frame[col].dtype == object:
             frame[col] = pd.Categorical(frame[col])

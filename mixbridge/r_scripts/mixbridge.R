@@ -226,18 +226,25 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
   name
 }
 
-# cond_var = FALSE skips lme4's condVar: for a scalar term with 5e4 levels it costs more CPU
-# than the fit itself (31.7 s vs 25 s at 1e6 rows), and many large-data callers never use it.
-.mb_ranef <- function(fit, cond_var = TRUE) {
-  re <- lme4::ranef(fit, condVar = cond_var)
+# Conditional modes per grouping factor: list(factor, modes) each.
+.mb_ranef <- function(fit) {
+  re <- lme4::ranef(fit, condVar = FALSE)
   lapply(names(re), function(f) {
     d <- re[[f]]
     m <- as.matrix(d)
     dimnames(m) <- list(rownames(d), colnames(d))
-    if (!cond_var) {
-      return(list(factor = f, modes = .mb_mat(m), cond_var_dim = integer(0),
-                  cond_var = numeric(0)))
-    }
+    list(factor = f, modes = .mb_mat(m))
+  })
+}
+
+# Conditional variances (lme4's condVar) per grouping factor: list(factor, dim, values) each, an
+# nc x nc x levels array. For a scalar term with 5e4 levels lme4 takes longer for this than for
+# the fit itself (22 s vs 14 s at 1e6 rows), so the embedded transport computes it only when
+# fit.cond_var is first read (.mb_mer_field), and control cond_var = FALSE skips it.
+.mb_cond_var <- function(fit) {
+  re <- lme4::ranef(fit, condVar = TRUE)
+  lapply(names(re), function(f) {
+    d <- re[[f]]
     pv <- attr(d, "postVar")
     nc <- ncol(d)
     nl <- nrow(d)
@@ -253,12 +260,31 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
       }
       pv <- full
     }
-    list(factor = f, modes = .mb_mat(m), cond_var_dim = as.integer(dim(pv)),
-         cond_var = as.vector(pv))
+    list(factor = f, dim = as.integer(dim(pv)), values = as.vector(pv))
   })
 }
 
-.mb_extract_mer <- function(fit, glmm, cond_var = TRUE) {
+# The result fields that can be left out of the fit's result and fetched from the live merMod
+# when first read (embedded transport): each computed by the same code either way.
+.mb_deferrable <- c("cond_var", "fitted", "residuals")
+
+.mb_mer_field <- function(fit, name) {
+  switch(name,
+    cond_var = .mb_cond_var(fit),
+    fitted = unname(as.numeric(stats::fitted(fit))),
+    residuals = unname(as.numeric(stats::residuals(fit))),
+    stop(sprintf("no deferred field '%s'", name))
+  )
+}
+
+# fit.<field> of an embedded fit, read for the first time.
+mb_mer_field <- function(fit, name) {
+  .mb_capture(.mb_mer_field(fit, as.character(name)))
+}
+
+# defer: names among .mb_deferrable left out (fetched later by mb_mer_field); cond_var = FALSE:
+# no conditional variances at all (an empty list).
+.mb_extract_mer <- function(fit, glmm, cond_var = TRUE, defer = character(0)) {
   fam <- stats::family(fit)
   reml <- !glmm && lme4::isREML(fit)
   ll <- stats::logLik(fit)
@@ -274,15 +300,13 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
                    var2 = as.character(vc$var2), vcov = as.numeric(vc$vcov),
                    sdcor = as.numeric(vc$sdcor)),
     sigma = as.numeric(stats::sigma(fit)),
-    ranef = .mb_ranef(fit, !identical(cond_var, FALSE)),
+    ranef = .mb_ranef(fit),
     loglik = as.numeric(ll), df = as.integer(attr(ll, "df")),
     deviance = as.numeric(if (reml) stats::deviance(fit, REML = FALSE) else stats::deviance(fit)),
     reml_criterion = if (reml) as.numeric(lme4::REMLcrit(fit)) else NULL,
     aic = as.numeric(stats::AIC(fit)), bic = as.numeric(stats::BIC(fit)),
     nobs = as.integer(stats::nobs(fit)),
     ngrps = .mb_nv(vapply(lme4::ngrps(fit), as.integer, 1L)),
-    fitted = unname(as.numeric(stats::fitted(fit))),
-    residuals = unname(as.numeric(stats::residuals(fit))),
     singular = lme4::isSingular(fit),
     nagq = as.integer(if (glmm) fit@devcomp$dims[["nAGQ"]] else 1L),
     dropped_columns = as.character(names(attr(X, "col.dropped"))),
@@ -299,6 +323,15 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
       hessian = if (is.null(oi$derivs)) NULL else .mb_mat(oi$derivs$Hessian)
     )
   )
+  defer <- intersect(as.character(unlist(defer)), .mb_deferrable)
+  if (identical(cond_var, FALSE)) {
+    out$cond_var <- list()
+    defer <- setdiff(defer, "cond_var")
+  }
+  for (name in setdiff(.mb_deferrable, names(out))) {
+    if (!(name %in% defer)) out[[name]] <- .mb_mer_field(fit, name)
+  }
+  out$deferred <- as.character(defer)
   if (glmm) {
     # Our own extra call: its "vcov ... from finite-difference Hessian and from RX differ"
     # warning is not one the user's glmer() call would give, so it is not reported.
@@ -308,14 +341,16 @@ mb_make_df <- function(cols, names, kinds, levels, nrow) {
   out
 }
 
-# keep_fit = TRUE adds the merMod itself as `fit` (embedded transport: for predict()).
+# keep_fit = TRUE adds the merMod itself as `fit` (embedded transport: for predict() and the
+# deferred fields); defer: fields left out, fetched from `fit` when first read (mb_mer_field).
 mb_lmer <- function(formula, data, REML = TRUE, weights_col = NULL, offset_col = NULL,
-                    control = list(), keep_fit = FALSE) {
+                    control = list(), keep_fit = FALSE, defer = character(0)) {
   .mb_capture({
     fml <- .mb_formula(formula)
     ctrl <- .mb_lmer_control(control)
     fit <- eval(.mb_mer_call(FALSE, weights_col, offset_col, start = control$start))
-    out <- .mb_extract_mer(fit, glmm = FALSE, cond_var = control$cond_var)
+    out <- .mb_extract_mer(fit, glmm = FALSE, cond_var = control$cond_var,
+                           defer = if (isTRUE(keep_fit)) defer else character(0))
     if (isTRUE(keep_fit)) out$fit <- fit
     out
   })
@@ -323,14 +358,15 @@ mb_lmer <- function(formula, data, REML = TRUE, weights_col = NULL, offset_col =
 
 mb_glmer <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
                      weights_col = NULL, offset_col = NULL, control = list(),
-                     keep_fit = FALSE) {
+                     keep_fit = FALSE, defer = character(0)) {
   .mb_capture({
     fml <- .mb_formula(formula)
     fam <- .mb_family(family, link)
     nAGQ <- as.integer(nAGQ)
     ctrl <- .mb_glmer_control(control)
     fit <- eval(.mb_mer_call(TRUE, weights_col, offset_col))
-    out <- .mb_extract_mer(fit, glmm = TRUE, cond_var = control$cond_var)
+    out <- .mb_extract_mer(fit, glmm = TRUE, cond_var = control$cond_var,
+                           defer = if (isTRUE(keep_fit)) defer else character(0))
     out$tol_pwrss <- as.numeric(ctrl$tolPwrss)  # the deviance function's PIRLS tolerance
     if (isTRUE(keep_fit)) out$fit <- fit
     out
