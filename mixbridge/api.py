@@ -23,7 +23,6 @@ from mixbridge.checks import (
     check_inputs,
     check_nagq,
     check_theta_length,
-    is_dask,
     named_arguments,
 )
 from mixbridge.control import check_control

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError, DataError, FormulaError
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def check_inputs(
         )
     if not isinstance(data, pd.DataFrame):
         kind = type(data).__name__
-        if type(data).__module__.startswith("dask"):
+        if is_dask(data):
             kind = f"a Dask {kind} (accepted by lmer() only, for a single (1 | g) term)"
         raise DataError(
             f"data must be a DataFrame (pandas, polars, a pyarrow Table or any frame narwhals "
@@ -115,11 +116,6 @@ def check_inputs(
     if nagq is not None:
         _check_nagq(frame, nagq)
     return frame
-
-
-def is_dask(data: Any) -> bool:
-    """Whether `data` is a Dask collection (fitted out of core by engines that accept it)."""
-    return type(data).__module__.startswith("dask")
 
 
 def check_dask_inputs(

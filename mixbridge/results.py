@@ -402,13 +402,25 @@ class MixedFit(DeferredFields):
         type: str = "link",  # noqa: A002 - lme4's argument name
     ) -> np.ndarray:
         """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type).
-        `newdata`: any frame the fitting calls take (pandas, polars, pyarrow, narwhals)."""
+        `newdata`: any frame the fitting calls take (pandas, polars, pyarrow, narwhals).
+
+        On new data, as lme4, the formula's offset() terms are evaluated and an offset= argument
+        of the fit is not applied (a MixbridgeWarning says so): put the offset in the formula,
+        or add it to the result, to include it."""
         from mixbridge.data_input import as_pandas
 
         allow = check_flag(allow_new_levels, "allow_new_levels")
         if self.methods.predict is None:
             raise self._no_engine_function("methods", "predict()")
         newdata = as_pandas(newdata, argument="newdata")
+        if newdata is not None and self.call is not None and self.call.offset is not None:
+            warnings.warn(
+                "predict(newdata): as lme4's predict.merMod, the fit's offset= argument is not "
+                "applied to new data (only offset() terms of the formula are); use "
+                "offset(...) in the formula, or add the offset to the result",
+                MixbridgeWarning,
+                stacklevel=2,
+            )
         return self.methods.predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
 
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:

@@ -63,6 +63,9 @@ def test_predict_new_levels(sleep_fits):
 
 
 def test_predict_with_offset_and_dropped_column(needs_r):
+    """On new data lme4's predict.merMod evaluates the formula's offset() terms but not the fit's
+    offset= argument: the Python engine does the same and warns (checked against lme4 on the
+    same fit in test_to_r.py::test_predict_newdata_offset_like_lme4)."""
     rng = np.random.default_rng(7)
     n = 120
     data = pd.DataFrame(
@@ -76,14 +79,16 @@ def test_predict_with_offset_and_dropped_column(needs_r):
     data["y"] = 1.0 + data["off"] + 0.5 * data["x"] + rng.normal(size=n)
     fp = mixbridge.lmer("y ~ x + x2 + (1 | g)", data, offset="off")
     assert fp.dropped_columns == ["x2"]
-    np.testing.assert_allclose(fp.predict(newdata=data), fp.fitted, rtol=1e-12)
-    pop = fp.predict(newdata=data, re_form="~0")
-    expected = data["off"] + fp.fixef["(Intercept)"] + fp.fixef["x"] * data["x"]
+    with pytest.warns(MixbridgeWarning, match="offset= argument is not applied"):
+        got = fp.predict(newdata=data)
+    np.testing.assert_allclose(got, fp.fitted - data["off"].to_numpy(), rtol=1e-12)
+    with pytest.warns(MixbridgeWarning):
+        pop = fp.predict(newdata=data, re_form="~0")
+    expected = fp.fixef["(Intercept)"] + fp.fixef["x"] * data["x"]
     np.testing.assert_allclose(pop, expected.to_numpy(), rtol=1e-12)
-    # an array offset cannot be evaluated on new rows: say so instead of dropping it silently
-    fa = mixbridge.lmer("y ~ x + (1 | g)", data, offset=data["off"].to_numpy())
-    with pytest.raises(DataError, match="offset"):
-        fa.predict(newdata=data)
+    # in the formula, the offset is evaluated on new data (no warning)
+    fo = mixbridge.lmer("y ~ x + offset(off) + (1 | g)", data)
+    np.testing.assert_allclose(fo.predict(newdata=data), fo.fitted, rtol=1e-12)
 
 
 def test_simulate_moments(sleep_fits):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from r_helpers import r_call, r_frame
 
 import mixbridge
 from mixbridge.conformance.tolerance import DERIVED_FACTOR, POLICIES
-from mixbridge.errors import ArgumentError, DataError
+from mixbridge.errors import ArgumentError, DataError, MixbridgeWarning
 
 TIGHT = 1e-10
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
@@ -339,3 +340,32 @@ def test_glmer_predict_selects_terms_like_lme4(lme4_data, r_dataset, case):
                 np.testing.assert_allclose(ours, theirs, rtol=TIGHT, atol=TIGHT,
                                            err_msg=f"{re_form} {kind}")  # fmt: skip
     assert not np.allclose(fit.predict(re_form=forms[0]), fit.predict(re_form=forms[1]))
+
+
+@pytest.mark.parametrize("model", ["lmer", "glmer"])
+def test_predict_newdata_offset_like_lme4(lme4_data, model):
+    """On new data lme4's predict.merMod evaluates offset() terms of the formula and leaves out
+    the fit's offset= argument; the Python engine's predict does the same (lme4's predict on
+    the same fit, to 1e-10), for an offset argument and an offset() term."""
+    rng = np.random.default_rng(7)
+    n = 120
+    data = pd.DataFrame({"x": rng.normal(size=n), "g": [f"g{i % 12}" for i in range(n)]})
+    data["off"] = rng.normal(0, 0.3, size=n)
+    data["y"] = 1.0 + data["off"] + 0.5 * data["x"] + rng.normal(size=n)
+    data["k"] = rng.poisson(np.exp(0.3 + data["off"] + 0.2 * data["x"]))
+    fit_call = mixbridge.lmer if model == "lmer" else mixbridge.glmer
+    extra = {} if model == "lmer" else {"family": "poisson"}
+    response = "y" if model == "lmer" else "k"
+    with_argument = fit_call(f"{response} ~ x + (1 | g)", data, offset="off", **extra)
+    in_formula = fit_call(f"{response} ~ x + offset(off) + (1 | g)", data, **extra)
+    newdata = data.iloc[::5].reset_index(drop=True)
+    for fit in (with_argument, in_formula):
+        m = fit.to_r()
+        for re_form in (None, "~0"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MixbridgeWarning)
+                ours = fit.predict(newdata, re_form=re_form)
+            theirs = r_call(PREDICT, m=m, newdata=newdata, re_form=re_form or "NULL", type="link")
+            np.testing.assert_allclose(ours, theirs, rtol=TIGHT, atol=TIGHT)
+    with pytest.warns(MixbridgeWarning, match="offset= argument is not applied"):
+        with_argument.predict(newdata)

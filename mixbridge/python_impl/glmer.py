@@ -351,7 +351,6 @@ def _glmer_fit(
         b,
         tks,
         None,
-        model.spec.offset_arg,
         lambda: model.unsort(resp.offset + model.X @ beta),
         family=resp.family_name,
         linkinv=resp.linkinv,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mixbridge.checks import is_dask
+from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
 from mixbridge.python_impl import optimizers
 from mixbridge.python_impl.group_stats import GroupStats, column_variances
@@ -110,13 +110,11 @@ def fit_terms(
     formula: str,
     reml: bool,
     control: Mapping[str, Any] | None = None,
-    offset_arg: Any = None,
 ) -> MixedFit:
-    """Fit lmer on already-built model terms. `offset_arg` is the offset= argument as given
-    (a column name can be re-evaluated on newdata by predict)."""
+    """Fit lmer on already-built model terms."""
     settings = lmer_settings(control)
     check_lmer_terms(terms)
-    return fit_spec(LmerSpec(terms, bool(reml), settings, offset_arg), formula)
+    return fit_spec(LmerSpec(terms, bool(reml), settings), formula)
 
 
 def fit_spec(spec: LmerSpec, formula: str) -> MixedFit:
@@ -347,7 +345,6 @@ def _lmer_fit(
         b,
         tks,
         float(sigma),
-        spec.offset_arg,
         population,
         weights=None if terms.weights is None else np.asarray(terms.weights, float),
     )

@@ -6,9 +6,9 @@
 `re_form` selects random-effects terms as lme4's mkNewReTrms: None (all), "~0"/NA (none), or a
 one-sided formula of terms, which pick the model's columns by grouping factor and column name
 after `||` and `/` expansion. New data get X from the fit's levels, contrasts and transforms,
-the formula's offset() terms and the fit's offset= column (an array offset cannot be evaluated
-on new rows: a DataError says so). type="response" applies lme4's inverse link (identity for
-lmer).
+the formula's offset() terms; as lme4's predict.merMod, an offset= argument of the fit is not
+applied to new data (MixedFit.predict warns). type="response" applies lme4's inverse link
+(identity for lmer).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ class FitPredictions:
     b: np.ndarray
     tks: list[np.ndarray]
     sigma: float | None
-    offset_arg: Any
     population: Callable[[], np.ndarray]
     family: str = "gaussian"
     linkinv: Callable[[np.ndarray], np.ndarray] | None = None
@@ -73,7 +72,7 @@ class FitPredictions:
             eta = self.population()
         else:
             x_new = np.asarray(terms.fixed_matrix(newdata), dtype=float)
-            eta = x_new @ self.beta + _newdata_offset(terms, newdata, self.offset_arg)
+            eta = x_new @ self.beta + _newdata_offset(terms, newdata)
         for k, cols in use.items():
             t = reterms[k]
             if newdata is None:
@@ -144,24 +143,13 @@ def _group_values(t: ReTerm, newdata: pd.DataFrame) -> np.ndarray:
     return np.array(["?"] * len(newdata))
 
 
-def _newdata_offset(terms: MixedTerms, newdata: pd.DataFrame, offset_arg: Any) -> np.ndarray:
-    """Formula offset() terms plus the offset= argument, evaluated on newdata."""
-    off = np.zeros(len(newdata))
+def _newdata_offset(terms: MixedTerms, newdata: pd.DataFrame) -> np.ndarray:
+    """The formula's offset() terms evaluated on newdata. lme4's predict.merMod adds only these:
+    an offset= argument of the fit is left out on new data (its source: "FIXME: is this
+    redundant??"), and so it is here."""
     if hasattr(terms, "offset_for"):
-        off = off + np.asarray(terms.offset_for(newdata), dtype=float)
-    if offset_arg is None:
-        return off
-    if isinstance(offset_arg, str):
-        if offset_arg not in newdata.columns:
-            raise DataError(
-                f"newdata has no column {offset_arg!r}, needed for the offset", offset_arg
-            )
-        return off + pd.to_numeric(newdata[offset_arg]).to_numpy(dtype=float)
-    raise DataError(
-        "the fit's offset was given as an array, which cannot be evaluated on newdata; pass "
-        "it as a column name or as offset(...) in the formula to predict on new data",
-        "offset",
-    )
+        return np.asarray(terms.offset_for(newdata), dtype=float)
+    return np.zeros(len(newdata))
 
 
 def parse_re_form(re_form: Any, reterms: list[ReTerm]) -> dict[int, np.ndarray]:

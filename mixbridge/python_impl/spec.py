@@ -118,7 +118,6 @@ class LmerSpec:
     terms: MixedTerms
     reml: bool
     settings: LmerSettings = field(default_factory=LmerSettings)
-    offset_arg: Any = None  # offset= as given (a column name can be evaluated on newdata)
 
 
 @dataclass
@@ -136,7 +135,6 @@ class GlmerSpec:
     offset: np.ndarray
     eta_init: np.ndarray
     messages: list[Message]
-    offset_arg: Any = None
 
     @property
     def tol_pwrss(self) -> float:
@@ -183,7 +181,7 @@ def lmer_spec(
     settings = lmer_settings(control)
     terms = mixed_terms(formula, data, weights=weights, offset=offset, model="lmer", frame=frame)
     check_lmer_terms(terms)
-    return LmerSpec(terms, bool(reml), settings, offset)
+    return LmerSpec(terms, bool(reml), settings)
 
 
 def glmer_spec(
@@ -228,7 +226,6 @@ def glmer_spec(
         off,
         eta_init,
         messages,
-        offset,
     )
 
 
