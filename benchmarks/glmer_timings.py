@@ -23,7 +23,7 @@ from mixbridge.bridge.datasets import load_r_dataset
 
 
 def lme4_scale(fit) -> float:
-    return -2.0 * (fit.loglik - fit.extra.get("lme4_loglik_constant", 0.0))
+    return -2.0 * (fit.loglik - fit.loglik_constant)
 
 
 def timed(label: str, formula: str, data: pd.DataFrame, engines, **kw):

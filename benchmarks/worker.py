@@ -114,16 +114,17 @@ def engine_mixbridge(model: str, transport: str | None = None):
 
 def engine_core(model: str):
     """The O(G) core on raw columns: one pass + 1-D fit + ranef (no formula, no pandas)."""
-    from mixbridge.python_impl import lmm_scalar as ls
+    from mixbridge.python_impl.group_stats import group_stats_columns
+    from mixbridge.python_impl.lmm_scalar import scalar_ri_fit
 
     assert model == "lmm"
 
     def run(cols):
         G = int(cols["g"].max()) + 1
-        stats = ls.group_stats_columns(
+        stats = group_stats_columns(
             [cols["x1"], cols["x2"], cols["x3"]], cols["y"], None, cols["g"], G
         )
-        res = ls.scalar_ri_fit(stats, reml=True)
+        res = scalar_ri_fit(stats, reml=True)
         return {
             "fixef": res.beta.tolist(),
             "theta": [res.theta],

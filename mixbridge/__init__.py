@@ -6,6 +6,7 @@ ref = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, engine="r
 mixbridge.compare(fit, ref).assert_ok()
 """
 
+import mixbridge.conformance.adapters  # noqa: F401  (registers the peer engines, lazily)
 from mixbridge.api import bayesglm, glmer, glmer_objective, lmer, lmer_objective
 from mixbridge.checks import named_arguments
 from mixbridge.errors import (

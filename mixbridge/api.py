@@ -17,6 +17,7 @@ from mixbridge import engines
 from mixbridge.checks import (
     check_bayesglm_args,
     check_bayesglm_terms,
+    check_dask_inputs,
     check_family_name,
     check_flag,
     check_inputs,
@@ -64,25 +65,18 @@ def lmer(
     part is a single `(1|g)` term.
     """
     reml = check_flag(reml, "reml")
-    if is_dask(data):
-        from mixbridge.python_impl.distributed import lmer_dask
-
-        if engine != "python":
-            raise ArgumentError(
-                f"engine={engine!r} cannot fit a Dask DataFrame: only engine='python' fits Dask "
-                "data (out of core, single (1 | g) term); call .compute() to fit a pandas "
-                f"DataFrame with engine={engine!r}",
-                "engine",
-            )
-        _r_options(engine, transport, timeout)
-        ctrl = check_control("lmer", control, engine)
-        return lmer_dask(formula, data, reml=reml, weights=weights, offset=offset, control=ctrl)
     ctrl = check_control("lmer", control, _engine_name(engine))
-    data, weights, offset = _inputs(data, formula, weights, offset)
-    frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
-    if "start" in ctrl:
-        check_theta_length(frame, ctrl["start"], "start")
-    fit = engines.get(engine).lmer(
+    if is_dask(data):
+        impl = _dask_engine(engine)
+        check_dask_inputs("lmer", formula, data, weights=weights, offset=offset)
+        prepared: dict[str, Any] = {}
+    else:
+        data, weights, offset = _inputs(data, formula, weights, offset)
+        frame = check_inputs("lmer", formula, data, weights=weights, offset=offset)
+        if "start" in ctrl:
+            check_theta_length(frame, ctrl["start"], "start")
+        impl, prepared = engines.get(engine), _prepared(engine, frame)
+    fit = impl.lmer(
         formula,
         data,
         reml=reml,
@@ -90,7 +84,7 @@ def lmer(
         offset=offset,
         control=ctrl,
         **_r_options(engine, transport, timeout),
-        **_prepared(engine, frame),
+        **prepared,
     )
     fit.call = FitCall("lmer", formula, data, reml=bool(reml), weights=weights, offset=offset)
     return fit
@@ -264,7 +258,7 @@ def glmer_objective(
     """glmer's deviance function (Laplace or AGQ) at (theta, beta), optimizer-free.
 
     The function `glmer` with the same arguments minimizes: at its estimates this is
-    `fit.criterion` (nAGQ > 1: plus 2·fit.extra["lme4_loglik_constant"] on the Python engine),
+    `fit.criterion` (nAGQ > 1: plus 2·fit.loglik_constant on the Python engine),
     anywhere `fit.objective(theta, beta)`. `control={"tol_pwrss": ...}` sets the PIRLS tolerance
     (lme4's `tolPwrss`; default lme4's 1e-7, on the Python engine 1e-12 — the converged
     deviance — from `GRADIENT_MIN_ROWS` = 50,000 rows, see `fit.optimizer["tol_pwrss"]`).
@@ -295,6 +289,20 @@ def glmer_objective(
             **_prepared(engine, frame),
         )
     )
+
+
+def _dask_engine(engine: str) -> Any:
+    """The engine, which must be registered as fitting Dask data (`engines.accepts`)."""
+    impl = engines.get(engine)
+    if not engines.accepts(engine, "dask"):
+        fits = [e for e in engines.available() if engines.accepts(e, "dask")]
+        raise ArgumentError(
+            f"engine={engine!r} cannot fit a Dask DataFrame: engines that fit Dask data: "
+            f"{', '.join(repr(e) for e in fits)} (engine='python': out of core, single "
+            f"(1 | g) term); call .compute() to fit a pandas DataFrame with engine={engine!r}",
+            "engine",
+        )
+    return impl
 
 
 def _engine_name(engine: Any) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError, DataError, FormulaError
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def check_inputs(
         )
     if not isinstance(data, pd.DataFrame):
         kind = type(data).__name__
-        if type(data).__module__.startswith("dask"):
+        if is_dask(data):
             kind = f"a Dask {kind} (accepted by lmer() only, for a single (1 | g) term)"
         raise DataError(
             f"data must be a DataFrame (pandas, polars, a pyarrow Table or any frame narwhals "
@@ -115,6 +116,36 @@ def check_inputs(
     if nagq is not None:
         _check_nagq(frame, nagq)
     return frame
+
+
+def check_dask_inputs(
+    model: str, formula: str, data: Any, *, weights: Any = None, offset: Any = None
+) -> None:
+    """The checks that need no pass over a Dask DataFrame: the formula against its columns
+    (the allow-list), weights and offset given as column names of it. The engine checks the
+    values themselves partition by partition, with the same rules as `check_inputs`."""
+    from mixbridge.formula.validate import validate_formula
+
+    if model != "lmer":
+        raise DataError(
+            f"data must be a pandas DataFrame for {model}, got a Dask {type(data).__name__} "
+            "(accepted by lmer() only, for a single (1 | g) term)",
+            column=None,
+        )
+    if not isinstance(formula, str):
+        raise FormulaError(f"formula must be a string, got {type(formula).__name__}")
+    columns = [str(c) for c in data.columns]
+    validate_formula(formula, columns, model)
+    for name, arg in (("weights", weights), ("offset", offset)):
+        if arg is None:
+            continue
+        if not isinstance(arg, str):
+            raise ArgumentError(
+                f"with a Dask DataFrame, {name}= must be a column name, not {type(arg).__name__}",
+                name,
+            )
+        if arg not in columns:
+            raise DataError(f"{name}={arg!r} is not a column of data", column=arg)
 
 
 def check_response_spread(lo: float, hi: float, n: int, name: str, model: str) -> None:

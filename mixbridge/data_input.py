@@ -47,6 +47,7 @@ _KNOWN_LIBRARIES = ("polars", "pyarrow", "narwhals", "modin", "cudf", "duckdb", 
 
 
 def is_dask(data: Any) -> bool:
+    """Whether `data` is a Dask collection (fitted out of core by engines that accept it)."""
     return type(data).__module__.startswith("dask")
 
 

@@ -19,48 +19,82 @@ The public calls check every argument first (`mixbridge.checks`); `control` arri
 "python" engine also receives `frame=`: the model frame the input checks already
 evaluated (`mixbridge.formula.frames.ModelFrame`), so the data are read and factorized once.
 
-Built-in engines are imported lazily, so `import mixbridge` stays cheap and never starts R.
-Third-party implementations plug in with `register("name", obj)` and can then be used as
-`mixbridge.lmer(..., engine="name")` and in `mixbridge.compare`.
+Each registration says which kinds of data the engine fits (`DATA_KINDS`): "pandas" (every
+engine) and "dask" (a Dask DataFrame, passed through as it is; the built-in "python" engine).
+
+Engines are registered by object or by module path (imported on first use), so `import
+mixbridge` stays cheap and never starts R. Built in: "python" and "r"; other packages register
+their own with `register("name", obj_or_module_path)` (the conformance adapters "statsmodels",
+"glmm" and "mixedlm" register themselves when `mixbridge.conformance.adapters` is imported,
+which `import mixbridge` does). Then `mixbridge.lmer(..., engine="name")` and
+`mixbridge.compare` work with it like any other.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from mixbridge.errors import ArgumentError
 
-# name -> module path (imported on first use) or an already-registered object
-_BUILTIN: dict[str, str] = {
-    "python": "mixbridge.python_impl.engine",
-    "r": "mixbridge.bridge",
-    "statsmodels": "mixbridge.conformance.adapters.statsmodels_engine",
-    "glmm": "mixbridge.conformance.adapters.glmm_engine",
-    "mixedlm": "mixbridge.conformance.adapters.mixedlm_engine",
-}
-_REGISTERED: dict[str, Any] = {}
+DATA_KINDS = ("pandas", "dask")
 
 
-def register(name: str, engine: Any) -> None:
-    """Make `engine` available as `engine=name` in every fitting call."""
-    _REGISTERED[name] = engine
+@dataclass(frozen=True)
+class _Entry:
+    engine: Any  # the engine object, or the path of the module that is the engine
+    data: tuple[str, ...]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(name: str, engine: Any, *, data: Iterable[str] = ("pandas",)) -> None:
+    """Make `engine` (an object, or a module path imported on first use) available as
+    `engine=name` in every fitting call; `data`: the kinds of data it fits (`DATA_KINDS`)."""
+    kinds = tuple(data)
+    unknown = [k for k in kinds if k not in DATA_KINDS]
+    if not isinstance(name, str) or not name or unknown:
+        raise ArgumentError(
+            f"register() needs an engine name and data kinds from {DATA_KINDS}, got {name!r}, "
+            f"{kinds!r}",
+            "engine",
+        )
+    _REGISTRY[name] = _Entry(engine, kinds)
+
+
+def unregister(name: str) -> None:
+    """Remove engine `name` (no error if it is not registered)."""
+    _REGISTRY.pop(name, None)
+
+
+register("python", "mixbridge.python_impl.engine", data=("pandas", "dask"))
+register("r", "mixbridge.bridge")
 
 
 def available() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTERED))
+    return sorted(_REGISTRY)
+
+
+def accepts(name: str, kind: str) -> bool:
+    """Whether engine `name` fits data of kind `kind` ("pandas", "dask")."""
+    entry = _REGISTRY.get(name)
+    return entry is not None and kind in entry.data
 
 
 def get(name: str) -> Any:
     if not isinstance(name, str):
         raise ArgumentError(f"engine must be an engine name (str), got {name!r}", "engine")
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name not in _BUILTIN:
+    entry = _REGISTRY.get(name)
+    if entry is None:
         raise ArgumentError(
             f"unknown engine {name!r}; available: {', '.join(available())}", "engine"
         )
-    return importlib.import_module(_BUILTIN[name])
+    if isinstance(entry.engine, str):
+        return importlib.import_module(entry.engine)
+    return entry.engine
 
 
 def call(name: str, model: str, *args: Any, **kwargs: Any) -> Any:

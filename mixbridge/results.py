@@ -24,7 +24,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
@@ -177,7 +177,9 @@ class DeferredFields:
     """What a result type with `DeferredField`s offers: which fields are not fetched yet, fetch
     them now, and copies and pickles that carry values (the fetched ones)."""
 
-    _HOOKS: ClassVar[tuple[str, ...]] = ()  # engine functions: not pickled (see __getstate__)
+    # fields holding the engine's functions: not pickled (see __getstate__); each holds an
+    # object that is false when empty and whose type() is its empty value (FitMethods)
+    _HOOKS: ClassVar[tuple[str, ...]] = ()
 
     def deferred_fields(self) -> tuple[str, ...]:
         """Names of the fields whose value has not been fetched yet."""
@@ -201,9 +203,9 @@ class DeferredFields:
         stay in the process that fitted: an unpickled fit has all fields, not those methods."""
         self.fetch_deferred()
         state = dict(self.__dict__)
-        dropped = [hook for hook in self._HOOKS if state.get(hook) is not None]
+        dropped = [hook for hook in self._HOOKS if state.get(hook)]
         for hook in dropped:
-            state[hook] = None
+            state[hook] = type(state[hook])()
         if dropped:
             state["_unpickled_without"] = tuple(dropped)
         return state
@@ -245,6 +247,26 @@ class DeferredFields:
         return f"{type(self).__name__}({', '.join(shown)})"
 
 
+@dataclass(frozen=True)
+class FitMethods:
+    """What an engine computes from a fit beyond its fields, attached with `MixedFit.attach`:
+
+    - `objective(*params, control=None) -> float`: the criterion the fit minimized (lmer: θ;
+      glmer: θ, β); `control` only if the engine can evaluate it with other settings.
+    - `predict(newdata, re_form=, allow_new_levels=, type=) -> ndarray`: predict.merMod.
+    - `simulate(nsim, seed) -> ndarray` (n x nsim): simulate.merMod.
+
+    None: the engine does not offer it (the MixedFit method then says so)."""
+
+    objective: Callable[..., float] | None = None
+    predict: Callable[..., np.ndarray] | None = None
+    simulate: Callable[..., np.ndarray] | None = None
+
+    def __bool__(self) -> bool:
+        """True when the engine attached any function."""
+        return any(fn is not None for fn in (self.objective, self.predict, self.simulate))
+
+
 @dataclass(repr=False)
 class MixedFit(DeferredFields):
     """A fitted linear or generalized linear mixed model, as lme4 reports it.
@@ -267,13 +289,19 @@ class MixedFit(DeferredFields):
     - `fitted`, `residuals`: ndarrays over the rows used (after NA omission); response residuals
       for lmer, deviance residuals for glmer (lme4's defaults).
     - `singular`, `converged`, `messages` (list of Message), `engine`, `versions`.
+    - glmer: `vcov_rx`, vcov from R_X at the final PIRLS weights (lme4's `use.hessian=FALSE`);
+      `loglik_constant`, the saturated constant Σ log p(y_i | μ_i = y_i) that lme4 1.1 leaves
+      out of its nAGQ > 1 deviance (0 where the engine reports lme4's own scale): lme4's
+      deviance function at the estimates is `criterion + 2·loglik_constant`.
+    - `methods` (`FitMethods`): objective, predict and simulate, attached by the engine
+      (`attach`); `extra`: engine-specific information, not compared across engines.
 
     `ranef`, `cond_var`, `fitted` and `residuals` may be deferred by the engine (computed when
     first read; see the module docstring): the R engine's embedded transport fetches cond_var,
     fitted and residuals from the live merMod on first read.
     """
 
-    _HOOKS: ClassVar[tuple[str, ...]] = ("_objective", "_predict", "_simulate")
+    _HOOKS: ClassVar[tuple[str, ...]] = ("methods",)
 
     model: Literal["lmer", "glmer"]
     formula: str
@@ -306,10 +334,9 @@ class MixedFit(DeferredFields):
     nagq: int = 1
     optimizer: dict[str, Any] = field(default_factory=dict)
     dropped_columns: list[str] = field(default_factory=list)
-    # Engine-specific hooks, set by engines that support them (not compared across engines).
-    _objective: Callable[..., float] | None = field(default=None, repr=False, compare=False)
-    _predict: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
-    _simulate: Callable[..., np.ndarray] | None = field(default=None, repr=False, compare=False)
+    vcov_rx: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+    loglik_constant: float = 0.0
+    methods: FitMethods = field(default_factory=FitMethods, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # Set by the public calls (mixbridge.lmer/glmer); None for fits made another way.
     call: FitCall | None = field(default=None, repr=False, compare=False)
@@ -323,7 +350,7 @@ class MixedFit(DeferredFields):
         """The value the optimizer minimized: REML criterion, ML deviance, or glmer's -2 logLik.
 
         It is `objective(...)` at the fit's own estimates (glmer nAGQ > 1 on the Python engine:
-        minus 2·extra["lme4_loglik_constant"], the saturated constant lme4 1.1 leaves out), and
+        minus 2·loglik_constant, the saturated constant lme4 1.1 leaves out), and
         `lmer_objective`/`glmer_objective` with the fit's arguments give the same value. glmer:
         the deviance function's PIRLS tolerance is `optimizer["tol_pwrss"]`.
         """
@@ -331,31 +358,40 @@ class MixedFit(DeferredFields):
             return self.reml_criterion if self.reml else -2.0 * self.loglik
         return -2.0 * self.loglik
 
-    @property
-    def vcov_rx(self) -> pd.DataFrame | None:
-        """glmer: vcov from R_X at the final PIRLS weights (lme4's `use.hessian=FALSE`)."""
-        return self.extra.get("vcov_rx")
+    def attach(
+        self,
+        *,
+        objective: Callable[..., float] | None = None,
+        predict: Callable[..., np.ndarray] | None = None,
+        simulate: Callable[..., np.ndarray] | None = None,
+    ) -> MixedFit:
+        """Attach the engine's objective, predict and/or simulate (see `FitMethods`); the ones
+        not given stay as they are. Returns the fit."""
+        given = {"objective": objective, "predict": predict, "simulate": simulate}
+        self.methods = replace(self.methods, **{k: v for k, v in given.items() if v is not None})
+        return self
 
     def objective(self, *params: Any, control: Mapping[str, Any] | None = None) -> float:
         """The engine's criterion at given parameters: lmer theta; glmer (theta, beta).
 
         It is the function the fit minimized: at the fit's own estimates it is `criterion`
-        (glmer nAGQ > 1: plus 2·extra["lme4_loglik_constant"], lme4's unnormalized scale), and
+        (glmer nAGQ > 1: plus 2·loglik_constant, lme4's unnormalized scale), and
         `glmer_objective`/`lmer_objective` with the fit's arguments give the same values.
         glmer `control` (e.g. {"tol_pwrss": 1e-12}) evaluates the same model's deviance function
         with other PIRLS controls instead, as `glmer_objective(..., control=...)` does.
         """
-        if self._objective is None:
-            raise self._no_engine_function("_objective", "objective()")
+        fn = self.methods.objective
+        if fn is None:
+            raise self._no_engine_function("methods", "objective()")
         if control is None:
-            return float(self._objective(*params))
+            return float(fn(*params))
         if self.model != "glmer":
             raise ArgumentError("control= applies to glmer deviance functions only", "control")
-        if "control" not in inspect.signature(self._objective).parameters:
+        if "control" not in inspect.signature(fn).parameters:
             raise NotImplementedError(
                 f"engine {self.engine!r} cannot evaluate its objective with another control"
             )
-        return float(self._objective(*params, control=dict(control)))
+        return float(fn(*params, control=dict(control)))
 
     @named_arguments
     def predict(
@@ -366,20 +402,32 @@ class MixedFit(DeferredFields):
         type: str = "link",  # noqa: A002 - lme4's argument name
     ) -> np.ndarray:
         """Predictions like lme4's predict.merMod (re_form, allow_new_levels, type).
-        `newdata`: any frame the fitting calls take (pandas, polars, pyarrow, narwhals)."""
+        `newdata`: any frame the fitting calls take (pandas, polars, pyarrow, narwhals).
+
+        On new data, as lme4, the formula's offset() terms are evaluated and an offset= argument
+        of the fit is not applied (a MixbridgeWarning says so): put the offset in the formula,
+        or add it to the result, to include it."""
         from mixbridge.data_input import as_pandas
 
         allow = check_flag(allow_new_levels, "allow_new_levels")
-        if self._predict is None:
-            raise self._no_engine_function("_predict", "predict()")
+        if self.methods.predict is None:
+            raise self._no_engine_function("methods", "predict()")
         newdata = as_pandas(newdata, argument="newdata")
-        return self._predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
+        if newdata is not None and self.call is not None and self.call.offset is not None:
+            warnings.warn(
+                "predict(newdata): as lme4's predict.merMod, the fit's offset= argument is not "
+                "applied to new data (only offset() terms of the formula are); use "
+                "offset(...) in the formula, or add the offset to the result",
+                MixbridgeWarning,
+                stacklevel=2,
+            )
+        return self.methods.predict(newdata, re_form=re_form, allow_new_levels=allow, type=type)
 
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""
-        if self._simulate is None:
-            raise self._no_engine_function("_simulate", "simulate()")
-        return self._simulate(nsim, seed)
+        if self.methods.simulate is None:
+            raise self._no_engine_function("methods", "simulate()")
+        return self.methods.simulate(nsim, seed)
 
     def summary(self) -> str:
         """A text summary in lme4's print layout."""

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 # engine functions, the call that made the fit, and what differs by design between transports
-NOT_COMPARED = {"_objective", "_predict", "_simulate", "call"}
+NOT_COMPARED = {"methods", "call"}
 
 
 def fit_fields(fit: Any, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -73,8 +73,7 @@ def make_mixed(engine: str = "python", objective=None, **changes) -> MixedFit:
         messages=[],
         engine=engine,
         versions={"lme4": "1.1-31"} if engine == "r" else {},
-        _objective=objective,
-    )
+    ).attach(objective=objective)
     for k, v in changes.items():
         setattr(fit, k, v)
     return fit
@@ -273,7 +272,7 @@ def _agq_pair(const: float, shift: float):
     a.engine, a.versions = "python", {}
     a.loglik = b.loglik + shift
     a.aic, a.bic = b.aic - 2 * shift, b.bic - 2 * shift
-    a.extra = {"lme4_loglik_constant": const}
+    a.loglik_constant = const
     return a, b
 
 
@@ -446,8 +445,8 @@ def test_gap_within_the_theta_tolerance_can_still_cost_too_much():
     assert row.status == "FAIL" and "a stopped early" in row.reason, str(cmp)
     # the same gap on a flat criterion is fine
     flat = _quadratic(theta_b, 1743.628, 1.0)
-    a.objective, b.objective = flat, flat
-    a._objective = b._objective = flat
+    a.attach(objective=flat)
+    b.attach(objective=flat)
     assert compare(a, b).row("theta").status == "ok"
 
 

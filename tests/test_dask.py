@@ -159,6 +159,13 @@ def test_dask_small_factors_weights_offset_na():
                 ref = mixbridge.lmer(formula, df, reml=reml, engine="python", **kw)
                 _assert_same_fit(fit, ref)
                 assert fit.nobs == n - 2
+                # fitted values and residuals: lazy Dask collections over the rows used
+                assert isinstance(fit.fitted, dd.Series) and isinstance(fit.residuals, dd.Series)
+                scale = np.abs(ref.fitted).max()
+                np.testing.assert_allclose(fit.fitted.compute().to_numpy(), ref.fitted,
+                                           rtol=0, atol=1e-9 * scale)  # fmt: skip
+                np.testing.assert_allclose(fit.residuals.compute().to_numpy(), ref.residuals,
+                                           rtol=0, atol=1e-9 * scale)  # fmt: skip
 
 
 def test_dask_rejects_other_random_structures():

@@ -16,7 +16,7 @@ import pytest
 from designs import big_binomial
 
 import mixbridge
-from mixbridge.python_impl import glmm
+from mixbridge.python_impl import spec
 
 FORMULA = "yb ~ x1 + x2 + (1 | g)"
 
@@ -24,7 +24,7 @@ FORMULA = "yb ~ x1 + x2 + (1 | g)"
 @pytest.fixture(scope="module")
 def big() -> pd.DataFrame:
     # just above the threshold: the default big-data path (rows reordered, gradient optimizer)
-    return big_binomial(glmm.GRADIENT_MIN_ROWS + 10_000, 6_000)
+    return big_binomial(spec.GRADIENT_MIN_ROWS + 10_000, 6_000)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def _assert_one_function(fit, data, control=None, nagq=1) -> None:
     at_fit = mixbridge.glmer_objective(FORMULA, data, theta, beta, **kw)
     # the same arithmetic (same start lp0, same tolerance): equal to rounding. nAGQ > 1: the
     # criterion is the normalized one, lme4's deviance minus the saturated constant
-    reported = fit.criterion + 2.0 * fit.extra.get("lme4_loglik_constant", 0.0)
+    reported = fit.criterion + 2.0 * fit.loglik_constant
     assert reported == pytest.approx(at_fit, rel=1e-13, abs=0)
     assert fit.objective(theta, beta) == pytest.approx(at_fit, rel=1e-13, abs=0)
     elsewhere = (theta * 1.1, beta + 0.02)
@@ -54,7 +54,7 @@ def test_big_fit_reports_the_function_glmer_objective_evaluates(big):
     fit = mixbridge.glmer(FORMULA, big, family="binomial")
     assert fit.optimizer["stage2"]["method"].endswith("analytic gradient")
     _assert_one_function(fit, big)
-    assert fit.optimizer["tol_pwrss"] == glmm.TIGHT_TOL
+    assert fit.optimizer["tol_pwrss"] == spec.TIGHT_TOL
     # and that function is the converged Laplace deviance: a tighter PIRLS does not move it
     tighter = mixbridge.glmer_objective(
         FORMULA, big, fit.theta, fit.fixef.to_numpy(), control={"tol_pwrss": 1e-14}
@@ -65,7 +65,7 @@ def test_big_fit_reports_the_function_glmer_objective_evaluates(big):
 def test_small_fit_is_lme4s_function(small):
     fit = mixbridge.glmer(FORMULA, small, family="binomial")
     assert fit.optimizer["stage2"]["method"] == "Nelder-Mead"
-    assert fit.optimizer["tol_pwrss"] == glmm.LME4_TOL_PWRSS
+    assert fit.optimizer["tol_pwrss"] == spec.LME4_TOL_PWRSS
     _assert_one_function(fit, small)
 
 
@@ -88,7 +88,7 @@ def test_tight_tolerance_takes_the_big_data_path(small):
 def test_lme4_tolerance_on_big_data_optimizes_lme4s_function(small, monkeypatch):
     """An explicit tol_pwrss looser than TIGHT_TOL above the threshold: lme4's function,
     optimized as lme4 does (Nelder-Mead), since the gradient is that of the converged one."""
-    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 1_000)
+    monkeypatch.setattr(spec, "GRADIENT_MIN_ROWS", 1_000)
     control = {"tol_pwrss": 1e-7}
     fit = mixbridge.glmer(FORMULA, small, family="binomial", control=control)
     assert fit.optimizer["stage2"]["method"] == "Nelder-Mead"
@@ -99,10 +99,10 @@ def test_lme4_tolerance_on_big_data_optimizes_lme4s_function(small, monkeypatch)
 def test_threshold_sets_the_default_tolerance(small, monkeypatch):
     """GRADIENT_MIN_ROWS (a module setting) decides the default: lowered, small data get the
     big-data path and its function, fit and glmer_objective alike."""
-    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 1_000)
+    monkeypatch.setattr(spec, "GRADIENT_MIN_ROWS", 1_000)
     fit = mixbridge.glmer(FORMULA, small, family="binomial")
     assert fit.optimizer["stage2"]["method"].endswith("analytic gradient")
-    assert fit.optimizer["tol_pwrss"] == glmm.TIGHT_TOL
+    assert fit.optimizer["tol_pwrss"] == spec.TIGHT_TOL
     _assert_one_function(fit, small)
     explicit = mixbridge.glmer(FORMULA, small, family="binomial", control={"tol_pwrss": 1e-12})
     assert explicit.criterion == pytest.approx(fit.criterion, rel=1e-12)
@@ -112,18 +112,18 @@ def test_threshold_sets_the_default_tolerance(small, monkeypatch):
 def test_big_data_other_nagq(small, monkeypatch, nagq):
     """nAGQ = 0 has no stage 2: the big-data setting must not skip its stage-1 optimization
     (before: θ stayed at its start, 1). nAGQ > 1 reports and evaluates the same function."""
-    control = {"tol_pwrss": glmm.TIGHT_TOL} if nagq == 0 else None
+    control = {"tol_pwrss": spec.TIGHT_TOL} if nagq == 0 else None
     reference = mixbridge.glmer(FORMULA, small, family="binomial", nagq=nagq, control=control)
-    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 1_000)
+    monkeypatch.setattr(spec, "GRADIENT_MIN_ROWS", 1_000)
     fit = mixbridge.glmer(FORMULA, small, family="binomial", nagq=nagq)
-    assert fit.optimizer["tol_pwrss"] == glmm.TIGHT_TOL
+    assert fit.optimizer["tol_pwrss"] == spec.TIGHT_TOL
     _assert_one_function(fit, small, nagq=nagq)
     if nagq == 0:  # the same optimization on rows reordered by group: equal up to Brent's xtol
         assert fit.theta == pytest.approx(reference.theta, rel=1e-6)
         assert fit.criterion == pytest.approx(reference.criterion, rel=1e-12)
     else:  # the converged AGQ deviance, minimized: not above the default fit's there
         at_reference = fit.objective(reference.theta, reference.fixef.to_numpy())
-        assert fit.criterion + 2 * fit.extra["lme4_loglik_constant"] <= at_reference
+        assert fit.criterion + 2 * fit.loglik_constant <= at_reference
 
 
 def test_objective_control_evaluates_another_tolerance(small):

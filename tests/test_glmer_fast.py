@@ -1,4 +1,4 @@
-"""The fused (1|g) paths of the Python glmer engine: `ScalarCanonicalKernel` (group-level PIRLS for
+"""The fused (1|g) paths of the Python glmer engine: `CanonicalKernel` (group-level PIRLS for
 the logit and log links) and the AGQ node sums with their exact gradient (`agq.py`).
 
 Each fused quantity is checked against the generic implementation it replaces (same function,
@@ -9,13 +9,18 @@ lme4 live, with the agreement levels of test_glmer_python.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import mixbridge
-from mixbridge.python_impl import agq, glmm
-from mixbridge.python_impl.pirls import ScalarPredictor, pirls
+from mixbridge.python_impl import agq, spec
+from mixbridge.python_impl.diagonal_canonical import CanonicalKernel
+from mixbridge.python_impl.glmer_devfun import Devfun, GlmerModel
+from mixbridge.python_impl.pirls import pirls
+from mixbridge.python_impl.pls_diagonal import DiagonalCore
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
 GROUSE = "TICKS ~ YEAR + cHEIGHT + (1|BROOD)"
@@ -30,7 +35,7 @@ def assert_fit_agrees(py, r, *, est_tol: float = 1e-3) -> None:
     """test_glmer_python.py's standard checks (its docstring explains the tolerances): the
     criterion never worse than lme4's (1e-6 relative); θ, β and SEs within 1e-3 relative (lme4's
     Nelder–Mead stops ~1e-5 short of the flat optimum; SEs from finite-difference Hessians)."""
-    crit = -2.0 * (py.loglik - py.extra.get("lme4_loglik_constant", 0.0))
+    crit = -2.0 * (py.loglik - py.loglik_constant)
     assert crit <= -2 * r.loglik + 1e-6 * abs(2 * r.loglik)
     assert rel(py.theta, r.theta) < est_tol
     assert rel(py.fixef, r.fixef) < est_tol
@@ -61,17 +66,10 @@ CASES = [("binomial", 1, False), ("binomial", 2, True), ("poisson", 3, False)]
 
 
 def _model(formula: str, d: pd.DataFrame, family: str, nagq: int = 1, tol: float = 1e-7):
-    model = glmm.build_model(
-        formula,
-        d,
-        family=family,
-        link=None,
-        nagq=nagq,
-        weights=None,
-        offset=None,
-        control={"tol_pwrss": tol},
+    model = GlmerModel.build(
+        spec.glmer_spec(formula, d, family=family, link=None, nagq=nagq, control={"tol_pwrss": tol})
     )
-    return model, glmm.Devfun(model)
+    return model, Devfun(model)
 
 
 @pytest.mark.parametrize("family,seed,cbind", CASES)
@@ -80,7 +78,7 @@ def test_kernel_pirls_is_generic_pirls(family, seed, cbind):
     included: same iteration count, same log|L|² from the start-of-iteration weights)."""
     formula, d = _data(family, seed, cbind)
     model, dev = _model(formula, d, family)
-    k, pred, resp = dev.kernel, model.pred, model.resp
+    k, pred, resp = dev.kernel, model.core, model.resp
     assert k is not None
     theta = np.array([0.7])
     eta0 = dev.base_offset + dev.lp0
@@ -117,9 +115,9 @@ def test_value_and_gradient_at_converged_modes(family, seed, cbind, nagq):
         offset = dev.base_offset + model.X @ xx[1:]
         st, W, S, swmu = k.modes(xx[0], offset, xx[0] * u0, 1e-14)
         if nagq == 1:
-            g = k._gradient_from(xx[0], W, S, swmu, st.mu, st.u)
+            g = k.gradient_from(xx[0], W, S, swmu, st.mu, st.u)
             return st.laplace(model.resp), np.concatenate([[g[0]], g[1]])
-        f, gt, gb = agq.agq_value_gradient(k, st, xx[0], W, S, swmu, nagq)
+        f, gt, gb, _ = agq.agq_value_gradient(k, st, xx[0], W, S, swmu, nagq)
         return f, np.concatenate([[gt], gb])
 
     f, g = value_grad(x)
@@ -145,22 +143,23 @@ def test_fast_agq_deviance_is_agq_deviance(family, seed, cbind):
     dev.stage2(x)
     st = dev.state
     ours = agq.agq_deviance_fast(dev.kernel, st, 0.8, 25)
-    ref = agq.agq_deviance(model.pred, model.resp, st, dev.offset, 25)
+    ref = agq.agq_deviance(model.core, model.resp, st, dev.offset, 25)
     assert abs(ours - ref) <= 1e-10 * abs(ref)
 
 
 def test_fast_agq_with_an_empty_level():
-    """A level without rows (possible for a predictor built directly) takes the unsorted loop."""
+    """A level without rows (possible for a core built directly) takes the unsorted loop."""
     formula, d = _data("binomial", 4)
     model, dev = _model(formula, d, "binomial", nagq=11)
-    pred = model.pred
-    codes = np.where(pred.codes == 3, 149, pred.codes)  # level 3 loses its rows
-    model.pred = ScalarPredictor(pred.X, codes, pred.n_levels, None)
-    dev = glmm.Devfun(model)
-    assert agq._sorted_rows(dev.kernel) is None
+    core = model.core
+    codes = np.where(core.codes == 3, 149, core.codes)  # level 3 loses its rows
+    core = DiagonalCore(core.X, codes, core.n_levels, None, group=core.group)
+    model = dataclasses.replace(model, core=core, kernel=CanonicalKernel(core, model.resp))
+    dev = Devfun(model)
+    assert agq.sorted_rows(dev.kernel) is None
     x = np.concatenate([[0.8], dev.state.beta])
     value = dev.stage2(x)
-    ref = agq.agq_deviance(model.pred, model.resp, dev.state, dev.offset, 11)
+    ref = agq.agq_deviance(model.core, model.resp, dev.state, dev.offset, 11)
     assert abs(value - ref) <= 1e-10 * abs(ref)
 
 
@@ -181,7 +180,7 @@ def test_out_of_range_linear_predictor_falls_back():
 def test_agq_gradient_path_agrees_with_lme4(r_dataset, monkeypatch, name, formula, family, nagq):
     """The big-data AGQ optimizer (Laplace, then AGQ with its exact gradient; Hessian as
     H_Laplace + forward differences of the AGQ correction) forced onto small data."""
-    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 0)
+    monkeypatch.setattr(spec, "GRADIENT_MIN_ROWS", 0)
     data = r_dataset(name)
     py = mixbridge.glmer(formula, data, family=family, nagq=nagq)
     assert py.optimizer["stage2"]["method"].endswith("analytic gradient")
@@ -193,7 +192,7 @@ def test_agq_gradient_path_agrees_with_lme4(r_dataset, monkeypatch, name, formul
 def test_rows_ordered_by_group_internally(monkeypatch, family, seed, cbind):
     """Big (1|g) fits run on rows ordered by group; everything per row comes back in the data's
     order: the same fit as on data already sorted by group, row for row."""
-    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 0)
+    monkeypatch.setattr(spec, "GRADIENT_MIN_ROWS", 0)
     formula, d = _data(family, seed, cbind)
     model, _ = _model(formula, d, family)
     assert model.rows is not None  # the rows were reordered
@@ -228,7 +227,7 @@ def test_big_path_with_offset_agrees_with_lme4(needs_r, monkeypatch):
     """
     from mixbridge.python_impl.optimize import deriv12
 
-    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 0)
+    monkeypatch.setattr(spec, "GRADIENT_MIN_ROWS", 0)
     rng = np.random.default_rng(8)
     n, groups = 800, 40
     g = rng.integers(0, groups, n)
@@ -261,7 +260,7 @@ def test_big_path_with_offset_agrees_with_lme4(needs_r, monkeypatch):
 def test_big_path_singular_fit(needs_r, monkeypatch, nagq):
     """No group variation: the big-data path ends on the boundary θ = 0 (Laplace and AGQ), as
     lme4 does; checks as for singular fits in test_glmer_python.py."""
-    monkeypatch.setattr(glmm, "GRADIENT_MIN_ROWS", 0)
+    monkeypatch.setattr(spec, "GRADIENT_MIN_ROWS", 0)
     rng = np.random.default_rng(11)
     n, groups = 1500, 60
     d = pd.DataFrame({"x": rng.standard_normal(n), "g": pd.Categorical(rng.integers(0, groups, n))})
@@ -270,6 +269,6 @@ def test_big_path_singular_fit(needs_r, monkeypatch, nagq):
     assert py.optimizer["stage2"]["method"].endswith("analytic gradient")
     r = mixbridge.glmer("y ~ x + (1|g)", d, family="binomial", nagq=nagq, engine="r")
     assert r.singular and py.singular and py.theta[0] < 1e-4
-    crit = -2.0 * (py.loglik - py.extra.get("lme4_loglik_constant", 0.0))
+    crit = -2.0 * (py.loglik - py.loglik_constant)
     assert crit <= -2 * r.loglik + 1e-6 * abs(2 * r.loglik)
     assert rel(py.fixef, r.fixef) < 1e-3

@@ -162,4 +162,4 @@ def test_agq_deviance_converges_in_nagq(data):
     }
     assert abs(fits[9].loglik - fits[15].loglik) < 1e-4
     assert abs(fits[1].loglik - fits[15].loglik) < 0.5
-    assert fits[9].extra["lme4_loglik_constant"] == pytest.approx(0.0, abs=1e-12)  # 0/1 data
+    assert fits[9].loglik_constant == pytest.approx(0.0, abs=1e-12)  # 0/1 data

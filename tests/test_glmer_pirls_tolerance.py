@@ -16,7 +16,7 @@ import pytest
 from designs import big_binomial
 
 import mixbridge
-from mixbridge.python_impl import glmm
+from mixbridge.python_impl import spec
 
 FORMULA = "yb ~ x1 + x2 + (1 | g)"
 CONVERGED = {"tol_pwrss": 1e-12}
@@ -40,7 +40,7 @@ def converged_fit(request, data):
     from that size on) or by asking for the converged tolerance."""
     if request.param == "threshold":
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(glmm, "GRADIENT_MIN_ROWS", 1_000)
+            mp.setattr(spec, "GRADIENT_MIN_ROWS", 1_000)
             fit = mixbridge.glmer(FORMULA, data, family="binomial")
     else:
         fit = mixbridge.glmer(FORMULA, data, family="binomial", control=CONVERGED)
@@ -158,7 +158,7 @@ def test_200k_rows_in_20k_groups(needs_r):
     and ranef. Run with `pytest -m bigdata`."""
     data = big_binomial(200_000, 20_000)
     py = mixbridge.glmer(FORMULA, data, family="binomial")
-    assert py.optimizer["tol_pwrss"] == glmm.TIGHT_TOL
+    assert py.optimizer["tol_pwrss"] == spec.TIGHT_TOL
     assert py.criterion == mixbridge.glmer_objective(FORMULA, data, py.theta, py.fixef)
     r = mixbridge.glmer(FORMULA, data, family="binomial", engine="r")
     # lme4's converged function (its objective with the tolerance overridden is

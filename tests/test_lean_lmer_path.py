@@ -22,14 +22,15 @@ from mixbridge.formula import build_mixed_terms
 from mixbridge.formula.evaluate import (
     Numeric,
     Transforms,
-    _as_factor,
+    as_grouping_factor,
     evaluate_grouping,
     read_column,
 )
 from mixbridge.formula.levels import IntegerLevels, level_index
 from mixbridge.formula.parse import Name
-from mixbridge.python_impl import lmm_scalar as ls
-from mixbridge.python_impl.optimize import check_scale_x
+from mixbridge.python_impl.group_stats import group_stats, group_stats_columns
+from mixbridge.python_impl.lmm_scalar import scalar_ri_fit
+from mixbridge.python_impl.spec import check_scale_x
 
 
 def _data(n: int = 3000, seed: int = 3, ids: np.ndarray | None = None) -> pd.DataFrame:
@@ -52,7 +53,7 @@ def test_integer_ids_give_the_same_factor_as_factor_of_numbers(kind):
         ids = (rng.integers(0, 60, 500) + 10**9).astype(np.int64)
     df = pd.DataFrame({"g": ids})
     fast = evaluate_grouping(Name("g"), df, Transforms())
-    generic = _as_factor(read_column(df, "g"))
+    generic = as_grouping_factor(read_column(df, "g"))  # factor() of the numbers
     assert isinstance(fast.levels, IntegerLevels)
     assert list(fast.levels) == list(generic.levels)
     np.testing.assert_array_equal(fast.codes, generic.codes)
@@ -80,10 +81,10 @@ def _fits(df: pd.DataFrame, formula: str, **kw):
     lean = mixbridge.lmer(formula, df, **kw)
     slow_df = df.assign(g=df["g"].astype(str))
     terms = build_mixed_terms(formula, slow_df, weights=kw.get("weights"))
-    assert terms.X is not None and terms.x_columns is None
-    from mixbridge.python_impl import lmm
+    assert terms.x_built and terms.x_columns is None
+    from mixbridge.python_impl.lmer import fit_terms
 
-    general = lmm.fit_terms(terms, formula=formula, reml=kw.get("reml", True))
+    general = fit_terms(terms, formula=formula, reml=kw.get("reml", True))
     return lean, general
 
 
@@ -110,10 +111,12 @@ def test_lazy_columns_and_the_matrix_agree():
     frame = check_inputs("lmer", "y ~ x1 + x2 + (1 | g)", df)
     lazy = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df, frame=frame, lazy_x=True)
     eager = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df)
-    assert lazy.X is None and lazy.x_columns[0] is None
+    assert not lazy.x_built and lazy.x_columns[0] is None
     beta = np.array([0.3, -1.2, 2.5])
     np.testing.assert_allclose(lazy.x_times(beta), eager.X @ beta, rtol=1e-14)
-    np.testing.assert_array_equal(lazy.ensure_x(), eager.X)
+    assert not lazy.x_built  # Xβ from the columns
+    np.testing.assert_array_equal(lazy.X, eager.X)  # X is assembled when read, never None
+    assert lazy.x_built
     assert lazy.x_names == eager.x_names and lazy.n == eager.n and lazy.p == eager.p
 
 
@@ -156,10 +159,10 @@ def test_gram_from_dot_products_and_its_fallback_agree_with_the_blocked_pass():
     for shift in (0.0, 50.0, 1e9):
         xs = x + shift
         y = 0.5 * x + rng.normal(size=n)
-        cols = ls.group_stats_columns([xs], y, None, g, G)
+        cols = group_stats_columns([xs], y, None, g, G)
         X = np.column_stack([np.ones(n), xs])  # row-major: the blocked, shifted pass
-        blocked = ls.group_stats(X, y, None, g, G)
-        fa, fb = ls.scalar_ri_fit(cols, True), ls.scalar_ri_fit(blocked, True)
+        blocked = group_stats(X, y, None, g, G)
+        fa, fb = scalar_ri_fit(cols, True), scalar_ri_fit(blocked, True)
         assert fa.criterion == pytest.approx(fb.criterion, rel=1e-12)
         np.testing.assert_allclose(fa.beta, fb.beta, rtol=1e-9)
         np.testing.assert_allclose(fa.b, fb.b, rtol=1e-8, atol=1e-12)
@@ -191,3 +194,25 @@ def test_engines_fit_the_frame_handed_over_by_the_input_checks():
     a = engine.glmer(fb, None, frame=frame, **kw)
     b = engine.glmer(fb, df, **kw)
     assert a.criterion == pytest.approx(b.criterion, rel=1e-14) and np.allclose(a.theta, b.theta)
+
+
+def test_control_keeps_the_og_path_unless_it_needs_the_optimizer():
+    """control= keys the O(G) path honours (cond_var, calc_derivs, restart_edge, boundary_tol)
+    keep it; a start or an evaluation limit belongs to the general optimizer (any control= used
+    to switch the O(G) path off)."""
+    df = _data()
+    f = "y ~ x1 + x2 + (1 | g)"
+    base = mixbridge.lmer(f, df)
+    assert base.optimizer["name"] == "scalar-ri-brent"
+    kept = [{"cond_var": False}, {"calc_derivs": False}, {"restart_edge": False},
+            {"boundary_tol": 1e-5}, {"calc_derivs": True, "cond_var": True}]  # fmt: skip
+    for control in kept:
+        fit = mixbridge.lmer(f, df, control=control)
+        assert fit.optimizer["name"] == "scalar-ri-brent", control
+        assert fit.criterion == base.criterion and fit.fixef.equals(base.fixef), control
+    assert mixbridge.lmer(f, df, control={"cond_var": False}).cond_var == {}
+    for control in ({"start": [0.5]}, {"maxeval": 1000}, {"start": [0.5], "cond_var": False}):
+        fit = mixbridge.lmer(f, df, control=control)
+        assert fit.optimizer["name"] == "L-BFGS-B", control
+        # the same optimum by the other route (both converge tightly on a smooth criterion)
+        assert fit.criterion == pytest.approx(base.criterion, rel=1e-10)

@@ -19,7 +19,8 @@ from mixbridge.errors import (
     MixbridgeWarning,
     RWarning,
 )
-from mixbridge.python_impl import lmm
+from mixbridge.python_impl import lmer as lmer_engine
+from mixbridge.python_impl.spec import check_lmer_terms
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
@@ -62,6 +63,9 @@ def test_predict_new_levels(sleep_fits):
 
 
 def test_predict_with_offset_and_dropped_column(needs_r):
+    """On new data lme4's predict.merMod evaluates the formula's offset() terms but not the fit's
+    offset= argument: the Python engine does the same and warns (checked against lme4 on the
+    same fit in test_to_r.py::test_predict_newdata_offset_like_lme4)."""
     rng = np.random.default_rng(7)
     n = 120
     data = pd.DataFrame(
@@ -75,14 +79,16 @@ def test_predict_with_offset_and_dropped_column(needs_r):
     data["y"] = 1.0 + data["off"] + 0.5 * data["x"] + rng.normal(size=n)
     fp = mixbridge.lmer("y ~ x + x2 + (1 | g)", data, offset="off")
     assert fp.dropped_columns == ["x2"]
-    np.testing.assert_allclose(fp.predict(newdata=data), fp.fitted, rtol=1e-12)
-    pop = fp.predict(newdata=data, re_form="~0")
-    expected = data["off"] + fp.fixef["(Intercept)"] + fp.fixef["x"] * data["x"]
+    with pytest.warns(MixbridgeWarning, match="offset= argument is not applied"):
+        got = fp.predict(newdata=data)
+    np.testing.assert_allclose(got, fp.fitted - data["off"].to_numpy(), rtol=1e-12)
+    with pytest.warns(MixbridgeWarning):
+        pop = fp.predict(newdata=data, re_form="~0")
+    expected = fp.fixef["(Intercept)"] + fp.fixef["x"] * data["x"]
     np.testing.assert_allclose(pop, expected.to_numpy(), rtol=1e-12)
-    # an array offset cannot be evaluated on new rows: say so instead of dropping it silently
-    fa = mixbridge.lmer("y ~ x + (1 | g)", data, offset=data["off"].to_numpy())
-    with pytest.raises(DataError, match="offset"):
-        fa.predict(newdata=data)
+    # in the formula, the offset is evaluated on new data (no warning)
+    fo = mixbridge.lmer("y ~ x + offset(off) + (1 | g)", data)
+    np.testing.assert_allclose(fo.predict(newdata=data), fo.fitted, rtol=1e-12)
 
 
 def test_simulate_moments(sleep_fits):
@@ -174,30 +180,30 @@ def test_bad_input(small, via, case, formula, assign, kw, exc, names):
         if via == "api":
             mixbridge.lmer(formula, data, **kw)
         else:  # the engine guards itself when called directly (no api-level checks)
-            lmm.lmer(formula, data, reml=True, control=None, **kw)
+            lmer_engine.lmer(formula, data, reml=True, control=None, **kw)
     assert names in str(err.value)
 
 
 def test_too_many_random_effects(small):
     with pytest.raises(DataError, match=r"number of observations \(=10\)") as err:
-        lmm.lmer("y ~ x + (x|g)", small.iloc[:10], reml=True)
+        lmer_engine.lmer("y ~ x + (x|g)", small.iloc[:10], reml=True)
     assert err.value.column == "g"
 
 
 def test_engine_check_terms_guards_direct_terms(small):
-    """check_terms itself (used when MixedTerms are built elsewhere) names the problem."""
+    """check_lmer_terms itself (used when MixedTerms are built elsewhere) names the problem."""
     from mixbridge.formula import build_mixed_terms
 
     terms = build_mixed_terms("y ~ x + (1|g)", small)
     terms.weights = np.full(30, np.nan)
     with pytest.raises(DataError, match="weights"):
-        lmm.check_terms(terms)
+        check_lmer_terms(terms)
     terms = build_mixed_terms("y ~ x + (1|g)", small)
     terms.y = np.full(30, 2.5)
     with pytest.raises(DataError, match="constant"):
-        lmm.check_terms(terms)
-    with pytest.raises(MixbridgeError, match="unknown lmer control"):
-        lmm.fit_terms(
+        check_lmer_terms(terms)
+    with pytest.raises(MixbridgeError, match="unknown control key 'xtol' for lmer"):
+        lmer_engine.fit_terms(
             build_mixed_terms("y ~ x + (1|g)", small), formula="f", reml=True, control={"xtol": 1}
         )
 

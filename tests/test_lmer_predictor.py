@@ -1,6 +1,7 @@
-"""The PLS core (predictor.Predictor): the blocked factorization used for large q must equal the
-dense one, and both must equal lme4 (test_lmer_vs_r covers the dense path against R; here the
-blocked path is compared with it, and with R on a design too large for the dense path)."""
+"""The blocked PLS core (pls_blocked.BlockedCore): the blocked factorization used for large q
+must equal the dense one, and both must equal lme4 (test_lmer_vs_r covers the dense path against
+R; here the blocked path is compared with it, and with R on a design too large for the dense
+path)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 
 import mixbridge
 from mixbridge.formula import build_mixed_terms
-from mixbridge.python_impl import predictor
-from mixbridge.python_impl.lmm import LmerDevfun
+from mixbridge.python_impl import pls_blocked
+from mixbridge.python_impl.lmer_devfun import LmerDevfun
+from mixbridge.python_impl.pls import theta_start
 
 MODELS = [
     ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
@@ -25,12 +27,12 @@ MODELS = [
 def test_blocked_equals_dense(r_dataset, monkeypatch, dataset, formula):
     terms = build_mixed_terms(formula, r_dataset(dataset))
     dense = LmerDevfun(terms, True)
-    monkeypatch.setattr(predictor, "DENSE_Q_MAX", 0)  # force the blocked scheme
+    monkeypatch.setattr(pls_blocked, "DENSE_Q_MAX", 0)  # force the blocked scheme
     blocked = LmerDevfun(terms, True)
     assert dense.pred.dense and not blocked.pred.dense
     rng = np.random.default_rng(3)
     for _ in range(3):
-        theta = predictor.theta_start(terms.reterms) + 0.5 * rng.random(dense.pred.n_theta)
+        theta = theta_start(terms.reterms) + 0.5 * rng.random(dense.pred.n_theta)
         a, b = dense.state(theta), blocked.state(theta)
         # identical algebra, different elimination order: rounding only (measured ~1e-15)
         assert b.reml_criterion == pytest.approx(a.reml_criterion, rel=1e-12)

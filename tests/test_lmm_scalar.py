@@ -13,15 +13,9 @@ import pandas as pd
 import pytest
 
 import mixbridge
-from mixbridge.python_impl.lmm_scalar import (
-    SINGULAR_TEXT,
-    GroupStats,
-    group_stats,
-    group_stats_columns,
-    scalar_ri_criterion,
-    scalar_ri_fit,
-    scalar_ri_fitted,
-)
+from mixbridge.python_impl.checkconv import SINGULAR_TEXT
+from mixbridge.python_impl.group_stats import GroupStats, group_stats, group_stats_columns
+from mixbridge.python_impl.lmm_scalar import scalar_ri_criterion, scalar_ri_fit, scalar_ri_fitted
 
 THETAS = [0.0, 0.05, 0.3, 1.0, 4.0]
 

@@ -87,10 +87,10 @@ def test_result_is_an_evaluated_point_whatever_lbfgsb_returns(monkeypatch):
         return v
 
     res = optimize_theta(recorded, np.array([1.0, 1.0]), lower)
-    assert tuple(res.theta) in seen and seen[tuple(res.theta)] == res.fval
-    assert res.fval == f(res.theta)
+    assert tuple(res.final) in seen and seen[tuple(res.final)] == res.fval
+    assert res.fval == f(res.final)
     # the constrained optimum: θ_1 = 0.3 - 0.2/3 on the bound θ_2 = 0, criterion 1.08 - 0.04/3
-    np.testing.assert_allclose(res.theta, [0.3 - 0.2 / 3, 0.0], atol=1e-6)
+    np.testing.assert_allclose(res.final, [0.3 - 0.2 / 3, 0.0], atol=1e-6)
     assert res.fval == pytest.approx(1.08 - 0.04 / 3, abs=1e-12)
 
 
@@ -107,7 +107,7 @@ def test_shallow_interior_optimum_beside_a_stationary_bound():
 
     lower = np.zeros(2)
     res = optimize_theta(f, np.array([0.8, 0.0]), lower)
-    assert res.theta[1] == pytest.approx(0.02, rel=1e-3)
+    assert res.final[1] == pytest.approx(0.02, rel=1e-3)
     assert res.fval == pytest.approx(10.0 - a**2 / (4 * b), abs=1e-10)
     assert res.converged and not res.singular
 

@@ -50,9 +50,10 @@ def test_needs_r(r_session):
 
 
 def test_plugin_fixtures_against_live_r(needs_r, pytester):
+    # in a subprocess: pytester's in-process run drops the modules first imported inside it
+    # (rpy2's, when this test runs first), and rpy2 imported twice rejects its own objects
     pytester.makepyfile(test_user=USER_TESTS)
-    # in-process: reuses this session's embedded R instead of starting another
-    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
 
 

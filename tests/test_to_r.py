@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from r_helpers import r_call, r_frame
 
 import mixbridge
 from mixbridge.conformance.tolerance import DERIVED_FACTOR, POLICIES
-from mixbridge.errors import ArgumentError, DataError
+from mixbridge.errors import ArgumentError, DataError, MixbridgeWarning
 
 TIGHT = 1e-10
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
@@ -290,13 +291,81 @@ def test_fits_carry_their_call(lme4_data):
 def test_glmer_nagq_to_r(lme4_data, nagq):
     """nAGQ = 0 (θ only; β from PIRLS) and adaptive quadrature: lme4's numbers at the fit's
     parameters. lme4 1.1's nAGQ > 1 logLik leaves out the saturated constant (the registered
-    divergence): the object's logLik is the fit's minus fit.extra["lme4_loglik_constant"]."""
+    divergence): the object's logLik is the fit's minus fit.loglik_constant."""
     fit = mixbridge.glmer(CBPP, lme4_data["cbpp"], family="binomial", nagq=nagq)
     got = _extract(fit)
-    const = fit.extra.get("lme4_loglik_constant", 0.0) if nagq > 1 else 0.0
+    const = fit.loglik_constant if nagq > 1 else 0.0
     _close(got["loglik"], [fit.loglik - const], what="logLik")
     _close(got["fixef"], fit.fixef.to_numpy(), what="fixef")
     _close(got["vcov"], fit.vcov.to_numpy().ravel(order="F"), what="vcov")
     scale = np.abs(fit.ranef["herd"].to_numpy()).max()
     np.testing.assert_allclose(got["ranef"]["herd"], fit.ranef["herd"].to_numpy().ravel(),
                                rtol=TIGHT, atol=TIGHT * scale)  # fmt: skip
+
+
+PREDICT = """function(m, newdata, re_form, type) {
+  rf <- if (re_form == "NULL") NULL else as.formula(re_form)
+  nd <- if (is.null(newdata)) NULL else newdata
+  as.numeric(predict(m, newdata = nd, re.form = rf, type = type))
+}"""
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["grouseticks", "three_terms"],
+)
+def test_glmer_predict_selects_terms_like_lme4(lme4_data, r_dataset, case):
+    """glmer's predict(re_form=...) picks random-effects terms (and columns of a term) as lme4's
+    mkNewReTrms, on the fitted rows and on new data, link and response scale: lme4's predict
+    on the same fit (to_r, at the fit's parameters) to 1e-10."""
+    from designs import sweep_design
+
+    if case == "grouseticks":
+        data = r_dataset("grouseticks")
+        fit = mixbridge.glmer(
+            "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", data, family="poisson"
+        )
+        forms = ["~(1 | BROOD)", "~(1 | LOCATION)", "~(1 | LOCATION) + (1 | BROOD)", "~0"]
+    else:  # (x | g) + (1 | h) + (1 | k): columns of a vector-valued term too
+        data, formula, _ = sweep_design("three_terms", 1, "binomial")
+        fit = mixbridge.glmer(formula, data, family="binomial")
+        forms = ["~(x | g)", "~(1 | g)", "~(0 + x | g)", "~(1 | h) + (1 | k)", "~0"]
+    m = fit.to_r()
+    newdata = data.iloc[::7].reset_index(drop=True)
+    for re_form in [None, *forms]:
+        for nd in (None, newdata):
+            for kind in ("link", "response"):
+                ours = fit.predict(nd, re_form=re_form, type=kind)
+                theirs = r_call(PREDICT, m=m, newdata=nd, re_form=re_form or "NULL", type=kind)
+                np.testing.assert_allclose(ours, theirs, rtol=TIGHT, atol=TIGHT,
+                                           err_msg=f"{re_form} {kind}")  # fmt: skip
+    assert not np.allclose(fit.predict(re_form=forms[0]), fit.predict(re_form=forms[1]))
+
+
+@pytest.mark.parametrize("model", ["lmer", "glmer"])
+def test_predict_newdata_offset_like_lme4(lme4_data, model):
+    """On new data lme4's predict.merMod evaluates offset() terms of the formula and leaves out
+    the fit's offset= argument; the Python engine's predict does the same (lme4's predict on
+    the same fit, to 1e-10), for an offset argument and an offset() term."""
+    rng = np.random.default_rng(7)
+    n = 120
+    data = pd.DataFrame({"x": rng.normal(size=n), "g": [f"g{i % 12}" for i in range(n)]})
+    data["off"] = rng.normal(0, 0.3, size=n)
+    data["y"] = 1.0 + data["off"] + 0.5 * data["x"] + rng.normal(size=n)
+    data["k"] = rng.poisson(np.exp(0.3 + data["off"] + 0.2 * data["x"]))
+    fit_call = mixbridge.lmer if model == "lmer" else mixbridge.glmer
+    extra = {} if model == "lmer" else {"family": "poisson"}
+    response = "y" if model == "lmer" else "k"
+    with_argument = fit_call(f"{response} ~ x + (1 | g)", data, offset="off", **extra)
+    in_formula = fit_call(f"{response} ~ x + offset(off) + (1 | g)", data, **extra)
+    newdata = data.iloc[::5].reset_index(drop=True)
+    for fit in (with_argument, in_formula):
+        m = fit.to_r()
+        for re_form in (None, "~0"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MixbridgeWarning)
+                ours = fit.predict(newdata, re_form=re_form)
+            theirs = r_call(PREDICT, m=m, newdata=newdata, re_form=re_form or "NULL", type="link")
+            np.testing.assert_allclose(ours, theirs, rtol=TIGHT, atol=TIGHT)
+    with pytest.warns(MixbridgeWarning, match="offset= argument is not applied"):
+        with_argument.predict(newdata)

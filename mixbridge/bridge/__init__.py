@@ -346,10 +346,12 @@ def lmer(
     res = _run("mb_lmer", transport, {**base, "control": ctrl, **keep}, columns, nrow, timeout)
     value = build.check(res, "lmer")
     fit = _mixed_fit(res, "lmer", formula, transport, timeout)
-    fit._objective = _devfun_hook("mb_lmer_devfun", transport, base, columns, nrow, timeout=timeout)
-    fit._predict = _predict_hook(
-        "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
-        value.get("fit"), timeout,
+    fit.attach(
+        objective=_devfun_hook("mb_lmer_devfun", transport, base, columns, nrow, timeout=timeout),
+        predict=_predict_hook(
+            "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
+            value.get("fit"), timeout,
+        ),
     )  # fmt: skip
     _finish(fit, transport, note)
     return fit
@@ -388,11 +390,13 @@ def glmer(
     if "tol_pwrss" in value:  # the PIRLS tolerance of lme4's deviance function (glmerControl)
         fit.optimizer["tol_pwrss"] = float(np.ravel(value["tol_pwrss"])[0])
     n_params = len(fit.theta) if int(nagq) == 0 else None
-    fit._objective = _devfun_hook(
-        "mb_glmer_devfun", transport, base, columns, nrow, n_params, timeout
-    )
-    fit._predict = _predict_hook(
-        "glmer", transport, base, columns, nrow, data, offset, value.get("fit"), timeout
+    fit.attach(
+        objective=_devfun_hook(
+            "mb_glmer_devfun", transport, base, columns, nrow, n_params, timeout
+        ),
+        predict=_predict_hook(
+            "glmer", transport, base, columns, nrow, data, offset, value.get("fit"), timeout
+        ),
     )
     _finish(fit, transport, note)
     return fit

@@ -188,9 +188,7 @@ def mixed_fit(
         for name in FIELDS
     }
     ng = v["ngrps"]
-    extra: dict[str, Any] = {}
-    if "vcov_rx" in v:
-        extra["vcov_rx"] = _matrix(v["vcov_rx"])
+    vcov_rx = _matrix(v["vcov_rx"]) if "vcov_rx" in v else None
     rc = v.get("reml_criterion")
     return MixedFit(
         model=model,  # type: ignore[arg-type]
@@ -233,7 +231,7 @@ def mixed_fit(
             **_derivs(oi),
         },
         dropped_columns=list(v["dropped_columns"]),
-        extra=extra,
+        vcov_rx=vcov_rx,
     )
 
 

@@ -71,7 +71,7 @@ def _stage1_theta(fit: MixedFit, n_theta: int) -> np.ndarray | None:
 
 def _criterion_for_lme4(fit: MixedFit) -> float:
     """The fit's criterion on lme4's scale (nAGQ > 1: without the saturated constant)."""
-    return float(fit.extra.get("lme4_deviance", fit.criterion))
+    return float(fit.criterion) + 2.0 * float(fit.loglik_constant)
 
 
 def to_mermod(fit: MixedFit, name: str | None = None) -> Any:

@@ -377,7 +377,9 @@ def _midpoint(p: tuple[Any, ...], q: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _eval(fit: MixedFit, params: tuple[Any, ...]) -> float | None:
-    if fit._objective is None or any(np.isnan(np.asarray(p, dtype=float)).any() for p in params):
+    if fit.methods.objective is None or any(
+        np.isnan(np.asarray(p, dtype=float)).any() for p in params
+    ):
         return None
     try:
         return float(fit.objective(*params))

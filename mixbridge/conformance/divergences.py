@@ -149,15 +149,13 @@ def _parse(text: str) -> list[Divergence]:
 # ---------------------------------------------------------------------------------------------
 # Checks: each recomputes the expected difference from the fits (never trusts the row alone).
 
-LOGLIK_CONSTANT_KEY = "lme4_loglik_constant"
-
 
 def check_agq_saturated_constant(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
-    """logLik(a) - logLik(b) == c_a - c_b, c = fit.extra["lme4_loglik_constant"] (0 if absent)."""
+    """logLik(a) - logLik(b) == c_a - c_b, c = fit.loglik_constant."""
     if max(getattr(a, "nagq", 1), getattr(b, "nagq", 1)) <= 1:
         return CheckOutcome(False)
-    c_a = float(a.extra.get(LOGLIK_CONSTANT_KEY, 0.0) or 0.0)
-    c_b = float(b.extra.get(LOGLIK_CONSTANT_KEY, 0.0) or 0.0)
+    c_a = float(a.loglik_constant)
+    c_b = float(b.loglik_constant)
     shift = c_a - c_b
     if shift == 0.0 or ctx.signed_diff is None:
         return CheckOutcome(False)
@@ -335,7 +333,7 @@ def _is_lme4(fit: Any) -> bool:
 def _lme4_scale(fit: Any) -> float:
     """The criterion as lme4's deviance function gives it (nAGQ > 1: without the saturated
     constant the fit may have put in)."""
-    return float(fit.criterion) + 2.0 * float(fit.extra.get(LOGLIK_CONSTANT_KEY, 0.0) or 0.0)
+    return float(fit.criterion) + 2.0 * float(fit.loglik_constant)
 
 
 def _params_like(fit: Any, like: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -123,6 +123,14 @@ class ReTerm:
         assert self._lhs is not None
         return self._lhs.matrix(newdata)
 
+    @property
+    def lhs_labels(self) -> list[str] | None:
+        """The term's left side as a re.form formula spells it: "(Intercept)" (if it has one)
+        and its term labels (None for a term built without its formula)."""
+        if self._lhs is None:
+            return None
+        return ["(Intercept)"] * bool(self._lhs.info.intercept) + self._lhs.info.labels
+
 
 @dataclass
 class _Common:
@@ -132,7 +140,6 @@ class _Common:
     n_trials: np.ndarray | None
     weights: np.ndarray
     offset: np.ndarray
-    X: np.ndarray  # GLMTerms built with sparse=True: scipy.sparse.csc_matrix
     x_names: list[str]
     messages: list[Message]
     row_index: pd.Index
@@ -154,25 +161,33 @@ class MixedTerms(_Common):
     dropped_columns: list[str] = field(default_factory=list)
     reterms: list[ReTerm] = field(default_factory=list)
     # X's columns (None: the intercept) when X is intercept + plain numeric variables; built
-    # with lazy_x=True, X itself is then None until `ensure_x()` (the O(G) lmer path reads the
-    # columns and never needs the n x p matrix)
+    # with lazy_x=True, the n x p matrix X is then assembled from them on first use (the O(G)
+    # lmer path reads the columns and never needs it)
     x_columns: list[np.ndarray | None] | None = field(default=None, repr=False)
     x_gram: np.ndarray | None = field(default=None, repr=False)  # X'X of x_columns (rank check)
+    _x: np.ndarray | None = field(default=None, repr=False)
     _fixed: _Part | None = field(default=None, repr=False)
     _keep: np.ndarray | None = field(default=None, repr=False)
 
-    def ensure_x(self) -> np.ndarray:
-        """X as an (n, p) array, assembled from `x_columns` on first use."""
-        if self.X is None:
+    @property
+    def X(self) -> np.ndarray:  # noqa: N802 - the model matrix's name
+        """X (n, p) with the dropped columns removed; assembled from `x_columns` on first use
+        when the terms were built with lazy_x=True (`x_built` says whether that happened)."""
+        if self._x is None:
             assert self.x_columns is not None
-            self.X = assemble(self.x_columns, self.n)
-        return self.X
+            self._x = assemble(self.x_columns, self.n)
+        return self._x
+
+    @property
+    def x_built(self) -> bool:
+        """Whether the n x p matrix X exists (False: only `x_columns` so far)."""
+        return self._x is not None
 
     def x_times(self, beta: np.ndarray) -> np.ndarray:
         """Xβ, from the columns when X was never built (block by block: no n-vector
         temporaries)."""
-        if self.X is not None or self.x_columns is None:
-            return self.ensure_x() @ beta
+        if self._x is not None or self.x_columns is None:
+            return self.X @ beta
         out = np.empty(self.n)
         for a in range(0, self.n, _ROW_BLOCK):
             seg = out[a : a + _ROW_BLOCK]
@@ -185,6 +200,23 @@ class MixedTerms(_Common):
         """X for newdata with the fit's levels, contrasts and transforms; columns = x_names."""
         assert self._fixed is not None and self._keep is not None
         return self._fixed.matrix(newdata)[:, self._keep]
+
+    def full_fixed_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
+        """`fixed_matrix` with every column of the fixed part (`full_x_names`), before lme4's
+        rank check dropped any (out-of-core data check the rank on their pooled X'X)."""
+        assert self._fixed is not None
+        return self._fixed.matrix(newdata)
+
+    @property
+    def full_x_names(self) -> list[str]:
+        assert self._fixed is not None
+        return list(self._fixed.design.names)
+
+    def fixed_factor_levels(self) -> dict[str, list[str]]:
+        """The level labels of every factor of the fixed part, by variable name."""
+        assert self._fixed is not None
+        names = self._fixed.info.var_names
+        return {names[i]: list(labels) for i, labels in self._fixed.design.levels.items()}
 
     def offset_for(self, newdata: pd.DataFrame) -> np.ndarray:
         """Sum of the formula's offset() terms on newdata.
@@ -199,6 +231,7 @@ class MixedTerms(_Common):
 class GLMTerms(_Common):
     """Everything a bayesglm engine needs: terms in formula order, all columns kept."""
 
+    X: np.ndarray  # built with sparse=True: scipy.sparse.csc_matrix
     has_intercept: bool = True
     _fixed: _Part | None = field(default=None, repr=False)
 
@@ -229,8 +262,8 @@ def build_mixed_terms(
     """lme4's lFormula/glFormula: response, X (rank-deficient columns dropped), reterms.
 
     `frame`: the already evaluated model frame of this formula and data (from the input checks).
-    `lazy_x`: when X is intercept + plain numeric columns of full rank, leave `X` None and give
-    the columns (`x_columns`); `ensure_x()` builds X when needed.
+    `lazy_x`: when X is intercept + plain numeric columns of full rank, give the columns
+    (`x_columns`) and assemble X only when it is first read.
     """
     if frame is None:
         frame = ModelFrame(formula, data, model, family, weights, offset, keep_order=False)
@@ -274,7 +307,7 @@ def build_mixed_terms(
         n_trials=n_trials,
         weights=w,
         offset=frame.total_offset(),
-        X=x_full
+        _x=x_full
         if x_full is None or len(keep) == len(names)
         else np.asfortranarray(x_full[:, keep]),
         x_names=[names[j] for j in keep],

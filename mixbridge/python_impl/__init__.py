@@ -1,4 +1,4 @@
-"""The pure-Python engines: lme4's lmer (`lmm`, with the O(G) `lmm_scalar` path) and glmer
-(`glmm`, `pirls`, `agq`), arm's bayesglm (`bayesglm`), sharing `predictor`, `families`,
-`optimize` and `output`. The engine entry points (engine="python") are in `engine`.
+"""The pure-Python engines: lme4's lmer and glmer as lme4's stages (spec, PLS cores, responses,
+PIRLS, deviance functions, optimizers, result; docs/architecture.md draws the pipeline) and
+arm's bayesglm. The engine entry points (engine="python") are in `engine`.
 """

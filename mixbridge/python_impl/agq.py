@@ -9,18 +9,17 @@ reports the log-likelihood).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 
-from mixbridge.python_impl.pirls import (
-    GlmResponse,
-    PirlsState,
-    ScalarCanonicalKernel,
-    ScalarPredictor,
-)
+from mixbridge.python_impl.diagonal_canonical import CanonicalKernel
+from mixbridge.python_impl.pirls import PirlsState
+from mixbridge.python_impl.pls_diagonal import DiagonalCore
+from mixbridge.python_impl.response import GlmResponse
 
 MAX_NAGQ = 100
 # the node formulas of `agq_nodes` are lme4's values while every node's |η| stays below where
@@ -38,7 +37,7 @@ def gh_rule(nagq: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def agq_deviance(
-    pred: ScalarPredictor,
+    pred: DiagonalCore,
     resp: GlmResponse,
     state: PirlsState,
     offset: np.ndarray,
@@ -97,10 +96,15 @@ class _SortedRows:
 CHUNK_ROWS = 8192
 
 
-def _sorted_rows(kernel: ScalarCanonicalKernel) -> _SortedRows | None:
-    cached = getattr(kernel, "_agq_rows", False)
-    if cached is not False:
-        return cached
+# per kernel (a model's rows): built on the first AGQ evaluation, kept while the kernel lives
+_ROWS: weakref.WeakKeyDictionary[CanonicalKernel, _SortedRows | None] = weakref.WeakKeyDictionary()
+
+
+def sorted_rows(kernel: CanonicalKernel) -> _SortedRows | None:
+    """The kernel's rows in group order, in chunks of whole groups (None when some level has no
+    rows: the node loop then runs over all rows per node)."""
+    if kernel in _ROWS:
+        return _ROWS[kernel]
     codes = kernel.codes
     counts = np.bincount(codes, minlength=kernel.G)
     out = None
@@ -121,7 +125,7 @@ def _sorted_rows(kernel: ScalarCanonicalKernel) -> _SortedRows | None:
             g0 = g1
         w = None if kernel.unit else (kernel.w if order is None else kernel.w[order])
         out = _SortedRows(order, counts, starts, chunks, w)
-    kernel._agq_rows = out
+    _ROWS[kernel] = out
     return out
 
 
@@ -136,7 +140,7 @@ class _NodeSums:
 
 
 def agq_node_sums(
-    kernel: ScalarCanonicalKernel,
+    kernel: CanonicalKernel,
     state: PirlsState,
     theta: float,
     sd: np.ndarray,
@@ -185,7 +189,7 @@ def agq_node_sums(
             out.p, out.M = p, es * m0[None, :]
             out.q = state.mu * kernel.expand(1.0 - p.sum(axis=0) + np.sum(p * es, axis=0))
         return out
-    rows = _sorted_rows(kernel)
+    rows = sorted_rows(kernel)
     if rows is None:
         return _logit_unsorted(kernel, state, out, s, base, weights, grad)
     if rows.order is None:
@@ -247,7 +251,7 @@ def agq_node_sums(
 
 
 def _logit_unsorted(
-    kernel: ScalarCanonicalKernel,
+    kernel: CanonicalKernel,
     state: PirlsState,
     out: _NodeSums,
     s: np.ndarray,
@@ -283,27 +287,27 @@ def _logit_unsorted(
 
 
 def agq_deviance_fast(
-    kernel: ScalarCanonicalKernel, state: PirlsState, theta: float, nagq: int
+    kernel: CanonicalKernel, state: PirlsState, theta: float, nagq: int
 ) -> float | None:
     """`agq_deviance` for (1|g) with a canonical link (same value up to rounding): sd and
-    log|L|² from the predictor's factorization (lme4's: the weights at the start of the last
+    log|L|² from the core's factorization (lme4's: the weights at the start of the last
     PIRLS iteration)."""
-    pred = kernel.pred
-    nodes = agq_node_sums(kernel, state, float(theta), 1.0 / pred.l_diag, nagq)
+    core = kernel.core
+    nodes = agq_node_sums(kernel, state, float(theta), 1.0 / core.l_diag, nagq)
     if nodes is None:
         return None
-    return float(state.pdev + pred.ldL2 - 2.0 * np.sum(nodes.log_mult))
+    return float(state.pdev + core.ldL2 - 2.0 * np.sum(nodes.log_mult))
 
 
 def agq_value_gradient(
-    kernel: ScalarCanonicalKernel,
+    kernel: CanonicalKernel,
     state: PirlsState,
     theta: float,
     W: np.ndarray,
     S: np.ndarray,
     swmu: np.ndarray,
     nagq: int,
-) -> tuple[float, float, np.ndarray] | None:
+) -> tuple[float, float, np.ndarray, np.ndarray] | None:
     """The AGQ deviance at fully converged modes (sd_j = d_j^{-1/2} from the weights at the
     modes) and its exact gradient in (θ, β).
 
@@ -312,9 +316,10 @@ def agq_value_gradient(
         dAGQ_j = (1 − ½ sd_j P2_j) d log d_j + Σ_k p_jk ∂h_j(v_jk) + P1_j dũ_j,
     P1_j = Σ_k p_jk h'_j(v_jk), P2_j = Σ_k p_jk z_k h'_j(v_jk), ∂h at fixed v (β: Σ dev'_i x_i,
     θ: v Σ dev'_i), and d log d_j, dũ_j the Laplace gradient's pieces (`scalar_laplace_gradient`).
+    Returns (value, ∂/∂θ, ∂/∂β, dũ/d(θ, β)), the last for the next warm start.
     """
     th = float(theta)
-    X, u, mu, y = kernel.pred.X, state.u, state.mu, kernel.resp.y
+    X, u, mu, y = kernel.core.X, state.u, state.mu, kernel.resp.y
     wts = 1.0 if kernel.unit else kernel.w
     d = 1.0 + th * th * S
     sd = 1.0 / np.sqrt(d)
@@ -347,5 +352,4 @@ def agq_value_gradient(
     coef_u = P1 + f * th**3 * sdw / d  # coefficient of dũ_j
     g_beta = X.T @ row + du_db.T @ coef_u
     g_theta = float(np.sum(T) + np.sum(f * (2.0 * th * S + th * th * sdw * u) / d) + coef_u @ du_dt)
-    kernel.du_dx = np.column_stack([du_dt, du_db])
-    return value, g_theta, g_beta
+    return value, g_theta, g_beta, np.column_stack([du_dt, du_db])

@@ -1,63 +1,46 @@
 """Entry points of the pure-Python engine (engine="python"): lme4's lmer and glmer, arm's bayesglm.
 
-Each model lives in its own module and is imported on first use: `lmm` (lmer), `glmm` (glmer),
-`bayesglm` (bayesglm). Keyword arguments follow the engine protocol in `mixbridge.engines`. These
-live here, not in the package's `__init__`, so a submodule import never shadows an entry point.
+Each model lives in its own module and is imported on first use: `lmer`, `glmer` (which compose
+the stages, see docs/architecture.md), `bayesglm`. Keyword arguments follow the engine protocol
+in `mixbridge.engines`; lmer also takes a Dask DataFrame (the engine is registered for Dask
+data). These live here, not in the package's `__init__`, so a submodule import never shadows an
+entry point.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mixbridge.control import check_control
-from mixbridge.python_impl.predictor import blas_single_thread
+from mixbridge.python_impl.pls import blas_single_thread
 
 # Every fit runs with BLAS on one thread: the work is many small and mid-sized factorizations,
 # where OpenBLAS threads gain little and, on a busy machine, slow a small Cholesky ~100x.
 
 
-def _split_control(model: str, kwargs: dict[str, Any]) -> bool:
-    """Check kwargs["control"] (mixbridge.control's keys) and take out `cond_var`, which is
-    applied to the result here; returns whether to keep the conditional variances."""
-    control = check_control(model, kwargs.get("control"), "python")
-    keep = control.pop("cond_var", True)
-    kwargs["control"] = control
-    return keep
-
-
 def lmer(formula: str, data: Any, **kwargs: Any):
-    from mixbridge.python_impl.lmm import lmer as fit
+    from mixbridge.python_impl.lmer import lmer as fit
 
-    keep_cond_var = _split_control("lmer", kwargs)
     with blas_single_thread():
-        result = fit(formula, data, **kwargs)
-    if not keep_cond_var:
-        result.cond_var = {}
-    return result
+        return fit(formula, data, **kwargs)
 
 
 def lmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
-    from mixbridge.python_impl.lmm import lmer_objective as objective
+    from mixbridge.python_impl.lmer import lmer_objective as objective
 
     with blas_single_thread():
         return objective(formula, data, **kwargs)
 
 
 def glmer(formula: str, data: Any, **kwargs: Any):
-    from mixbridge.python_impl.glmm import glmer as fit
+    from mixbridge.python_impl.glmer import glmer as fit
 
-    keep_cond_var = _split_control("glmer", kwargs)
     with blas_single_thread():
-        result = fit(formula, data, **kwargs)
-    if not keep_cond_var:
-        result.cond_var = {}
-    return result
+        return fit(formula, data, **kwargs)
 
 
 def glmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
-    from mixbridge.python_impl.glmm import glmer_objective as objective
+    from mixbridge.python_impl.glmer import glmer_objective as objective
 
-    _split_control("glmer", kwargs)
     with blas_single_thread():
         return objective(formula, data, **kwargs)
 

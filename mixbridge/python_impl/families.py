@@ -13,6 +13,11 @@ Shared by the bayesglm and glmer engines. Usage:
 Every function reproduces R's, including its clamps (logit |eta| > 30, probit/cauchit at the
 quantile of DBL_EPSILON, log/cloglog floors at DBL_EPSILON), because IRLS paths, iteration counts
 and separated fits depend on them. Names follow R (`family` is R's `family$family`).
+
+The one table of links (`LINKS`) also holds, where glmer needs them, lme4's own inverse link and
+μ'(η) (`lme4_linkinv`, `lme4_mu_eta`: src/glmFamily.cpp evaluates the common links in C++ with
+other clamps than stats::family's, e.g. logit: μ in [ε, 1−ε] instead of |η| ≤ 30; PIRLS paths on
+separated data depend on them).
 """
 
 from __future__ import annotations
@@ -51,13 +56,17 @@ def _stats():  # noqa: ANN202
 
 @dataclass(frozen=True)
 class Link:
-    """A link function: `linkfun` (mu -> eta), `linkinv` (eta -> mu), `mu_eta` (dmu/deta)."""
+    """A link function: `linkfun` (mu -> eta), `linkinv` (eta -> mu), `mu_eta` (dmu/deta), as
+    stats::make.link; `lme4_linkinv`, `lme4_mu_eta`: lme4's C++ versions (None where glmer does
+    not use the link)."""
 
     name: str
     linkfun: Callable[[Array], Array]
     linkinv: Callable[[Array], Array]
     mu_eta: Callable[[Array], Array]
     valideta: Callable[[Array], bool]
+    lme4_linkinv: Callable[[Array], Array] | None = None
+    lme4_mu_eta: Callable[[Array], Array] | None = None
 
 
 def _always_valid(_: Array) -> bool:
@@ -149,14 +158,57 @@ def _recip(x: Array) -> Array:
         return 1.0 / np.asarray(x, dtype=float)
 
 
+# lme4's C++ links (src/glmFamily.cpp): μ clamped to [ε, 1 − ε] (logit, cloglog) or ≥ ε (log)
+def _clamp01(p: Array) -> Array:
+    return np.clip(p, DBL_EPSILON, 1.0 - DBL_EPSILON)
+
+
+def _lme4_logit_linkinv(eta: Array) -> Array:
+    return _clamp01(special.expit(eta))
+
+
+def _lme4_logit_mu_eta(eta: Array) -> Array:
+    return np.maximum(DBL_EPSILON, special.expit(eta) * special.expit(-eta))
+
+
+def _lme4_probit_linkinv(eta: Array) -> Array:
+    return np.minimum(1.0 - DBL_EPSILON, special.ndtr(eta))
+
+
+def _lme4_probit_mu_eta(eta: Array) -> Array:
+    return np.exp(-0.5 * eta * eta) / np.sqrt(2.0 * np.pi)
+
+
+def _lme4_cloglog_linkinv(eta: Array) -> Array:
+    return _clamp01(-np.expm1(-np.exp(eta)))
+
+
+def _lme4_cloglog_mu_eta(eta: Array) -> Array:
+    return np.maximum(DBL_EPSILON, np.exp(eta - np.exp(eta)))
+
+
+def _lme4_log_linkinv(eta: Array) -> Array:
+    return np.maximum(DBL_EPSILON, np.exp(eta))
+
+
 LINKS: dict[str, Link] = {
-    "logit": Link("logit", _logit_linkfun, _logit_linkinv, _logit_mu_eta, _always_valid),
+    "logit": Link(
+        "logit",
+        _logit_linkfun,
+        _logit_linkinv,
+        _logit_mu_eta,
+        _always_valid,
+        _lme4_logit_linkinv,
+        _lme4_logit_mu_eta,
+    ),
     "probit": Link(
         "probit",
         lambda mu: special.ndtri(np.asarray(mu, dtype=float)),
         _probit_linkinv,
         _probit_mu_eta,
         _always_valid,
+        _lme4_probit_linkinv,
+        _lme4_probit_mu_eta,
     ),
     "cauchit": Link(
         "cauchit",
@@ -165,7 +217,15 @@ LINKS: dict[str, Link] = {
         _cauchit_mu_eta,
         _always_valid,
     ),
-    "cloglog": Link("cloglog", _cloglog_linkfun, _cloglog_linkinv, _cloglog_mu_eta, _always_valid),
+    "cloglog": Link(
+        "cloglog",
+        _cloglog_linkfun,
+        _cloglog_linkinv,
+        _cloglog_mu_eta,
+        _always_valid,
+        _lme4_cloglog_linkinv,
+        _lme4_cloglog_mu_eta,
+    ),
     "identity": Link(
         "identity",
         lambda mu: np.asarray(mu, dtype=float),
@@ -173,7 +233,15 @@ LINKS: dict[str, Link] = {
         lambda eta: np.ones_like(np.asarray(eta, dtype=float)),
         _always_valid,
     ),
-    "log": Link("log", _log_linkfun, _log_linkinv, _log_linkinv, _always_valid),
+    "log": Link(
+        "log",
+        _log_linkfun,
+        _log_linkinv,
+        _log_linkinv,
+        _always_valid,
+        _lme4_log_linkinv,
+        _lme4_log_linkinv,
+    ),
     "inverse": Link(
         "inverse",
         _recip,
@@ -234,6 +302,8 @@ class Family:
         self.linkfun = link.linkfun
         self.linkinv = link.linkinv
         self.mu_eta = link.mu_eta
+        self.lme4_linkinv = link.lme4_linkinv
+        self.lme4_mu_eta = link.lme4_mu_eta
 
     def __repr__(self) -> str:
         return f"Family({self.family!r}, link={self.link!r})"

@@ -1,4 +1,6 @@
-"""Optimizing a profiled criterion over θ, with lme4's boundary handling and convergence checks.
+"""Optimizing a profiled criterion over θ, with lme4's boundary handling and convergence checks:
+lmer's optimizer, `optimizers.minimize("L-BFGS-B", ...)`, returning an `OptSummary` (lme4's
+checks themselves are in `checkconv`).
 
 lme4 (spec §1.6) runs BOBYQA, then `restart_edge`, `check.boundary`, `deriv12` and `checkConv`.
 We replace BOBYQA by scipy's L-BFGS-B (the criterion is smooth in θ, and bounds are only 0 on
@@ -20,39 +22,22 @@ a projected gradient at a singular fit) gets converged=False and a warning.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy import optimize as sopt
 
+from mixbridge.python_impl.checkconv import (
+    BEST_SLACK,
+    MAX_PROBE_ROUNDS,
+    check_boundary,
+    check_conv,
+    deriv12,
+    derivs_from_gradient,
+    optimum_doubts,
+    projected_gradient,
+)
+from mixbridge.python_impl.optsummary import OptSummary
 from mixbridge.results import Message
-
-SINGULAR_TEXT = "boundary (singular) fit: see help('isSingular')"
-
-
-@dataclass
-class OptResult:
-    """Outcome of `optimize_theta`: the final θ, criterion and lme4-style diagnostics."""
-
-    theta: np.ndarray
-    fval: float
-    n_evals: int
-    status: str
-    converged: bool
-    singular: bool
-    gradient: np.ndarray
-    hessian: np.ndarray
-    messages: list[Message] = field(default_factory=list)
-
-    def as_dict(self, name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "n_evals": self.n_evals,
-            "status": self.status,
-            "gradient": self.gradient.tolist(),
-            "hessian": self.hessian.tolist(),
-        }
 
 
 class _EvalLimit(Exception):
@@ -225,7 +210,7 @@ def _converged_by_gradient(f: _Counted, x: np.ndarray, lower: np.ndarray) -> boo
     fx, g = f.value_grad(x)
     if not np.isfinite(fx) or not np.all(np.isfinite(g)):
         return False
-    return _projected_gradient(g, x, lower) <= GRAD_DONE
+    return projected_gradient(g, x, lower) <= GRAD_DONE
 
 
 # Projected-gradient size that counts as converged when L-BFGS-B's line search stops at the
@@ -274,8 +259,6 @@ def _minimize(f: _Counted, x0: np.ndarray, lower: np.ndarray, maxeval: int) -> t
 # stationary bound with descent beyond shows only at a finite distance, and a shallow interior
 # optimum (seen at θ_i = 0.02, 1.8e-4 below the bound's value) only at a small one.
 PROBE_LADDER = (1.0, 0.1, 0.01)
-# Rounds of probe-then-restart (each restart can end at a new boundary point to probe).
-MAX_PROBE_ROUNDS = 5
 
 
 def probe_points(x: np.ndarray, theta0: np.ndarray, lower: np.ndarray) -> list[np.ndarray]:
@@ -346,151 +329,6 @@ def _probe_other_basin(
     return x, fx, status, False, False
 
 
-DERIV12_DELTA = 1e-4  # lme4's deriv12 step
-
-
-def deriv12(
-    f: Callable[[np.ndarray], float],
-    x: np.ndarray,
-    fx: float,
-    lower: np.ndarray,
-    delta: float = DERIV12_DELTA,
-) -> tuple[np.ndarray, np.ndarray]:
-    """lme4's deriv12: finite-difference gradient and Hessian (central, δ = 1e-4)."""
-    m = x.size
-    g = np.zeros(m)
-    h = np.zeros((m, m))
-    for i in range(m):
-        xa = x.copy()
-        xa[i] += delta
-        fa = f(xa)
-        if x[i] - delta < lower[i]:
-            # one-sided at a bound (the criterion is not defined below it)
-            xa2 = x.copy()
-            xa2[i] += 2 * delta
-            fa2 = f(xa2)
-            g[i] = (fa - fx) / delta
-            h[i, i] = (fa2 - 2 * fa + fx) / delta**2
-        else:
-            xs = x.copy()
-            xs[i] -= delta
-            fs = f(xs)
-            g[i] = (fa - fs) / (2 * delta)
-            h[i, i] = (fa - 2 * fx + fs) / delta**2
-        for j in range(i):
-            pts = []
-            for si, sj in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
-                xx = x.copy()
-                xx[i] += si * delta
-                xx[j] += sj * delta
-                pts.append(f(xx))
-            h[i, j] = h[j, i] = (pts[0] - pts[1] - pts[2] + pts[3]) / (4 * delta**2)
-    return g, h
-
-
-def derivs_from_gradient(
-    f: _Counted, x: np.ndarray, rel: float = 1e-6
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Gradient and Hessian at x from an analytic gradient: the gradient itself and forward
-    differences of it (m + 1 gradient evaluations instead of deriv12's ~2m²). Steps go up, so
-    they stay feasible at a lower bound. On InstEval this Hessian agrees with deriv12's (whose
-    own truncation error is the larger) to 2e-5 relative. None if a component is unavailable."""
-    fx, g = f.value_grad(x)
-    if not np.isfinite(fx) or not np.all(np.isfinite(g)):
-        return None
-    h = np.empty((x.size, x.size))
-    for i in range(x.size):
-        step = rel * max(1.0, abs(x[i]))
-        xp = x.copy()
-        xp[i] += step
-        fp, gp = f.value_grad(xp)
-        if not np.isfinite(fp) or not np.all(np.isfinite(gp)):
-            return None
-        h[:, i] = (gp - g) / step
-    return g, (h + h.T) / 2.0
-
-
-def check_conv(
-    grad: np.ndarray, hess: np.ndarray, theta: np.ndarray, lower: np.ndarray
-) -> tuple[bool, bool, list[Message]]:
-    """lme4's checkConv: returns (singular, converged, messages)."""
-    msgs: list[Message] = []
-    singular = bool(np.any((lower == 0) & (theta < 1e-4)))
-    if singular:
-        msgs.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
-        return True, True, msgs
-    ok = True
-    try:
-        r = np.linalg.cholesky(hess).T  # upper R, R'R = H
-        scgrad = np.linalg.solve(r, grad)
-        mx = float(np.max(np.minimum(np.abs(scgrad), np.abs(grad)))) if grad.size else 0.0
-        if mx > 0.002:
-            ok = False
-            msgs.append(
-                Message(
-                    "warning",
-                    f"Model failed to converge with max|grad| = {mx:.6g} (tol = 0.002, component "
-                    f"{int(np.argmax(np.minimum(np.abs(scgrad), np.abs(grad)))) + 1})",
-                    "python",
-                    code="convergence",
-                )
-            )
-    except np.linalg.LinAlgError:
-        ok = False
-        msgs.append(
-            Message("warning", "unable to evaluate scaled gradient", "python", code="convergence")
-        )
-    ev = np.linalg.eigvalsh(hess) if hess.size else np.zeros(0)
-    tol = 1e-6
-    if ev.size:
-        neg = int(np.sum(ev < -tol))
-        if neg:
-            ok = False
-            msgs.append(
-                Message(
-                    "warning",
-                    f"Model is nearly unidentifiable: degenerate  Hessian "
-                    f"with {neg} negative eigenvalues",
-                    "python",
-                    code="convergence",
-                )
-            )
-        elif np.min(np.abs(ev)) < tol:
-            ok = False
-            msgs.append(
-                Message(
-                    "warning",
-                    "Hessian is numerically singular: parameters are not uniquely determined",
-                    "python",
-                    code="convergence",
-                )
-            )
-        else:
-            if ev.max() * tol > 1:
-                ok = False
-                msgs.append(
-                    Message(
-                        "warning",
-                        "Model is nearly unidentifiable: very large "
-                        "eigenvalue\n - Rescale variables?",
-                        "python",
-                        code="convergence",
-                    )
-                )
-            if ev.min() / ev.max() < tol:
-                ok = False
-                msgs.append(
-                    Message(
-                        "warning",
-                        "Model is nearly unidentifiable: large eigenvalue "
-                        "ratio\n - Rescale variables?",
-                        "python",
-                        code="convergence",
-                    )
-                )
-    return False, ok, msgs
-
-
 def optimize_theta(
     devfun: Callable[[np.ndarray], float],
     theta0: np.ndarray,
@@ -501,7 +339,7 @@ def optimize_theta(
     calc_derivs: bool = True,
     maxeval: int = 100_000,
     value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
-) -> OptResult:
+) -> OptSummary:
     """Minimize devfun over θ ≥ lower, then lme4's restart_edge, check.boundary and checkConv.
 
     `value_grad(θ)` (optional) returns devfun(θ) with its analytic gradient, NaN in components
@@ -530,14 +368,14 @@ def optimize_theta(
             f, x, fx, theta0, lower, maxeval, status
         )
 
-    x, fx = _check_boundary(f, x, fx, lower, boundary_tol)
+    x, fx = check_boundary(f, x, fx, lower, boundary_tol)
     grad, hess, singular, converged, msgs = _diagnose(f, x, fx, lower, calc_derivs)
     if not exhausted and f.best_f < fx - BEST_SLACK * max(1.0, abs(fx)):
         # a point evaluated by the probes or the derivatives beats the optimum: go on from it
         assert f.best_x is not None
         x2, f2, status2, exhausted = _minimize(f, f.best_x.copy(), lower, maxeval)
         if f2 < fx:
-            x, fx = _check_boundary(f, x2, f2, lower, boundary_tol)
+            x, fx = check_boundary(f, x2, f2, lower, boundary_tol)
             status = f"{status2} (restarted from a better point found while checking)"
             grad, hess, singular, converged, msgs = _diagnose(f, x, fx, lower, calc_derivs)
 
@@ -564,8 +402,10 @@ def optimize_theta(
                 code="convergence",
             )
         )
-    return OptResult(
-        theta=x,
+    return OptSummary(
+        method="L-BFGS-B",
+        start=np.asarray(theta0, dtype=float),
+        final=x,
         fval=fx,
         n_evals=f.n,
         status=status,
@@ -574,105 +414,15 @@ def optimize_theta(
         gradient=grad,
         hessian=hess,
         messages=msgs,
+        settled=settled,
     )
-
-
-# A point evaluated after the optimizer stopped (probes, derivatives) that is lower than the
-# optimum by more than this (relative) means the optimum was not reached; below it is rounding
-# of the criterion (~1e-13 relative).
-BEST_SLACK = 1e-10
-# lme4's checkConv gradient tolerance (0.002), applied at a singular fit, where lme4 checks
-# nothing, to the projected gradient: free parameters and descent directions off a bound.
-SINGULAR_GRAD_TOL = 0.002
-
-
-def optimum_doubts(
-    grad: np.ndarray,
-    hess: np.ndarray,
-    x: np.ndarray,
-    lower: np.ndarray,
-    check_gradient: bool,
-    *,
-    settled: bool = True,
-    better_seen: tuple[float, float] | None = None,
-) -> list[Message]:
-    """Warnings for a final point the optimizer cannot vouch for (each makes converged False):
-    probes still better after the last restart (`settled` False), a better point seen while
-    checking (`better_seen` = (its criterion, the optimum's)), or, when `check_gradient` (a
-    singular fit, where lme4's checkConv checks nothing), a projected gradient above
-    SINGULAR_GRAD_TOL by lme4's measure (`_projected_gradient`)."""
-    doubts = []
-    if not settled:
-        doubts.append(
-            f"after {MAX_PROBE_ROUNDS} restarts, a probe on the other side of a variance "
-            "parameter's bound still found a lower criterion"
-        )
-    if better_seen is not None:
-        doubts.append(
-            f"a point evaluated while checking the optimum has a lower criterion "
-            f"({better_seen[0]:.10g} < {better_seen[1]:.10g})"
-        )
-    if check_gradient:
-        # deriv12 differences one-sidedly within its step (1e-4) of a bound
-        pg = _projected_gradient(grad, x, lower, near=DERIV12_DELTA, hess=hess)
-        if pg > SINGULAR_GRAD_TOL:
-            doubts.append(
-                f"boundary fit with projected gradient {pg:.3g} (tol = {SINGULAR_GRAD_TOL})"
-            )
-    return [
-        Message(
-            "warning",
-            f"the optimizer may not have reached the optimum: {text}",
-            "python",
-            code="convergence",
-        )
-        for text in doubts
-    ]
-
-
-def _projected_gradient(
-    grad: np.ndarray,
-    x: np.ndarray,
-    lower: np.ndarray,
-    near: float = 0.0,
-    hess: np.ndarray | None = None,
-) -> float:
-    """max |g| over the free directions: at a bound (or within `near` of it, where a one-sided
-    difference of an even criterion is positive by its curvature) only descent counts. With
-    `hess`, lme4's checkConv measure on those directions: each component's smaller of |g| and
-    the gradient scaled by the Cholesky factor of the Hessian restricted to them."""
-    free = ~((x - lower <= near) & (grad > 0))
-    g = np.where(free, grad, 0.0)
-    if hess is None or not np.any(free):
-        return float(np.max(np.abs(g), initial=0.0))
-    try:
-        r = np.linalg.cholesky(hess[np.ix_(free, free)]).T
-        scaled = np.abs(np.linalg.solve(r, g[free]))
-    except np.linalg.LinAlgError:
-        return float(np.max(np.abs(g), initial=0.0))
-    return float(np.max(np.minimum(scaled, np.abs(g[free]))))
-
-
-def _check_boundary(
-    f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray, boundary_tol: float
-) -> tuple[np.ndarray, float]:
-    """lme4's check.boundary: snap near-bound parameters to the bound when that is no worse."""
-    if boundary_tol > 0:
-        for i in range(x.size):
-            if 0 < x[i] - lower[i] < boundary_tol:
-                xs = x.copy()
-                xs[i] = lower[i]
-                fs = f(xs)
-                if fs <= fx:
-                    x, fx = xs, fs
-    return x, fx
 
 
 def _diagnose(
     f: _Counted, x: np.ndarray, fx: float, lower: np.ndarray, calc_derivs: bool
 ) -> tuple[np.ndarray, np.ndarray, bool, bool, list[Message]]:
     """lme4's derivatives and checkConv at x: (gradient, Hessian, singular, converged, msgs)."""
-    derivs = derivs_from_gradient(f, x) if calc_derivs and x.size and f.vg else None
+    derivs = derivs_from_gradient(f.value_grad, x) if calc_derivs and x.size and f.vg else None
     if derivs is not None:
         grad, hess = derivs
         singular, converged, msgs = check_conv(grad, hess, x, lower)
@@ -685,74 +435,3 @@ def _diagnose(
         if not singular:  # without derivatives only the singularity check applies
             converged, msgs = True, []
     return grad, hess, singular, converged, msgs
-
-
-def check_scale_x(
-    x: np.ndarray | list[np.ndarray | None],
-    kappa: float = 1e3,
-    variances: np.ndarray | None = None,
-) -> Message | None:
-    """lme4's checkScaleX: warn when the non-0/1 columns of X have sds (or sd ratios) beyond
-    kappa, which makes the optimization ill-conditioned.
-
-    `x`: X, or its columns (None for the intercept). `variances`: the columns' sample variances
-    when already known (e.g. from the one-pass statistics)."""
-    if isinstance(x, list):
-        n, p = next((len(c) for c in x if c is not None), 0), len(x)
-        cols = [np.broadcast_to(1.0, (n,)) if c is None else np.asarray(c, float) for c in x]
-    else:
-        n, p = x.shape
-        cols = [x[:, j] for j in range(p)]
-    if n < 2 or p == 0:
-        return None
-    if variances is not None:
-        lo = np.array([c[:1].min() if c.strides == (0,) else c.min() for c in cols])
-        hi = np.array([c[:1].max() if c.strides == (0,) else c.max() for c in cols])
-        var = np.asarray(variances, dtype=float)
-    else:
-        lo, hi, var = column_summaries(x if not isinstance(x, list) else np.column_stack(cols))
-    cont = np.ones(p, dtype=bool)
-    for j in np.flatnonzero((lo >= 0) & (hi <= 1)):  # look at the values of [0, 1] columns only
-        col = cols[j][:1] if cols[j].strides == (0,) else cols[j]  # a constant: one value
-        cont[j] = bool(np.any((col != 0) & (col != 1)))
-    if not np.any(cont):
-        return None
-    with np.errstate(divide="ignore"):
-        logsd = 0.5 * np.log(var[cont])
-    logcomp = np.abs(logsd[:, None] - logsd[None, :])
-    if np.any(np.abs(logsd) > np.log(kappa)) or np.any(logcomp > np.log(kappa)):
-        return Message(
-            "warning",
-            "Some predictor variables are on very different scales: consider rescaling",
-            "python",
-            code="scale_x",
-        )
-    return None
-
-
-def column_summaries(
-    x: np.ndarray, block: int = 32_768
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Minimum, maximum and sample variance of each column of X in one blocked pass.
-
-    Each block of rows is copied into a small row-major buffer of columns (so any layout of X is
-    read contiguously) and shifted by the first rows' means, so the sums of squares do not cancel
-    when a column's mean dwarfs its sd.
-    """
-    n, p = x.shape
-    shift = x[: min(n, 1000)].mean(axis=0)
-    lo = np.full(p, np.inf)
-    hi = np.full(p, -np.inf)
-    s1 = np.zeros(p)
-    s2 = np.zeros(p)
-    buf = np.empty((p, min(block, n)))
-    for a in range(0, n, block):
-        xt = buf[:, : min(block, n - a)]
-        np.copyto(xt, x[a : a + block].T)
-        np.minimum(lo, xt.min(axis=1), out=lo)
-        np.maximum(hi, xt.max(axis=1), out=hi)
-        xt -= shift[:, None]
-        s1 += xt.sum(axis=1)
-        s2 += np.einsum("ij,ij->i", xt, xt)
-    var = np.maximum(s2 - s1**2 / n, 0.0) / (n - 1)
-    return lo, hi, var

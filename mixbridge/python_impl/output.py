@@ -1,18 +1,40 @@
 """Builders for the MixedFit pieces shared by lmer and glmer: names, VarCorr, ranef, condVar,
-likelihood summaries. Pure functions of the model terms and the final estimates.
+likelihood summaries. Pure functions of the random-effects terms' labels (`TermLabels`) and the
+final estimates.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from mixbridge.formula.levels import level_index
-from mixbridge.python_impl.predictor import theta_layout
+from mixbridge.python_impl.pls import theta_layout
+
+
+class TermLabels(Protocol):
+    """What the result needs of a random-effects term: its grouping factor, the factor's level
+    labels and the term's column names (`mixbridge.formula.ReTerm`, or the Dask path's)."""
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def levels(self) -> Sequence[str]: ...
+
+    @property
+    def cnames(self) -> list[str]: ...
+
+    @property
+    def n_levels(self) -> int: ...
+
+    @property
+    def p(self) -> int: ...
 
 
 def make_unique(names: list[str]) -> list[str]:
@@ -37,7 +59,7 @@ def make_unique(names: list[str]) -> list[str]:
     return out
 
 
-def theta_names(reterms: list[Any]) -> list[str]:
+def theta_names(reterms: list[TermLabels]) -> list[str]:
     """getME(fit, "theta") names: g.name on the diagonal, g.row.col off it."""
     out = []
     for t in reterms:
@@ -55,7 +77,9 @@ def term_covariances(tks: list[np.ndarray], sigma: float) -> list[np.ndarray]:
     return [sigma**2 * tk @ tk.T for tk in tks]
 
 
-def varcorr_frame(reterms: list[Any], tks: list[np.ndarray], sigma: float | None) -> pd.DataFrame:
+def varcorr_frame(
+    reterms: list[TermLabels], tks: list[np.ndarray], sigma: float | None
+) -> pd.DataFrame:
     """as.data.frame(VarCorr(fit)): per term its variances, then its covariances in lower-
     triangle column-major order; a final "Residual" row when the family has a scale (sigma)."""
     rows = []
@@ -75,7 +99,7 @@ def varcorr_frame(reterms: list[Any], tks: list[np.ndarray], sigma: float | None
     return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
 
-def factor_terms(reterms: list[Any]) -> dict[str, list[int]]:
+def factor_terms(reterms: list[TermLabels]) -> dict[str, list[int]]:
     """Grouping factor -> indices of its terms, factors in order of first appearance (flist)."""
     out: dict[str, list[int]] = {}
     for k, t in enumerate(reterms):
@@ -83,7 +107,9 @@ def factor_terms(reterms: list[Any]) -> dict[str, list[int]]:
     return out
 
 
-def ranef_frames(reterms: list[Any], b: np.ndarray, gp: np.ndarray) -> dict[str, pd.DataFrame]:
+def ranef_frames(
+    reterms: list[TermLabels], b: np.ndarray, gp: np.ndarray
+) -> dict[str, pd.DataFrame]:
     """ranef(fit): one frame per grouping factor, rows = levels, columns = terms' coefficients
     (several terms on one factor side by side, in term order)."""
     out = {}
@@ -99,7 +125,7 @@ def ranef_frames(reterms: list[Any], b: np.ndarray, gp: np.ndarray) -> dict[str,
     return out
 
 
-def ngroups(reterms: list[Any]) -> dict[str, int]:
+def ngroups(reterms: list[TermLabels]) -> dict[str, int]:
     return {g: int(reterms[idx[0]].n_levels) for g, idx in factor_terms(reterms).items()}
 
 

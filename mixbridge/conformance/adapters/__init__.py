@@ -8,7 +8,9 @@ raise `ArgumentError` saying so (never a silently different model). Register you
 its fits go through `mixbridge.compare` like any other.
 
 Built in: "statsmodels" (MixedLM), and "glmm" / "mixedlm" when those PyPI packages are installed
-(`pip install 'mixbridge[peers]'`, pinned to the versions the adapters were checked with).
+(`pip install 'mixbridge[peers]'`, pinned to the versions the adapters were checked with). They
+register themselves, by module path, when this package is imported (`import mixbridge` does):
+nothing of a peer is imported until its engine is used.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import re
 import numpy as np
 import pandas as pd
 
+from mixbridge import engines
 from mixbridge.errors import ArgumentError
+
+PEER_ENGINES = ("statsmodels", "glmm", "mixedlm")
+for _name in PEER_ENGINES:
+    engines.register(_name, f"{__name__}.{_name}_engine")
 
 _BAR = re.compile(r"\(([^()|]*?)(\|\|?)([^()|]+)\)")
 

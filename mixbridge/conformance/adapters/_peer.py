@@ -203,7 +203,7 @@ def mixed_fit(
     df = len(fixef) + len(theta) + (1 if model == "lmer" else 0)
     names = list(fixef.index)
     y = s.frame[s.lhs].to_numpy(dtype=float) if s.lhs in s.frame.columns else None
-    return MixedFit(
+    fit = MixedFit(
         model=model, formula=s.formula, family=family, link=link, reml=reml,
         fixef=fixef, vcov=pd.DataFrame(vcov, index=names, columns=names), theta=theta,
         theta_names=theta_names(s.group, s.re_names),
@@ -220,8 +220,9 @@ def mixed_fit(
         residuals=(y - fitted) if (y is not None and model == "lmer") else np.full(n, math.nan),
         singular=bool(singular), converged=bool(converged), messages=messages, engine=engine,
         versions={engine: version(engine)}, optimizer=dict(optimizer or {}),
-        dropped_columns=list(dropped_columns or []), _objective=objective,
+        dropped_columns=list(dropped_columns or []),
     )  # fmt: skip
+    return fit.attach(objective=objective)
 
 
 def warning_messages(caught: list[Any], engine: str) -> list[Message]:

@@ -166,7 +166,7 @@ def lmer(
         versions={"statsmodels": statsmodels.__version__},
         optimizer={"method": result.method if hasattr(result, "method") else "lbfgs"},
     )
-    fit._objective = lambda th: _criterion(model, np.asarray(th, dtype=float), q)
+    fit.attach(objective=lambda th: _criterion(model, np.asarray(th, dtype=float), q))
     return fit
 
 

@@ -1,0 +1,211 @@
+"""glmer's big-data stage 2 (spec §3.4, not lme4's optimizer): one scalar term with a canonical
+link, on the fully converged Laplace (and AGQ) deviance with its analytic gradient.
+
+The conditional modes are warm-started from the previous evaluation to first order (dũ/dx from
+the last gradient), so a single Newton step (`CanonicalKernel.modes`) usually converges; the
+value and gradient come from the fused kernel (`diagonal_canonical`) or the AGQ node sums
+(`agq.agq_value_gradient`). The optimizer is `optimizers.minimize("BFGS", ...)` from an
+approximate Hessian (`initial_hessian`); the Hessian for vcov and the convergence checks comes
+from central differences of the gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mixbridge.errors import ConvergenceError
+from mixbridge.python_impl import optimizers
+from mixbridge.python_impl.agq import agq_value_gradient
+from mixbridge.python_impl.checkconv import BOUNDARY_TOL
+from mixbridge.python_impl.diagonal_canonical import scalar_laplace_gradient
+from mixbridge.python_impl.glmer_devfun import Devfun, GlmerModel
+from mixbridge.python_impl.optimize import probe_points
+from mixbridge.python_impl.optsummary import OptSummary
+from mixbridge.python_impl.pls_diagonal import DiagonalCore
+
+
+def _no_value(x: np.ndarray) -> float:  # "BFGS" works on value_grad alone
+    raise NotImplementedError
+
+
+def initial_hessian(model: GlmerModel, theta: np.ndarray) -> np.ndarray:
+    """A cheap approximation of the stage-2 Hessian from the initial PIRLS fit: 2 R_X'R_X for β
+    (lme4's R_X-based vcov is its inverse) and, for θ, twice the Fisher information of the
+    normal approximation, 4θ² Σ_j (S_j/d_j)². Only the optimizer's starting metric."""
+    core = model.core
+    assert isinstance(core, DiagonalCore)
+    th = max(float(theta[0]), 0.1)
+    s = core.group_weights
+    h = np.zeros((1 + model.X.shape[1],) * 2)
+    h[0, 0] = 4.0 * th * th * float(np.sum((s / (1.0 + th * th * s)) ** 2))
+    h[1:, 1:] = 2.0 * core.rx_matrix()
+    return h
+
+
+class NoFastPath(Exception):
+    """The fused AGQ path does not apply at some trial point (|η| beyond lme4's clamps)."""
+
+
+def optimize_stage2(
+    dev: Devfun, model: GlmerModel, x0: np.ndarray, lower: np.ndarray, h0: np.ndarray
+) -> OptSummary:
+    """Stage 2 by quasi-Newton (BFGS from an approximate Hessian; L-BFGS-B near the boundary)
+    on the converged Laplace deviance with its analytic gradient; the Hessian (for vcov and the
+    convergence checks) by central differences of that gradient.
+
+    nAGQ > 1: the same, first on the Laplace deviance (cheap), then on the AGQ deviance with its
+    exact gradient (`agq_value_gradient`) from the Laplace optimum and the Laplace BFGS metric,
+    which is close to the AGQ optimum and Hessian, so that few AGQ evaluations are needed.
+    """
+    nth = model.n_theta
+    count = [0]
+    warm: dict[str, Any] = {}
+    kernel = dev.kernel
+    want_laplace_grad = [False]
+
+    def evaluate(x: np.ndarray, agq: bool) -> tuple[float, np.ndarray]:
+        count[0] += 1
+        th = float(x[0])
+        if warm and warm["agq"] == agq and np.array_equal(x, warm["x"]):
+            return warm["f"], warm["g"].copy()
+        b0 = None
+        if warm and warm["theta"] > 0:  # previous modes, rescaled to the new θ
+            b0 = warm["b"] * (th / warm["theta"])
+        if kernel is not None and warm and "du_dx" in warm:
+            # warm start to first order: ũ(x) ≈ ũ(x_prev) + dũ/dx·(x − x_prev), so that a
+            # single Newton step usually converges (at θ = 0 the modes are 0: b0 = 0)
+            b0 = th * (warm["u"] + warm["du_dx"] @ (x - warm["x"]))
+            offset = dev.base_offset + model.X @ x[nth:]
+            r = kernel.modes(th, offset, b0, model.tol)
+            res = None
+            if r is not None:
+                st, W, S, swmu = r
+                if agq:
+                    res = agq_value_gradient(kernel, st, th, W, S, swmu, model.nagq)
+                    if res is None:
+                        raise NoFastPath
+                    if want_laplace_grad[0]:  # for the Hessian: the Laplace one at these modes
+                        gl = kernel.gradient_from(th, W, S, swmu, st.mu, st.u)
+                        warm["g_laplace"] = np.concatenate([[gl[0]], gl[1]])
+                else:
+                    res = (
+                        st.laplace(model.resp),
+                        *kernel.gradient_from(th, W, S, swmu, st.mu, st.u),
+                    )
+            if res is not None:
+                f, g_theta, g_beta, du_dx = res
+                dev.adopt(st, offset)
+                g = np.concatenate([[g_theta], g_beta])
+                warm.update(b=th * st.u, theta=th, u=st.u, du_dx=du_dx, x=x.copy())
+                warm.update(f=f, g=g.copy(), agq=agq)
+                return f, g
+        if agq:
+            raise NoFastPath
+        try:
+            dev.stage2(x, b_start=b0)
+            if b0 is not None and not dev.state.converged:
+                dev.stage2(x)  # a far jump: restart from lp0 instead
+            f = dev.state.laplace(model.resp)
+        except (ConvergenceError, np.linalg.LinAlgError):
+            return np.inf, np.zeros_like(x)
+        if not dev.state.converged or not np.isfinite(f):
+            return np.inf, np.zeros_like(x)
+        if kernel is not None:
+            g_theta, g_beta, du_dx = kernel.gradient(dev.state, th)
+            warm.update(u=dev.state.u, du_dx=du_dx)
+        else:
+            assert isinstance(model.core, DiagonalCore)
+            g_theta, g_beta = scalar_laplace_gradient(model.core, model.resp, dev.state, th)
+        g = np.concatenate([[g_theta], g_beta])
+        warm.update(b=th * dev.state.u, theta=th, x=x.copy(), f=f, g=g.copy(), agq=agq)
+        return f, g
+
+    def minimize(fg: Callable[[np.ndarray], tuple[float, np.ndarray]], xs, hs) -> tuple:
+        run = optimizers.minimize("BFGS", _no_value, xs, lower, value_grad=fg, h0=hs)
+        return run.final, run.hessian
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        return evaluate(x, False)
+
+    x, metric = minimize(fg, x0, h0)
+    if model.nagq > 1:
+
+        def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+            return evaluate(x, True)
+
+        want_laplace_grad[0] = True  # at every AGQ point: the Hessian needs it at the optimum
+        x, _ = minimize(fg, x, metric)
+    _, grad = fg(x)
+    hess = np.zeros((x.size, x.size))
+    if model.nagq > 1:
+        # H_AGQ = H_Laplace (central differences, cheap evaluations) + H_R, R = AGQ − Laplace
+        # by forward differences: R is the small quadrature correction, so its third
+        # derivatives — the forward-difference error — are far below the Laplace ones
+        if "g_laplace" not in warm or not np.array_equal(warm["x"], x):
+            warm["agq"] = None  # evaluate again, with the Laplace gradient
+            evaluate(x, True)
+        r0 = grad - warm["g_laplace"]
+    for i in range(x.size):
+        h = 1e-4 * max(1.0, abs(x[i]))
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] = max(x[i] - h, lower[i]) if i < nth else x[i] - h
+        if model.nagq > 1:
+            ga = evaluate(xp, True)[1]
+            gl = warm["g_laplace"]
+            hess[:, i] = (gl - evaluate(xm, False)[1]) / (xp[i] - xm[i])
+            hess[:, i] += (ga - gl - r0) / (xp[i] - x[i])
+        else:
+            hess[:, i] = (fg(xp)[1] - fg(xm)[1]) / (xp[i] - xm[i])
+    hess = 0.5 * (hess + hess.T)
+    # the value of the deviance function itself (PIRLS from lp0, as fit.objective and
+    # glmer_objective evaluate it), not the warm-started one: equal to ~tol_pwrss·pdev
+    fx = dev.stage2(x)
+    return OptSummary(
+        "BFGS, analytic gradient",
+        np.asarray(x0, dtype=float),
+        x,
+        fx,
+        count[0] + 1,
+        gradient=grad,
+        hessian=hess,
+    )
+
+
+def probe_bound(dev: Devfun, model: GlmerModel, opt: OptSummary, lower: np.ndarray) -> OptSummary:
+    """The two-basin guard of the other optimizers (`optimize.probe_points`) for a gradient-path
+    optimum on its bound: the deviance is even in θ there, so θ = 0 is stationary and a
+    gradient method that reaches it cannot leave it, although the optimum may be inside (a
+    binomial design stopped at θ = 0, 0.05 above lme4's θ = 0.176). Probes inside the bound;
+    from the best one that beats the optimum the gradient optimizer runs again. Interior optima
+    are not probed (their gradient vanishes where the criterion is smooth)."""
+    nth = model.n_theta
+    x = opt.final
+    on_bound = (model.theta_lower == 0) & (x[:nth] - model.theta_lower < BOUNDARY_TOL)
+    if not np.any(on_bound):
+        return opt
+    f = optimizers.safe(dev.stage2)
+    best: tuple[np.ndarray, float] | None = None
+    n_probes = 0
+    for theta in probe_points(x[:nth], model.theta0, model.theta_lower):
+        xp = np.concatenate([theta, x[nth:]])
+        fp = f(xp)
+        n_probes += 1
+        if fp < opt.fval and (best is None or fp < best[1]):
+            best = (xp, fp)
+    opt.n_evals += n_probes
+    if best is None:
+        return opt
+    try:
+        alt = optimize_stage2(dev, model, best[0], lower, initial_hessian(model, best[0][:nth]))
+    except NoFastPath:
+        return opt
+    if alt.fval < opt.fval:
+        alt.n_evals += opt.n_evals
+        alt.start = opt.start
+        alt.status = "restarted from a probe inside the bound"
+        return alt
+    return opt

@@ -1,0 +1,318 @@
+"""lmer's profiled criterion from one augmented factorization, for the blocked core (the
+optimizer loop of lmer; MixedModels.jl's [Z X y] scheme). A mixin of `BlockedCore`, on its
+structure (A11, A21, A22, Λ's layout) at the prior weights.
+
+    core.profile(theta, y)        (log|L|², log|R_X|², PWRSS) alone: one Cholesky of the
+                                  augmented dense block, PWRSS as its last pivot²; no solve
+    core.profile_gradient_sums()  after profile: per-term inverse-diagonal sums for the analytic
+                                  gradient (all terms scalar), else None
+
+The first term's contribution to the dense block, L21 L21', is one sparse matrix-vector product
+on the fixed pattern of A21 W1 A21' (`pair_map`), enumerated once per model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+# `profile` enumerates the pairs of non-zeros of A21 within each first-term level once; beyond
+# this many (memory: ~40 bytes each) it forms A21 W1 A21' by sparse products per θ instead.
+PAIRS_MAX = 50_000_000
+
+
+def _dpotrf(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dpotrf(*args, **kwargs)
+
+
+def _dtrtri(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dtrtri(*args, **kwargs)
+
+
+def _dlauum(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dlauum(*args, **kwargs)
+
+
+def _pair_map(a21: sp.csr_matrix, l1: int, p1: int, stride: int) -> sp.csr_matrix | None:
+    """The linear map vec(W1) -> lower triangle of A21 W1 A21', as a sparse matrix whose rows
+    are positions i·stride + k in a row-major buffer with row length `stride`.
+
+    W1 is block diagonal with one p1×p1 block per level j of the first term, so entry (i, k)
+    sums A21[i, c] W1_j[a, b] A21[k, c'] over pairs of non-zeros in the columns c = j p1 + a,
+    c' = j p1 + b of one level. The pairs are enumerated once (Σ_j nnz_j² of them; InstEval:
+    3.6 million, 1.8 million in the lower triangle), so each θ costs one sparse mat-vec.
+    Returns None when there would be more than PAIRS_MAX pairs (use sparse products then).
+    """
+    a = a21.tocsc()
+    a.sort_indices()
+    start = a.indptr[np.arange(l1) * p1]
+    size = a.indptr[(np.arange(l1) + 1) * p1] - start
+    if int(np.sum(size.astype(np.int64) ** 2)) > PAIRS_MAX:
+        return None
+    # int32 throughout (nnz(A21) < 2³¹): the pair arrays are the memory traffic of this step
+    idx = np.arange(a.nnz, dtype=np.int32)
+    col = np.repeat(np.arange(a.shape[1], dtype=np.int32), np.diff(a.indptr))
+    lev = col // p1
+    first = start[lev].astype(np.int32)  # first non-zero of each non-zero's level
+    if p1 == 1:  # rows are sorted within a column: the partners below-or-on the diagonal
+        cnt = idx - first + 1
+    else:  # every non-zero of the level, filtered to the lower triangle below
+        cnt = size[lev]
+    e = np.repeat(idx, cnt)
+    # partner of the t-th pair of non-zero e: first[e] + t
+    f = np.arange(e.size, dtype=np.int64)
+    f += np.repeat(first - (np.cumsum(cnt) - cnt), cnt)
+    f = f.astype(np.int32)
+    ri, rk = a.indices[e], a.indices[f]
+    if p1 > 1:
+        keep = ri >= rk
+        e, f, ri, rk = e[keep], f[keep], ri[keep], rk[keep]
+    # row-major (CSR) order: the mat-vec then writes the buffer sequentially and gathers from
+    # the small vec(W1), instead of scattering over the whole buffer. Two stable radix passes
+    # on 16-bit keys (k, then i) sort by position without a comparison sort.
+    pos = ri.astype(np.int64) * stride + rk
+    if a.shape[0] < 1 << 16:
+        o = np.argsort(rk.astype(np.uint16), kind="stable")
+        o = o[np.argsort(ri[o].astype(np.uint16), kind="stable")]
+    else:
+        o = np.argsort(pos, kind="stable")
+    nrow = a.shape[0] * stride
+    indptr = np.zeros(nrow + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pos, minlength=nrow), out=indptr[1:])
+    e, f = e[o], f[o]
+    wcol = lev[e] if p1 == 1 else lev[e] * p1 * p1 + (col[e] % p1) * p1 + col[f] % p1
+    return sp.csr_matrix((a.data[e] * a.data[f], wcol, indptr), shape=(nrow, l1 * p1 * p1))
+
+
+def _accumulate(m: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> None:
+    """out += m @ x in place (m is CSR; out a contiguous 1-D buffer)."""
+    try:
+        from scipy.sparse import _sparsetools
+
+        _sparsetools.csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, x, out)
+    except (ImportError, AttributeError, TypeError, ValueError):  # private API moved: copy
+        out += m @ x
+
+
+class AugmentedProfile:
+    """lmer's profiled criterion for `BlockedCore` (see the module docstring)."""
+
+    def _w1(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """(log|V11|, W1) at θ: V11_j = T1'A11_j T1 + I and W1_j = T1 V11_j⁻¹ T1', per level of
+        the first term (prior weights)."""
+        t1 = self.lambda_blocks(theta)[0]
+        if self.p1 == 1:
+            th2 = t1[0, 0] ** 2
+            v11 = th2 * self.A11[:, 0, 0] + 1.0
+            return float(np.log(v11).sum()), (th2 / v11).reshape(-1, 1, 1)
+        v11 = np.einsum("ba,jbc,cd->jad", t1, self.A11, t1) + np.eye(self.p1)
+        l11 = np.linalg.cholesky(v11)
+        ld = 2.0 * float(np.log(np.diagonal(l11, axis1=1, axis2=2)).sum())
+        return ld, np.einsum("ab,jbc,dc->jad", t1, np.linalg.inv(v11), t1)
+
+    def profile(self, theta: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+        """(log|L|², log|R_X|², PWRSS) at θ for response y with the prior weights.
+
+        MixedModels.jl's scheme: y is appended to X, so one Cholesky of the augmented dense
+        block [[S22, C], [C', [X y]'W[X y] − R1'R1]] yields L22, R_X and, as its last pivot²,
+        the penalized residual sum of squares; no L21, no solves, no n-vectors per θ. The
+        first term's contribution to S22, L21 L21' = Λ2'A21 W1 A21'Λ2 with W1 = blockdiag of
+        T1 (T1'A11_j T1 + I)⁻¹ T1', is one sparse matrix-vector product on the fixed pattern
+        of A21 W1 A21' (`_pair_map`). State from `update` is left untouched.
+
+        The last pivot is a difference y'Wy − ‖projection‖², less accurate than lme4's
+        residual-based PWRSS when the model explains nearly all of y: use it to locate the
+        optimum, and `update`/`solve`/`pwrss` for the reported values.
+        """
+        pairs = self._pair_setup()
+        ps = self._profile_setup(y)
+        theta = np.asarray(theta, dtype=float)
+        self._prof_theta = theta.copy()
+        q1, q2, p = self.q1, self.q2, self.p
+        m = q2 + p + 1
+        h = ps["buf"]
+        ld = 0.0
+        w1 = None
+        if q1 > 0:
+            ld, w1 = self._w1(theta)
+            zx1 = ps["zx1"]  # (ℓ1, p1, p+1)
+            wzx1 = np.einsum("jab,jbm->jam", w1, zx1)
+            b33 = ps["xtx"] - np.einsum("jam,jan->mn", zx1, wzx1)
+        else:
+            b33 = ps["xtx"]
+        if q2 > 0:
+            self._fill_s22(pairs, h, theta, w1)
+            c2 = ps["zx2"]
+            if q1 > 0:
+                c2 = c2 - self.A21 @ wzx1.reshape(q1, p + 1)
+            lam = pairs["lam2_diag"]
+            if lam is not None:
+                c2 = theta[lam][:, None] * c2
+            else:
+                c2 = np.asarray(self.lambda_matrix(theta)[q1:, q1:].T @ c2)
+            h[q2:, :q2] = c2.T
+        h[q2:, q2:] = b33
+        # h holds the lower triangle row-major; its transpose (a free view) is column-major
+        # with that triangle as the upper one: LAPACK's upper Cholesky U'U = H in place.
+        u, info = _dpotrf(h.T, lower=0, clean=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("augmented PLS matrix is not positive definite")
+        d = np.diagonal(u)
+        ld += 2.0 * float(np.log(d[:q2]).sum())
+        ldrx = 2.0 * float(np.log(np.abs(d[q2 : q2 + p])).sum()) if p > 0 else 0.0
+        return ld, ldrx, float(d[m - 1] ** 2)
+
+    def profile_gradient_sums(self) -> np.ndarray | None:
+        """For the analytic gradient of `profile`'s criterion when every term is scalar: per
+        term k, (ℓ_k, S1_k, S2_k, Sy_k) from the factor of the last `profile` call (which it
+        overwrites); None for models with vector-valued terms.
+
+        With Ω the augmented matrix [Z X y] (Λ applied, +I on Z) and Ω_s its leading blocks up
+        to Z (s = 1), [Z X] (2) and [Z X y] (3), a scalar term has Λ'AΛ = Ω − I on its columns,
+        so d log|Ω_s|/dθ_k = 2 (ℓ_k − S_s,k)/θ_k with S_s,k = Σ_{i∈k} (Ω_s⁻¹)_ii. Returned are
+        S1, S2 and Sy = S3 − S2 (computed directly: a rank-one term). With H = U'U the dense
+        block and R = U⁻¹: H⁻¹ = RR' (LAPACK trtri + lauum, about two factorizations' work),
+        the leading blocks' inverses differ from H⁻¹'s by R's trailing columns, and the first
+        term's diagonal is 1/v_j + ω_j' H_s⁻¹ ω_j / v_j² with ω_j its column of Ω — whose
+        Z-Z part is the pair map's transpose applied to Λ2 H⁻¹ Λ2, as in `cond_var`.
+        """
+        if any(pk != 1 for pk in self.pk):
+            return None
+        ps, pairs = self._ps, self._pairs
+        q1, q2, p = self.q1, self.q2, self.p
+        if q1 > 0 and pairs["pairs"] is None:
+            return None
+        theta = self._prof_theta
+        buf = ps["buf"]
+        rinv, info = _dtrtri(buf.T, lower=0, overwrite_c=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("singular augmented factor")
+        rc = np.array(rinv[:, q2:])  # R's [X y] columns (R is upper triangular)
+        r = rc[:, -1]  # U⁻¹ e_last: H⁻¹ − blockdiag(H2⁻¹, 0) = r r'
+        hinv, info = _dlauum(rinv, lower=0, overwrite_c=1)  # H⁻¹ = R R', in place
+        if info != 0:
+            raise np.linalg.LinAlgError("augmented inverse failed")
+        hdiag = np.diagonal(hinv)[:q2].copy()
+        nterm = len(self.pk)
+        out = np.zeros((nterm, 4))
+        out[:, 0] = self.nlev
+        # dense-block terms: diagonals of H1⁻¹, H2⁻¹ and the y part r²
+        s1 = hdiag - (rc[:q2] ** 2).sum(axis=1)
+        sy = r[:q2] ** 2
+        for k in range(self._k2, nterm):
+            lo, hi = int(self.gp[k]) - q1, int(self.gp[k + 1]) - q1
+            out[k, 1:] = [s1[lo:hi].sum(), (hdiag[lo:hi] - sy[lo:hi]).sum(), sy[lo:hi].sum()]
+        if q1 > 0:
+            lamz = theta[pairs["lam2_diag"]]
+            hxz = np.array(buf[q2:, :q2])  # H⁻¹[[X y], Z] (row-major lower triangle)
+            hxx = np.tril(buf[q2:, q2:])
+            hxx = hxx + np.tril(hxx, -1).T
+            # K_j = a_j' (Λ2 H⁻¹ Λ2) a_j over Z: scale the buffer in place, halve the diagonal
+            s22 = buf[:q2, :q2]
+            for a, (ia, lo_a, hi_a) in enumerate(pairs["lam2_blocks"]):
+                for ib, lo_b, hi_b in pairs["lam2_blocks"][: a + 1]:
+                    s22[lo_a:hi_a, lo_b:hi_b] *= theta[ia] * theta[ib]
+            s22[np.diag_indices(q2)] *= 0.5
+            flat = buf.reshape(-1)[: pairs["pairs"].shape[0]]
+            kk = 2.0 * np.asarray(pairs["pairs"].T @ flat)[:-1]
+            zx = ps["zx1"][:, 0, :]  # Z1'W[X y], (ℓ1, p+1)
+            cx = np.asarray(self.A21.T @ (lamz[:, None] * hxz.T))  # Σ_i a_ij λ_i H⁻¹[i, x]
+            ar = np.asarray(self.A21.T @ (lamz[:, None] * rc[:q2]))  # Σ_i a_ij λ_i R[i, c]
+            c2 = (cx[:, :p] * zx[:, :p]).sum(axis=1)
+            qx2 = np.einsum("jx,xy,jy->j", zx[:, :p], hxx[:p, :p], zx[:, :p])
+            rho2 = ar[:, -1] + zx[:, :p] @ r[q2 : q2 + p]
+            rho3 = rho2 + zx[:, p] * r[-1]
+            th2 = theta[0] ** 2
+            v = th2 * self.A11[:, 0, 0] + 1.0
+            out[0, 1] = np.sum(1.0 / v + th2 * (kk - (ar**2).sum(axis=1)) / v**2)
+            out[0, 2] = np.sum(1.0 / v + th2 * (kk + 2.0 * c2 + qx2 - rho2**2) / v**2)
+            out[0, 3] = np.sum(th2 * rho3**2 / v**2)
+        return out
+
+    def _fill_s22(
+        self, pairs: dict[str, Any], buf: np.ndarray, theta: np.ndarray, w1: np.ndarray | None
+    ) -> None:
+        """Write the lower triangle of S22 = Λ2'(A22 − A21 W1 A21')Λ2 + I into buf[:q2, :q2]
+        (buf: the row-major (q2+p+1)² buffer the pair map's positions refer to)."""
+        q1, q2 = self.q1, self.q2
+        s22 = buf[:q2, :q2]
+        pmap = pairs["pairs"]
+        if pmap is not None:  # A22's lower triangle is the map's last column (coefficient 1)
+            s22.fill(0.0)
+            x = np.empty(pmap.shape[1])
+            x[:-1] = -w1.ravel()
+            x[-1] = 1.0
+            _accumulate(pmap, x, buf.reshape(-1))
+        else:
+            s22[...] = pairs["a22"]
+            if q1 > 0:
+                s22 -= (self.A21 @ self._block_diag(w1) @ self.A21.T).toarray()
+        blocks = pairs["lam2_blocks"]
+        if blocks is not None:  # Λ2 diagonal: scale the lower blocks by θ_k θ_l
+            for a, (ia, lo_a, hi_a) in enumerate(blocks):
+                for ib, lo_b, hi_b in blocks[: a + 1]:
+                    s22[lo_a:hi_a, lo_b:hi_b] *= theta[ia] * theta[ib]
+        else:
+            lam2 = self.lambda_matrix(theta)[q1:, q1:]
+            full = np.tril(s22) + np.tril(s22, -1).T
+            s22[...] = np.asarray(lam2.T @ np.asarray(lam2.T @ full).T)
+        s22[np.diag_indices(q2)] += 1.0
+
+    def _pair_setup(self) -> dict[str, Any] | None:
+        """θ-independent pieces for assembling S22 with the prior weights (built once)."""
+        self._set_weights(None)
+        pairs = getattr(self, "_pairs", None)
+        if pairs is not None:
+            return pairs
+        q1, q2, p = self.q1, self.q2, self.p
+        stride = q2 + p + 1
+        a22 = self.A22.toarray() if sp.issparse(self.A22) else np.asarray(self.A22)
+        pmap = _pair_map(self.A21, self.l1, self.p1, stride) if q1 > 0 else None
+        if pmap is not None:
+            low = sp.tril(sp.coo_matrix(self.A22)).tocoo()
+            col22 = sp.csr_matrix(
+                (low.data, (low.row.astype(np.int64) * stride + low.col, np.zeros(low.nnz, int))),
+                shape=(pmap.shape[0], 1),
+            )
+            pmap = sp.hstack([pmap, col22], format="csr")
+        pairs = {"a22": a22 if pmap is None else None, "pairs": pmap}
+        # Λ2 diagonal (every dense-block term scalar): (θ index, first, end column) per term
+        k2 = self._k2
+        if all(pk == 1 for pk in self.pk[k2:]):
+            pairs["lam2_blocks"] = [
+                (int(self.toff[k]), int(self.gp[k]) - q1, int(self.gp[k + 1]) - q1)
+                for k in range(k2, len(self.pk))
+            ]
+            pairs["lam2_diag"] = np.array(
+                [self.toff[k] for k in range(k2, len(self.pk)) for _ in range(self.nlev[k])],
+                dtype=np.int64,
+            )
+        else:
+            pairs["lam2_blocks"] = pairs["lam2_diag"] = None
+        self._pairs = pairs
+        return pairs
+
+    def _profile_setup(self, y: np.ndarray) -> dict[str, Any]:
+        """[X y] cross-products for `profile` (built once per response, prior weights)."""
+        y = np.asarray(y, dtype=float)
+        self._set_weights(None)
+        ps = getattr(self, "_ps", None)
+        if ps is not None and np.array_equal(ps["y"], y):
+            return ps
+        q1, q2, p = self.q1, self.q2, self.p
+        xy = np.column_stack([self.X, y])
+        zx = np.asarray(self.Z.T @ (xy * self.w[:, None]))
+        ps = {"y": y.copy(), "xtx": xy.T @ (xy * self.w[:, None])}
+        ps["zx1"] = zx[:q1].reshape(self.l1, self.p1, p + 1)
+        ps["zx2"] = zx[q1:]
+        ps["buf"] = np.zeros((q2 + p + 1, q2 + p + 1))
+        self._ps = ps
+        return ps
