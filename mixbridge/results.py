@@ -256,15 +256,21 @@ class FitMethods:
     - `predict(newdata, re_form=, allow_new_levels=, type=) -> ndarray`: predict.merMod.
     - `simulate(nsim, seed) -> ndarray` (n x nsim): simulate.merMod.
 
+    - `tests(fit, kind, ddf, type) -> DataFrame`: lmer's t and F tests with Satterthwaite or
+      Kenward-Roger df (kind "coef_table" or "anova"; `mixbridge.inference`).
+
     None: the engine does not offer it (the MixedFit method then says so)."""
 
     objective: Callable[..., float] | None = None
     predict: Callable[..., np.ndarray] | None = None
     simulate: Callable[..., np.ndarray] | None = None
+    tests: Callable[..., pd.DataFrame] | None = None
 
     def __bool__(self) -> bool:
         """True when the engine attached any function."""
-        return any(fn is not None for fn in (self.objective, self.predict, self.simulate))
+        return any(
+            fn is not None for fn in (self.objective, self.predict, self.simulate, self.tests)
+        )
 
 
 @dataclass(repr=False)
@@ -364,10 +370,11 @@ class MixedFit(DeferredFields):
         objective: Callable[..., float] | None = None,
         predict: Callable[..., np.ndarray] | None = None,
         simulate: Callable[..., np.ndarray] | None = None,
+        tests: Callable[..., pd.DataFrame] | None = None,
     ) -> MixedFit:
-        """Attach the engine's objective, predict and/or simulate (see `FitMethods`); the ones
-        not given stay as they are. Returns the fit."""
-        given = {"objective": objective, "predict": predict, "simulate": simulate}
+        """Attach the engine's objective, predict, simulate and/or tests (see `FitMethods`);
+        the ones not given stay as they are. Returns the fit."""
+        given = {"objective": objective, "predict": predict, "simulate": simulate, "tests": tests}
         self.methods = replace(self.methods, **{k: v for k, v in given.items() if v is not None})
         return self
 
@@ -430,8 +437,26 @@ class MixedFit(DeferredFields):
         return self.methods.simulate(nsim, seed)
 
     def summary(self) -> str:
-        """A text summary in lme4's print layout."""
+        """A text summary in lme4's print layout (lmer: lmerTest's, with Satterthwaite df and
+        p-values, when the engine computes them)."""
         return format_mixed_summary(self)
+
+    # -- tests and degrees of freedom (mixbridge.inference; lmerTest, pbkrtest) ---------------
+
+    def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """The fixed effects' tests as lmerTest's summary: columns estimate, std_error, df,
+        statistic, p_value. lmer `ddf`: "satterthwaite", "kenward-roger" (pbkrtest's adjusted
+        covariance and df) or "lme4" (t values; df and p NaN); glmer: Wald z tests."""
+        from mixbridge.inference.coef_table import coef_table
+
+        return coef_table(self, ddf=ddf)
+
+    def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
+        """lmerTest's anova(): one F test per fixed term (types 1, 2, 3), columns sum_sq,
+        mean_sq, num_df, den_df, f_value, p_value, rows named as R names the terms."""
+        from mixbridge.inference.term_anova import term_anova
+
+        return term_anova(self, type=type, ddf=ddf)
 
     def tidy(
         self,

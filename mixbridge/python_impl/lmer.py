@@ -24,6 +24,8 @@ import pandas as pd
 
 from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
+from mixbridge.inference.python_tests import PythonTests
+from mixbridge.inference.varpar import DevianceModel, LmerDevianceModel, ScalarDevianceModel
 from mixbridge.python_impl import optimizers
 from mixbridge.python_impl.group_stats import GroupStats, column_variances
 from mixbridge.python_impl.lmer_devfun import LmerDevfun, scalar_start
@@ -158,6 +160,7 @@ def _fit_general(spec: LmerSpec, formula: str) -> MixedFit:
         fitted=fitted,
         opt=opt,
         objective=devfun,
+        deviance_model=LmerDevianceModel(devfun),
     )
 
 
@@ -229,6 +232,7 @@ def _fit_diagonal(spec: LmerSpec, core: DiagonalCore, formula: str) -> MixedFit:
         fitted=fitted,
         opt=res.opt_summary(),
         objective=group_stats_objective(stats, spec.reml),
+        deviance_model=ScalarDevianceModel(stats, spec.reml),
         x_variances=None if w is not None else column_variances(stats),  # unweighted sds
     )
 
@@ -284,6 +288,7 @@ def _lmer_fit(
     opt: OptSummary,
     objective: Any,
     x_variances: np.ndarray | None = None,
+    deviance_model: DevianceModel | None = None,
 ) -> MixedFit:
     terms, reml = spec.terms, spec.reml
     reterms = list(terms.reterms)
@@ -348,6 +353,14 @@ def _lmer_fit(
         population,
         weights=None if terms.weights is None else np.asarray(terms.weights, float),
     )
-    return build_fit(
+    fit = build_fit(
         est, objective=objective_single_thread, predict=pred.predict, simulate=pred.simulate
     )
+    if deviance_model is not None:
+        fit.attach(tests=python_tests(spec, deviance_model))
+    return fit
+
+
+def python_tests(spec: LmerSpec, model: DevianceModel) -> PythonTests:
+    """The fit's tests hook (Satterthwaite / Kenward-Roger, `mixbridge.inference`)."""
+    return PythonTests(model)

@@ -1,0 +1,1 @@
+"""Kenward–Roger (pbkrtest): see general_builder / scalar_builder (in progress)."""
