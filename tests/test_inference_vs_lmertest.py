@@ -83,23 +83,35 @@ def _ref_table(res: dict) -> pd.DataFrame:
     )
 
 
+@pytest.mark.parametrize("ddf", ["Satterthwaite", "Kenward-Roger"])
 @pytest.mark.parametrize(("name", "package", "formula", "reml"), CASES)
-def test_satterthwaite_coef_table_vs_lmertest(request, r_dataset, name, package, formula, reml):
+def test_coef_table_vs_lmertest(request, r_dataset, name, package, formula, reml, ddf):
     from tests.conftest import require_r_packages
 
-    require_r_packages(request.config, "lmerTest")
+    require_r_packages(request.config, "lmerTest", "pbkrtest")
+    if ddf == "Kenward-Roger" and not reml:
+        pytest.skip("Kenward-Roger is defined for REML fits only (lmerTest's error)")
     data = _data(r_dataset, name, package)
-    res = r_call(R_COEF, d=data, f=formula, reml=reml, ddf="Satterthwaite")
+    res = r_call(R_COEF, d=data, f=formula, reml=reml, ddf=ddf)
     ref = _ref_table(res)
+    ref.attrs["kr"] = ddf == "Kenward-Roger"
     fit = mixbridge.lmer(formula, data, reml=reml)
-    ours = fit.coef_table()
+    ours = fit.coef_table(ddf=ddf.lower())
     _check(ours, ref, INFERENCE_FITTED, ["estimate", "std_error", "df", "statistic", "p_value"])
     # optimizer-free: our Satterthwaite at lme4's own (θ, σ)
     at = coef_table_at(
         formula, data, theta=np.atleast_1d(res["theta"]), sigma=float(np.ravel(res["sigma"])[0]),
-        reml=reml,
+        reml=reml, ddf=ddf.lower(),
     )  # fmt: skip
     _check(at, ref, INFERENCE_AT_THETA, ["estimate", "std_error", "df", "statistic", "p_value"])
+
+
+def test_kenward_roger_needs_reml(r_dataset):
+    fit = mixbridge.lmer("Reaction ~ Days + (1 | Subject)", r_dataset("sleepstudy"), reml=False)
+    with pytest.raises(mixbridge.errors.ArgumentError, match="REML"):
+        fit.coef_table(ddf="kenward-roger")
+    with pytest.raises(mixbridge.errors.ArgumentError, match="ddf"):
+        fit.coef_table(ddf="containment")
 
 
 def test_lme4_and_glmer_tables(r_dataset, needs_r):

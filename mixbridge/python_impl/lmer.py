@@ -24,6 +24,7 @@ import pandas as pd
 
 from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
+from mixbridge.inference import kenward_roger
 from mixbridge.inference.python_tests import PythonTests
 from mixbridge.inference.varpar import DevianceModel, LmerDevianceModel, ScalarDevianceModel
 from mixbridge.python_impl import optimizers
@@ -363,4 +364,10 @@ def _lmer_fit(
 
 def python_tests(spec: LmerSpec, model: DevianceModel) -> PythonTests:
     """The fit's tests hook (Satterthwaite / Kenward-Roger, `mixbridge.inference`)."""
-    return PythonTests(model)
+    if isinstance(model, ScalarDevianceModel):
+        w = spec.terms.weights
+        weighted = w is not None and not np.all(np.asarray(w, float) == 1.0)
+        kr = kenward_roger.scalar_builder(model.stats, weighted)
+    else:
+        kr = kenward_roger.general_builder(model.devfun)
+    return PythonTests(model, kenward_roger=kr)
