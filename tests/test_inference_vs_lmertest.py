@@ -139,3 +139,56 @@ def test_lme4_and_glmer_tables(r_dataset, needs_r):
     assert z["df"].isna().all()
     np.testing.assert_allclose(z["statistic"], ref["z value"], rtol=2e-3)
     np.testing.assert_allclose(z["p_value"], ref["Pr(>|z|)"], rtol=2e-2)
+
+
+R_ANOVA = """
+function(d, f, type, ddf) {
+  m <- lmerTest::lmer(as.formula(f), d)
+  a <- lmerTest:::anova.lmerModLmerTest(m, type = type, ddf = ddf)
+  list(table = as.data.frame(a), names = rownames(a))
+}
+"""
+
+ANOVA_CASES = [
+    ("simulated", None, "y ~ x * f + (1 | g) + (0 + x | h)"),
+    ("sleepstudy", "lme4", "Reaction ~ Days + I(Days^2) + (Days | Subject)"),
+]
+
+
+@pytest.mark.parametrize("ddf", ["Satterthwaite", "Kenward-Roger"])
+@pytest.mark.parametrize("type_", [1, 2, 3])
+@pytest.mark.parametrize(("name", "package", "formula"), ANOVA_CASES)
+def test_anova_vs_lmertest(request, r_dataset, name, package, formula, type_, ddf):
+    from tests.conftest import require_r_packages
+
+    require_r_packages(request.config, "lmerTest", "pbkrtest")
+    data = _data(r_dataset, name, package)
+    res = r_call(R_ANOVA, d=data, f=formula, type=type_, ddf=ddf)
+    t = res["table"]
+    ref = pd.DataFrame(
+        {
+            "sum_sq": t["Sum Sq"],
+            "mean_sq": t["Mean Sq"],
+            "num_df": t["NumDF"],
+            "den_df": t["DenDF"],
+            "f_value": t["F value"],
+            "p_value": t["Pr(>F)"],
+        },
+        index=pd.Index(list(np.atleast_1d(res["names"]))),
+    )
+    ours = mixbridge.lmer(formula, data).anova(type=type_, ddf=ddf.lower())
+    assert list(ours.index) == list(ref.index)
+    assert (ours["num_df"] == ref["num_df"]).all()
+    tol = INFERENCE_FITTED
+    checks = {"den_df": "df", "f_value": "f_value", "sum_sq": "f_value", "p_value": "p_value"}
+    for col, key in checks.items():
+        for term in ours.index:
+            a, b = float(ours.loc[term, col]), float(ref.loc[term, col])
+            assert abs(a - b) <= tol[key].bound(b), (term, col, a, b, tol[key].reason)
+
+
+def test_anova_arguments(r_dataset):
+    fit = mixbridge.lmer("Reaction ~ Days + (1 | Subject)", r_dataset("sleepstudy"))
+    assert list(fit.anova(type="III").index) == ["Days"]
+    with pytest.raises(mixbridge.errors.ArgumentError, match="type"):
+        fit.anova(type=4)

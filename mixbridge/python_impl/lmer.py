@@ -26,6 +26,7 @@ from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
 from mixbridge.inference import kenward_roger
 from mixbridge.inference.python_tests import PythonTests
+from mixbridge.inference.term_anova import fixed_terms_info
 from mixbridge.inference.varpar import DevianceModel, LmerDevianceModel, ScalarDevianceModel
 from mixbridge.python_impl import optimizers
 from mixbridge.python_impl.group_stats import GroupStats, column_variances
@@ -370,4 +371,5 @@ def python_tests(spec: LmerSpec, model: DevianceModel) -> PythonTests:
         kr = kenward_roger.scalar_builder(model.stats, weighted)
     else:
         kr = kenward_roger.general_builder(model.devfun)
-    return PythonTests(model, kenward_roger=kr)
+    terms = spec.terms
+    return PythonTests(model, kenward_roger=kr, terms_info=lambda: fixed_terms_info(terms))
