@@ -608,11 +608,25 @@ def format_mixed_summary(fit: MixedFit) -> str:
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
     lines.append("")
     lines.append("Fixed effects:")
+    table = _satterthwaite_table(fit)
+    if table is not None:  # lmerTest's summary: df and p-values (Satterthwaite)
+        width = max([len(str(k)) for k in table.index] + [11])
+        lines.append(
+            f"{'':<{width}} {'Estimate':>10} {'Std. Error':>10} {'df':>9} {'t value':>8} "
+            f"{'Pr(>|t|)':>10}"
+        )
+        for name, row in table.iterrows():
+            lines.append(
+                f"{name:<{width}} {row['estimate']:10.5g} {row['std_error']:10.5g} "
+                f"{row['df']:9.3f} {row['statistic']:8.3f} {row['p_value']:10.3g}"
+            )
+        lines.append("(df: Satterthwaite's method, as lmerTest)")
     se = fit.fixef_se
     stat_name = "t value" if fit.model == "lmer" else "z value"
     width = max([len(str(k)) for k in fit.fixef.index] + [11])
-    lines.append(f"{'':<{width}} {'Estimate':>10} {'Std. Error':>10} {stat_name:>8}")
-    for name, est in fit.fixef.items():
+    if table is None:
+        lines.append(f"{'':<{width}} {'Estimate':>10} {'Std. Error':>10} {stat_name:>8}")
+    for name, est in fit.fixef.items() if table is None else ():
         lines.append(f"{name:<{width}} {est:10.5g} {se[name]:10.5g} {est / se[name]:8.3f}")
     if fit.singular:
         lines.append("optimizer: boundary (singular) fit: see help('isSingular')")
@@ -620,6 +634,19 @@ def format_mixed_summary(fit: MixedFit) -> str:
         if m.kind in ("warning", "message"):
             lines.append(f"{m.kind}: {m.text}")
     return "\n".join(lines)
+
+
+def _satterthwaite_table(fit: MixedFit) -> pd.DataFrame | None:
+    """lmer's coefficient table with Satterthwaite df for the summary, when the engine offers
+    it (None otherwise, or when it cannot be computed: the summary then shows lme4's table)."""
+    if fit.model != "lmer" or fit.methods.tests is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fit.coef_table("satterthwaite")
+    except Exception:  # noqa: BLE001 - the summary must print whatever the tests do
+        return None
 
 
 def format_bayesglm_summary(fit: BayesGLMFit) -> str:

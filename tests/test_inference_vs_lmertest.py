@@ -192,3 +192,12 @@ def test_anova_arguments(r_dataset):
     assert list(fit.anova(type="III").index) == ["Days"]
     with pytest.raises(mixbridge.errors.ArgumentError, match="type"):
         fit.anova(type=4)
+
+
+def test_summary_prints_satterthwaite_table(r_dataset):
+    fit = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", r_dataset("sleepstudy"))
+    text = fit.summary()
+    table = fit.coef_table()
+    assert "Pr(>|t|)" in text and "Satterthwaite" in text
+    days = next(line for line in text.splitlines() if line.startswith("Days "))
+    assert f"{table.loc['Days', 'df']:.3f}" in days
