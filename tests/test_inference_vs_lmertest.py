@@ -201,3 +201,28 @@ def test_summary_prints_satterthwaite_table(r_dataset):
     assert "Pr(>|t|)" in text and "Satterthwaite" in text
     days = next(line for line in text.splitlines() if line.startswith("Days "))
     assert f"{table.loc['Days', 'df']:.3f}" in days
+
+
+@pytest.mark.parametrize("transport", ["embedded", "subprocess"])
+def test_r_engine_tests_and_compare(request, r_dataset, transport):
+    """The R engine computes the same tables with lmerTest/pbkrtest; compare(tests=True) has
+    rows for df, statistic and p_value under the lmer policy."""
+    from tests.conftest import require_r_packages
+
+    require_r_packages(request.config, "lmerTest", "pbkrtest")
+    data = r_dataset("sleepstudy")
+    formula = "Reaction ~ Days + I(Days^2) + (Days | Subject)"
+    r_fit = mixbridge.lmer(formula, data, engine="r", transport=transport)
+    py_fit = mixbridge.lmer(formula, data)
+    res = r_call(R_COEF, d=data, f=formula, reml=True, ddf="Kenward-Roger")
+    kr = r_fit.coef_table(ddf="kenward-roger")
+    np.testing.assert_allclose(kr["df"], res["table"]["df"], rtol=1e-12)
+    _check(py_fit.coef_table("kenward-roger"), kr, INFERENCE_FITTED, ["df", "statistic"])
+    a_r = r_fit.anova(type=2)
+    a_py = py_fit.anova(type=2)
+    assert list(a_r.index) == list(a_py.index) == ["Days", "I(Days^2)"]
+    np.testing.assert_allclose(a_py["den_df"], a_r["den_df"], rtol=1e-3)
+    cmp = mixbridge.compare(py_fit, r_fit, tests=True)
+    assert {"df", "statistic", "p_value"} <= {r.quantity for r in cmp.rows}
+    cmp.assert_ok()
+    assert "Pr(>|t|)" in r_fit.summary()
