@@ -203,7 +203,9 @@ def test_summary_prints_satterthwaite_table(r_dataset):
     assert f"{table.loc['Days', 'df']:.3f}" in days
 
 
-@pytest.mark.parametrize("transport", ["embedded", "subprocess"])
+@pytest.mark.parametrize(
+    "transport", ["embedded", pytest.param("subprocess", marks=pytest.mark.slow)]
+)  # subprocess: every table refits in a fresh Rscript (~60 s in all)
 def test_r_engine_tests_and_compare(request, r_dataset, transport):
     """The R engine computes the same tables with lmerTest/pbkrtest; compare(tests=True) has
     rows for df, statistic and p_value under the lmer policy."""
@@ -226,3 +228,16 @@ def test_r_engine_tests_and_compare(request, r_dataset, transport):
     assert {"df", "statistic", "p_value"} <= {r.quantity for r in cmp.rows}
     cmp.assert_ok()
     assert "Pr(>|t|)" in r_fit.summary()
+
+
+def test_dask_fit_has_the_same_tables(r_dataset):
+    """A Dask (1|g) fit tests on the same group sums as the in-memory O(G) fit."""
+    dd = pytest.importorskip("dask.dataframe")
+    d = r_dataset("sleepstudy")
+    formula = "Reaction ~ Days + (1 | Subject)"
+    mem = mixbridge.lmer(formula, d)
+    lazy = mixbridge.lmer(formula, dd.from_pandas(d, npartitions=3))
+    for ddf in ("satterthwaite", "kenward-roger"):
+        pd.testing.assert_frame_equal(lazy.coef_table(ddf), mem.coef_table(ddf), rtol=1e-9)
+    with pytest.raises(NotImplementedError, match="terms"):
+        lazy.anova()

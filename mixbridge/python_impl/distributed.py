@@ -22,6 +22,9 @@ import pandas as pd
 from mixbridge.checks import check_flag, check_response_spread
 from mixbridge.errors import ArgumentError, DataError
 from mixbridge.formula.chunks import ChunkedFormula
+from mixbridge.inference import kenward_roger
+from mixbridge.inference.python_tests import PythonTests
+from mixbridge.inference.varpar import ScalarDevianceModel
 from mixbridge.python_impl import output
 from mixbridge.python_impl.group_stats import GroupStats, default_shift, group_stats
 from mixbridge.python_impl.lmer import diagonal_cond_var, group_stats_objective
@@ -170,6 +173,9 @@ def lmer_dask(
         versions=versions,
     )
     fit = build_fit(est, objective=group_stats_objective(stats, reml))
+    # Satterthwaite / Kenward-Roger from the same group sums (anova needs the terms: not here)
+    kr = kenward_roger.scalar_builder(stats, weighted=weights is not None)
+    fit.attach(tests=PythonTests(ScalarDevianceModel(stats, reml), kenward_roger=kr))
     fit.extra.update(
         {"npartitions": len(parts), "aggregate_nbytes": _nbytes(full_stats), "backend": "dask"}
     )
