@@ -238,6 +238,7 @@ def test_dask_fit_has_the_same_tables(r_dataset):
     mem = mixbridge.lmer(formula, d)
     lazy = mixbridge.lmer(formula, dd.from_pandas(d, npartitions=3))
     for ddf in ("satterthwaite", "kenward-roger"):
-        pd.testing.assert_frame_equal(lazy.coef_table(ddf), mem.coef_table(ddf), rtol=1e-9)
+        # the partitions' provisional shift differs: rounding in the df's θ-differences (~1e-9)
+        pd.testing.assert_frame_equal(lazy.coef_table(ddf), mem.coef_table(ddf), rtol=1e-7)
     with pytest.raises(NotImplementedError, match="terms"):
         lazy.anova()
