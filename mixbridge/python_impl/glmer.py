@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
 from mixbridge.python_impl import optimizers
 from mixbridge.python_impl.checkconv import (
@@ -74,6 +75,13 @@ def glmer(
 ) -> MixedFit:
     """Fit `glmer(formula, data, family, nAGQ = nagq)` (spec §3.4) and build the MixedFit.
     `frame`: the evaluated model frame from the input checks (None: evaluate here)."""
+    if is_dask(data):  # out of core: (1|g), canonical link, nAGQ = 1 (distributed_glmer)
+        from mixbridge.python_impl.distributed_glmer import glmer_dask
+
+        return glmer_dask(
+            formula, data, family=family, link=link, nagq=nagq, weights=weights, offset=offset,
+            control=control,
+        )  # fmt: skip
     spec = glmer_spec(
         formula,
         data,
