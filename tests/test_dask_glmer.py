@@ -113,9 +113,10 @@ def test_dask_glmer_equals_in_memory_on_a_cluster(cluster_client, tmp_path, fami
     # every later step is a pass over them, whose results are O(G) sums
     prepared = [k for k in plugin.sizes if "_prepare" in k]
     assert len(prepared) == nparts
+    assert fit.extra["npartitions"] == nparts and fit.extra["blocks"] <= 2  # one per worker
     assert fit.extra["passes"] > 20
     passes = [v for k, v in plugin.sizes.items() if k.startswith(("_run", "add"))]
-    assert len(passes) >= fit.extra["passes"] * nparts
+    assert len(passes) >= fit.extra["passes"] * fit.extra["blocks"]
     data_bytes = int(df.memory_usage(index=False).sum())
     o_g_bound = 8 * G * 10 + 16_384  # ≤ 8 G-vectors of sums + pickling slack
     assert max(passes) < o_g_bound < data_bytes / 4

@@ -39,15 +39,14 @@ from mixbridge.python_impl.checkconv import (
 )
 from mixbridge.python_impl.distributed import (
     RANK_TOL,
-    _frame_messages,
-    _LevelTerm,
-    _partition_uniques,
-    _rank_keep_gram,
-    _require_dask,
-    _tree,
-    _union_uniques,
+    LevelTerm,
+    frame_messages,
+    gather_levels,
+    rank_keep_gram,
+    require_dask,
+    tree_reduce,
 )
-from mixbridge.python_impl.glmer import _vcov_from_hessian
+from mixbridge.python_impl.glmer import vcov_from_hessian
 from mixbridge.python_impl.group_sum_kernel import (
     Constants,
     GroupSumKernel,
@@ -75,7 +74,7 @@ class DaskRows:
         dask = self.dask
         shared = dask.delayed(req, traverse=False)
         mapped = [dask.delayed(_run)(p, shared) for p in self.parts]
-        return _tree(dask, mapped, add).compute()
+        return tree_reduce(dask, mapped, add).compute()
 
 
 def _run(part: tuple[Rows, dict[str, Any]], req: Request) -> dict[str, Any]:
@@ -97,7 +96,7 @@ def glmer_dask(
     """Fit `glmer(formula, data, family)` on a Dask DataFrame (single `(1|g)` term, canonical
     link, nAGQ = 1). `control`: cond_var, maxit, and tol_pwrss up to 1e-12 (the converged
     deviance; lme4's looser default is not available out of core)."""
-    dask = _require_dask()
+    dask = require_dask()
     fam = glmer_family(family, link)
     if (fam.family, fam.link) not in CANONICAL:
         raise ArgumentError(
@@ -132,17 +131,7 @@ def glmer_dask(
 
     # 1. levels and the template frame (as lmer's Dask path)
     parts = data.to_delayed()
-    level_cols = [model.group, *model.factor_columns]
-    found = [dask.delayed(_partition_uniques)(p, used, level_cols) for p in parts]
-    uniques = _tree(dask, found, _union_uniques).compute()
-    clean = data[used].dropna()
-    head = clean.head(50, npartitions=1)
-    if len(head) == 0:
-        head = clean.head(50, npartitions=-1)
-    if len(head) == 0:
-        raise DataError(f"no rows without missing values in the variables of {formula!r}")
-    factors = dict(zip(model.factor_columns, uniques[1:], strict=True))
-    model.set_levels(uniques[0], factors, head)
+    gather_levels(dask, data, model, used)
     G = len(model.levels)
     wo = (weights, offset)
 
@@ -150,7 +139,8 @@ def glmer_dask(
     prepared = [dask.delayed(_prepare)(p, model, wo, fam.family, fam.link, G) for p in parts]
     prepared = list(dask.persist(*prepared))
     setup = [dask.delayed(_setup_sums)(p) for p in prepared]
-    s = _tree(dask, setup, _add_setup).compute()
+    nparts = len(prepared)
+    s = tree_reduce(dask, setup, _add_setup).compute()
     n = int(s["n"])
     if n == 0:
         raise DataError(f"no rows without missing values in the variables of {formula!r}")
@@ -171,13 +161,14 @@ def glmer_dask(
             model.response_name,
         )
     names_full = model.x_names
-    keep = _rank_keep_gram(s["xtx"], RANK_TOL)
+    keep = rank_keep_gram(s["xtx"], RANK_TOL)
     if len(keep) < len(names_full):
-        prepared = list(dask.persist(*[dask.delayed(_select)(p, keep) for p in prepared]))
+        prepared = [dask.delayed(_select)(p, keep) for p in prepared]
+    prepared = _one_block_per_worker(dask, prepared)
     x_names = [names_full[j] for j in keep]
     p = len(keep)
     dropped = [nm for j, nm in enumerate(names_full) if j not in keep]
-    messages = _frame_messages(int(s["n_dropped"]), dropped)
+    messages = frame_messages(int(s["n_dropped"]), dropped)
     messages += [Message("warning", t, "python", code="non_integer") for t in s["warnings"]]
     _check_glmer_dims(n, G, p, model.group)
     consts = Constants(
@@ -193,7 +184,7 @@ def glmer_dask(
     doubts = optimum_doubts(grad, hess, x, lower, singular, settled=res.opt.settled)
     converged = converged and not doubts
     messages += conv_msgs + doubts
-    vcov = _vcov_from_hessian(hess, 1)
+    vcov = vcov_from_hessian(hess, 1)
     dev = res.dev
     fval = dev.stage2(x)  # the state and sums below belong to the optimum
     st, last = dev.state, dev.last
@@ -241,7 +232,7 @@ def glmer_dask(
         family=fam.family,
         link=fam.link,
         reml=False,
-        reterms=[_LevelTerm(model.group, model.levels)],
+        reterms=[LevelTerm(model.group, model.levels)],
         x_names=x_names,
         nobs=n,
         theta=np.asarray(theta, dtype=float),
@@ -267,8 +258,56 @@ def glmer_dask(
         versions=versions,
     )
     fit = build_fit(est)
-    fit.extra.update({"npartitions": len(prepared), "backend": "dask", "passes": kernel.n_passes})
+    fit.extra.update(
+        {"npartitions": nparts, "blocks": len(prepared), "backend": "dask",
+         "passes": kernel.n_passes}
+    )  # fmt: skip
     return fit
+
+
+def _one_block_per_worker(dask: Any, prepared: list[Any]) -> list[Any]:
+    """The persisted partitions merged into one block of rows per worker, on that worker: a
+    pass is then one task per worker and one O(G) result per worker to add (instead of one per
+    partition, whose transfer dominates a pass). Without a distributed client: one block."""
+    from dask.base import get_scheduler
+
+    client = getattr(get_scheduler(), "__self__", None)  # the scheduler dask would use
+    try:
+        from distributed import Client, futures_of
+    except ImportError:
+        Client = None  # noqa: N806
+    if Client is None or not isinstance(client, Client):
+        return list(dask.persist(dask.delayed(_merge)(*prepared)))
+    prepared = list(client.persist(prepared))
+    futures = [futures_of(p)[0] for p in prepared]
+    who = client.who_has(futures)
+    on: dict[str, list[Any]] = {}
+    for part, fut in zip(prepared, futures, strict=True):
+        addr = sorted(who.get(fut.key) or ["any"])[0]
+        on.setdefault(addr, []).append(part)
+    blocks = []
+    for addr, parts in on.items():
+        block = dask.delayed(_merge)(*parts)
+        blocks.append(client.persist(block, workers=None if addr == "any" else [addr]))
+    return blocks
+
+
+def _merge(*parts: tuple[Rows, dict[str, Any]]) -> tuple[Rows, dict[str, Any]]:
+    """One `Rows` of several partitions' rows, ordered by group (cache-friendly bincounts)."""
+    rows = [p[0] for p in parts]
+    first = rows[0]
+    codes = np.concatenate([r.codes for r in rows])
+    order = np.argsort(codes, kind="stable")
+
+    def cat(get: Any) -> np.ndarray:
+        return np.concatenate([get(r) for r in rows])[order]
+
+    unit = all(r.w is None for r in rows)
+    w = None if unit else cat(lambda r: np.ones(r.y.size) if r.w is None else r.w)
+    X = np.concatenate([r.X for r in rows])[order]
+    merged = Rows(X, codes[order], cat(lambda r: r.y), w, cat(lambda r: r.off),
+                  cat(lambda r: r.eta_init), first.logit, first.n_groups)  # fmt: skip
+    return merged, {}
 
 
 def _check_glmer_dims(n: int, G: int, p: int, group: str) -> None:

@@ -215,7 +215,7 @@ def stage1(dev: Devfun, model: GlmerModel) -> OptSummary:
 # Building the result
 
 
-def _vcov_from_hessian(hess: np.ndarray, n_theta: int) -> np.ndarray | None:
+def vcov_from_hessian(hess: np.ndarray, n_theta: int) -> np.ndarray | None:
     """lme4's default glmer vcov: 2·[H⁻¹]_ββ, symmetrized; None if not positive definite."""
     try:
         hinv = np.linalg.inv(hess)
@@ -251,7 +251,7 @@ def _finish_stage2(
     doubts = optimum_doubts(grad, hess, x, lower, singular, settled=settled)
     converged = converged and not doubts
     messages += conv_msgs + doubts
-    vcov = _vcov_from_hessian(hess, nth)
+    vcov = vcov_from_hessian(hess, nth)
     fval = dev.stage2(x)  # lme4 re-evaluates at the optimum: the state below belongs to it
     state = dev.state
     vcov_rx = model.core.rx_inverse()
