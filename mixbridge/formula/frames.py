@@ -274,8 +274,9 @@ def build_mixed_terms(
     columns = fixed.design.column_views(frame.fixed_values) if lazy_x else None
     x_gram = None
     if columns is not None:
-        _check_finite_columns(columns, names, "fixed-effects model matrix")
         x_gram = column_gram(columns, frame.n)
+        if not np.all(np.isfinite(x_gram)):  # finite X'X: finite columns (one pass for both)
+            _check_finite_columns(columns, names, "fixed-effects model matrix")
         if not clearly_full_rank_gram(x_gram, RANK_TOL):
             columns = x_gram = None  # the exact rank emulation needs X
     if columns is not None:

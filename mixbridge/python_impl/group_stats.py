@@ -389,6 +389,13 @@ def column_variances(stats: GroupStats) -> np.ndarray:
     return np.maximum(np.diag(stats.XtX) - totals**2 / n, 0.0) / (n - 1)
 
 
+def column_means(stats: GroupStats) -> np.ndarray:
+    """Means of X's columns (unit weights) from the shifted sums, no data pass."""
+    if stats.n < 1:
+        return np.full(stats.XtX.shape[0], np.nan)
+    return stats.SX.sum(axis=0) / stats.n + stats.x_shift
+
+
 def _distinct(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.unique(s, return_inverse, return_counts), by counting when s holds small integers
     (unit weights: s_j = n_j), which avoids a sort over G."""
