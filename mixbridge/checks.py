@@ -105,7 +105,7 @@ def check_inputs(
                 f"cbind() response {name!r} is only for the binomial family, not {fam!r}",
                 column=name,
             )
-    y, _, _ = frame.response()
+    y, _, _ = frame.response(shared_unit_weights=True)  # y only: no n-vector of ones
     _check_response_range(y, fam, name)
     if model in ("lmer", "glmer"):
         check_response_spread(float(np.min(y)), float(np.max(y)), n, name, model)
@@ -317,7 +317,7 @@ def _check_finite_variables(frame: Any) -> None:
     from mixbridge.formula.evaluate import Numeric
 
     for name, v in _variables(frame):
-        if isinstance(v, Numeric):
+        if isinstance(v, Numeric) and not v.all_finite():  # the sum na.omit already took
             check_finite_values(v.values, name)
 
 
