@@ -57,9 +57,36 @@ class Rows:
     eta_init: np.ndarray
     logit: bool
     n_groups: int
+    # rows ordered by group: (the groups present, their first rows, their row counts); group
+    # sums are then segment sums and b[g] a repeat (no scattered memory access)
+    segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def gsum(self, v: np.ndarray) -> np.ndarray:
+        if self.segments is not None and v.size:
+            groups, starts, _ = self.segments
+            out = np.zeros(self.n_groups)
+            out[groups] = np.add.reduceat(v, starts)
+            return out
         return np.bincount(self.codes, weights=v, minlength=self.n_groups)
+
+    def expand(self, b: np.ndarray) -> np.ndarray:
+        """b[g] for every row."""
+        if self.segments is not None:
+            groups, _, counts = self.segments
+            return np.repeat(b[groups], counts)
+        return b[self.codes]
+
+    def order_by_group(self) -> Rows:
+        """These rows ordered by group (stable), with their segments."""
+        order = np.argsort(self.codes, kind="stable")
+        codes = self.codes[order]
+        counts = np.bincount(codes, minlength=self.n_groups)
+        groups = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts[groups])[:-1]]).astype(np.intp)
+        w = None if self.w is None else self.w[order]
+        return Rows(self.X[order], codes, self.y[order], w, self.off[order],
+                    self.eta_init[order], self.logit, self.n_groups,
+                    (groups, starts, counts[groups]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,7 +118,7 @@ def row_pass(rows: Rows, req: Request) -> dict[str, Any]:
         eta += rows.off
         out["offmax"] = float(np.max(np.abs(eta), initial=0.0))
         if req.b is not None:
-            eta += req.b[rows.codes]
+            eta += rows.expand(req.b)
         if req.dbeta is not None:
             out["etamax"] = float(np.max(np.abs(eta), initial=0.0))
     mu = special.expit(eta) if rows.logit else np.exp(eta)
@@ -114,7 +141,7 @@ def row_pass(rows: Rows, req: Request) -> dict[str, Any]:
     if req.dbeta is not None:
         base = X @ req.dbeta
         if req.b is not None:
-            base += req.b[rows.codes]
+            base += rows.expand(req.b)
         out["swd"] = rows.gsum(W * base)
     if req.joint or req.xsums or req.grad:
         out["sx"] = np.column_stack([rows.gsum(W * X[:, k]) for k in cols]) if cols else None
