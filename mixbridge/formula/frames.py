@@ -300,7 +300,7 @@ def build_mixed_terms(
                 code="rank_deficient",
             )
         )
-    y, n_trials, w = frame.response(shared_unit_weights=model == "lmer")
+    y, n_trials, w = frame.response(shared_unit_weights=lazy_x)  # read-only ones: no n-vector
     reterms = frame.reterms()
     return MixedTerms(
         formula=formula,

@@ -31,12 +31,6 @@ from mixbridge.errors import ArgumentError, DataError, FormulaError
 from mixbridge.formula.chunks import ChunkedFormula
 from mixbridge.formula.parse import Call
 from mixbridge.python_impl import output
-from mixbridge.python_impl.checkconv import (
-    SINGULAR_TEXT,
-    check_boundary,
-    check_conv,
-    optimum_doubts,
-)
 from mixbridge.python_impl.distributed import (
     RANK_TOL,
     LevelTerm,
@@ -46,19 +40,18 @@ from mixbridge.python_impl.distributed import (
     require_dask,
     tree_reduce,
 )
-from mixbridge.python_impl.glmer import vcov_from_hessian
+from mixbridge.python_impl.glmer_group_sums import estimate
 from mixbridge.python_impl.group_sum_kernel import (
     Constants,
     GroupSumKernel,
     Request,
     Rows,
     add,
-    fit_group_sums,
     row_pass,
 )
-from mixbridge.python_impl.pls import blas_single_thread, lambda_blocks
+from mixbridge.python_impl.pls import blas_single_thread
 from mixbridge.python_impl.response import CANONICAL, GlmResponse
-from mixbridge.python_impl.result import FitEstimates, build_fit
+from mixbridge.python_impl.result import build_fit
 from mixbridge.python_impl.spec import TIGHT_TOL, glmer_family, glmer_settings
 from mixbridge.results import Message, MixedFit
 
@@ -180,41 +173,9 @@ def glmer_dask(
     kernel = GroupSumKernel(DaskRows(dask, prepared, G), consts, p)
 
     # 3. the fit
-    res = fit_group_sums(kernel, tol, settings.maxit, check_boundary)
-    x, lower = res.x, np.array([0.0] + [-np.inf] * p)
-    grad, hess = res.grad, res.hess
-    singular, converged, conv_msgs = check_conv(grad, hess, x, lower)
-    doubts = optimum_doubts(grad, hess, x, lower, singular, settled=res.opt.settled)
-    converged = converged and not doubts
-    messages += conv_msgs + doubts
-    vcov = vcov_from_hessian(hess, 1)
-    dev = res.dev
-    fval = dev.stage2(x)  # the state and sums below belong to the optimum
-    st, last = dev.state, dev.last
-    assert st is not None and kernel.factor is not None
-    factor = kernel.factor
-    vcov_rx = np.linalg.inv(factor.rx) if factor.rx is not None else None
-    if vcov is None:
-        assert vcov_rx is not None
-        vcov = vcov_rx
-        messages.append(
-            Message(
-                "warning",
-                "the Hessian-based vcov is not positive definite; using the R_X-based one",
-                "python",
-                code="vcov_fallback",
-            )
-        )
-    messages += _divergence_messages(st.converged, dev.pirls_failures, int(last["edge"]), fam,
-                                     settings.maxit)  # fmt: skip
-    if any(m.code == "pirls" for m in messages):
-        converged = False
-    if singular and not any(m.code == "singular" for m in messages):
-        messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
-    theta, beta = x[:1], x[1:]
-    b = float(theta[0]) * st.u
-    cv = factor.theta**2 / factor.d
-    cond_var = {model.group: cv.reshape(-1, 1, 1)} if settings.cond_var else {}
+    est_ = estimate(kernel, tol, settings.maxit, fam.family, messages)
+    beta, b = est_.beta, est_.b
+    cond_var = {model.group: est_.cond_var.reshape(-1, 1, 1)} if settings.cond_var else {}
 
     # 4. the result; fitted values and residuals computed from the rows when asked for
     keep_ = list(keep)
@@ -227,39 +188,10 @@ def glmer_dask(
     )
     versions = output.versions()
     versions["dask"] = dask.__version__
-    info = dict(res.info)
-    info.update({"gradient": grad.tolist(), "hessian": hess.tolist()})
-    est = FitEstimates(
-        model="glmer",
-        formula=formula,
-        family=fam.family,
-        link=fam.link,
-        reml=False,
-        reterms=[LevelTerm(model.group, model.levels)],
-        x_names=x_names,
-        nobs=n,
-        theta=np.asarray(theta, dtype=float),
-        beta=np.asarray(beta, dtype=float),
-        b=b,
-        lambda_blocks=lambda_blocks([1], theta),
-        sigma=None,
-        vcov=vcov,
-        cond_var=cond_var,
-        criterion=float(fval),
-        df=p + 1,
-        deviance=float(kernel.dev(last)),
-        reml_criterion=None,
-        fitted=fitted,
-        residuals=residuals,
-        singular=bool(singular),
-        converged=bool(converged),
-        messages=messages,
-        optimizer={"name": "brent/nelder_mead", **info},
-        dropped_columns=dropped,
-        nagq=1,
-        vcov_rx=vcov_rx,
-        versions=versions,
-    )
+    est = est_.fit_estimates(
+        formula, fam, [LevelTerm(model.group, model.levels)], x_names, n, cond_var, fitted,
+        residuals, dropped, versions,
+    )  # fmt: skip
     fit = build_fit(est)
     fit.extra.update(
         {"npartitions": nparts, "blocks": len(prepared), "backend": "dask",
@@ -320,47 +252,6 @@ def _check_glmer_dims(n: int, G: int, p: int, group: str) -> None:
         )
     if n <= p:
         raise DataError(f"{n} observations for {p} fixed effects", group)
-
-
-def _divergence_messages(
-    converged: bool, failures: int, edge: int, fam: Any, maxit: int
-) -> list[Message]:
-    """`glmer._divergence_messages` from the final pass's counts."""
-    out = []
-    if not converged:
-        out.append(
-            Message(
-                "warning",
-                f"PIRLS did not converge in {maxit} iterations at the final estimates: "
-                "some estimates diverge (complete or quasi-complete separation, or a group whose "
-                "responses are all at one extreme); lme4 stops with 'pwrssUpdate did not "
-                "converge in (maxit) iterations' here",
-                "python",
-                code="pirls",
-            )
-        )
-    elif failures:
-        out.append(
-            Message(
-                "note",
-                f"PIRLS hit its iteration limit at {failures} trial parameter values "
-                "during optimization",
-                "python",
-                code="pirls_trial",
-            )
-        )
-    if edge:
-        what = "probabilities" if fam.family == "binomial" else "means"
-        out.append(
-            Message(
-                "warning",
-                f"fitted {what} numerically 0 or 1 occurred in {edge} rows: "
-                "estimates may be diverging (separation)",
-                "python",
-                code="separation",
-            )
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

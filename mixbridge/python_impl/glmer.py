@@ -82,6 +82,14 @@ def glmer(
             formula, data, family=family, link=link, nagq=nagq, weights=weights, offset=offset,
             control=control,
         )  # fmt: skip
+    from mixbridge.python_impl.glmer_lean import try_glmer_lean  # (imports this module)
+
+    lean = try_glmer_lean(
+        formula, data, family=family, link=link, nagq=nagq, weights=weights, offset=offset,
+        control=control, frame=frame,
+    )  # fmt: skip
+    if lean is not None:  # big (1|g) data: the group-sum path in chunks (glmer_lean)
+        return lean
     spec = glmer_spec(
         formula,
         data,

@@ -22,7 +22,7 @@ next iteration's solve needs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -635,3 +635,91 @@ def fit_group_sums(
         "method": opt.method,
     }
     return GroupSumFit(x, fx, opt, info, dev, opt.gradient, opt.hessian)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows in memory, ordered by group and read in chunks of whole groups
+
+# the sums with one row per group (the rest are scalars or p-vectors / p×p matrices)
+GROUP_KEYS = ("S", "swmu", "swd", "sx", "sz", "sdW", "sxdW")
+
+
+class SortedColumns:
+    """A `RowSource` over columns held in memory, ordered by group: each pass reads them in
+    chunks of about `chunk_rows` rows made of whole groups, so every temporary of the pass is
+    chunk-sized (the memory of a pass is O(chunk + G), not O(n)) and the chunk's group sums
+    are segment sums written straight into their slice of the result.
+
+    `cols`: X's columns (None: the intercept), `y`, `w` (None: unit), `off` (None: zero) in
+    group order; `counts`: rows per group; `init`: (y, w) of a chunk -> η from mustart."""
+
+    def __init__(
+        self,
+        cols: list[np.ndarray | None],
+        y: np.ndarray,
+        w: np.ndarray | None,
+        off: np.ndarray | None,
+        counts: np.ndarray,
+        logit: bool,
+        init: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+        chunk_rows: int = 1 << 16,
+    ) -> None:
+        self.cols, self.y, self.w, self.off = cols, y, w, off
+        self.counts = np.asarray(counts, dtype=np.intp)
+        self.n_groups = int(self.counts.size)
+        self.logit, self.init = logit, init
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.intp)
+        self.chunks: list[tuple[int, int]] = []
+        ga = 0
+        while ga < self.n_groups:
+            gb = int(np.searchsorted(self.starts, self.starts[ga] + chunk_rows, side="right")) - 1
+            gb = min(max(gb, ga + 1), self.n_groups)
+            self.chunks.append((ga, gb))
+            ga = gb
+
+    def rows(self, ga: int, gb: int, with_init: bool = False) -> Rows:
+        """The rows of groups [ga, gb) as a `Rows` block (X assembled chunk-sized)."""
+        a, b = int(self.starts[ga]), int(self.starts[gb])
+        X = np.empty((b - a, len(self.cols)))
+        for k, c in enumerate(self.cols):
+            X[:, k] = 1.0 if c is None else c[a:b]
+        y = self.y[a:b]
+        w = None if self.w is None else self.w[a:b]
+        off = np.zeros(b - a) if self.off is None else self.off[a:b]
+        eta_init = self.init(y, w) + off if with_init else off
+        counts = self.counts[ga:gb]
+        starts = self.starts[ga:gb] - a
+        segments = (np.arange(gb - ga), starts, counts)
+        return Rows(X, np.zeros(0, np.intp), y, w, off, eta_init, self.logit, gb - ga, segments)
+
+    def run(self, req: Request) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for ga, gb in self.chunks:
+            sub = replace(req, b=None if req.b is None else req.b[ga:gb])
+            r = row_pass(self.rows(ga, gb, with_init=req.beta is None), sub)
+            if not out:
+                for key, v in r.items():
+                    if key in GROUP_KEYS and v is not None:
+                        full = np.zeros((self.n_groups, *np.shape(v)[1:]))
+                        full[ga:gb] = v
+                        out[key] = full
+                    else:
+                        out[key] = v
+                continue
+            for key, v in r.items():
+                if key in GROUP_KEYS:
+                    if v is not None:
+                        out[key][ga:gb] = v
+                elif key in ("offmax", "etamax"):
+                    out[key] = max(out[key], v)
+                else:
+                    out[key] = out[key] + v
+        return out
+
+    def group_sums(self, v: Callable[[int, int], np.ndarray]) -> np.ndarray:
+        """Σ_j of a per-row quantity given chunk by chunk (`v(a, b)` for rows [a, b))."""
+        out = np.zeros(self.n_groups)
+        for ga, gb in self.chunks:
+            a, b = int(self.starts[ga]), int(self.starts[gb])
+            out[ga:gb] = np.add.reduceat(v(a, b), self.starts[ga:gb] - a)
+        return out
