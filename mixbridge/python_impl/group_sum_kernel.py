@@ -130,8 +130,10 @@ def row_pass(rows: Rows, req: Request) -> dict[str, Any]:
     if rows.logit:
         lm = np.log(mu)
         s = float(lm.sum()) if w is None else float(w @ lm)
-        coef = (1.0 - y) if w is None else w * (1.0 - y)
-        out["dev"] = -2.0 * s + 2.0 * float(coef @ eta)
+        if w is None:  # Σ (1 − y)η without a temporary
+            out["dev"] = -2.0 * s + 2.0 * (float(eta.sum()) - float(y @ eta))
+        else:
+            out["dev"] = -2.0 * s + 2.0 * float((w * (1.0 - y)) @ eta)
     else:
         wy = y if w is None else w * y
         out["dev"] = 2.0 * float(wmu.sum()) - 2.0 * float(wy @ eta)
@@ -298,7 +300,7 @@ class GroupSumKernel:
         """`CanonicalKernel.modes` in group-sum form (None: use the lme4-style PIRLS)."""
         b = np.asarray(b_start, dtype=float)
         u = b / th if th > 0 else np.zeros(self.G)
-        r = self.run(beta, b, grad=True)
+        r = self.run(beta, b)  # never the last pass: at least one Newton step follows
         try:
             self.check_lin(r, b)
         except OutOfRange:
