@@ -28,11 +28,12 @@ __version__ = "0.1.0"
 
 
 @named_arguments
-def compare(a, b, tolerance=None):
-    """Compare two fits of the same model; see `mixbridge.conformance.compare`."""
+def compare(a, b, tolerance=None, *, tests=False):
+    """Compare two fits of the same model; see `mixbridge.conformance.compare` (`tests=True`:
+    also the Satterthwaite coefficient tests: df, statistic, p_value)."""
     from mixbridge.conformance.compare import compare as _compare
 
-    return _compare(a, b, tolerance=tolerance)
+    return _compare(a, b, tolerance=tolerance, tests=tests)
 
 
 __all__ = [

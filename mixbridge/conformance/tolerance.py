@@ -184,6 +184,60 @@ def gap_verdict(costs: list[GapCost], slack: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Tests and degrees of freedom (mixbridge.inference vs lmerTest / pbkrtest; issue 13)
+#
+# `INFERENCE_AT_THETA`: both sides evaluated at the same (θ, σ) (lme4's): only the arithmetic of
+# the df differs. `INFERENCE_FITTED`: each side at its own fit; the gap in θ (≤ 1e-4 rel under
+# the lmer policy, ~1e-6 seen) moves the df through the deviance's Hessian and the Jacobian of
+# vcov(β), so the df's tolerance is a multiple of θ's.
+
+INFERENCE_AT_THETA: dict[str, Tol] = {
+    "estimate": Tol("β at the same θ: GLS solves agree to rounding", rel=1e-9),
+    "std_error": Tol("SE at the same θ, σ: rounding of (R_X'R_X)⁻¹", rel=1e-9),
+    "df": Tol(
+        "Satterthwaite df: lmerTest differentiates the deviance with numDeriv (Richardson, "
+        "steps 1e-4·|x|), ours with an O(h¹⁰) Richardson ladder on the θ-pieces and σ "
+        "analytically; numDeriv's error reaches 8.4e-7 rel (sleepstudy with I(Days^2): "
+        "143.000120 where the exact df is 143, as pbkrtest's KR gives): 1e-5 rel",
+        rel=1e-5,
+    ),
+    "df_kr": Tol(
+        "Kenward–Roger df: pbkrtest's closed form with dense n×n algebra vs ours by Woodbury "
+        "identities: rounding only (2e-12 seen); 1e-8 rel",
+        rel=1e-8,
+    ),
+    "statistic": Tol("t = estimate/SE at the same θ: rounding", rel=1e-9),
+    "f_value": Tol(
+        "F statistics at the same θ: rounding (KR scaling carries the df's 1e-8)", rel=1e-8
+    ),
+    "p_value": Tol(
+        "p from t (or F) and df: its relative change is ≈ |t|·|Δt| + |∂log p/∂df|·Δdf; with "
+        "df at 1e-6 rel, 1e-5 rel (floor 1e-300: tiny p-values are compared relatively too)",
+        rel=1e-5,
+        floor=1e-300,
+    ),
+}
+
+INFERENCE_FITTED: dict[str, Tol] = {
+    "estimate": Tol("fixef within 1e-4 x max(|β|, SE) as the lmer policy", rel=1e-4),
+    "std_error": Tol("SEs 1e-4 rel as the lmer policy", rel=1e-4),
+    "df": Tol(
+        "df at each side's own θ: 10x θ's 1e-4 rel (the df's sensitivity to θ is O(1)–O(10) in "
+        "relative terms, like the lmer policy's DERIVED_FACTOR)",
+        rel=1e-3,
+    ),
+    "statistic": Tol("t = estimate/SE: the sum of their 1e-4 rel tolerances", rel=2e-4),
+    "f_value": Tol("F = t² (or a sum of them): twice the t tolerance", rel=4e-4),
+    "p_value": Tol(
+        "p moves by ≈ (|t|·Δt + |∂log p/∂df|·Δdf) rel: with t ≤ 30, Δt 2e-4 rel, Δdf 1e-3 rel "
+        "that is up to ~0.2 rel for tiny p; 0.2 rel, floor 1e-12 (below it p decides nothing)",
+        rel=0.2,
+        floor=1e-12,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # lmer: lme4_spec §5 ("estimates ~1e-5 relative; deviance function 1e-10") and the task's levels.
 
 _LMER = Policy(
@@ -225,6 +279,10 @@ _LMER = Policy(
             abs=1e-12,
         ),
         "cond_var": Tol("conditional variances 1e-4 rel (smooth in θ, σ)", rel=1e-4),
+        # coefficient tests with Satterthwaite df (when both engines compute them)
+        "df": INFERENCE_FITTED["df"],
+        "statistic": INFERENCE_FITTED["statistic"],
+        "p_value": INFERENCE_FITTED["p_value"],
     },
     flat_abs=1e-6,
     flat_rel=1e-10,

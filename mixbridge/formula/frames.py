@@ -213,6 +213,11 @@ class MixedTerms(_Common):
         assert self._fixed is not None
         return list(self._fixed.design.names)
 
+    def fixed_layout(self) -> tuple[Any, Any]:
+        """(TermsInfo, Design) of the fixed part: R's terms and codings (lmerTest's anova)."""
+        assert self._fixed is not None
+        return self._fixed.info, self._fixed.design
+
     def fixed_factor_levels(self) -> dict[str, list[str]]:
         """The level labels of every factor of the fixed part, by variable name."""
         assert self._fixed is not None

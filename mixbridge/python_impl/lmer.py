@@ -24,6 +24,10 @@ import pandas as pd
 
 from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
+from mixbridge.inference import kenward_roger
+from mixbridge.inference.python_tests import PythonTests
+from mixbridge.inference.term_anova import fixed_terms_info
+from mixbridge.inference.varpar import DevianceModel, LmerDevianceModel, ScalarDevianceModel
 from mixbridge.python_impl import optimizers
 from mixbridge.python_impl.group_stats import GroupStats, column_means, column_variances
 from mixbridge.python_impl.lmer_devfun import LmerDevfun, scalar_start
@@ -158,6 +162,7 @@ def _fit_general(spec: LmerSpec, formula: str) -> MixedFit:
         fitted=fitted,
         opt=opt,
         objective=devfun,
+        deviance_model=LmerDevianceModel(devfun),
     )
 
 
@@ -235,6 +240,7 @@ def _fit_diagonal(spec: LmerSpec, core: DiagonalCore, formula: str) -> MixedFit:
         fitted=fitted,
         opt=res.opt_summary(),
         objective=group_stats_objective(stats, spec.reml),
+        deviance_model=ScalarDevianceModel(stats, spec.reml),
         x_variances=None if w is not None else column_variances(stats),  # unweighted sds
         x_means=None if w is not None else column_means(stats),
     )
@@ -292,6 +298,7 @@ def _lmer_fit(
     objective: Any,
     x_variances: np.ndarray | None = None,
     x_means: np.ndarray | None = None,
+    deviance_model: DevianceModel | None = None,
 ) -> MixedFit:
     terms, reml = spec.terms, spec.reml
     reterms = list(terms.reterms)
@@ -356,13 +363,16 @@ def _lmer_fit(
         population,
         weights=None if terms.weights is None else np.asarray(terms.weights, float),
     )
-    return build_fit(
+    fit = build_fit(
         est,
         objective=objective_single_thread,
         predict=pred.predict,
         simulate=pred.simulate,
         lazy_ranef=callable(fitted),  # the O(G) path: nothing per row or per level up front
     )
+    if deviance_model is not None:
+        fit.attach(tests=python_tests(spec, deviance_model))
+    return fit
 
 
 def _row_fields(terms: MixedTerms, fitted: np.ndarray | Callable[[], np.ndarray]) -> tuple:
@@ -376,3 +386,15 @@ def _row_fields(terms: MixedTerms, fitted: np.ndarray | Callable[[], np.ndarray]
         return np.asarray(terms.y, dtype=float) - lazy_fitted.get()
 
     return lazy_fitted, Deferred(residuals, source="y - fitted, computed when first read")
+
+
+def python_tests(spec: LmerSpec, model: DevianceModel) -> PythonTests:
+    """The fit's tests hook (Satterthwaite / Kenward-Roger, `mixbridge.inference`)."""
+    if isinstance(model, ScalarDevianceModel):
+        w = spec.terms.weights
+        weighted = w is not None and not np.all(np.asarray(w, float) == 1.0)
+        kr = kenward_roger.scalar_builder(model.stats, weighted)
+    else:
+        kr = kenward_roger.general_builder(model.devfun)
+    terms = spec.terms
+    return PythonTests(model, kenward_roger=kr, terms_info=lambda: fixed_terms_info(terms))
