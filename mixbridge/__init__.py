@@ -35,6 +35,14 @@ def compare(a, b, tolerance=None):
     return _compare(a, b, tolerance=tolerance)
 
 
+def anova(*fits, refit=True, names=None):
+    """Likelihood-ratio tests between nested models (lme4's anova.merMod); see
+    `mixbridge.inference.lrt.anova`."""
+    from mixbridge.inference.lrt import anova as _anova
+
+    return _anova(*fits, refit=refit, names=names)
+
+
 __all__ = [
     "ArgumentError",
     "BayesGLMFit",
@@ -51,6 +59,7 @@ __all__ = [
     "RTimeoutError",
     "RWarning",
     "bayesglm",
+    "anova",
     "compare",
     "glmer",
     "glmer_objective",

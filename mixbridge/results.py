@@ -255,16 +255,21 @@ class FitMethods:
       glmer: θ, β); `control` only if the engine can evaluate it with other settings.
     - `predict(newdata, re_form=, allow_new_levels=, type=) -> ndarray`: predict.merMod.
     - `simulate(nsim, seed) -> ndarray` (n x nsim): simulate.merMod.
+    - `confint(method=, level=, parm=, nsim=, seed=) -> DataFrame`: the engine's own
+      confint.merMod (None: mixbridge.inference computes it from the fit's call).
 
     None: the engine does not offer it (the MixedFit method then says so)."""
 
     objective: Callable[..., float] | None = None
     predict: Callable[..., np.ndarray] | None = None
     simulate: Callable[..., np.ndarray] | None = None
+    confint: Callable[..., pd.DataFrame] | None = None
 
     def __bool__(self) -> bool:
         """True when the engine attached any function."""
-        return any(fn is not None for fn in (self.objective, self.predict, self.simulate))
+        return any(
+            fn is not None for fn in (self.objective, self.predict, self.simulate, self.confint)
+        )
 
 
 @dataclass(repr=False)
@@ -364,10 +369,13 @@ class MixedFit(DeferredFields):
         objective: Callable[..., float] | None = None,
         predict: Callable[..., np.ndarray] | None = None,
         simulate: Callable[..., np.ndarray] | None = None,
+        confint: Callable[..., pd.DataFrame] | None = None,
     ) -> MixedFit:
-        """Attach the engine's objective, predict and/or simulate (see `FitMethods`); the ones
-        not given stay as they are. Returns the fit."""
-        given = {"objective": objective, "predict": predict, "simulate": simulate}
+        """Attach the engine's objective, predict, simulate and/or confint (see `FitMethods`);
+        the ones not given stay as they are. Returns the fit."""
+        given = {
+            "objective": objective, "predict": predict, "simulate": simulate, "confint": confint
+        }  # fmt: skip
         self.methods = replace(self.methods, **{k: v for k, v in given.items() if v is not None})
         return self
 
@@ -432,6 +440,23 @@ class MixedFit(DeferredFields):
     def summary(self) -> str:
         """A text summary in lme4's print layout."""
         return format_mixed_summary(self)
+
+    # -- inference: confidence intervals (mixbridge.inference.confint) --
+    def confint(
+        self,
+        method: str = "profile",
+        level: float = 0.95,
+        parm: Any = None,
+        nsim: int = 1000,
+        seed: int | None = None,
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> pd.DataFrame:
+        """lme4's confint.merMod: columns lower, upper; rows .sig01, …, .sigma, fixed effects.
+        `method`: "wald", "profile" (lme4's profile, crossing solved exactly) or "boot"
+        (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`, `progress`)."""
+        from mixbridge.inference.confint import confint
+
+        return confint(self, method, level, parm, nsim=nsim, seed=seed, progress=progress)
 
     def tidy(
         self,
