@@ -449,11 +449,13 @@ class MixedFit(DeferredFields):
         parm: Any = None,
         nsim: int = 1000,
         seed: int | None = None,
-        progress: bool | Callable[[int, int], None] = False,
+        progress: bool | Callable[[int, int], None] | None = None,
     ) -> pd.DataFrame:
         """lme4's confint.merMod: columns lower, upper; rows .sig01, …, .sigma, fixed effects.
         `method`: "wald", "profile" (lme4's profile, crossing solved exactly) or "boot"
-        (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`, `progress`)."""
+        (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`; `progress`: None
+        prints progress to stderr once a run takes over 5 s, True always, False never, or a
+        callable(done, total))."""
         from mixbridge.inference.confint import confint
 
         return confint(self, method, level, parm, nsim=nsim, seed=seed, progress=progress)

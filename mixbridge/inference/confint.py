@@ -59,10 +59,10 @@ def confint(
     parm: Any = None,
     nsim: int = 1000,
     seed: int | None = None,
-    progress: bool | Callable[[int, int], None] = False,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """See the module docstring; `progress` (boot): True prints progress to stderr, or a
-    callable(done, total)."""
+    """See the module docstring; `progress` (boot): True prints progress to stderr, None only
+    once the run takes more than 5 s, False never, or a callable(done, total)."""
     method, level, nsim = check_args(method, level, nsim)
     names, n_var = parameter_names(fit)
     wanted = params.select_parm(names, n_var, parm)
