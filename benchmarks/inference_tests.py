@@ -83,7 +83,8 @@ def main(quick: bool) -> None:
             rows.append(("lmerTest summary (Satterthwaite): > 300 s", n, o_fit, o_satt, np.nan))
             continue
         rows.append(("lmerTest summary (Satterthwaite), R", n, r[0], r[1], r[1] / r[0]))
-        rows.append(("  ours at the same size (ratio = R / ours, tests)", n, o_fit, o_satt, r[1] / o_satt))
+        label = "  ours at the same size (ratio = R / ours, tests)"
+        rows.append((label, n, o_fit, o_satt, r[1] / o_satt))
     d = simulate(100_000, 5_000)
     fit_s, kr_s = ours(d, "kenward-roger")
     rows.append(("Kenward-Roger table, ours", 100_000, fit_s, kr_s, kr_s / fit_s))

@@ -36,6 +36,14 @@ def compare(a, b, tolerance=None, *, tests=False):
     return _compare(a, b, tolerance=tolerance, tests=tests)
 
 
+def anova(*fits, refit=True, names=None):
+    """Likelihood-ratio tests between nested models (lme4's anova.merMod); see
+    `mixbridge.inference.lrt.anova`."""
+    from mixbridge.inference.lrt import anova as _anova
+
+    return _anova(*fits, refit=refit, names=names)
+
+
 __all__ = [
     "ArgumentError",
     "BayesGLMFit",
@@ -52,6 +60,7 @@ __all__ = [
     "RTimeoutError",
     "RWarning",
     "bayesglm",
+    "anova",
     "compare",
     "glmer",
     "glmer_objective",
