@@ -7,6 +7,7 @@ mixbridge.compare(fit, ref).assert_ok()
 """
 
 import mixbridge.conformance.adapters  # noqa: F401  (registers the peer engines, lazily)
+from mixbridge.allfit import allfit
 from mixbridge.api import bayesglm, glmer, glmer_objective, lmer, lmer_objective
 from mixbridge.checks import named_arguments
 from mixbridge.errors import (
@@ -59,6 +60,7 @@ __all__ = [
     "RNotAvailableError",
     "RTimeoutError",
     "RWarning",
+    "allfit",
     "bayesglm",
     "anova",
     "compare",

@@ -488,6 +488,13 @@ class MixedFit(DeferredFields):
 
         return confint(self, method, level, parm, nsim=nsim, seed=seed, progress=progress)
 
+    def allfit(self, **options: Any) -> Any:
+        """Refit with several optimizers and starts and judge a convergence warning:
+        `mixbridge.allfit(self, **options)` (an `AllfitResult` with a table and a verdict)."""
+        from mixbridge.allfit import allfit
+
+        return allfit(self, **options)
+
     def tidy(
         self,
         effects: str | tuple[str, ...] | list[str] = ("fixed", "ran_pars"),
@@ -663,6 +670,8 @@ def format_mixed_summary(fit: MixedFit) -> str:
     for m in fit.messages:
         if m.kind in ("warning", "message"):
             lines.append(f"{m.kind}: {m.text}")
+    if any(m.kind == "warning" and m.code == "convergence" for m in fit.messages):
+        lines.append(ALLFIT_POINTER)
     return "\n".join(lines)
 
 
@@ -677,6 +686,13 @@ def _satterthwaite_table(fit: MixedFit) -> pd.DataFrame | None:
             return fit.coef_table("satterthwaite")
     except Exception:  # noqa: BLE001 - the summary must print whatever the tests do
         return None
+
+
+# summary()/print of a fit with a convergence warning (mixbridge.allfit, issue 16)
+ALLFIT_POINTER = (
+    "Does this convergence warning matter? fit.allfit() refits with several optimizers "
+    "(both engines) and gives a verdict"
+)
 
 
 def format_bayesglm_summary(fit: BayesGLMFit) -> str:
