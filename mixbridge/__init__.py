@@ -7,6 +7,7 @@ mixbridge.compare(fit, ref).assert_ok()
 """
 
 import mixbridge.conformance.adapters  # noqa: F401  (registers the peer engines, lazily)
+from mixbridge.allfit import allfit
 from mixbridge.api import bayesglm, glmer, glmer_objective, lmer, lmer_objective
 from mixbridge.checks import named_arguments
 from mixbridge.errors import (
@@ -36,6 +37,14 @@ def compare(a, b, tolerance=None, *, tests=False):
     return _compare(a, b, tolerance=tolerance, tests=tests)
 
 
+def anova(*fits, refit=True, names=None):
+    """Likelihood-ratio tests between nested models (lme4's anova.merMod); see
+    `mixbridge.inference.lrt.anova`."""
+    from mixbridge.inference.lrt import anova as _anova
+
+    return _anova(*fits, refit=refit, names=names)
+
+
 __all__ = [
     "ArgumentError",
     "BayesGLMFit",
@@ -51,7 +60,9 @@ __all__ = [
     "RNotAvailableError",
     "RTimeoutError",
     "RWarning",
+    "allfit",
     "bayesglm",
+    "anova",
     "compare",
     "glmer",
     "glmer_objective",

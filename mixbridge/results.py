@@ -255,6 +255,8 @@ class FitMethods:
       glmer: θ, β); `control` only if the engine can evaluate it with other settings.
     - `predict(newdata, re_form=, allow_new_levels=, type=) -> ndarray`: predict.merMod.
     - `simulate(nsim, seed) -> ndarray` (n x nsim): simulate.merMod.
+    - `confint(method=, level=, parm=, nsim=, seed=) -> DataFrame`: the engine's own
+      confint.merMod (None: mixbridge.inference computes it from the fit's call).
 
     - `tests(fit, kind, ddf, type) -> DataFrame`: lmer's t and F tests with Satterthwaite or
       Kenward-Roger df (kind "coef_table" or "anova"; `mixbridge.inference`).
@@ -265,11 +267,13 @@ class FitMethods:
     predict: Callable[..., np.ndarray] | None = None
     simulate: Callable[..., np.ndarray] | None = None
     tests: Callable[..., pd.DataFrame] | None = None
+    confint: Callable[..., pd.DataFrame] | None = None
 
     def __bool__(self) -> bool:
         """True when the engine attached any function."""
         return any(
-            fn is not None for fn in (self.objective, self.predict, self.simulate, self.tests)
+            fn is not None
+            for fn in (self.objective, self.predict, self.simulate, self.tests, self.confint)
         )
 
 
@@ -371,10 +375,17 @@ class MixedFit(DeferredFields):
         predict: Callable[..., np.ndarray] | None = None,
         simulate: Callable[..., np.ndarray] | None = None,
         tests: Callable[..., pd.DataFrame] | None = None,
+        confint: Callable[..., pd.DataFrame] | None = None,
     ) -> MixedFit:
-        """Attach the engine's objective, predict, simulate and/or tests (see `FitMethods`);
-        the ones not given stay as they are. Returns the fit."""
-        given = {"objective": objective, "predict": predict, "simulate": simulate, "tests": tests}
+        """Attach the engine's objective, predict, simulate, tests and/or confint (see
+        `FitMethods`); the ones not given stay as they are. Returns the fit."""
+        given = {
+            "objective": objective,
+            "predict": predict,
+            "simulate": simulate,
+            "tests": tests,
+            "confint": confint,
+        }
         self.methods = replace(self.methods, **{k: v for k, v in given.items() if v is not None})
         return self
 
@@ -457,6 +468,32 @@ class MixedFit(DeferredFields):
         from mixbridge.inference.term_anova import term_anova
 
         return term_anova(self, type=type, ddf=ddf)
+
+    # -- inference: confidence intervals (mixbridge.inference.confint) --
+    def confint(
+        self,
+        method: str = "profile",
+        level: float = 0.95,
+        parm: Any = None,
+        nsim: int = 1000,
+        seed: int | None = None,
+        progress: bool | Callable[[int, int], None] | None = None,
+    ) -> pd.DataFrame:
+        """lme4's confint.merMod: columns lower, upper; rows .sig01, …, .sigma, fixed effects.
+        `method`: "wald", "profile" (lme4's profile, crossing solved exactly) or "boot"
+        (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`; `progress`: None
+        prints progress to stderr once a run takes over 5 s, True always, False never, or a
+        callable(done, total))."""
+        from mixbridge.inference.confint import confint
+
+        return confint(self, method, level, parm, nsim=nsim, seed=seed, progress=progress)
+
+    def allfit(self, **options: Any) -> Any:
+        """Refit with several optimizers and starts and judge a convergence warning:
+        `mixbridge.allfit(self, **options)` (an `AllfitResult` with a table and a verdict)."""
+        from mixbridge.allfit import allfit
+
+        return allfit(self, **options)
 
     def tidy(
         self,
@@ -633,6 +670,8 @@ def format_mixed_summary(fit: MixedFit) -> str:
     for m in fit.messages:
         if m.kind in ("warning", "message"):
             lines.append(f"{m.kind}: {m.text}")
+    if any(m.kind == "warning" and m.code == "convergence" for m in fit.messages):
+        lines.append(ALLFIT_POINTER)
     return "\n".join(lines)
 
 
@@ -647,6 +686,13 @@ def _satterthwaite_table(fit: MixedFit) -> pd.DataFrame | None:
             return fit.coef_table("satterthwaite")
     except Exception:  # noqa: BLE001 - the summary must print whatever the tests do
         return None
+
+
+# summary()/print of a fit with a convergence warning (mixbridge.allfit, issue 16)
+ALLFIT_POINTER = (
+    "Does this convergence warning matter? fit.allfit() refits with several optimizers "
+    "(both engines) and gives a verdict"
+)
 
 
 def format_bayesglm_summary(fit: BayesGLMFit) -> str:

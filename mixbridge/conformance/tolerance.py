@@ -469,3 +469,56 @@ def _auto_policy(a: Any, b: Any) -> Policy:
     if not (is_first_party(a.engine) and is_first_party(b.engine)):
         return _THIRD_LMER
     return _LMER
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: interval bounds and likelihood-ratio tests (mixbridge.inference), per model.
+# Scales: a Wald bound's is |β| + its half-width z·SE; a profile bound's is the reference
+# interval's half-width; chisq/deviance are absolute (deviance units); p-values relative.
+
+INFERENCE_TOLS: dict[str, dict[str, Tol]] = {
+    "lmer": {
+        "wald": Tol(
+            "β̂ ± z·SE inherits the fits' agreement: fixef 1e-4 x max(|β|, SE) and SE 1e-4 rel",
+            rel=1e-4,
+        ),
+        "profile": Tol(
+            "lme4 inverts an interpolation spline through ~10-20 ζ points per side; we solve "
+            "for the crossing: lme4's spline error measured up to 2.3e-4 of the half-width "
+            "(Pastes), plus the ML refits' 1e-5: 1e-3 of the half-width",
+            rel=1e-3,
+        ),
+        "lrt_chisq": Tol(
+            "chisq = 2 Δ logLik of two ML fits, each logLik within 1e-6: 4e-6 absolute",
+            abs=4e-6,
+        ),
+        "lrt_p": Tol(
+            "p = P(χ²_df > chisq): its derivative (the χ² density, < 0.5 away from 0) times "
+            "chisq's 4e-6, relative 1e-4 for tiny p",
+            rel=1e-4,
+            abs=2e-6,
+        ),
+    },
+    "glmer": {
+        "wald": Tol(
+            "β̂ ± z·SE inherits the fits' agreement: fixef 1e-3 x max(|β|, SE), SE 5e-3 rel "
+            "(lme4's finite-difference Hessian)",
+            rel=5e-3,
+        ),
+        "profile": Tol(
+            "lme4's spline (1e-3 of the half-width, as lmer) plus lme4's Laplace deviance "
+            "carrying ~1e-3 of PIRLS staleness at each profiled point (ζ ≈ √(2Δ) moves "
+            "~1e-3/(2ζ)): 5e-3 of the half-width",
+            rel=5e-3,
+        ),
+        "lrt_chisq": Tol("chisq = 2 Δ logLik, each logLik within 1e-3: 4e-3 absolute", abs=4e-3),
+        "lrt_p": Tol("p from chisq within 4e-3: 2e-3 absolute, 1e-2 relative", rel=1e-2, abs=2e-3),
+    },
+}
+
+# Parametric bootstrap bounds cannot match R's random numbers: they are judged within their
+# Monte Carlo error. The percentile bound is a sample quantile q_α of nsim replicates, whose
+# standard error is sqrt(α(1 − α)/nsim)/f(q_α); with f estimated as a normal density with the
+# replicates' sd, SE ≈ sd·sqrt(α(1 − α)/nsim)/φ(z_α). Two independent runs differ by ≤
+# BOOT_MC_K·sqrt(SE_a² + SE_b²) with probability ~1 − 6e-5 per bound (normal tails, K = 4).
+BOOT_MC_K = 4.0

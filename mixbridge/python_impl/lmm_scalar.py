@@ -150,6 +150,18 @@ def scalar_ri_criterion(theta: float, stats: GroupStats, reml: bool) -> float:
     return _evaluate(abs(float(theta)), stats, reml).criterion
 
 
+def scalar_ri_profile_pieces(
+    theta: float, stats: GroupStats, full: bool = False
+) -> tuple[float, float, np.ndarray | None, np.ndarray | None]:
+    """(log|L_θ|², pwrss, β̂(θ), (R_X'R_X)⁻¹) at θ (the last two only when `full`): the PLS
+    pieces a profile of the ML deviance over (σ_b, σ) or β_j needs (mixbridge.inference)."""
+    ev = _evaluate(abs(float(theta)), stats, False)
+    if not full or ev.L is None:
+        return ev.ldL2, ev.pwrss, None, None
+    est = _estimates(ev, stats, False, False, True, [], 0)
+    return ev.ldL2, ev.pwrss, est.beta, est.vcov_unscaled
+
+
 # ---------------------------------------------------------------------------------------------
 # 1-D optimization and the estimates
 

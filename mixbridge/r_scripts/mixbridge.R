@@ -634,3 +634,74 @@ mb_tests_refit <- function(fit_args, data, tests_args = list()) {
   t$messages <- c(r$messages, t$messages)
   t
 }
+
+# allFit (mixbridge.allfit): lme4's own optimizers on the same model, every optimum scored by
+# lme4's deviance function for that model (the one R fits' objective() evaluates).
+#
+# The model is fitted once with lme4's defaults in an environment of its own (allFit refits
+# with update(), which evaluates the call there and assigns `ctrl` there), then allFit runs
+# every optimizer of its table; allFit itself drops nmkbw without dfoptim and optimx without
+# optimx, which we report as `skipped`. (The whole table always runs: lme4 1.1-31's allFit
+# cannot take a shorter meth.tab while optimx is missing, it indexes it by meth.tab.0's rows.)
+# `score`: further parameter vectors (flattened, `n_par` each) to evaluate with the same
+# deviance function.
+mb_allfit <- function(model, formula, data, REML = TRUE, family = "gaussian", link = NULL,
+                      nAGQ = 1L, weights_col = NULL, offset_col = NULL, score = NULL,
+                      n_par = 0L) {
+  .mb_capture({
+    glmm <- identical(model, "glmer")
+    env <- new.env(parent = globalenv())
+    env$data <- data
+    env$fml <- .mb_formula(formula)
+    environment(env$fml) <- env
+    env$REML <- isTRUE(REML)
+    env$nAGQ <- as.integer(nAGQ)
+    if (glmm) env$fam <- .mb_family(family, link)
+    cl <- .mb_mer_call(glmm, weights_col, offset_col)
+    cl$control <- NULL
+    fit <- suppressWarnings(suppressMessages(eval(cl, env)))
+    skipped <- character(0)
+    if (!requireNamespace("dfoptim", quietly = TRUE)) {
+      skipped <- c(skipped, "nmkbw: package 'dfoptim' is not installed")
+    }
+    if (!requireNamespace("optimx", quietly = TRUE)) {
+      skipped <- c(skipped, "optimx.L-BFGS-B: package 'optimx' is not installed")
+    }
+    # allFit's requireNamespace("optimx") writes its failure to stderr: reported as `skipped`
+    utils::capture.output(
+      af <- suppressWarnings(suppressMessages(lme4::allFit(fit, verbose = FALSE))),
+      type = "message"
+    )
+    dev <- if (glmm) {
+      mb_glmer_devfun(formula, data, family, link, nAGQ, weights_col, offset_col)
+    } else {
+      mb_lmer_devfun(formula, data, REML, weights_col, offset_col)
+    }
+    if (!dev$ok) stop(dev$error$text)
+    d <- dev$value
+    with_beta <- glmm && as.integer(nAGQ) > 0L
+    one <- function(name) {
+      f <- af[[name]]
+      secs <- as.numeric(attr(f, "time")[["elapsed"]])
+      if (inherits(f, "error")) {
+        return(list(name = name, ok = FALSE, error = conditionMessage(f), seconds = secs))
+      }
+      th <- unname(lme4::getME(f, "theta"))
+      be <- lme4::fixef(f)
+      crit <- as.numeric(d(if (with_beta) c(th, unname(be)) else th))
+      conv <- f@optinfo$conv$lme4$messages
+      list(
+        name = name, ok = TRUE, theta = as.numeric(th), beta = .mb_nv(be), criterion = crit,
+        messages = as.character(c(unlist(f@optinfo$warnings), unlist(conv))),
+        opt_code = as.numeric(f@optinfo$conv$opt), seconds = secs
+      )
+    }
+    scores <- numeric(0)
+    if (!is.null(score) && length(score) > 0L) {
+      m <- matrix(as.numeric(score), ncol = as.integer(n_par), byrow = TRUE)
+      scores <- apply(m, 1L, function(p) as.numeric(d(p)))
+    }
+    list(fits = lapply(names(af), one), skipped = skipped, scores = as.numeric(scores),
+         versions = .mb_versions())
+  })
+}
