@@ -152,6 +152,7 @@ function(d, f, type, ddf) {
 ANOVA_CASES = [
     ("simulated", None, "y ~ x * f + (1 | g) + (0 + x | h)"),
     ("sleepstudy", "lme4", "Reaction ~ Days + I(Days^2) + (Days | Subject)"),
+    ("simulated", None, "y ~ f + x:f + (1 | g)"),  # x:f with f fully coded (no x main effect)
 ]
 
 
@@ -242,3 +243,37 @@ def test_dask_fit_has_the_same_tables(r_dataset):
         pd.testing.assert_frame_equal(lazy.coef_table(ddf), mem.coef_table(ddf), rtol=1e-7)
     with pytest.raises(NotImplementedError, match="terms"):
         lazy.anova()
+
+
+def test_clear_errors_where_a_method_does_not_apply(r_dataset, monkeypatch):
+    from mixbridge.inference import kenward_roger
+
+    sleep = r_dataset("sleepstudy")
+    weighted = sleep.assign(w=(sleep["Days"] + 1.0) / 3.0)
+    fit = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", weighted, weights="w")
+    with pytest.raises(mixbridge.errors.ArgumentError, match="unweighted"):
+        fit.coef_table(ddf="kenward-roger")
+    assert np.isfinite(fit.coef_table()["df"]).all()  # Satterthwaite takes weights (lmerTest)
+    monkeypatch.setattr(kenward_roger, "MAX_DENSE_Q", 10)
+    big = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleep)
+    with pytest.raises(mixbridge.errors.ArgumentError, match="q = 36 random effects"):
+        big.coef_table(ddf="kenward-roger")
+    cbpp = r_dataset("cbpp")
+    g = mixbridge.glmer(
+        "cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial"
+    )
+    with pytest.raises(mixbridge.errors.ArgumentError, match="lmer"):
+        g.anova()
+    with pytest.raises(mixbridge.errors.ArgumentError, match="lmer fits only"):
+        g.coef_table(ddf="kenward-roger")
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame(
+        {
+            "x": rng.normal(size=60),
+            "f": rng.choice(["a", "b"], 60),
+            "g": np.repeat([f"g{i}" for i in range(12)], 5),
+        }
+    )
+    d["y"] = d["x"] + rng.normal(size=60)
+    one_term = mixbridge.lmer("y ~ x:f + (1 | g)", d)  # one term: every type is type 1
+    pd.testing.assert_frame_equal(one_term.anova(type=3), one_term.anova(type=1))

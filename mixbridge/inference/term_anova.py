@@ -162,35 +162,35 @@ def _rdx_in_x(ti: FixedTermsInfo) -> tuple[np.ndarray, list[str], dict[str, list
         e[index["(Intercept)"]] = 1.0
         columns.append(e)
         names.append("(Intercept)")
+
+    def expand(parts: list[tuple[str, str | None]], lab: str) -> dict[str, float]:
+        """x_num · Π_f 1[f = l_f] (parts: (variable, level or None for numerics)) on X's
+        columns: the column itself when X has it (full coding), else the first factor at its
+        baseline expanded as 1 − Σ_{m ≠ base} 1[f = m] (treatment coding)."""
+        name = ":".join(v + (lv or "") for v, lv in parts) or "(Intercept)"
+        if name in index:
+            return {name: 1.0}
+        for i, (v, lv) in enumerate(parts):
+            if lv is not None and lv == ti.factor_levels[v][0]:
+                out = dict(expand(parts[:i] + parts[i + 1 :], lab))
+                for m in ti.factor_levels[v][1:]:
+                    sub = expand(parts[:i] + [(v, m)] + parts[i + 1 :], lab)
+                    for k, c in sub.items():
+                        out[k] = out.get(k, 0.0) - c
+                return out
+        raise NotImplementedError(
+            f"anova(type=3): term {lab!r} needs the column {name!r} of its marginal terms in X "
+            "(lmerTest projects it with ginv(X)); add the marginal terms"
+        )
+
     for lab, tv in zip(ti.labels, ti.term_vars, strict=True):
         facs = [v for v in tv if v in ti.factor_levels]
         per_term[lab] = []
         for combo in itertools.product(*(ti.factor_levels[f] for f in facs)):
             level = dict(zip(facs, combo, strict=True))
-            # Π_f 1[f = l_f] with 1[f = base] = 1 − Σ_{m ≠ base} 1[f = m]
-            expansions: list[list[tuple[str | None, float]]] = []
-            for f in facs:
-                lv = ti.factor_levels[f]
-                if level[f] != lv[0]:
-                    expansions.append([(level[f], 1.0)])
-                else:
-                    expansions.append([(None, 1.0)] + [(m, -1.0) for m in lv[1:]])
             col = np.zeros(len(ti.x_names))
-            for pick in itertools.product(*expansions):
-                coef = float(np.prod([c for _, c in pick]))
-                chosen = {f: m for f, (m, _) in zip(facs, pick, strict=True) if m is not None}
-                parts = [
-                    (v + chosen[v]) if v in chosen else v
-                    for v in tv
-                    if v not in facs or v in chosen
-                ]
-                name = ":".join(parts) if parts else "(Intercept)"
-                if name not in index:
-                    raise NotImplementedError(
-                        f"anova(type=3): term {lab!r} needs the column {name!r} of its marginal "
-                        "terms in X (lmerTest projects it with ginv(X)); add the marginal terms"
-                    )
-                col[index[name]] += coef
+            for k, c in expand([(v, level.get(v)) for v in tv], lab).items():
+                col[index[k]] += c
             per_term[lab].append(len(columns))
             columns.append(col)
             names.append(":".join(v + level[v] if v in level else v for v in tv))
