@@ -12,7 +12,7 @@ import pytest
 
 import mixbridge
 from mixbridge.conformance.tolerance import INFERENCE_AT_THETA, INFERENCE_FITTED
-from mixbridge.inference.coef_table import coef_table_at
+from mixbridge.inference.coef_table import anova_at, coef_table_at
 from tests.r_helpers import r_call
 
 R_COEF = """
@@ -157,7 +157,8 @@ R_ANOVA = """
 function(d, f, type, ddf) {
   m <- lmerTest::lmer(as.formula(f), d)
   a <- lmerTest:::anova.lmerModLmerTest(m, type = type, ddf = ddf)
-  list(table = as.data.frame(a), names = rownames(a))
+  list(table = as.data.frame(a), names = rownames(a),
+       theta = unname(lme4::getME(m, "theta")), sigma = sigma(m))
 }
 """
 
@@ -197,6 +198,17 @@ def test_anova_vs_lmertest(request, r_dataset, name, package, formula, type_, dd
     for col, key in checks.items():
         for term in ours.index:
             a, b = float(ours.loc[term, col]), float(ref.loc[term, col])
+            assert abs(a - b) <= tol[key].bound(b), (term, col, a, b, tol[key].reason)
+    # optimizer-free: our F tests at lme4's own (θ, σ)
+    at = anova_at(
+        formula, data, theta=np.atleast_1d(res["theta"]), sigma=float(np.ravel(res["sigma"])[0]),
+        type=type_, ddf=ddf.lower(),
+    )  # fmt: skip
+    tol = INFERENCE_AT_THETA
+    checks["den_df"] = "df_kr" if ddf == "Kenward-Roger" else "df"
+    for col, key in checks.items():
+        for term in at.index:
+            a, b = float(at.loc[term, col]), float(ref.loc[term, col])
             assert abs(a - b) <= tol[key].bound(b), (term, col, a, b, tol[key].reason)
 
 

@@ -105,13 +105,48 @@ def coef_table_at(
     """The Python engine's coefficient table at given (θ, σ), without optimizing: β and vcov(β)
     are lme4's at that θ, the df are computed there (the optimizer-free check against lmerTest
     at lme4's own parameters, as `lmer_objective` is for the criterion)."""
+    tests, point = _tests_at(formula, data, theta, sigma, reml, weights, offset)
+    method = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
+    return tests(point, "coef_table", method, None)[COLUMNS]
+
+
+def anova_at(
+    formula: str,
+    data: object,
+    *,
+    theta: object,
+    sigma: float,
+    reml: bool = True,
+    type: object = 3,  # noqa: A002 - lmerTest's argument name
+    ddf: str = "satterthwaite",
+    weights: object = None,
+    offset: object = None,
+) -> pd.DataFrame:
+    """lmerTest's anova() table at given (θ, σ), without optimizing (see `coef_table_at`)."""
+    from mixbridge.inference.term_anova import COLUMNS as ANOVA_COLUMNS
+    from mixbridge.inference.term_anova import check_type
+
+    tests, point = _tests_at(formula, data, theta, sigma, reml, weights, offset)
+    method = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
+    return tests(point, "anova", method, check_type(type))[ANOVA_COLUMNS]
+
+
+def _tests_at(
+    formula: str,
+    data: object,
+    theta: object,
+    sigma: float,
+    reml: bool,
+    weights: object,
+    offset: object,
+) -> tuple[object, object]:
     from mixbridge.inference.python_tests import PythonTests
+    from mixbridge.inference.term_anova import fixed_terms_info
     from mixbridge.inference.varpar import LmerDevianceModel
     from mixbridge.python_impl.lmer_devfun import LmerDevfun
     from mixbridge.python_impl.pls import blas_single_thread
     from mixbridge.python_impl.spec import check_lmer_terms, mixed_terms
 
-    method = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
     terms = mixed_terms(formula, data, weights=weights, offset=offset, model="lmer")
     check_lmer_terms(terms)
     with blas_single_thread():
@@ -119,16 +154,20 @@ def coef_table_at(
         th = devfun.check_theta(theta)
         st = devfun.state(th)
         vcov = float(sigma) ** 2 * devfun.pred.rx_inverse()
-        names = list(terms.x_names)
-        point = _FitPoint(
-            theta=th,
-            sigma=float(sigma),
-            reml=bool(reml),
-            fixef=pd.Series(st.beta, index=names),
-            vcov=pd.DataFrame((vcov + vcov.T) / 2.0, index=names, columns=names),
-        )
-        tests = PythonTests(LmerDevianceModel(devfun), kenward_roger=_kr_builder(devfun))
-        return tests(point, "coef_table", method, None)[COLUMNS]
+    names = list(terms.x_names)
+    point = _FitPoint(
+        theta=th,
+        sigma=float(sigma),
+        reml=bool(reml),
+        fixef=pd.Series(st.beta, index=names),
+        vcov=pd.DataFrame((vcov + vcov.T) / 2.0, index=names, columns=names),
+    )
+    tests = PythonTests(
+        LmerDevianceModel(devfun),
+        kenward_roger=_kr_builder(devfun),
+        terms_info=lambda: fixed_terms_info(terms),
+    )
+    return tests, point
 
 
 def _kr_builder(devfun: object) -> object:
