@@ -68,7 +68,7 @@ MAX_EVALS = 20_000  # per scipy run; lme4's allFit gives each optimizer maxfun =
 _TIGHT_PIRLS = {"tol_pwrss": 1e-12}
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (θ and fixef are arrays)
 class Optimum:
     """One optimizer's optimum, scored by the deviance functions."""
 
@@ -445,11 +445,13 @@ def _verdict(fit: MixedFit, optima: list[Optimum], notes: list[str]) -> AllfitRe
     fit_gap, fit_est = _fit_point(fit, usable, best)
     fit_at_best = bool(np.isfinite(fit_gap) and agrees(fit_gap, fit_est))
     n_agree = sum(bool(o.agrees) for o in usable)
+    failed = [o.optimizer for o in optima if o not in usable]
+    failed_txt = f" ({', '.join(failed)} failed: see messages)" if failed else ""
     if n_agree == len(usable):
         kind = "false alarm"
         est = max((estimate_spread[label.get(n, n)] / unit[n] for n in names), default=0.0)
         verdict = (
-            f"false alarm: all {len(usable)} optima agree to {spread:.2g} in deviance "
+            f"false alarm: all {len(usable)} optima{failed_txt} agree to {spread:.2g} in deviance "
             f"(tolerance {tol.deviance:g}) and in the estimates to {est:.2g} of their "
             f"tolerance (fixef {tol.fixef_se:g} SE, θ {tol.theta:g}); the fit's estimates "
             "can be used"
@@ -464,7 +466,8 @@ def _verdict(fit: MixedFit, optima: list[Optimum], notes: list[str]) -> AllfitRe
         verdict = (
             f"real: optimizers disagree by {spread:.3g} in deviance (tolerance {tol.deviance:g}); "
             f"the best optimum is {where} at criterion {best.criterion:.6f}, θ = [{theta_txt}], "
-            f"{fixef_txt}; {n_agree} of {len(usable)} optima agree with it; these estimates "
+            f"{fixef_txt}; {n_agree} of {len(usable)} optima{failed_txt} agree with it; these "
+            "estimates "
             f"move: {moved}. "
         )
         if fit_at_best:
