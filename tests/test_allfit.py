@@ -102,6 +102,7 @@ def test_badly_scaled_glmer_is_real_as_lme4_allfit(cbpp_scaled):
         fit = mixbridge.glmer(CBPP, cbpp_scaled, family="binomial", engine="r")
     assert not fit.converged
     assert ALLFIT_POINTER in fit.summary() and ALLFIT_POINTER in str(fit)
+    assert ALLFIT_POINTER in fit._repr_html_()
     res = mixbridge.allfit(fit, python_optimizers=["Nelder-Mead"])
     assert res.reference == "r"
     worst = _check_against_lme4(res, _lme4_allfit(cbpp_scaled, CBPP, "binomial"))
@@ -119,9 +120,14 @@ def test_badly_scaled_glmer_is_real_as_lme4_allfit(cbpp_scaled):
     assert py.criterion - res.best.criterion <= ALLFIT_TOLERANCES.deviance
 
 
-def test_summary_without_convergence_warning_has_no_pointer(r_dataset):
+def test_summary_points_at_allfit_on_convergence_warnings(r_dataset, cbpp_scaled):
     fit = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", r_dataset("sleepstudy"))
     assert ALLFIT_POINTER not in fit.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warned = mixbridge.glmer(CBPP, cbpp_scaled, family="binomial")
+    assert any(m.code == "convergence" for m in warned.messages)
+    assert sum(ALLFIT_POINTER in line for line in str(warned).splitlines()) == 1
 
 
 def test_bad_arguments(r_dataset):
