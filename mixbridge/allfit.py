@@ -159,7 +159,9 @@ def allfit(
 
     engines: ("python", "r") by default: R's rows when R is available (a note says when it is
     not; an R-engine fit needs R). python_optimizers: a subset of PYTHON_OPTIMIZERS.
-    transport, timeout: for the R call (as in `mixbridge.lmer`).
+    transport, timeout: for the R call (as in `mixbridge.lmer`). The refits use each engine's
+    default settings (a `control=` of the fit is not carried over; lme4::allFit sets each
+    optimizer's evaluation limit to 1e5).
     """
     from mixbridge.results import MixedFit
 
@@ -169,6 +171,13 @@ def allfit(
     if call is None:
         raise ArgumentError(
             "allfit needs a fit made by mixbridge.lmer or mixbridge.glmer (fit.call is None)",
+            "fit",
+        )
+    from mixbridge.data_input import is_dask
+
+    if is_dask(call.data):
+        raise ArgumentError(
+            "allfit refits the model in memory: fit it on a pandas DataFrame (data.compute())",
             "fit",
         )
     if call.model == "glmer" and call.nagq == 0:
