@@ -178,3 +178,13 @@ def test_grouseticks_three_terms_real(r_dataset):
     rows = {o.optimizer: o for o in res.optima}
     assert rows["lme4 nlminbwrap"].criterion - res.best.criterion > 0.1  # about 0.48 above
     assert not rows["lme4 nlminbwrap"].agrees
+
+
+@pytest.mark.slow
+def test_r_fit_allfit_through_the_subprocess_transport(r_dataset):
+    s = r_dataset("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    fit = mixbridge.lmer(formula, s, engine="r", transport="subprocess")
+    res = fit.allfit(python_optimizers=[], transport="subprocess")
+    assert res.reference == "r" and res.kind == "false alarm", res.verdict
+    _check_against_lme4(res, _lme4_allfit(s, formula))
