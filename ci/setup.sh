@@ -13,9 +13,9 @@ set -euo pipefail
 MIXBRIDGE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MIXBRIDGE_VENV:-$MIXBRIDGE_ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-R_PACKAGES_DEB="r-base-core r-base-dev r-cran-lme4 r-cran-arm r-cran-jsonlite r-cran-broom.mixed r-cran-emmeans r-cran-lmertest"
+R_PACKAGES_DEB="r-base-core r-base-dev r-cran-lme4 r-cran-arm r-cran-jsonlite r-cran-broom.mixed r-cran-emmeans r-cran-lmertest r-cran-pbkrtest"
 # the R packages those provide (checked before apt runs; named in the hints when missing)
-R_PACKAGES="lme4 arm Matrix jsonlite broom.mixed emmeans lmerTest"
+R_PACKAGES="lme4 arm Matrix jsonlite broom.mixed emmeans lmerTest pbkrtest"
 BROWSER_PACKAGES_DEB="chromium"
 # pip extras: the test tools and the peers (glmm, mixedlm) the conformance tests certify; part of
 # the stamp, so an existing venv re-installs when this list changes
@@ -48,7 +48,7 @@ install_r() {
         if ! command -v Rscript >/dev/null 2>&1; then
             say "R was not found and apt is not usable here."
             say "Install R >= 4.1 (https://cloud.r-project.org or conda install -c conda-forge r-base),"
-            say "then in R: install.packages(c('lme4', 'arm', 'jsonlite', 'broom.mixed', 'emmeans', 'lmerTest'))"
+            say "then in R: install.packages(c('lme4', 'arm', 'jsonlite', 'broom.mixed', 'emmeans', 'lmerTest', 'pbkrtest'))"
         else
             missing=$(Rscript --vanilla -e 'p <- commandArgs(TRUE); cat(p[!vapply(p, requireNamespace, logical(1), quietly=TRUE)])' $R_PACKAGES 2>/dev/null || true)
             say "R is at $(command -v Rscript) but these R packages are missing: ${missing:-unknown}"

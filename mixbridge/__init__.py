@@ -29,11 +29,20 @@ __version__ = "0.1.0"
 
 
 @named_arguments
-def compare(a, b, tolerance=None):
-    """Compare two fits of the same model; see `mixbridge.conformance.compare`."""
+def compare(a, b, tolerance=None, *, tests=False):
+    """Compare two fits of the same model; see `mixbridge.conformance.compare` (`tests=True`:
+    also the Satterthwaite coefficient tests: df, statistic, p_value)."""
     from mixbridge.conformance.compare import compare as _compare
 
-    return _compare(a, b, tolerance=tolerance)
+    return _compare(a, b, tolerance=tolerance, tests=tests)
+
+
+def anova(*fits, refit=True, names=None):
+    """Likelihood-ratio tests between nested models (lme4's anova.merMod); see
+    `mixbridge.inference.lrt.anova`."""
+    from mixbridge.inference.lrt import anova as _anova
+
+    return _anova(*fits, refit=refit, names=names)
 
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "RWarning",
     "allfit",
     "bayesglm",
+    "anova",
     "compare",
     "glmer",
     "glmer_objective",

@@ -117,11 +117,18 @@ def glmer(
     family = check_family_name(family, "glmer")
     nagq = check_nagq(nagq)
     ctrl = check_control("glmer", control, _engine_name(engine))
-    data, weights, offset = _inputs(data, formula, weights, offset)
-    frame = check_inputs(
-        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
-    )
-    fit = engines.get(engine).glmer(
+    if is_dask(data):
+        impl = _dask_engine(engine)
+        check_dask_inputs("glmer", formula, data, weights=weights, offset=offset)
+        prepared: dict[str, Any] = {}
+    else:
+        data, weights, offset = _inputs(data, formula, weights, offset)
+        frame = check_inputs(
+            "glmer", formula, data, weights=weights, offset=offset, family=family, link=link,
+            nagq=nagq,
+        )  # fmt: skip
+        impl, prepared = engines.get(engine), _prepared(engine, frame)
+    fit = impl.glmer(
         formula,
         data,
         family=family,
@@ -131,7 +138,7 @@ def glmer(
         offset=offset,
         control=ctrl,
         **_r_options(engine, transport, timeout),
-        **_prepared(engine, frame),
+        **prepared,
     )
     fit.call = FitCall(
         "glmer", formula, data, reml=False, family=family, link=link, nagq=int(nagq),

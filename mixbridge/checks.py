@@ -70,7 +70,7 @@ def check_inputs(
     if not isinstance(data, pd.DataFrame):
         kind = type(data).__name__
         if is_dask(data):
-            kind = f"a Dask {kind} (accepted by lmer() only, for a single (1 | g) term)"
+            kind = f"a Dask {kind} (accepted by lmer() and glmer() only, for a single (1 | g) term)"
         raise DataError(
             f"data must be a DataFrame (pandas, polars, a pyarrow Table or any frame narwhals "
             f"supports), got {kind}",
@@ -105,7 +105,7 @@ def check_inputs(
                 f"cbind() response {name!r} is only for the binomial family, not {fam!r}",
                 column=name,
             )
-    y, _, _ = frame.response()
+    y, _, _ = frame.response(shared_unit_weights=True)  # y only: no n-vector of ones
     _check_response_range(y, fam, name)
     if model in ("lmer", "glmer"):
         check_response_spread(float(np.min(y)), float(np.max(y)), n, name, model)
@@ -126,10 +126,10 @@ def check_dask_inputs(
     values themselves partition by partition, with the same rules as `check_inputs`."""
     from mixbridge.formula.validate import validate_formula
 
-    if model != "lmer":
+    if model not in ("lmer", "glmer"):
         raise DataError(
             f"data must be a pandas DataFrame for {model}, got a Dask {type(data).__name__} "
-            "(accepted by lmer() only, for a single (1 | g) term)",
+            "(accepted by lmer() and glmer() only, for a single (1 | g) term)",
             column=None,
         )
     if not isinstance(formula, str):
@@ -317,7 +317,7 @@ def _check_finite_variables(frame: Any) -> None:
     from mixbridge.formula.evaluate import Numeric
 
     for name, v in _variables(frame):
-        if isinstance(v, Numeric):
+        if isinstance(v, Numeric) and not v.all_finite():  # the sum na.omit already took
             check_finite_values(v.values, name)
 
 

@@ -26,9 +26,12 @@ from mixbridge.bridge import locate
 from mixbridge.errors import RNotAvailableError
 
 _R_PACKAGES = ("lme4", "Matrix", "arm", "jsonlite")
+# the R engine's tests and df (fit.coef_table / fit.anova): reported, not required to fit
+_R_INFERENCE_PACKAGES = ("lmerTest", "pbkrtest")
 _R_VERSIONS = (
     "cat('mixbridge-versions', paste(R.version$major, R.version$minor, sep = '.'));"
-    f"for (p in c({', '.join(repr(p) for p in _R_PACKAGES)})) cat(' ', p, '=',"
+    f"for (p in c({', '.join(repr(p) for p in _R_PACKAGES + _R_INFERENCE_PACKAGES)}))"
+    " cat(' ', p, '=',"
     " tryCatch(as.character(packageVersion(p)), error = function(e) 'missing'), sep = '')"
 )
 _PROBE_TIMEOUT = 300.0
@@ -111,6 +114,8 @@ def _r_info(rep: Report) -> tuple[str | None, dict[str, str]]:
     missing = [p for p in _R_PACKAGES if versions.get(p) == "missing"]
     for p in _R_PACKAGES:
         rep.row(f"R package {p}", versions.get(p, "?"))
+    for p in _R_INFERENCE_PACKAGES:
+        rep.row(f"R package {p} (tests, df)", versions.get(p, "?"))
     if missing:
         rep.fix(f"R packages missing: {', '.join(missing)}", locate.install_packages_hint(missing))
     return rscript, versions

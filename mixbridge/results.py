@@ -255,16 +255,26 @@ class FitMethods:
       glmer: θ, β); `control` only if the engine can evaluate it with other settings.
     - `predict(newdata, re_form=, allow_new_levels=, type=) -> ndarray`: predict.merMod.
     - `simulate(nsim, seed) -> ndarray` (n x nsim): simulate.merMod.
+    - `confint(method=, level=, parm=, nsim=, seed=) -> DataFrame`: the engine's own
+      confint.merMod (None: mixbridge.inference computes it from the fit's call).
+
+    - `tests(fit, kind, ddf, type) -> DataFrame`: lmer's t and F tests with Satterthwaite or
+      Kenward-Roger df (kind "coef_table" or "anova"; `mixbridge.inference`).
 
     None: the engine does not offer it (the MixedFit method then says so)."""
 
     objective: Callable[..., float] | None = None
     predict: Callable[..., np.ndarray] | None = None
     simulate: Callable[..., np.ndarray] | None = None
+    tests: Callable[..., pd.DataFrame] | None = None
+    confint: Callable[..., pd.DataFrame] | None = None
 
     def __bool__(self) -> bool:
         """True when the engine attached any function."""
-        return any(fn is not None for fn in (self.objective, self.predict, self.simulate))
+        return any(
+            fn is not None
+            for fn in (self.objective, self.predict, self.simulate, self.tests, self.confint)
+        )
 
 
 @dataclass(repr=False)
@@ -364,10 +374,18 @@ class MixedFit(DeferredFields):
         objective: Callable[..., float] | None = None,
         predict: Callable[..., np.ndarray] | None = None,
         simulate: Callable[..., np.ndarray] | None = None,
+        tests: Callable[..., pd.DataFrame] | None = None,
+        confint: Callable[..., pd.DataFrame] | None = None,
     ) -> MixedFit:
-        """Attach the engine's objective, predict and/or simulate (see `FitMethods`); the ones
-        not given stay as they are. Returns the fit."""
-        given = {"objective": objective, "predict": predict, "simulate": simulate}
+        """Attach the engine's objective, predict, simulate, tests and/or confint (see
+        `FitMethods`); the ones not given stay as they are. Returns the fit."""
+        given = {
+            "objective": objective,
+            "predict": predict,
+            "simulate": simulate,
+            "tests": tests,
+            "confint": confint,
+        }
         self.methods = replace(self.methods, **{k: v for k, v in given.items() if v is not None})
         return self
 
@@ -430,8 +448,45 @@ class MixedFit(DeferredFields):
         return self.methods.simulate(nsim, seed)
 
     def summary(self) -> str:
-        """A text summary in lme4's print layout."""
+        """A text summary in lme4's print layout (lmer: lmerTest's, with Satterthwaite df and
+        p-values, when the engine computes them)."""
         return format_mixed_summary(self)
+
+    # -- tests and degrees of freedom (mixbridge.inference; lmerTest, pbkrtest) ---------------
+
+    def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """The fixed effects' tests as lmerTest's summary: columns estimate, std_error, df,
+        statistic, p_value. lmer `ddf`: "satterthwaite", "kenward-roger" (pbkrtest's adjusted
+        covariance and df) or "lme4" (t values; df and p NaN); glmer: Wald z tests."""
+        from mixbridge.inference.coef_table import coef_table
+
+        return coef_table(self, ddf=ddf)
+
+    def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
+        """lmerTest's anova(): one F test per fixed term (types 1, 2, 3), columns sum_sq,
+        mean_sq, num_df, den_df, f_value, p_value, rows named as R names the terms."""
+        from mixbridge.inference.term_anova import term_anova
+
+        return term_anova(self, type=type, ddf=ddf)
+
+    # -- inference: confidence intervals (mixbridge.inference.confint) --
+    def confint(
+        self,
+        method: str = "profile",
+        level: float = 0.95,
+        parm: Any = None,
+        nsim: int = 1000,
+        seed: int | None = None,
+        progress: bool | Callable[[int, int], None] | None = None,
+    ) -> pd.DataFrame:
+        """lme4's confint.merMod: columns lower, upper; rows .sig01, …, .sigma, fixed effects.
+        `method`: "wald", "profile" (lme4's profile, crossing solved exactly) or "boot"
+        (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`; `progress`: None
+        prints progress to stderr once a run takes over 5 s, True always, False never, or a
+        callable(done, total))."""
+        from mixbridge.inference.confint import confint
+
+        return confint(self, method, level, parm, nsim=nsim, seed=seed, progress=progress)
 
     def allfit(self, **options: Any) -> Any:
         """Refit with several optimizers and starts and judge a convergence warning:
@@ -590,11 +645,25 @@ def format_mixed_summary(fit: MixedFit) -> str:
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
     lines.append("")
     lines.append("Fixed effects:")
+    table = _satterthwaite_table(fit)
+    if table is not None:  # lmerTest's summary: df and p-values (Satterthwaite)
+        width = max([len(str(k)) for k in table.index] + [11])
+        lines.append(
+            f"{'':<{width}} {'Estimate':>10} {'Std. Error':>10} {'df':>9} {'t value':>8} "
+            f"{'Pr(>|t|)':>10}"
+        )
+        for name, row in table.iterrows():
+            lines.append(
+                f"{name:<{width}} {row['estimate']:10.5g} {row['std_error']:10.5g} "
+                f"{row['df']:9.3f} {row['statistic']:8.3f} {row['p_value']:10.3g}"
+            )
+        lines.append("(df: Satterthwaite's method, as lmerTest)")
     se = fit.fixef_se
     stat_name = "t value" if fit.model == "lmer" else "z value"
     width = max([len(str(k)) for k in fit.fixef.index] + [11])
-    lines.append(f"{'':<{width}} {'Estimate':>10} {'Std. Error':>10} {stat_name:>8}")
-    for name, est in fit.fixef.items():
+    if table is None:
+        lines.append(f"{'':<{width}} {'Estimate':>10} {'Std. Error':>10} {stat_name:>8}")
+    for name, est in fit.fixef.items() if table is None else ():
         lines.append(f"{name:<{width}} {est:10.5g} {se[name]:10.5g} {est / se[name]:8.3f}")
     if fit.singular:
         lines.append("optimizer: boundary (singular) fit: see help('isSingular')")
@@ -604,6 +673,19 @@ def format_mixed_summary(fit: MixedFit) -> str:
     if any(m.kind == "warning" and m.code == "convergence" for m in fit.messages):
         lines.append(ALLFIT_POINTER)
     return "\n".join(lines)
+
+
+def _satterthwaite_table(fit: MixedFit) -> pd.DataFrame | None:
+    """lmer's coefficient table with Satterthwaite df for the summary, when the engine offers
+    it (None otherwise, or when it cannot be computed: the summary then shows lme4's table)."""
+    if fit.model != "lmer" or fit.methods.tests is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fit.coef_table("satterthwaite")
+    except Exception:  # noqa: BLE001 - the summary must print whatever the tests do
+        return None
 
 
 # summary()/print of a fit with a convergence warning (mixbridge.allfit, issue 16)

@@ -252,5 +252,5 @@ def test_dask_input_checks_match_in_memory(small_ddf):
 
 def test_other_calls_name_the_dask_restriction(small_ddf):
     _, ddf = small_ddf
-    with pytest.raises(DataError, match="a Dask DataFrame.*accepted by lmer"):
-        mixbridge.glmer("y ~ x1 + (1|g)", ddf)
+    with pytest.raises(DataError, match="a Dask DataFrame.*accepted by lmer.. and glmer"):
+        mixbridge.bayesglm("y ~ x1", ddf)

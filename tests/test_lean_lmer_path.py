@@ -150,6 +150,42 @@ def test_scale_check_from_columns_matches_the_matrix_check():
     assert check_scale_x([None, big, binary], variances=np.var(np.c_[ones, big, binary], 0, ddof=1))
 
 
+def test_scale_check_from_means_and_variances_reads_only_what_it_must():
+    """With the columns' means (issue 15): a column whose mean and variance rule out values in
+    [0, 1] is not read; the verdict is the matrix check's for 0/1, [0, 1], tiny-sd and mixed
+    columns, including a [0, 1] column with a tiny sd (which must be read to tell)."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    cases = [
+        [None, rng.normal(size=n), rng.integers(0, 2, n).astype(float)],
+        [None, rng.uniform(size=n), rng.normal(0, 1e4, n)],
+        [None, 0.5 + rng.normal(0, 1e-5, n), rng.normal(size=n)],  # inside [0, 1], tiny sd
+        [None, rng.normal(size=n) * 1e-5 + 1e6, rng.integers(0, 2, n).astype(float)],
+        [None, np.where(rng.uniform(size=n) < 0.5, 0.0, 1.0), rng.uniform(size=n) * 1e-6],
+    ]
+    for cols in cases:
+        x = np.column_stack([np.ones(n) if c is None else c for c in cols])
+        var, mean = np.var(x, axis=0, ddof=1), x.mean(axis=0)
+        a = check_scale_x(x)
+        b = check_scale_x(cols, variances=var, means=mean)
+        assert (a is None) == (b is None), cols
+
+
+def test_og_fit_defers_its_per_row_and_per_level_fields():
+    """The O(G) path builds nothing per row or per level up front (issue 15): fitted,
+    residuals and the ranef frames are computed when first read, equal to Xβ + b[g] and y − that."""
+    df = _data()
+    fit = mixbridge.lmer("y ~ x1 + x2 + (1 | g)", df)
+    assert set(fit.deferred_fields()) == {"ranef", "fitted", "residuals"}
+    beta = fit.fixef.to_numpy()
+    b = fit.ranef["g"]["(Intercept)"]
+    expect = beta[0] + beta[1] * df["x1"] + beta[2] * df["x2"]
+    expect += b.loc[df["g"].astype(str)].to_numpy()
+    np.testing.assert_allclose(fit.residuals, df["y"] - expect, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fit.fitted, expect, rtol=1e-12)
+    assert fit.deferred_fields() == ()
+
+
 def test_gram_from_dot_products_and_its_fallback_agree_with_the_blocked_pass():
     rng = np.random.default_rng(5)
     n, G = 20_000, 300

@@ -321,6 +321,49 @@ def _predict_hook(
     return predict
 
 
+_R_DDF = {"satterthwaite": "Satterthwaite", "kenward-roger": "Kenward-Roger"}
+
+
+def _tests_hook(
+    transport: str,
+    fit_args: dict[str, Any],
+    columns: list[Column],
+    nrow: int,
+    fit_sexp: Any,
+    timeout: float | None = None,
+) -> Callable[..., pd.DataFrame]:
+    """fit.coef_table / fit.anova for an R fit: lmerTest (and pbkrtest) on the same merMod.
+
+    Embedded: on the merMod kept in R; subprocess: the (deterministic) fit is redone in the
+    worker Rscript, then tested."""
+
+    cache: dict[tuple[str, str, int], pd.DataFrame] = {}  # a fit's tables do not change
+
+    def tests(fit: Any, kind: str, ddf: str, type: int | None) -> pd.DataFrame:  # noqa: A002
+        targs = {"kind": kind, "ddf": _R_DDF[ddf], "type": int(type or 3)}
+        key = (kind, ddf, int(type or 3))
+        if key in cache:
+            return cache[key].copy()
+        if transport == "subprocess":
+            from mixbridge.bridge import subproc
+
+            args = {"fit_args": fit_args, "tests_args": targs}
+            res = subproc.call("mb_tests_refit", args, columns, nrow, timeout=timeout)
+        else:
+            from mixbridge.bridge import embedded
+
+            with embedded.LOCK:
+                res = embedded.call("mb_tests", fit_sexp, timeout=timeout, **targs)
+        value = build.check(res, "tests")
+        emit_warnings(build.messages(res))
+        names = [str(n) for n in np.atleast_1d(value.pop("names"))]
+        table = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in value.items()}
+        cache[key] = pd.DataFrame(table, index=pd.Index(names))
+        return cache[key].copy()
+
+    return tests
+
+
 # ---------------------------------------------------------------------------------------------
 # Engine protocol
 
@@ -351,6 +394,9 @@ def lmer(
         predict=_predict_hook(
             "lmer", transport, {**base, "control": ctrl}, columns, nrow, data, offset,
             value.get("fit"), timeout,
+        ),
+        tests=_tests_hook(
+            transport, {**base, "control": ctrl}, columns, nrow, value.get("fit"), timeout
         ),
     )  # fmt: skip
     _finish(fit, transport, note)

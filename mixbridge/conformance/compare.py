@@ -165,16 +165,19 @@ def compare(
     tolerance: Any = None,
     *,
     registry: list[div.Divergence] | None = None,
+    tests: bool = False,
 ) -> Comparison:
     """Compare fit `a` (candidate) with fit `b` (reference).
 
     `tolerance`: None (policy chosen from model and engines), a policy name from
     `mixbridge.conformance.tolerance.POLICIES`, a `Policy`, or {quantity: value} overrides.
     `registry`: known divergences (default: the packaged divergences.toml).
+    `tests`: lmer: also compare the Satterthwaite coefficient tests (rows df, statistic,
+    p_value; lmerTest on the R engine), when both engines compute them.
     """
     policy = policy_for(a, b, tolerance)
     if isinstance(a, MixedFit) and isinstance(b, MixedFit):
-        result = _compare_mixed(a, b, policy, registry)
+        result = _compare_mixed(a, b, policy, registry, tests=bool(tests))
     elif isinstance(a, BayesGLMFit) and isinstance(b, BayesGLMFit):
         result = _compare_bayesglm(a, b, policy, registry)
     elif {type(a), type(b)} == {BayesGLMFit, MixedFit}:
@@ -446,7 +449,11 @@ def _cross_objectives(a: MixedFit, b: MixedFit, policy: Policy) -> tuple[Row | N
 
 
 def _compare_mixed(
-    a: MixedFit, b: MixedFit, policy: Policy, registry: list[div.Divergence] | None
+    a: MixedFit,
+    b: MixedFit,
+    policy: Policy,
+    registry: list[div.Divergence] | None,
+    tests: bool = False,
 ) -> Comparison:
     model = a.model if a.model == b.model else f"{a.model}/{b.model}"
     notes: list[str] = []
@@ -504,6 +511,8 @@ def _compare_mixed(
     # sides: compare them on the scale (1e-3 σ)^2, not relative to ~0
     cv_floor = (1e-3 * sig) ** 2
     rows.append(_aligned("cond_var", cva, cvb, lambda k: max(cscale[k], cv_floor), t["cond_var"]))
+    if tests:
+        rows += _test_rows(a, b, t, notes)
     theta_row = next(r for r in rows if r.quantity == "theta") if a.model == "lmer" else None
     for r in rows:
         _judge(r, model, a, b, policy, flat, registry, theta_row)
@@ -513,6 +522,24 @@ def _compare_mixed(
         if not fit.converged:
             notes.append(f"{name} ({fit.engine}) reports converged=False")
     return Comparison(_label(a), _label(b), model, policy.name, rows, notes)
+
+
+def _test_rows(a: MixedFit, b: MixedFit, t: dict[str, Any], notes: list[str]) -> list[Row]:
+    """df, t statistics and p-values of the Satterthwaite coefficient tables (lmerTest's
+    summary), when both lmer fits' engines compute them and the policy has their tolerances."""
+    if not (a.model == b.model == "lmer" and a.methods.tests and b.methods.tests):
+        return []
+    if not all(q in t for q in ("df", "statistic", "p_value")):
+        return []
+    try:
+        ta, tb = a.coef_table(), b.coef_table()
+    except Exception as exc:  # noqa: BLE001 - a failing test table is a note, not a crash
+        notes.append(f"coefficient tests not compared: {type(exc).__name__}: {exc}")
+        return []
+    return [
+        _aligned(q, ta[q], tb[q], lambda k, q=q: abs(float(tb.loc[k, q])), t[q])
+        for q in ("df", "statistic", "p_value")
+    ]
 
 
 def _theta_scale(b: MixedFit) -> Any:

@@ -184,6 +184,60 @@ def gap_verdict(costs: list[GapCost], slack: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Tests and degrees of freedom (mixbridge.inference vs lmerTest / pbkrtest; issue 13)
+#
+# `INFERENCE_AT_THETA`: both sides evaluated at the same (θ, σ) (lme4's): only the arithmetic of
+# the df differs. `INFERENCE_FITTED`: each side at its own fit; the gap in θ (≤ 1e-4 rel under
+# the lmer policy, ~1e-6 seen) moves the df through the deviance's Hessian and the Jacobian of
+# vcov(β), so the df's tolerance is a multiple of θ's.
+
+INFERENCE_AT_THETA: dict[str, Tol] = {
+    "estimate": Tol("β at the same θ: GLS solves agree to rounding", rel=1e-9),
+    "std_error": Tol("SE at the same θ, σ: rounding of (R_X'R_X)⁻¹", rel=1e-9),
+    "df": Tol(
+        "Satterthwaite df: lmerTest differentiates the deviance with numDeriv (Richardson, "
+        "steps 1e-4·|x|), ours with an O(h¹⁰) Richardson ladder on the θ-pieces and σ "
+        "analytically; numDeriv's error reaches 8.4e-7 rel (sleepstudy with I(Days^2): "
+        "143.000120 where the exact df is 143, as pbkrtest's KR gives): 1e-5 rel",
+        rel=1e-5,
+    ),
+    "df_kr": Tol(
+        "Kenward–Roger df: pbkrtest's closed form with dense n×n algebra vs ours by Woodbury "
+        "identities: rounding only (2e-12 seen); 1e-8 rel",
+        rel=1e-8,
+    ),
+    "statistic": Tol("t = estimate/SE at the same θ: rounding", rel=1e-9),
+    "f_value": Tol(
+        "F statistics at the same θ: rounding (KR scaling carries the df's 1e-8)", rel=1e-8
+    ),
+    "p_value": Tol(
+        "p from t (or F) and df: its relative change is ≈ |t|·|Δt| + |∂log p/∂df|·Δdf; with "
+        "df at 1e-6 rel, 1e-5 rel (floor 1e-300: tiny p-values are compared relatively too)",
+        rel=1e-5,
+        floor=1e-300,
+    ),
+}
+
+INFERENCE_FITTED: dict[str, Tol] = {
+    "estimate": Tol("fixef within 1e-4 x max(|β|, SE) as the lmer policy", rel=1e-4),
+    "std_error": Tol("SEs 1e-4 rel as the lmer policy", rel=1e-4),
+    "df": Tol(
+        "df at each side's own θ: 10x θ's 1e-4 rel (the df's sensitivity to θ is O(1)–O(10) in "
+        "relative terms, like the lmer policy's DERIVED_FACTOR)",
+        rel=1e-3,
+    ),
+    "statistic": Tol("t = estimate/SE: the sum of their 1e-4 rel tolerances", rel=2e-4),
+    "f_value": Tol("F = t² (or a sum of them): twice the t tolerance", rel=4e-4),
+    "p_value": Tol(
+        "p moves by ≈ (|t|·Δt + |∂log p/∂df|·Δdf) rel: with t ≤ 30, Δt 2e-4 rel, Δdf 1e-3 rel "
+        "that is up to ~0.2 rel for tiny p; 0.2 rel, floor 1e-12 (below it p decides nothing)",
+        rel=0.2,
+        floor=1e-12,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # lmer: lme4_spec §5 ("estimates ~1e-5 relative; deviance function 1e-10") and the task's levels.
 
 _LMER = Policy(
@@ -225,6 +279,10 @@ _LMER = Policy(
             abs=1e-12,
         ),
         "cond_var": Tol("conditional variances 1e-4 rel (smooth in θ, σ)", rel=1e-4),
+        # coefficient tests with Satterthwaite df (when both engines compute them)
+        "df": INFERENCE_FITTED["df"],
+        "statistic": INFERENCE_FITTED["statistic"],
+        "p_value": INFERENCE_FITTED["p_value"],
     },
     flat_abs=1e-6,
     flat_rel=1e-10,
@@ -411,3 +469,56 @@ def _auto_policy(a: Any, b: Any) -> Policy:
     if not (is_first_party(a.engine) and is_first_party(b.engine)):
         return _THIRD_LMER
     return _LMER
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: interval bounds and likelihood-ratio tests (mixbridge.inference), per model.
+# Scales: a Wald bound's is |β| + its half-width z·SE; a profile bound's is the reference
+# interval's half-width; chisq/deviance are absolute (deviance units); p-values relative.
+
+INFERENCE_TOLS: dict[str, dict[str, Tol]] = {
+    "lmer": {
+        "wald": Tol(
+            "β̂ ± z·SE inherits the fits' agreement: fixef 1e-4 x max(|β|, SE) and SE 1e-4 rel",
+            rel=1e-4,
+        ),
+        "profile": Tol(
+            "lme4 inverts an interpolation spline through ~10-20 ζ points per side; we solve "
+            "for the crossing: lme4's spline error measured up to 2.3e-4 of the half-width "
+            "(Pastes), plus the ML refits' 1e-5: 1e-3 of the half-width",
+            rel=1e-3,
+        ),
+        "lrt_chisq": Tol(
+            "chisq = 2 Δ logLik of two ML fits, each logLik within 1e-6: 4e-6 absolute",
+            abs=4e-6,
+        ),
+        "lrt_p": Tol(
+            "p = P(χ²_df > chisq): its derivative (the χ² density, < 0.5 away from 0) times "
+            "chisq's 4e-6, relative 1e-4 for tiny p",
+            rel=1e-4,
+            abs=2e-6,
+        ),
+    },
+    "glmer": {
+        "wald": Tol(
+            "β̂ ± z·SE inherits the fits' agreement: fixef 1e-3 x max(|β|, SE), SE 5e-3 rel "
+            "(lme4's finite-difference Hessian)",
+            rel=5e-3,
+        ),
+        "profile": Tol(
+            "lme4's spline (1e-3 of the half-width, as lmer) plus lme4's Laplace deviance "
+            "carrying ~1e-3 of PIRLS staleness at each profiled point (ζ ≈ √(2Δ) moves "
+            "~1e-3/(2ζ)): 5e-3 of the half-width",
+            rel=5e-3,
+        ),
+        "lrt_chisq": Tol("chisq = 2 Δ logLik, each logLik within 1e-3: 4e-3 absolute", abs=4e-3),
+        "lrt_p": Tol("p from chisq within 4e-3: 2e-3 absolute, 1e-2 relative", rel=1e-2, abs=2e-3),
+    },
+}
+
+# Parametric bootstrap bounds cannot match R's random numbers: they are judged within their
+# Monte Carlo error. The percentile bound is a sample quantile q_α of nsim replicates, whose
+# standard error is sqrt(α(1 − α)/nsim)/f(q_α); with f estimated as a normal density with the
+# replicates' sd, SE ≈ sd·sqrt(α(1 − α)/nsim)/φ(z_α). Two independent runs differ by ≤
+# BOOT_MC_K·sqrt(SE_a² + SE_b²) with probability ~1 − 6e-5 per bound (normal tails, K = 4).
+BOOT_MC_K = 4.0

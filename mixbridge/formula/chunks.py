@@ -59,9 +59,12 @@ class Chunk:
 class ChunkedFormula:
     """See the module docstring."""
 
-    def __init__(self, formula: str, columns: list[str], dtypes: Mapping[str, Any]) -> None:
+    def __init__(
+        self, formula: str, columns: list[str], dtypes: Mapping[str, Any], model: str = "lmer"
+    ) -> None:
         self.formula = formula
-        tree = parse_and_validate(formula, columns, "lmer")
+        self.model = model  # "lmer" or "glmer": whose input rules apply (weights)
+        tree = parse_and_validate(formula, columns, model)
         fixed_rhs, bars = split_bars(tree.rhs)
         expanded = expand_bars(bars)
         ok = (
@@ -141,7 +144,7 @@ class ChunkedFormula:
         check_finite_values(off, "offset")  # the formula's offset() terms
         w = None if weights is None else rows[weights].to_numpy(dtype=float)
         if w is not None:
-            check_weight_values(w, "lmer", "weights", where="a partition's rows")
+            check_weight_values(w, self.model, "weights", where="a partition's rows")
         codes = pd.Categorical(rows[self.group], categories=self.group_values).codes
         if codes.size and codes.min() < 0:
             raise DataError(f"unexpected level of '{self.group}' in a partition", self.group)

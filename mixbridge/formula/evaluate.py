@@ -40,10 +40,25 @@ class Numeric:
     # an integer column that R receives as an integer vector (the bridge: ints within int32);
     # factor() labels it "100000" where a double gets "1e+05"
     integer: bool = False
+    # whether every value is finite (no NaN, no Inf), known after the first all_finite()
+    finite: bool | None = field(default=None, compare=False, repr=False)
 
     def na_mask(self) -> np.ndarray:
         v = self.values
         return np.isnan(v) if v.ndim == 1 else np.isnan(v).any(axis=1)
+
+    def all_finite(self) -> bool:
+        """No NaN and no Inf: one read pass (a finite sum), remembered, so that na.omit and
+        the finiteness check share it and the usual clean column costs no mask."""
+        if self.finite is None:
+            v = self.values
+            if v.dtype.kind in "iub":
+                self.finite = True
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    total = float(np.sum(v))
+                self.finite = bool(np.isfinite(total)) or bool(np.isfinite(v).all())
+        return self.finite
 
     def take(self, rows: np.ndarray) -> Numeric:
         return Numeric(self.values[rows], self.colnames, self.integer)
@@ -63,6 +78,8 @@ class Factor:
     ordered: bool = False
     kind: str = "factor"
     all_used: bool = False  # known to use every level (factor() of numbers): nothing to drop
+    # rows per level, when the coding counted them anyway (integer ids): the group sizes
+    counts: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def na_mask(self) -> np.ndarray:
         return self.codes < 0
@@ -471,7 +488,7 @@ def as_grouping_factor(val: Value) -> Factor:
     becomes a factor of the values present, as factor() in lme4's mkReTrms."""
     if isinstance(val, Factor):
         kind = "factor" if val.kind == "logical" else val.kind
-        return Factor(val.codes, val.levels, False, kind, val.all_used)
+        return Factor(val.codes, val.levels, False, kind, val.all_used, val.counts)
     return _as_factor(val)
 
 
@@ -501,7 +518,8 @@ def evaluate_grouping(node: Node, data: pd.DataFrame, state: Transforms) -> Valu
 
 def _integer_factor(ids: np.ndarray, lo: int, hi: int) -> Factor:
     offs = ids if lo == 0 else ids - lo
-    present = np.bincount(offs, minlength=hi - lo + 1) > 0
+    counts = np.bincount(offs, minlength=hi - lo + 1)
+    present = counts > 0
     n_used = int(np.count_nonzero(present))
     if n_used == hi - lo + 1:  # every id in [lo, hi] occurs: the codes are the offsets
         codes = offs.astype(np.int32, copy=False)
@@ -510,5 +528,6 @@ def _integer_factor(ids: np.ndarray, lo: int, hi: int) -> Factor:
         lookup = np.cumsum(present, dtype=np.int32) - 1
         codes = lookup[offs]
         values = np.flatnonzero(present) + lo
+        counts = counts[present]
     # labels as.character() gives R integers (plain digits), made only when read
-    return Factor(codes, IntegerLevels(values), False, "factor", all_used=True)
+    return Factor(codes, IntegerLevels(values), False, "factor", all_used=True, counts=counts)

@@ -100,6 +100,7 @@ class ReTerm:
     _group_nodes: tuple[Node, ...] = field(default=(), repr=False)
     _lhs: _Part | None = field(default=None, repr=False)
     _state: Transforms | None = field(default=None, repr=False)
+    counts: np.ndarray | None = field(default=None, repr=False)  # rows per level, if known
 
     @property
     def n_levels(self) -> int:
@@ -212,6 +213,11 @@ class MixedTerms(_Common):
         assert self._fixed is not None
         return list(self._fixed.design.names)
 
+    def fixed_layout(self) -> tuple[Any, Any]:
+        """(TermsInfo, Design) of the fixed part: R's terms and codings (lmerTest's anova)."""
+        assert self._fixed is not None
+        return self._fixed.info, self._fixed.design
+
     def fixed_factor_levels(self) -> dict[str, list[str]]:
         """The level labels of every factor of the fixed part, by variable name."""
         assert self._fixed is not None
@@ -274,8 +280,9 @@ def build_mixed_terms(
     columns = fixed.design.column_views(frame.fixed_values) if lazy_x else None
     x_gram = None
     if columns is not None:
-        _check_finite_columns(columns, names, "fixed-effects model matrix")
         x_gram = column_gram(columns, frame.n)
+        if not np.all(np.isfinite(x_gram)):  # finite X'X: finite columns (one pass for both)
+            _check_finite_columns(columns, names, "fixed-effects model matrix")
         if not clearly_full_rank_gram(x_gram, RANK_TOL):
             columns = x_gram = None  # the exact rank emulation needs X
     if columns is not None:
@@ -298,7 +305,7 @@ def build_mixed_terms(
                 code="rank_deficient",
             )
         )
-    y, n_trials, w = frame.response(shared_unit_weights=model == "lmer")
+    y, n_trials, w = frame.response(shared_unit_weights=lazy_x)  # read-only ones: no n-vector
     reterms = frame.reterms()
     return MixedTerms(
         formula=formula,
@@ -495,16 +502,17 @@ class ModelFrame:
         if n == 0:
             raise DataError("data has 0 rows")
         na = np.zeros(n, dtype=bool)
-        for v in self.resp:
-            na |= v.na_mask()
-        for v in self.fixed_all.values():
-            na |= v.na_mask()
+        for v in [*self.resp, *self.fixed_all.values()]:
+            if not (isinstance(v, Numeric) and v.all_finite()):  # a finite column has no NA
+                na |= v.na_mask()
         for vals in self.bar_values:
             for v in vals.values():
-                na |= v.na_mask()
+                if not (isinstance(v, Numeric) and v.all_finite()):
+                    na |= v.na_mask()
         for gs in self.group_values:
             for v in gs:
-                na |= v.na_mask()
+                if not (isinstance(v, Factor) and v.counts is not None):  # ids: no NA
+                    na |= v.na_mask()
         for arr in (self.weights_in, self.offset_in):
             if arr is not None:
                 na |= np.isnan(arr)
@@ -599,8 +607,9 @@ class ModelFrame:
         y = val.values
         if y.ndim != 1:
             raise DataError(f"response {name!r} must be a single column", column=name)
-        if not math.isfinite(float(np.sum(y))) and not np.isfinite(y).all():
-            raise DataError(f"response {name!r} has infinite values", column=name)
+        if not val.all_finite():  # the sum na.omit took (NaN rows are gone by now)
+            if not np.isfinite(y).all():
+                raise DataError(f"response {name!r} has infinite values", column=name)
         return np.asarray(y, dtype=float), None, w
 
     def group_factor(self, k: int) -> Factor:
@@ -637,6 +646,7 @@ class ModelFrame:
                     _group_nodes=bar.group,
                     _lhs=_Part(info, design, bst),
                     _state=self.state,
+                    counts=g.counts,
                 )
             )
         # lme4 mkReTrms: reorder only if some later term has more levels; ties then reverse

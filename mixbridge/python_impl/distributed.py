@@ -35,7 +35,7 @@ INSTALL_HINT = "pip install 'mixbridge[dask]'"
 RANK_TOL = 1e-7  # lme4's chkRank.drop.cols tolerance
 
 
-def _require_dask() -> Any:
+def require_dask() -> Any:
     try:
         import dask
         import dask.dataframe  # noqa: F401
@@ -46,7 +46,7 @@ def _require_dask() -> Any:
     return dask
 
 
-class _LevelTerm:
+class LevelTerm:
     """The labels of the single (1|g) term (`output.TermLabels`)."""
 
     def __init__(self, group: str, levels: list[str]) -> None:
@@ -70,7 +70,7 @@ def lmer_dask(
     or to the aggregates. `control`: `mixbridge.control`'s keys as for the O(G) path in memory
     (cond_var, boundary_tol, restart_edge, calc_derivs); a start or an evaluation limit belongs
     to the general optimizer and is refused."""
-    dask = _require_dask()
+    dask = require_dask()
     reml = check_flag(reml, "reml")
     settings = lmer_settings(control)
     if settings.needs_general_optimizer:
@@ -94,37 +94,25 @@ def lmer_dask(
     model = ChunkedFormula(formula, columns, dict(data.dtypes.items()))
     used = list(dict.fromkeys(model.used_columns + [c for c in (weights, offset) if c]))
 
-    # 1. small aggregates: global levels (computed on the workers, only the uniques come back)
+    # 1.-2. global levels and the template frame
     parts = data.to_delayed()
-    level_cols = [model.group, *model.factor_columns]
-    found = [dask.delayed(_partition_uniques)(p, used, level_cols) for p in parts]
-    uniques = _tree(dask, found, _union_uniques).compute()
-
-    # 2. the template frame: a few real rows, one row per level of each fixed-effect factor
-    clean = data[used].dropna()
-    head = clean.head(50, npartitions=1)
-    if len(head) == 0:  # the first partition is empty or all-NA: look further
-        head = clean.head(50, npartitions=-1)
-    if len(head) == 0:
-        raise DataError(f"no rows without missing values in the variables of {formula!r}")
-    factors = dict(zip(model.factor_columns, uniques[1:], strict=True))
-    model.set_levels(uniques[0], factors, head)
+    gather_levels(dask, data, model, used)
     intercept = model.x_names.index("(Intercept)") if "(Intercept)" in model.x_names else None
     wo = (weights, offset)
 
     # 3. one pass: map partitions to GroupStats, add them up in a tree
     shift = dask.delayed(_partition_shift)(parts[0], model, wo, intercept).compute()
     mapped = [dask.delayed(_partition_stats)(p, model, wo, shift, intercept) for p in parts]
-    full_stats, n_dropped, y_range = _tree(dask, mapped, _combine).compute()
+    full_stats, n_dropped, y_range = tree_reduce(dask, mapped, _combine).compute()
     if full_stats.n == 0:
         raise DataError(f"no rows without missing values in the variables of {formula!r}")
     check_response_spread(*y_range, full_stats.n, model.response_name, "lmer")
 
     # 4. lme4's rank check on the pooled Gram matrix, then the 1-D fit
     names_full = model.x_names
-    keep = _rank_keep_gram(full_stats.gram_unshifted(), RANK_TOL)
+    keep = rank_keep_gram(full_stats.gram_unshifted(), RANK_TOL)
     stats = full_stats.select(keep) if len(keep) < len(names_full) else full_stats
-    messages = _frame_messages(n_dropped, [n for j, n in enumerate(names_full) if j not in keep])
+    messages = frame_messages(n_dropped, [n for j, n in enumerate(names_full) if j not in keep])
     _check_dims(stats, model.group)
     res = scalar_ri_fit(stats, reml, settings.boundary_tol)
 
@@ -146,7 +134,7 @@ def lmer_dask(
         family="gaussian",
         link="identity",
         reml=reml,
-        reterms=[_LevelTerm(model.group, model.levels)],
+        reterms=[LevelTerm(model.group, model.levels)],
         x_names=[names_full[j] for j in keep],
         nobs=stats.n,
         theta=theta,
@@ -176,7 +164,25 @@ def lmer_dask(
     return fit
 
 
-def _frame_messages(n_dropped: int, dropped: list[str]) -> list[Message]:
+def gather_levels(dask: Any, data: Any, model: ChunkedFormula, used: list[str]) -> None:
+    """Steps 1 and 2: the levels of g and of every fixed-effect factor (computed on the
+    workers, only the uniques come back), then the template frame (a few real rows, one row
+    per level of each factor), installed in `model`."""
+    parts = data.to_delayed()
+    level_cols = [model.group, *model.factor_columns]
+    found = [dask.delayed(_partition_uniques)(p, used, level_cols) for p in parts]
+    uniques = tree_reduce(dask, found, _union_uniques).compute()
+    clean = data[used].dropna()
+    head = clean.head(50, npartitions=1)
+    if len(head) == 0:  # the first partition is empty or all-NA: look further
+        head = clean.head(50, npartitions=-1)
+    if len(head) == 0:
+        raise DataError(f"no rows without missing values in the variables of {model.formula!r}")
+    factors = dict(zip(model.factor_columns, uniques[1:], strict=True))
+    model.set_levels(uniques[0], factors, head)
+
+
+def frame_messages(n_dropped: int, dropped: list[str]) -> list[Message]:
     """na.omit's and the rank check's messages, as the in-memory model frame writes them."""
     messages: list[Message] = []
     if n_dropped:
@@ -216,7 +222,7 @@ def _check_dims(stats: GroupStats, group: str) -> None:
         raise DataError(f"{n} observations for {stats.p} fixed effects", group)
 
 
-def _rank_keep_gram(gram: np.ndarray, tol: float) -> list[int]:
+def rank_keep_gram(gram: np.ndarray, tol: float) -> list[int]:
     """lme4's left-to-right column dropping (R's qr with tol) from X'WX: a column goes when
     its norm after projection on the kept columns is below tol × its own norm."""
     keep: list[int] = []
@@ -274,7 +280,7 @@ def _union_uniques(a: list, b: list) -> list:
     ]
 
 
-def _tree(dask: Any, items: list, combine: Any) -> Any:
+def tree_reduce(dask: Any, items: list, combine: Any) -> Any:
     """Pairwise reduction of delayed values: every task result stays the size of one item."""
     while len(items) > 1:
         items = [

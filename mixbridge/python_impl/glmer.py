@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
 from mixbridge.python_impl import optimizers
 from mixbridge.python_impl.checkconv import (
@@ -74,6 +75,21 @@ def glmer(
 ) -> MixedFit:
     """Fit `glmer(formula, data, family, nAGQ = nagq)` (spec §3.4) and build the MixedFit.
     `frame`: the evaluated model frame from the input checks (None: evaluate here)."""
+    if is_dask(data):  # out of core: (1|g), canonical link, nAGQ = 1 (distributed_glmer)
+        from mixbridge.python_impl.distributed_glmer import glmer_dask
+
+        return glmer_dask(
+            formula, data, family=family, link=link, nagq=nagq, weights=weights, offset=offset,
+            control=control,
+        )  # fmt: skip
+    from mixbridge.python_impl.glmer_lean import try_glmer_lean  # (imports this module)
+
+    lean = try_glmer_lean(
+        formula, data, family=family, link=link, nagq=nagq, weights=weights, offset=offset,
+        control=control, frame=frame,
+    )  # fmt: skip
+    if lean is not None:  # big (1|g) data: the group-sum path in chunks (glmer_lean)
+        return lean
     spec = glmer_spec(
         formula,
         data,
@@ -207,7 +223,7 @@ def stage1(dev: Devfun, model: GlmerModel) -> OptSummary:
 # Building the result
 
 
-def _vcov_from_hessian(hess: np.ndarray, n_theta: int) -> np.ndarray | None:
+def vcov_from_hessian(hess: np.ndarray, n_theta: int) -> np.ndarray | None:
     """lme4's default glmer vcov: 2·[H⁻¹]_ββ, symmetrized; None if not positive definite."""
     try:
         hinv = np.linalg.inv(hess)
@@ -243,7 +259,7 @@ def _finish_stage2(
     doubts = optimum_doubts(grad, hess, x, lower, singular, settled=settled)
     converged = converged and not doubts
     messages += conv_msgs + doubts
-    vcov = _vcov_from_hessian(hess, nth)
+    vcov = vcov_from_hessian(hess, nth)
     fval = dev.stage2(x)  # lme4 re-evaluates at the optimum: the state below belongs to it
     state = dev.state
     vcov_rx = model.core.rx_inverse()

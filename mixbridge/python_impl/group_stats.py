@@ -215,11 +215,13 @@ def group_stats_columns(
     *,
     shift: tuple[np.ndarray, float] | None = None,
     x_gram: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
 ) -> GroupStats:
     """group_stats for X = [1, columns...] without ever building X: each block of rows is
     assembled from the 1-D columns in a small buffer, so memory stays at the inputs + O(G).
     `x_gram`: X'X (unshifted, X = [1, columns...]) when already computed, e.g. by the formula
-    layer's rank check; only the products with y are then computed."""
+    layer's rank check; only the products with y are then computed. `counts`: the rows per
+    group, when the id coding already counted them (one bincount fewer)."""
     cols = [np.asarray(c, dtype=float) for c in columns]
     y = np.asarray(y, dtype=float)
     n, p = y.shape[0], len(cols) + 1
@@ -244,7 +246,10 @@ def group_stats_columns(
     gi = np.asarray(codes).astype(np.intp, copy=False)
     if gi.dtype.kind not in "iu":
         raise TypeError("codes must be integers")
-    s = np.bincount(gi, minlength=n_groups).astype(float)
+    if counts is not None and len(counts) == n_groups:
+        s = np.asarray(counts, dtype=float)
+    else:
+        s = np.bincount(gi, minlength=n_groups).astype(float)
     raw = [np.bincount(gi, weights=c, minlength=n_groups) for c in [*cols, y]]
     shifts = np.append(x_shift[1:], y_shift)
     known = None if x_gram is None else np.asarray(x_gram, dtype=float)[1:, 1:]
@@ -387,6 +392,13 @@ def column_variances(stats: GroupStats) -> np.ndarray:
         return np.full(stats.XtX.shape[0], np.nan)
     totals = stats.SX.sum(axis=0)
     return np.maximum(np.diag(stats.XtX) - totals**2 / n, 0.0) / (n - 1)
+
+
+def column_means(stats: GroupStats) -> np.ndarray:
+    """Means of X's columns (unit weights) from the shifted sums, no data pass."""
+    if stats.n < 1:
+        return np.full(stats.XtX.shape[0], np.nan)
+    return stats.SX.sum(axis=0) / stats.n + stats.x_shift
 
 
 def _distinct(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ same group statistics (`distributed`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,8 +24,12 @@ import pandas as pd
 
 from mixbridge.data_input import is_dask
 from mixbridge.errors import ArgumentError
+from mixbridge.inference import kenward_roger
+from mixbridge.inference.python_tests import PythonTests
+from mixbridge.inference.term_anova import fixed_terms_info
+from mixbridge.inference.varpar import DevianceModel, LmerDevianceModel, ScalarDevianceModel
 from mixbridge.python_impl import optimizers
-from mixbridge.python_impl.group_stats import GroupStats, column_variances
+from mixbridge.python_impl.group_stats import GroupStats, column_means, column_variances
 from mixbridge.python_impl.lmer_devfun import LmerDevfun, scalar_start
 from mixbridge.python_impl.lmm_scalar import ScalarRIResult, scalar_ri_criterion, scalar_ri_fit
 from mixbridge.python_impl.optsummary import OptSummary
@@ -47,7 +51,7 @@ from mixbridge.python_impl.spec import (
     lmer_spec,
     mixed_terms,
 )
-from mixbridge.results import Message, MixedFit, emit_warnings
+from mixbridge.results import Deferred, Message, MixedFit, emit_warnings
 
 if TYPE_CHECKING:
     from mixbridge.formula.frames import MixedTerms, ModelFrame
@@ -158,6 +162,7 @@ def _fit_general(spec: LmerSpec, formula: str) -> MixedFit:
         fitted=fitted,
         opt=opt,
         objective=devfun,
+        deviance_model=LmerDevianceModel(devfun),
     )
 
 
@@ -210,11 +215,17 @@ def _fit_diagonal(spec: LmerSpec, core: DiagonalCore, formula: str) -> MixedFit:
     stats = core.group_stats(y, w)
     res = scalar_ri_fit(stats, spec.reml, spec.settings.boundary_tol)
     codes = np.asarray(terms.reterms[0].codes)
-    fitted = terms.x_times(res.beta)
-    for a in range(0, terms.n, _ROW_BLOCK):  # in blocks: no n-vector temporary for b[codes]
-        fitted[a : a + _ROW_BLOCK] += res.b[codes[a : a + _ROW_BLOCK]]
-    if offset is not None:
-        fitted += offset
+
+    def fitted() -> np.ndarray:
+        """Xβ + b[g] (+ offset), computed when fit.fitted or fit.residuals is first read: the
+        fit itself needs only the one pass over the rows for the group statistics."""
+        out = terms.x_times(res.beta)
+        for a in range(0, terms.n, _ROW_BLOCK):  # in blocks: no n-vector temporary for b[codes]
+            out[a : a + _ROW_BLOCK] += res.b[codes[a : a + _ROW_BLOCK]]
+        if offset is not None:
+            out += offset
+        return out
+
     return _lmer_fit(
         spec,
         formula,
@@ -229,7 +240,9 @@ def _fit_diagonal(spec: LmerSpec, core: DiagonalCore, formula: str) -> MixedFit:
         fitted=fitted,
         opt=res.opt_summary(),
         objective=group_stats_objective(stats, spec.reml),
+        deviance_model=ScalarDevianceModel(stats, spec.reml),
         x_variances=None if w is not None else column_variances(stats),  # unweighted sds
+        x_means=None if w is not None else column_means(stats),
     )
 
 
@@ -280,21 +293,23 @@ def _lmer_fit(
     cond_var: dict[str, np.ndarray],
     ml_deviance: float,
     reml_criterion: float,
-    fitted: np.ndarray,
+    fitted: np.ndarray | Callable[[], np.ndarray],
     opt: OptSummary,
     objective: Any,
     x_variances: np.ndarray | None = None,
+    x_means: np.ndarray | None = None,
+    deviance_model: DevianceModel | None = None,
 ) -> MixedFit:
     terms, reml = spec.terms, spec.reml
     reterms = list(terms.reterms)
     tks = lambda_blocks([t.p for t in reterms], theta)
     crit = reml_criterion if reml else ml_deviance
-    y = np.asarray(terms.y, dtype=float)
+    fitted_field, residuals_field = _row_fields(terms, fitted)
     vcov = sigma**2 * vcov_unscaled
     vcov = (vcov + vcov.T) / 2.0
     messages = [m for m in terms.messages if isinstance(m, Message)]
     x = terms.X if terms.x_built else terms.x_columns
-    scale_msg = check_scale_x(x, variances=x_variances)
+    scale_msg = check_scale_x(x, variances=x_variances, means=x_means)
     if scale_msg is not None:
         messages.append(scale_msg)
     messages += opt.messages
@@ -318,8 +333,8 @@ def _lmer_fit(
         df=len(terms.x_names) + theta.size + 1,
         deviance=float(ml_deviance),
         reml_criterion=float(reml_criterion) if reml else None,
-        fitted=fitted,
-        residuals=y - fitted,
+        fitted=fitted_field,
+        residuals=residuals_field,
         singular=bool(opt.singular),
         converged=bool(opt.converged),
         messages=messages,
@@ -348,6 +363,38 @@ def _lmer_fit(
         population,
         weights=None if terms.weights is None else np.asarray(terms.weights, float),
     )
-    return build_fit(
-        est, objective=objective_single_thread, predict=pred.predict, simulate=pred.simulate
+    fit = build_fit(
+        est,
+        objective=objective_single_thread,
+        predict=pred.predict,
+        simulate=pred.simulate,
+        lazy_ranef=callable(fitted),  # the O(G) path: nothing per row or per level up front
     )
+    if deviance_model is not None:
+        fit.attach(tests=python_tests(spec, deviance_model))
+    return fit
+
+
+def _row_fields(terms: MixedTerms, fitted: np.ndarray | Callable[[], np.ndarray]) -> tuple:
+    """fit.fitted and fit.residuals: values, or (fitted given as a function) `Deferred`s that
+    compute them when first read, residuals from the same fitted values."""
+    if not callable(fitted):
+        return fitted, np.asarray(terms.y, dtype=float) - fitted
+    lazy_fitted = Deferred(fitted, source="Xβ + Zb, computed when first read")
+
+    def residuals() -> np.ndarray:
+        return np.asarray(terms.y, dtype=float) - lazy_fitted.get()
+
+    return lazy_fitted, Deferred(residuals, source="y - fitted, computed when first read")
+
+
+def python_tests(spec: LmerSpec, model: DevianceModel) -> PythonTests:
+    """The fit's tests hook (Satterthwaite / Kenward-Roger, `mixbridge.inference`)."""
+    if isinstance(model, ScalarDevianceModel):
+        w = spec.terms.weights
+        weighted = w is not None and not np.all(np.asarray(w, float) == 1.0)
+        kr = kenward_roger.scalar_builder(model.stats, weighted)
+    else:
+        kr = kenward_roger.general_builder(model.devfun)
+    terms = spec.terms
+    return PythonTests(model, kenward_roger=kr, terms_info=lambda: fixed_terms_info(terms))

@@ -135,9 +135,31 @@ def _dcriterion_dphi(phi: float, stats: GroupStats, reml: bool) -> float:
     return dldL2 + dldRX2 + (stats.n - p) * dpwrss / ev.pwrss
 
 
+def scalar_ri_pieces(
+    theta: float, stats: GroupStats, reml: bool
+) -> tuple[float, float, float, np.ndarray]:
+    """(ldL2, ldRX2, pwrss, (R_X'R_X)⁻¹ on the original scale) at θ: the pieces of lmer's
+    deviance in (θ, σ) that lmerTest's Satterthwaite method differentiates."""
+    ev = _evaluate(abs(float(theta)), stats, reml)
+    res = _estimates(ev, stats, reml, False, True, [], 0)
+    return ev.ldL2, ev.ldRX2, ev.pwrss, res.vcov_unscaled
+
+
 def scalar_ri_criterion(theta: float, stats: GroupStats, reml: bool) -> float:
     """lme4's profiled deviance d(θ) (ML) or REML criterion d_R(θ) (spec §2.2)."""
     return _evaluate(abs(float(theta)), stats, reml).criterion
+
+
+def scalar_ri_profile_pieces(
+    theta: float, stats: GroupStats, full: bool = False
+) -> tuple[float, float, np.ndarray | None, np.ndarray | None]:
+    """(log|L_θ|², pwrss, β̂(θ), (R_X'R_X)⁻¹) at θ (the last two only when `full`): the PLS
+    pieces a profile of the ML deviance over (σ_b, σ) or β_j needs (mixbridge.inference)."""
+    ev = _evaluate(abs(float(theta)), stats, False)
+    if not full or ev.L is None:
+        return ev.ldL2, ev.pwrss, None, None
+    est = _estimates(ev, stats, False, False, True, [], 0)
+    return ev.ldL2, ev.pwrss, est.beta, est.vcov_unscaled
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class DiagonalCore:
         self._s = np.zeros(self.n_levels)
         self._rx: np.ndarray | None = None
         self._sx: np.ndarray | None = None
+        self.counts: np.ndarray | None = None  # rows per level when already counted
 
     @classmethod
     def from_terms(cls, terms: MixedTerms) -> DiagonalCore:
@@ -68,7 +69,11 @@ class DiagonalCore:
         if list(t.cnames) != ["(Intercept)"]:  # an intercept's Z is 1 by construction
             zcol = np.asarray(t.Z, dtype=float)[:, 0]
             zvals = None if np.all(zcol == 1.0) else zcol
-        return cls(None, np.asarray(t.codes), t.n_levels, zvals, group=t.group, terms=terms)
+        core = cls(None, np.asarray(t.codes), t.n_levels, zvals, group=t.group, terms=terms)
+        counts = getattr(t, "counts", None)
+        if counts is not None and len(counts) == t.n_levels:
+            core.counts = counts  # rows per level, counted by the id coding
+        return core
 
     @property
     def codes(self) -> np.ndarray:
@@ -123,8 +128,9 @@ class DiagonalCore:
             and (terms.x_columns[0] is None)
         ):
             return group_stats_columns(
-                terms.x_columns[1:], y, w, self._codes_given, self.n_levels, x_gram=terms.x_gram
-            )
+                terms.x_columns[1:], y, w, self._codes_given, self.n_levels, x_gram=terms.x_gram,
+                counts=self.counts,
+            )  # fmt: skip
         return group_stats(self.X, y, w, self._codes_given, self.n_levels)
 
     # -- factorization -----------------------------------------------------------------------

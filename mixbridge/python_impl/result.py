@@ -15,7 +15,7 @@ import pandas as pd
 
 from mixbridge.python_impl import output
 from mixbridge.python_impl.output import TermLabels
-from mixbridge.results import Message, MixedFit
+from mixbridge.results import Deferred, Message, MixedFit
 
 
 @dataclass
@@ -66,8 +66,10 @@ def build_fit(
     objective: Callable[..., float] | None = None,
     predict: Callable[..., np.ndarray] | None = None,
     simulate: Callable[..., np.ndarray] | None = None,
+    lazy_ranef: bool = False,
 ) -> MixedFit:
-    """The MixedFit of `est`, with the engine's methods attached."""
+    """The MixedFit of `est`, with the engine's methods attached. `lazy_ranef`: the ranef
+    frames (one labelled row per level) are built when first read (a `Deferred`)."""
     names = list(est.x_names)
     reterms = est.reterms
     gp = np.concatenate([[0], np.cumsum([t.n_levels * t.p for t in reterms])]).astype(int)
@@ -85,7 +87,11 @@ def build_fit(
         theta_names=output.theta_names(reterms),
         varcorr=output.varcorr_frame(reterms, est.lambda_blocks, est.sigma),
         sigma=1.0 if est.sigma is None else float(est.sigma),
-        ranef=output.ranef_frames(reterms, est.b, gp),
+        ranef=(
+            Deferred(lambda: output.ranef_frames(reterms, est.b, gp), source="ranef frames")
+            if lazy_ranef
+            else output.ranef_frames(reterms, est.b, gp)
+        ),
         cond_var=est.cond_var,
         loglik=lik["loglik"],
         df=int(est.df),

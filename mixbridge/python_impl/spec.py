@@ -356,12 +356,14 @@ def check_scale_x(
     x: np.ndarray | list[np.ndarray | None],
     kappa: float = 1e3,
     variances: np.ndarray | None = None,
+    means: np.ndarray | None = None,
 ) -> Message | None:
     """lme4's checkScaleX: warn when the non-0/1 columns of X have sds (or sd ratios) beyond
     kappa, which makes the optimization ill-conditioned.
 
     `x`: X, or its columns (None for the intercept). `variances`: the columns' sample variances
-    when already known (e.g. from the one-pass statistics)."""
+    when already known (e.g. from the one-pass statistics), with `means` their means: a column
+    whose mean and variance rule out values in [0, 1] is then not read at all."""
     if isinstance(x, list):
         n, p = next((len(c) for c in x if c is not None), 0), len(x)
         cols = [np.broadcast_to(1.0, (n,)) if c is None else np.asarray(c, float) for c in x]
@@ -371,9 +373,22 @@ def check_scale_x(
     if n < 2 or p == 0:
         return None
     if variances is not None:
-        lo = np.array([c[:1].min() if c.strides == (0,) else c.min() for c in cols])
-        hi = np.array([c[:1].max() if c.strides == (0,) else c.max() for c in cols])
         var = np.asarray(variances, dtype=float)
+        mean = None if means is None else np.asarray(means, dtype=float)
+
+        def could_be_in_unit_interval(j: int) -> bool:
+            # values in [0, 1] have their mean there and variance ≤ mean(1 − mean) ≤ 1/4
+            # (Bhatia–Davis; the sample variance carries n/(n − 1)): else no pass over the rows
+            if mean is None:
+                return True
+            m = mean[j]
+            return bool(-1e-12 <= m <= 1 + 1e-12 and var[j] <= (0.25 * n / (n - 1)) * 1.000001)
+
+        inside = [cols[j][:1] if cols[j].strides == (0,) else cols[j] for j in range(p)]
+        lo = np.array([c.min() if could_be_in_unit_interval(j) else -1.0 for j, c in
+                       enumerate(inside)])  # fmt: skip
+        hi = np.array([c.max() if could_be_in_unit_interval(j) else 2.0 for j, c in
+                       enumerate(inside)])  # fmt: skip
     else:
         lo, hi, var = column_summaries(x if not isinstance(x, list) else np.column_stack(cols))
     cont = np.ones(p, dtype=bool)

@@ -593,6 +593,48 @@ mb_ping <- function(data) {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Tests and degrees of freedom (issue 13): lmerTest's summary table and anova(), with
+# Satterthwaite's or Kenward-Roger's df (pbkrtest), on the fit itself (never refitted here).
+mb_tests <- function(fit, kind = "coef_table", ddf = "Satterthwaite", type = 3L) {
+  .mb_capture({
+    for (p in c("lmerTest", if (ddf == "Kenward-Roger") "pbkrtest")) {
+      if (!requireNamespace(p, quietly = TRUE)) {
+        stop(sprintf("R package %s is required for these tests (apt-get install r-cran-%s)",
+                     p, tolower(p)))
+      }
+    }
+    # lmerTest differentiates lme4's deviance function; rebuilt here from the merMod's own
+    # pieces (update() would re-evaluate the call, whose data live in another frame)
+    rt <- lme4::getME(fit, c("Zt", "theta", "Lambdat", "Lind", "lower", "flist", "cnms", "Gp"))
+    devfun <- lme4::mkLmerDevfun(stats::model.frame(fit), lme4::getME(fit, "X"), rt,
+                                 REML = lme4::isREML(fit), control = lme4::lmerControl())
+    m <- lmerTest:::as_lmerModLT(fit, devfun)
+    if (kind == "coef_table") {
+      tab <- stats::coef(lmerTest:::summary.lmerModLmerTest(m, ddf = ddf))
+      list(names = rownames(tab), estimate = unname(tab[, "Estimate"]),
+           std_error = unname(tab[, "Std. Error"]), df = unname(tab[, "df"]),
+           statistic = unname(tab[, "t value"]), p_value = unname(tab[, "Pr(>|t|)"]))
+    } else {
+      a <- lmerTest:::anova.lmerModLmerTest(m, type = as.integer(type), ddf = ddf)
+      list(names = rownames(a), sum_sq = a[["Sum Sq"]], mean_sq = a[["Mean Sq"]],
+           num_df = as.numeric(a[["NumDF"]]), den_df = a[["DenDF"]],
+           f_value = a[["F value"]], p_value = a[["Pr(>F)"]])
+    }
+  })
+}
+
+# Subprocess transport: refit (deterministic) in this process, then test.
+mb_tests_refit <- function(fit_args, data, tests_args = list()) {
+  fit_args$data <- data
+  fit_args$keep_fit <- TRUE
+  r <- do.call(mb_lmer, fit_args)
+  if (!r$ok) return(r)
+  tests_args$fit <- r$value$fit
+  t <- do.call(mb_tests, tests_args)
+  t$messages <- c(r$messages, t$messages)
+  t
+}
+
 # allFit (mixbridge.allfit): lme4's own optimizers on the same model, every optimum scored by
 # lme4's deviance function for that model (the one R fits' objective() evaluates).
 #
