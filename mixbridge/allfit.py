@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize as sopt
 
 from mixbridge.errors import ArgumentError, ConvergenceError, RNotAvailableError
 
@@ -302,6 +301,8 @@ class _PythonModel:
         return safe
 
     def optima(self, methods: Sequence[str]) -> list[Optimum]:
+        from scipy import optimize as sopt
+
         fit = self.fit
         engine_row = Optimum(
             optimizer=f"mixbridge ({fit.optimizer.get('name', 'default')})"
