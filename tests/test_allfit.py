@@ -8,10 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, note
 
 import mixbridge
 from mixbridge.allfit import ALLFIT_TOLERANCES, PYTHON_OPTIMIZERS
 from mixbridge.results import ALLFIT_POINTER
+from mixbridge.testing.strategies import grouped_data, profile_settings
 
 # lme4::allFit in R, each fit scored by update(m, devFunOnly = TRUE) (stage 2 for glmer)
 R_ALLFIT = """
@@ -188,3 +190,26 @@ def test_r_fit_allfit_through_the_subprocess_transport(r_dataset):
     res = fit.allfit(python_optimizers=[], transport="subprocess")
     assert res.reference == "r" and res.kind == "false alarm", res.verdict
     _check_against_lme4(res, _lme4_allfit(s, formula))
+
+
+@profile_settings(max_examples=6)
+@given(
+    d=grouped_data(
+        family="gaussian", weights=False, min_groups=5, max_groups=30, max_covariates=2,
+        max_rows=300, sd_ratio=(0.1, 10.0),
+    )
+)  # fmt: skip
+def test_property_python_engine_at_the_best_optimum(d):
+    """On generated grouped data the Python engine's own optimum is never measurably worse than
+    the best of the other optimizers, and the verdict follows from the table."""
+    note(d.describe())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = mixbridge.lmer(d.formula(), d.data, reml=False)
+    res = fit.allfit(engines=["python"], python_optimizers=["L-BFGS-B", "Nelder-Mead"])
+    note(str(res))
+    t = res.table
+    assert (t["gap"] >= 0).all() and t["gap"].min() == 0.0
+    assert res.fit_gap <= ALLFIT_TOLERANCES.deviance
+    assert (res.kind == "false alarm") == bool(t["agrees"].all())
+    assert res.verdict.startswith(res.kind)
