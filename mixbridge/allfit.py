@@ -263,8 +263,11 @@ class _PythonModel:
     def split(self, x: np.ndarray) -> tuple[np.ndarray, pd.Series]:
         nth = self.lower_theta.size
         if self.model == "lmer":
-            st = self.devfun.state(np.asarray(x, dtype=float))
-            return np.asarray(x, dtype=float), pd.Series(st.beta, index=self.names)
+            try:
+                beta = self.devfun.state(np.asarray(x, dtype=float)).beta
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                beta = np.full(len(self.names), np.nan)  # the PLS system fails there
+            return np.asarray(x, dtype=float), pd.Series(beta, index=self.names)
         return np.asarray(x[:nth], dtype=float), pd.Series(x[nth:], index=self.names)
 
     def params(self, theta: np.ndarray, fixef: pd.Series | None) -> np.ndarray:
@@ -274,12 +277,16 @@ class _PythonModel:
         return np.concatenate([theta, fixef.reindex(self.names).to_numpy(dtype=float)])
 
     def score(self, theta: np.ndarray, fixef: pd.Series | None) -> float:
-        """The Python engine's deviance function at an optimum (the fit's `objective`)."""
-        if self.model == "lmer":
-            return float(self.devfun(np.asarray(theta, dtype=float)))
-        if fixef is None or list(fixef.index) != self.names:
+        """The Python engine's deviance function at an optimum (the fit's `objective`); NaN
+        where it cannot be evaluated (the row then counts as failed)."""
+        try:
+            if self.model == "lmer":
+                return float(self.devfun(np.asarray(theta, dtype=float)))
+            if fixef is None or list(fixef.index) != self.names:
+                return float("nan")
+            return float(self.fit.objective(theta, fixef.to_numpy(dtype=float)))
+        except (ConvergenceError, np.linalg.LinAlgError, FloatingPointError, ValueError):
             return float("nan")
-        return float(self.fit.objective(theta, fixef.to_numpy(dtype=float)))
 
     def criterion_for_optimizers(self) -> Callable[[np.ndarray], float]:
         if self.model == "lmer":

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, note
+from hypothesis import assume, given, note
 
 import mixbridge
 from mixbridge.allfit import ALLFIT_TOLERANCES, PYTHON_OPTIMIZERS
@@ -201,7 +201,11 @@ def test_r_fit_allfit_through_the_subprocess_transport(r_dataset):
 )  # fmt: skip
 def test_property_python_engine_at_the_best_optimum(d):
     """On generated grouped data the Python engine's own optimum is never measurably worse than
-    the best of the other optimizers, and the verdict follows from the table."""
+    the best of the other optimizers, and the verdict follows from the table. Designs with
+    replicated groups only: on a handful of mostly single-row groups the ML deviance can fall
+    without bound as θ grows (n = 6, 5 groups: -10 at θ = 5e7, lme4 stops at 5e5 with
+    NLOPT_ROUNDOFF_LIMITED), where no optimum exists to agree on."""
+    assume(min(d.sizes) >= 2 and len(d.data) >= 4 * len(d.sizes))
     note(d.describe())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
