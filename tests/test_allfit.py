@@ -217,3 +217,23 @@ def test_property_python_engine_at_the_best_optimum(d):
     assert res.fit_gap <= ALLFIT_TOLERANCES.deviance
     assert (res.kind == "false alarm") == bool(t["agrees"].all())
     assert res.verdict.startswith(res.kind)
+
+
+@profile_settings(max_examples=4)
+@given(
+    d=grouped_data(
+        family="poisson", min_groups=5, max_groups=20, max_covariates=1, max_rows=200,
+        sd_ratio=(0.3, 3.0),
+    )
+)  # fmt: skip
+def test_property_glmer_python_engine_at_the_best_optimum(d):
+    """As for lmer, on generated Poisson grouped data (replicated groups)."""
+    assume(min(d.sizes) >= 2 and len(d.data) >= 4 * len(d.sizes))
+    note(d.describe())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = mixbridge.glmer(d.formula(), d.data, family="poisson")
+    res = fit.allfit(engines=["python"], python_optimizers=["L-BFGS-B"])
+    note(str(res))
+    assert res.fit_gap <= ALLFIT_TOLERANCES.deviance
+    assert (res.kind == "false alarm") == bool(res.table["agrees"].all())
