@@ -131,6 +131,17 @@ class AllfitResult:
             )
         return pd.DataFrame(rows)
 
+    def _repr_html_(self) -> str:
+        import html
+
+        cols = ["optimizer", "engine", "start", "criterion", "gap", "agrees", "converged"]
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (
+            f"<div><p><b>allfit</b> ({html.escape(self.reference)} deviance function)</p>"
+            f"{self.table[cols].to_html(index=False)}<p>{html.escape(self.verdict)}</p>"
+            f"{f'<ul>{notes}</ul>' if notes else ''}</div>"
+        )
+
     def __str__(self) -> str:
         with pd.option_context("display.width", 140, "display.max_colwidth", 40):
             shown = self.table[

@@ -69,6 +69,7 @@ def test_sleepstudy_python_optima_agree(r_dataset):
     assert table["gap"].max() <= ALLFIT_TOLERANCES.deviance
     assert table["criterion"].min() == pytest.approx(fit.criterion, abs=1e-8)
     assert not res.moves
+    assert res.verdict in str(res) and "scipy Powell" in res._repr_html_()
 
 
 def test_sleepstudy_false_alarm_matches_lme4_allfit(r_dataset):
