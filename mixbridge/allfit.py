@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize as sopt
 
 from mixbridge.errors import ArgumentError, ConvergenceError, RNotAvailableError
 
@@ -68,7 +67,7 @@ MAX_EVALS = 20_000  # per scipy run; lme4's allFit gives each optimizer maxfun =
 _TIGHT_PIRLS = {"tol_pwrss": 1e-12}
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (θ and fixef are arrays)
 class Optimum:
     """One optimizer's optimum, scored by the deviance functions."""
 
@@ -83,6 +82,7 @@ class Optimum:
     converged: bool = False
     messages: list[str] = field(default_factory=list)
     seconds: float = float("nan")
+    agrees: bool | None = None  # with the best optimum, within ALLFIT_TOLERANCES
 
 
 @dataclass
@@ -100,12 +100,14 @@ class AllfitResult:
     moves: dict[str, float]
     notes: list[str]
     fit_gap: float
+    fit_at_best: bool
     tolerances: AllfitTolerances = ALLFIT_TOLERANCES
 
     @property
     def table(self) -> pd.DataFrame:
         """One row per optimum: optimizer, engine, start, criterion (the fit engine's deviance
-        function), gap to the best, criterion_python, criterion_r, θ, fixef, converged,
+        function), gap to the best, criterion_python, criterion_r, θ, fixef, agrees (with the
+        best optimum, within ALLFIT_TOLERANCES), converged (the optimizer's own report),
         messages, seconds."""
         best = self.best.criterion
         rows = []
@@ -121,6 +123,7 @@ class AllfitResult:
                     "criterion_r": o.criterion_r,
                     "theta": None if o.theta is None else np.asarray(o.theta),
                     "fixef": None if o.fixef is None else o.fixef.to_dict(),
+                    "agrees": o.agrees,
                     "converged": o.converged,
                     "messages": "; ".join(o.messages),
                     "seconds": o.seconds,
@@ -128,9 +131,22 @@ class AllfitResult:
             )
         return pd.DataFrame(rows)
 
+    def _repr_html_(self) -> str:
+        import html
+
+        cols = ["optimizer", "engine", "start", "criterion", "gap", "agrees", "converged"]
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (
+            f"<div><p><b>allfit</b> ({html.escape(self.reference)} deviance function)</p>"
+            f"{self.table[cols].to_html(index=False)}<p>{html.escape(self.verdict)}</p>"
+            f"{f'<ul>{notes}</ul>' if notes else ''}</div>"
+        )
+
     def __str__(self) -> str:
         with pd.option_context("display.width", 140, "display.max_colwidth", 40):
-            shown = self.table[["optimizer", "engine", "start", "criterion", "gap", "converged"]]
+            shown = self.table[
+                ["optimizer", "engine", "start", "criterion", "gap", "agrees", "converged"]
+            ]
             lines = [f"allfit ({self.reference} deviance function)", shown.to_string(), ""]
         lines.append(self.verdict)
         lines += [f"note: {n}" for n in self.notes]
@@ -153,7 +169,9 @@ def allfit(
 
     engines: ("python", "r") by default: R's rows when R is available (a note says when it is
     not; an R-engine fit needs R). python_optimizers: a subset of PYTHON_OPTIMIZERS.
-    transport, timeout: for the R call (as in `mixbridge.lmer`).
+    transport, timeout: for the R call (as in `mixbridge.lmer`). The refits use each engine's
+    default settings (a `control=` of the fit is not carried over; lme4::allFit sets each
+    optimizer's evaluation limit to 1e5).
     """
     from mixbridge.results import MixedFit
 
@@ -163,6 +181,13 @@ def allfit(
     if call is None:
         raise ArgumentError(
             "allfit needs a fit made by mixbridge.lmer or mixbridge.glmer (fit.call is None)",
+            "fit",
+        )
+    from mixbridge.data_input import is_dask
+
+    if is_dask(call.data):
+        raise ArgumentError(
+            "allfit refits the model in memory: fit it on a pandas DataFrame (data.compute())",
             "fit",
         )
     if call.model == "glmer" and call.nagq == 0:
@@ -186,15 +211,19 @@ def allfit(
                             "engines")  # fmt: skip
     notes: list[str] = []
     py = _PythonModel(fit, call)
+    from mixbridge.python_impl.pls import blas_single_thread
+
     optima: list[Optimum] = []
     if "python" in engines:
-        optima += py.optima(python_optimizers)
+        with blas_single_thread():  # as the engine's fits: threads only cost on small solves
+            optima += py.optima(python_optimizers)
     if "r" in engines:
         optima += _r_optima(py, optima, fit, transport, timeout, notes)
-    for o in optima:
-        if o.engine == "r" and np.isnan(o.criterion_python) and o.theta is not None:
-            o.criterion_python = py.score(o.theta, o.fixef)
-        o.criterion = o.criterion_r if fit.engine == "r" else o.criterion_python
+    with blas_single_thread():
+        for o in optima:
+            if o.engine == "r" and np.isnan(o.criterion_python) and o.theta is not None:
+                o.criterion_python = py.score(o.theta, o.fixef)
+            o.criterion = o.criterion_r if fit.engine == "r" else o.criterion_python
     return _verdict(fit, optima, notes)
 
 
@@ -245,8 +274,11 @@ class _PythonModel:
     def split(self, x: np.ndarray) -> tuple[np.ndarray, pd.Series]:
         nth = self.lower_theta.size
         if self.model == "lmer":
-            st = self.devfun.state(np.asarray(x, dtype=float))
-            return np.asarray(x, dtype=float), pd.Series(st.beta, index=self.names)
+            try:
+                beta = self.devfun.state(np.asarray(x, dtype=float)).beta
+            except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+                beta = np.full(len(self.names), np.nan)  # the PLS system fails there
+            return np.asarray(x, dtype=float), pd.Series(beta, index=self.names)
         return np.asarray(x[:nth], dtype=float), pd.Series(x[nth:], index=self.names)
 
     def params(self, theta: np.ndarray, fixef: pd.Series | None) -> np.ndarray:
@@ -256,12 +288,16 @@ class _PythonModel:
         return np.concatenate([theta, fixef.reindex(self.names).to_numpy(dtype=float)])
 
     def score(self, theta: np.ndarray, fixef: pd.Series | None) -> float:
-        """The Python engine's deviance function at an optimum (the fit's `objective`)."""
-        if self.model == "lmer":
-            return float(self.devfun(np.asarray(theta, dtype=float)))
-        if fixef is None or list(fixef.index) != self.names:
+        """The Python engine's deviance function at an optimum (the fit's `objective`); NaN
+        where it cannot be evaluated (the row then counts as failed)."""
+        try:
+            if self.model == "lmer":
+                return float(self.devfun(np.asarray(theta, dtype=float)))
+            if fixef is None or list(fixef.index) != self.names:
+                return float("nan")
+            return float(self.fit.objective(theta, fixef.to_numpy(dtype=float)))
+        except (ConvergenceError, np.linalg.LinAlgError, FloatingPointError, ValueError):
             return float("nan")
-        return float(self.fit.objective(theta, fixef.to_numpy(dtype=float)))
 
     def criterion_for_optimizers(self) -> Callable[[np.ndarray], float]:
         if self.model == "lmer":
@@ -283,6 +319,8 @@ class _PythonModel:
         return safe
 
     def optima(self, methods: Sequence[str]) -> list[Optimum]:
+        from scipy import optimize as sopt
+
         fit = self.fit
         engine_row = Optimum(
             optimizer=f"mixbridge ({fit.optimizer.get('name', 'default')})"
@@ -297,8 +335,20 @@ class _PythonModel:
         )
         engine_row.criterion_python = self.score(engine_row.theta, engine_row.fixef)
         out = [engine_row]
-        f = self.criterion_for_optimizers()
-        lower = self.lower()
+        crit = self.criterion_for_optimizers()
+        # glmer: the optimizers see β in units of its standard error (the fit's vcov). A badly
+        # scaled covariate makes the raw coordinates' curvatures differ by 1e6 and more, where
+        # L-BFGS-B's finite differences stop short (cbpp with period in thousands: 2.4 above
+        # the optimum); θ keeps its own unit (lme4's optimizers see it so too).
+        scale = np.ones(self.lower().size)
+        if self.model == "glmer":
+            se = fit.fixef_se.reindex(self.names).to_numpy(dtype=float)
+            scale[self.lower_theta.size :] = np.where(np.isfinite(se) & (se > 0), se, 1.0)
+
+        def f(z: np.ndarray) -> float:
+            return crit(z * scale)
+
+        lower = self.lower() / scale
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
         beta = fit.fixef.to_numpy(dtype=float)
         default = self.theta0 if self.model == "lmer" else np.concatenate([self.theta0, beta])
@@ -316,8 +366,8 @@ class _PythonModel:
             else:
                 opts.update(maxfun=MAX_EVALS, ftol=1e-14, gtol=1e-8)
             with np.errstate(all="ignore"):
-                res = sopt.minimize(f, x0, method=name, bounds=bounds, options=opts)
-            theta, fixef = self.split(np.asarray(res.x, dtype=float))
+                res = sopt.minimize(f, x0 / scale, method=name, bounds=bounds, options=opts)
+            theta, fixef = self.split(np.asarray(res.x, dtype=float) * scale)
             o = Optimum(
                 optimizer=f"scipy {name}",
                 engine="python",
@@ -399,35 +449,40 @@ def _verdict(fit: MixedFit, optima: list[Optimum], notes: list[str]) -> AllfitRe
     best = min(usable, key=lambda o: o.criterion)
     spread = max(o.criterion for o in usable) - best.criterion
     se = fit.fixef_se
-    names = [f"theta[{i}]" for i in range(len(best.theta))] + [str(k) for k in best.fixef.index]
-    theta_names = list(fit.theta_names) if len(fit.theta_names) == len(best.theta) else None
-    label = {f"theta[{i}]": f"θ {n}" for i, n in enumerate(theta_names or [])}
     ref = _estimates(best)
+    names = list(ref)
+    theta_names = list(fit.theta_names) if len(fit.theta_names) == len(best.theta) else []
+    label = {f"theta[{i}]": f"θ {n}" for i, n in enumerate(theta_names)}
+    unit = {n: _unit(n, ref, se, tol) for n in names}
+
+    def agrees(gap: float, est: dict[str, float]) -> bool:
+        return gap <= tol.deviance and all(
+            abs(est.get(n, np.nan) - ref[n]) <= unit[n] for n in names
+        )
+
+    for o in optima:
+        o.agrees = bool(o in usable and agrees(o.criterion - best.criterion, _estimates(o)))
     estimate_spread: dict[str, float] = {}
     moves: dict[str, float] = {}
-    for name in names:
-        values = [_estimates(o).get(name, np.nan) for o in usable]
-        values = [v for v in values if np.isfinite(v)]
+    for n in names:
+        values = [v for v in (_estimates(o).get(n, np.nan) for o in usable) if np.isfinite(v)]
         span = max(values) - min(values) if values else 0.0
-        estimate_spread[label.get(name, name)] = span
-        if name.startswith("theta["):
-            limit = max(tol.theta, tol.theta * abs(ref[name]))
-        else:
-            s = float(se.get(name, np.nan))
-            limit = tol.fixef_se * s if np.isfinite(s) and s > 0 else tol.theta
-        if span > limit:
-            moves[label.get(name, name)] = span
-    fit_gap = _fit_gap(fit, usable, best)
-    if spread <= tol.deviance and not moves:
+        estimate_spread[label.get(n, n)] = span
+        if span > unit[n]:
+            moves[label.get(n, n)] = span
+    fit_gap, fit_est = _fit_point(fit, usable, best)
+    fit_at_best = bool(np.isfinite(fit_gap) and agrees(fit_gap, fit_est))
+    n_agree = sum(bool(o.agrees) for o in usable)
+    failed = [o.optimizer for o in optima if o not in usable]
+    failed_txt = f" ({', '.join(failed)} failed: see messages)" if failed else ""
+    if n_agree == len(usable):
         kind = "false alarm"
-        est = max(
-            (estimate_spread[label.get(n, n)] / _unit(n, ref, se, tol) for n in names),
-            default=0.0,
-        )
+        est = max((estimate_spread[label.get(n, n)] / unit[n] for n in names), default=0.0)
         verdict = (
-            f"false alarm: all {len(usable)} optima agree to {spread:.2g} in deviance "
-            f"(tolerance {tol.deviance:g}) and the estimates to {est:.2g} of their tolerance "
-            f"(fixef {tol.fixef_se:g} SE, θ {tol.theta:g}); the fit's estimates can be used"
+            f"false alarm: all {len(usable)} optima{failed_txt} agree to {spread:.2g} in deviance "
+            f"(tolerance {tol.deviance:g}) and in the estimates to {est:.2g} of their "
+            f"tolerance (fixef {tol.fixef_se:g} SE, θ {tol.theta:g}); the fit's estimates "
+            "can be used"
         )
     else:
         kind = "real"
@@ -439,16 +494,23 @@ def _verdict(fit: MixedFit, optima: list[Optimum], notes: list[str]) -> AllfitRe
         verdict = (
             f"real: optimizers disagree by {spread:.3g} in deviance (tolerance {tol.deviance:g}); "
             f"the best optimum is {where} at criterion {best.criterion:.6f}, θ = [{theta_txt}], "
-            f"{fixef_txt}; these estimates move: {moved}. "
+            f"{fixef_txt}; {n_agree} of {len(usable)} optima{failed_txt} agree with it; these "
+            "estimates "
+            f"move: {moved}. "
         )
-        if fit_gap <= tol.deviance:
-            verdict += "The fit itself is at the best optimum (within the tolerance)."
+        if fit_at_best:
+            verdict += (
+                "The fit itself is at the best optimum (within the tolerances): its estimates "
+                "can be used; the optimizers that stop elsewhere show the problem is hard "
+                "(rescaling predictors helps)."
+            )
         else:
             verdict += (
-                f"The fit itself is {fit_gap:.3g} above the best optimum: use the best "
-                "optimum's estimates"
+                f"The fit itself is {fit_gap:.3g} above the best optimum"
+                + (" with other estimates" if fit_gap <= tol.deviance else "")
+                + ": use the best optimum's estimates"
                 + (" (lmer: control={'start': θ})" if fit.model == "lmer" else "")
-                + "; if it warns of scale, rescale the predictors."
+                + " or rescale the predictors and refit."
             )
     return AllfitResult(
         optima=optima,
@@ -461,28 +523,33 @@ def _verdict(fit: MixedFit, optima: list[Optimum], notes: list[str]) -> AllfitRe
         moves=moves,
         notes=notes,
         fit_gap=fit_gap,
+        fit_at_best=fit_at_best,
     )
 
 
 def _unit(name: str, ref: dict[str, float], se: pd.Series, tol: AllfitTolerances) -> float:
+    """How far an estimate may move and still agree (ALLFIT_TOLERANCES)."""
     if name.startswith("theta["):
         return max(tol.theta, tol.theta * abs(ref[name]))
     s = float(se.get(name, np.nan))
     return tol.fixef_se * s if np.isfinite(s) and s > 0 else tol.theta
 
 
-def _fit_gap(fit: MixedFit, usable: list[Optimum], best: Optimum) -> float:
-    """How far the fit's own optimum is above the best, on the reference function."""
-    for o in usable:
-        if fit.engine == "python" and o.optimizer.startswith("mixbridge"):
-            return o.criterion - best.criterion
-    if fit.engine == "r":
-        try:
-            own = float(fit.objective(*_own_params(fit)))
-        except Exception:  # noqa: BLE001 - the gap is informative only
-            return float("nan")
-        return own - best.criterion
-    return float("nan")
+def _fit_point(
+    fit: MixedFit, usable: list[Optimum], best: Optimum
+) -> tuple[float, dict[str, float]]:
+    """The fit's own optimum: its gap above the best on the reference function, and its
+    estimates."""
+    if fit.engine == "python":
+        for o in usable:
+            if o.optimizer.startswith("mixbridge"):
+                return o.criterion - best.criterion, _estimates(o)
+    own = Optimum("fit", fit.engine, "", np.asarray(fit.theta, dtype=float), fit.fixef)
+    try:
+        value = float(fit.objective(*_own_params(fit)))
+    except Exception:  # noqa: BLE001 - the gap is informative only
+        value = float("nan")
+    return value - best.criterion, _estimates(own)
 
 
 def _own_params(fit: MixedFit) -> tuple[Any, ...]:

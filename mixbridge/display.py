@@ -142,6 +142,10 @@ def mixed_fit_html(fit: MixedFit) -> str:
         flags.append("boundary (singular) fit")
     parts.append(f"<p>{html.escape('; '.join(flags))}</p>")
     parts.append(_messages(fit.messages))
+    if any(m.kind == "warning" and m.code == "convergence" for m in fit.messages):
+        from mixbridge.results import ALLFIT_POINTER
+
+        parts.append(f"<p>{html.escape(ALLFIT_POINTER)}</p>")
     parts.append("</div>")
     return "".join(parts)
 

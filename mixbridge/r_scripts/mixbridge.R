@@ -659,6 +659,16 @@ mb_allfit <- function(model, formula, data, REML = TRUE, family = "gaussian", li
     if (glmm) env$fam <- .mb_family(family, link)
     cl <- .mb_mer_call(glmm, weights_col, offset_col)
     cl$control <- NULL
+    # values, not symbols, in the call: when a refit fails, update() evaluates the call again
+    # elsewhere and would report the missing symbol instead of the optimizer's error
+    cl$formula <- env$fml
+    cl$data <- data
+    if (glmm) {
+      cl$family <- env$fam
+      cl$nAGQ <- env$nAGQ
+    } else {
+      cl$REML <- env$REML
+    }
     fit <- suppressWarnings(suppressMessages(eval(cl, env)))
     skipped <- character(0)
     if (!requireNamespace("dfoptim", quietly = TRUE)) {
