@@ -12,6 +12,7 @@ import pytest
 
 import mixbridge
 from mixbridge.conformance.tolerance import INFERENCE_AT_THETA, INFERENCE_FITTED
+from mixbridge.errors import ArgumentError
 from mixbridge.inference.coef_table import anova_at, coef_table_at
 from tests.r_helpers import r_call
 
@@ -101,9 +102,14 @@ def test_coef_table_vs_lmertest(request, r_dataset, name, package, formula, reml
     from tests.conftest import require_r_packages
 
     require_r_packages(request.config, "lmerTest", "pbkrtest")
-    if ddf == "Kenward-Roger" and not reml:
-        pytest.skip("Kenward-Roger is defined for REML fits only (lmerTest's error)")
     data = _data(r_dataset, name, package)
+    if ddf == "Kenward-Roger" and not reml:
+        # defined for REML fits only: lmerTest refuses, and so do we, with a named error
+        with pytest.raises(Exception, match="REML"):
+            r_call(R_COEF, d=data, f=formula, reml=reml, ddf=ddf)
+        with pytest.raises(ArgumentError, match="REML"):
+            _our_fit(data, name, formula, reml).coef_table(ddf="kenward-roger")
+        return
     res = r_call(R_COEF, d=data, f=formula, reml=reml, ddf=ddf)
     ref = _ref_table(res)
     ref.attrs["kr"] = ddf == "Kenward-Roger"
