@@ -104,8 +104,12 @@ def glmer(
     transport: str | None = None,
     timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
+    theta: float | None = None,
 ) -> MixedFit:
     """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`.
+
+    `family="negative.binomial"` with `theta=` is MASS's `negative.binomial(theta)` (log link,
+    V(μ) = μ + μ²/θ, θ fixed; `glmer_nb` estimates θ).
 
     The fit minimizes one deviance function and reports it at its estimates (-2 logLik); it is
     what `fit.objective` and `glmer_objective` with the same arguments evaluate. Its PIRLS
@@ -117,6 +121,7 @@ def glmer(
     family = check_family_name(family, "glmer")
     nagq = check_nagq(nagq)
     ctrl = check_control("glmer", control, _engine_name(engine))
+    nb = _nb_theta_argument(family, theta)
     if is_dask(data):
         impl = _dask_engine(engine)
         check_dask_inputs("glmer", formula, data, weights=weights, offset=offset)
@@ -139,12 +144,33 @@ def glmer(
         control=ctrl,
         **_r_options(engine, transport, timeout),
         **prepared,
+        **nb,
     )
     fit.call = FitCall(
         "glmer", formula, data, reml=False, family=family, link=link, nagq=int(nagq),
         weights=weights, offset=offset,
     )  # fmt: skip
     return fit
+
+
+def _nb_theta_argument(family: str, theta: Any, name: str = "theta") -> dict[str, float]:
+    """`theta=` of glmer: MASS's negative.binomial(theta), given exactly when the family is
+    "negative.binomial" (ArgumentError naming `theta` otherwise); the engines' `nb_theta`."""
+    from mixbridge.python_impl.spec import check_nb_theta
+
+    if family == "negative.binomial":
+        if theta is None:
+            raise ArgumentError(
+                f"family='negative.binomial' needs {name}= (MASS's negative.binomial(theta)); "
+                "glmer_nb estimates it",
+                name,
+            )
+        return {"nb_theta": check_nb_theta(theta, name)}
+    if theta is not None:
+        raise ArgumentError(
+            f"{name}= is the negative.binomial family's parameter; family is {family!r}", name
+        )
+    return {}
 
 
 @named_arguments
@@ -261,8 +287,12 @@ def glmer_objective(
     transport: str | None = None,
     timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
+    nb_theta: float | None = None,
 ) -> float:
     """glmer's deviance function (Laplace or AGQ) at (theta, beta), optimizer-free.
+
+    `nb_theta`: θ of family "negative.binomial" (glmer's `theta=`; `theta` here is the
+    random-effects θ).
 
     The function `glmer` with the same arguments minimizes: at its estimates this is
     `fit.criterion` (nAGQ > 1: plus 2·fit.loglik_constant on the Python engine),
@@ -280,6 +310,7 @@ def glmer_objective(
         "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
     )
     check_theta_length(frame, theta, "theta")
+    nb = _nb_theta_argument(family, nb_theta, "nb_theta")
     return float(
         engines.get(engine).glmer_objective(
             formula,
@@ -294,6 +325,7 @@ def glmer_objective(
             control=ctrl,
             **_r_options(engine, transport, timeout),
             **_prepared(engine, frame),
+            **nb,
         )
     )
 
