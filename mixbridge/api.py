@@ -153,6 +153,67 @@ def glmer(
     return fit
 
 
+@named_arguments
+def glmer_nb(
+    formula: str,
+    data: DataLike,
+    link: str | None = None,
+    nagq: int = 1,
+    weights: ArrayOrColumn = None,
+    offset: ArrayOrColumn = None,
+    *,
+    engine: str = "python",
+    transport: str | None = None,
+    timeout: float | None = None,
+    control: Mapping[str, Any] | None = None,
+    theta_start: float | None = None,
+) -> MixedFit:
+    """A negative-binomial GLMM with its θ estimated, as lme4's `glmer.nb` (lme4 1.1-31): a
+    poisson glmer, MASS's theta.ml on its fitted values for the start, then Brent's search over
+    log θ (start ± 3, tol 5e-5) of -2 logLik of `glmer(family=negative.binomial(θ))`.
+
+    The result is the glmer fit at the final θ, with `fit.nb_theta` (lme4's
+    `getME(fit, "glmer.nb.theta")`); `fit.objective` is the deviance function at that θ.
+    `theta_start` (Python engine) starts the search there instead (lme4 cannot). A θ that runs
+    to the end of its interval (upper end: the Poisson limit) is a warning in `fit.messages`.
+    """
+    nagq = check_nagq(nagq)
+    ctrl = check_control("glmer", control, _engine_name(engine))
+    if theta_start is not None:
+        from mixbridge.python_impl.spec import check_nb_theta
+
+        theta_start = check_nb_theta(theta_start, "theta_start")
+    if is_dask(data):
+        raise ArgumentError(
+            "glmer_nb needs the data in memory; compute() the Dask DataFrame", "data"
+        )
+    data, weights, offset = _inputs(data, formula, weights, offset)
+    frame = check_inputs(
+        "glmer", formula, data, weights=weights, offset=offset, family="negative.binomial",
+        link=link, nagq=nagq,
+    )  # fmt: skip
+    impl = engines.get(engine)
+    if not hasattr(impl, "glmer_nb"):
+        raise ArgumentError(f"engine {engine!r} does not fit glmer_nb", "engine")
+    fit = impl.glmer_nb(
+        formula,
+        data,
+        link=link,
+        nagq=nagq,
+        weights=weights,
+        offset=offset,
+        control=ctrl,
+        theta_start=theta_start,
+        **_r_options(engine, transport, timeout),
+        **_prepared(engine, frame),
+    )
+    fit.call = FitCall(
+        "glmer", formula, data, reml=False, family="negative.binomial", link=link,
+        nagq=int(nagq), weights=weights, offset=offset, nb_theta=fit.nb_theta,
+    )  # fmt: skip
+    return fit
+
+
 def _nb_theta_argument(family: str, theta: Any, name: str = "theta") -> dict[str, float]:
     """`theta=` of glmer: MASS's negative.binomial(theta), given exactly when the family is
     "negative.binomial" (ArgumentError naming `theta` otherwise); the engines' `nb_theta`."""

@@ -103,6 +103,7 @@ class FitCall:
     nagq: int = 1
     weights: Any = None
     offset: Any = None
+    nb_theta: float | None = None  # negative.binomial: θ given (glmer) or estimated (glmer_nb)
 
 
 class Deferred(Generic[T]):

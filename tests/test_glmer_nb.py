@@ -99,3 +99,103 @@ def test_fixed_theta_matches_lme4(quine, nb_theta):
     )
     assert py.deviance == pytest.approx(r.deviance, rel=1e-5)
     assert "Negative Binomial(" in py.summary()
+
+
+# ---------------------------------------------------------------------------------------------
+# glmer_nb: θ estimated
+
+
+QUINE_NB = "Days ~ Eth + Sex + Age + Lrn + (1 | grp)"
+
+
+def _judge_nb(py, r, formula, data) -> dict[str, float]:
+    """Objective-based agreement of two glmer_nb fits: lme4's deviance function at each fit's
+    final NB θ (r.objective is lme4's at lme4's θ). Our criterion at our optimum must not be
+    worse than lme4's function at lme4's optimum; an NB θ gap beyond 1e-3 rel must sit on a
+    flat profile (criteria within the glmer policy's flat_abs)."""
+    lme4_at_lme4 = r.objective(r.theta, r.fixef.to_numpy())
+    lme4_fun_at_ours = mixbridge.glmer_objective(
+        formula, data, py.theta, py.fixef.to_numpy(), family="negative.binomial",
+        nb_theta=py.nb_theta, engine="r",
+    )  # fmt: skip
+    slack = _criterion_slack()
+    assert py.criterion <= lme4_at_lme4 + slack, (py.criterion, lme4_at_lme4)
+    assert lme4_fun_at_ours <= lme4_at_lme4 + slack, (lme4_fun_at_ours, lme4_at_lme4)
+    # same function at our estimates: ours and lme4's deviance functions agree
+    assert py.criterion == pytest.approx(
+        lme4_fun_at_ours, abs=POLICIES["glmer"].tols["objective"].abs
+    )
+    rel = abs(py.nb_theta - r.nb_theta) / r.nb_theta
+    if rel > 1e-3:
+        assert abs(py.criterion - lme4_at_lme4) <= POLICIES["glmer"].flat_abs, (
+            f"NB theta {py.nb_theta} vs lme4 {r.nb_theta} on a profile that is not flat"
+        )
+    return {"criterion_gap": py.criterion - lme4_at_lme4, "nb_theta_rel": rel}
+
+
+@pytest.fixture(scope="module")
+def quine_nb(quine):
+    return mixbridge.glmer_nb(QUINE_NB, quine)
+
+
+def test_quine_glmer_nb_matches_lme4(quine, quine_nb):
+    py = quine_nb
+    r = mixbridge.glmer_nb(QUINE_NB, quine, engine="r")
+    assert r.nb_theta is not None and py.nb_theta is not None
+    assert py.family == r.family == "negative.binomial"
+    gaps = _judge_nb(py, r, QUINE_NB, quine)
+    assert gaps["nb_theta_rel"] < 1e-3
+    np.testing.assert_allclose(py.theta, r.theta, rtol=2e-3, atol=1e-2)
+    assert f"Negative Binomial({py.nb_theta:.4g})" in py.summary()
+    info = py.optimizer["nb"]
+    assert info["start"] == "theta.ml on the poisson fit" and info["n_evals"] >= 5
+    # the fit is the glmer at its θ: fit.objective is that deviance function
+    assert py.objective(py.theta, py.fixef.to_numpy()) == pytest.approx(py.criterion, abs=1e-9)
+
+
+def test_theta_start_reaches_the_same_optimum(quine, quine_nb):
+    """theta_start (which lme4 cannot set) skips the poisson fit; from a start the interval
+    (start·e^±3) contains, the search finds the same θ."""
+    default = quine_nb
+    started = mixbridge.glmer_nb(QUINE_NB, quine, theta_start=4.0)
+    assert started.optimizer["nb"]["start"] == "theta_start"
+    assert started.optimizer["nb"]["theta_start"] == 4.0
+    assert started.nb_theta == pytest.approx(default.nb_theta, rel=1e-3)
+    assert started.criterion == pytest.approx(default.criterion, abs=1e-4)
+    with pytest.raises(ArgumentError, match="theta_start") as info:
+        mixbridge.glmer_nb(QUINE_NB, quine, theta_start=0.0)
+    assert info.value.argument == "theta_start"
+
+
+def test_r_engine_refuses_theta_start(quine, needs_r):
+    with pytest.raises(ArgumentError, match="theta_start"):
+        mixbridge.glmer_nb(QUINE_NB, quine, engine="r", theta_start=2.0)
+
+
+def test_poisson_data_reports_the_poisson_limit():
+    """Counts with no overdispersion: θ runs to the top of its interval; a warning message,
+    not an error, and the fit is the glmer at that θ."""
+    rng = np.random.default_rng(7)
+    g = np.repeat(np.arange(20), 15)
+    x = rng.normal(size=g.size)
+    b = rng.normal(scale=0.3, size=20)
+    y = rng.poisson(np.exp(0.5 + 0.3 * x + b[g]))
+    d = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+    fit = mixbridge.glmer_nb("y ~ x + (1 | g)", d, theta_start=50.0)
+    codes = [m.code for m in fit.messages]
+    assert "nb_theta_bound" in codes
+    text = next(m.text for m in fit.messages if m.code == "nb_theta_bound")
+    assert "Poisson limit" in text
+    assert fit.nb_theta == pytest.approx(50.0 * np.exp(3.0), rel=1e-3)
+    pois = mixbridge.glmer("y ~ x + (1 | g)", d, family="poisson")
+    # near the Poisson limit the NB fit approaches the poisson one
+    np.testing.assert_allclose(fit.fixef.to_numpy(), pois.fixef.to_numpy(), atol=0.02)
+
+
+@pytest.mark.slow
+def test_grouseticks_glmer_nb_matches_lme4(r_dataset):
+    g = r_dataset("grouseticks")
+    formula = "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)"
+    py = mixbridge.glmer_nb(formula, g)
+    r = mixbridge.glmer_nb(formula, g, engine="r")
+    _judge_nb(py, r, formula, g)

@@ -464,6 +464,36 @@ def glmer(
     return fit
 
 
+def glmer_nb(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    link: str | None,
+    nagq: int,
+    weights: Any,
+    offset: Any,
+    control: Mapping[str, Any] | None,
+    transport: str | None = None,
+    timeout: float | None = None,
+    theta_start: float | None = None,
+    **_: Any,
+) -> MixedFit:
+    """lme4::glmer.nb(formula, data, nAGQ = nagq, weights, offset, control): the merMod at the
+    estimated θ, `fit.nb_theta` = getME(fit, "glmer.nb.theta"). lme4 has no start for θ:
+    `theta_start` is refused here."""
+    if theta_start is not None:
+        raise ArgumentError(
+            "theta_start= is not available on engine='r': lme4's glmer.nb always starts from "
+            "theta.ml on a poisson fit",
+            "theta_start",
+        )
+    return glmer(
+        formula, data, family="negative.binomial", link=link, nagq=nagq, weights=weights,
+        offset=offset, control=control, transport=transport, timeout=timeout,
+        estimate_nb_theta=True,
+    )  # fmt: skip
+
+
 def lmer_objective(
     formula: str,
     data: pd.DataFrame,
