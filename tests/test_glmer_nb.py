@@ -199,3 +199,15 @@ def test_grouseticks_glmer_nb_matches_lme4(r_dataset):
     py = mixbridge.glmer_nb(formula, g)
     r = mixbridge.glmer_nb(formula, g, engine="r")
     _judge_nb(py, r, formula, g)
+
+
+@pytest.mark.slow
+def test_r_subprocess_transport_matches_embedded(quine):
+    """mb_glmer_nb through Rscript (the subprocess transport) gives lme4's same fit."""
+    emb = mixbridge.glmer_nb(QUINE_FORMULA, quine, engine="r")
+    sub = mixbridge.glmer_nb(QUINE_FORMULA, quine, engine="r", transport="subprocess")
+    assert sub.nb_theta == pytest.approx(emb.nb_theta, rel=1e-12)
+    assert sub.criterion == pytest.approx(emb.criterion, rel=1e-12)
+    assert sub.objective(sub.theta, sub.fixef.to_numpy()) == pytest.approx(
+        emb.objective(emb.theta, emb.fixef.to_numpy()), rel=1e-12
+    )
