@@ -8,7 +8,7 @@ mixbridge.compare(fit, ref).assert_ok()
 
 import mixbridge.conformance.adapters  # noqa: F401  (registers the peer engines, lazily)
 from mixbridge.allfit import allfit
-from mixbridge.api import bayesglm, glmer, glmer_objective, lmer, lmer_objective
+from mixbridge.api import bayesglm, glmer, glmer_nb, glmer_objective, lmer, lmer_objective
 from mixbridge.checks import named_arguments
 from mixbridge.errors import (
     ArgumentError,
@@ -65,6 +65,7 @@ __all__ = [
     "anova",
     "compare",
     "glmer",
+    "glmer_nb",
     "glmer_objective",
     "lmer",
     "lmer_objective",

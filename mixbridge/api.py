@@ -104,8 +104,12 @@ def glmer(
     transport: str | None = None,
     timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
+    theta: float | None = None,
 ) -> MixedFit:
     """Fit a generalized linear mixed model like lme4's `glmer(..., family, nAGQ = nagq)`.
+
+    `family="negative.binomial"` with `theta=` is MASS's `negative.binomial(theta)` (log link,
+    V(μ) = μ + μ²/θ, θ fixed; `glmer_nb` estimates θ).
 
     The fit minimizes one deviance function and reports it at its estimates (-2 logLik); it is
     what `fit.objective` and `glmer_objective` with the same arguments evaluate. Its PIRLS
@@ -117,6 +121,7 @@ def glmer(
     family = check_family_name(family, "glmer")
     nagq = check_nagq(nagq)
     ctrl = check_control("glmer", control, _engine_name(engine))
+    nb = _nb_theta_argument(family, theta)
     if is_dask(data):
         impl = _dask_engine(engine)
         check_dask_inputs("glmer", formula, data, weights=weights, offset=offset)
@@ -139,12 +144,94 @@ def glmer(
         control=ctrl,
         **_r_options(engine, transport, timeout),
         **prepared,
+        **nb,
     )
     fit.call = FitCall(
         "glmer", formula, data, reml=False, family=family, link=link, nagq=int(nagq),
         weights=weights, offset=offset,
     )  # fmt: skip
     return fit
+
+
+@named_arguments
+def glmer_nb(
+    formula: str,
+    data: DataLike,
+    link: str | None = None,
+    nagq: int = 1,
+    weights: ArrayOrColumn = None,
+    offset: ArrayOrColumn = None,
+    *,
+    engine: str = "python",
+    transport: str | None = None,
+    timeout: float | None = None,
+    control: Mapping[str, Any] | None = None,
+    theta_start: float | None = None,
+) -> MixedFit:
+    """A negative-binomial GLMM with its θ estimated, as lme4's `glmer.nb` (lme4 1.1-31): a
+    poisson glmer, MASS's theta.ml on its fitted values for the start, then Brent's search over
+    log θ (start ± 3, tol 5e-5) of -2 logLik of `glmer(family=negative.binomial(θ))`.
+
+    The result is the glmer fit at the final θ, with `fit.nb_theta` (lme4's
+    `getME(fit, "glmer.nb.theta")`); `fit.objective` is the deviance function at that θ.
+    `theta_start` (Python engine) starts the search there instead (lme4 cannot). A θ that runs
+    to the end of its interval (upper end: the Poisson limit) is a warning in `fit.messages`.
+    """
+    nagq = check_nagq(nagq)
+    ctrl = check_control("glmer", control, _engine_name(engine))
+    if theta_start is not None:
+        from mixbridge.python_impl.spec import check_nb_theta
+
+        theta_start = check_nb_theta(theta_start, "theta_start")
+    if is_dask(data):
+        raise ArgumentError(
+            "glmer_nb needs the data in memory; compute() the Dask DataFrame", "data"
+        )
+    data, weights, offset = _inputs(data, formula, weights, offset)
+    frame = check_inputs(
+        "glmer", formula, data, weights=weights, offset=offset, family="negative.binomial",
+        link=link, nagq=nagq,
+    )  # fmt: skip
+    impl = engines.get(engine)
+    if not hasattr(impl, "glmer_nb"):
+        raise ArgumentError(f"engine {engine!r} does not fit glmer_nb", "engine")
+    fit = impl.glmer_nb(
+        formula,
+        data,
+        link=link,
+        nagq=nagq,
+        weights=weights,
+        offset=offset,
+        control=ctrl,
+        theta_start=theta_start,
+        **_r_options(engine, transport, timeout),
+        **_prepared(engine, frame),
+    )
+    fit.call = FitCall(
+        "glmer", formula, data, reml=False, family="negative.binomial", link=link,
+        nagq=int(nagq), weights=weights, offset=offset, nb_theta=fit.nb_theta,
+    )  # fmt: skip
+    return fit
+
+
+def _nb_theta_argument(family: str, theta: Any, name: str = "theta") -> dict[str, float]:
+    """`theta=` of glmer: MASS's negative.binomial(theta), given exactly when the family is
+    "negative.binomial" (ArgumentError naming `theta` otherwise); the engines' `nb_theta`."""
+    from mixbridge.python_impl.spec import check_nb_theta
+
+    if family == "negative.binomial":
+        if theta is None:
+            raise ArgumentError(
+                f"family='negative.binomial' needs {name}= (MASS's negative.binomial(theta)); "
+                "glmer_nb estimates it",
+                name,
+            )
+        return {"nb_theta": check_nb_theta(theta, name)}
+    if theta is not None:
+        raise ArgumentError(
+            f"{name}= is the negative.binomial family's parameter; family is {family!r}", name
+        )
+    return {}
 
 
 @named_arguments
@@ -261,8 +348,12 @@ def glmer_objective(
     transport: str | None = None,
     timeout: float | None = None,
     control: Mapping[str, Any] | None = None,
+    nb_theta: float | None = None,
 ) -> float:
     """glmer's deviance function (Laplace or AGQ) at (theta, beta), optimizer-free.
+
+    `nb_theta`: θ of family "negative.binomial" (glmer's `theta=`; `theta` here is the
+    random-effects θ).
 
     The function `glmer` with the same arguments minimizes: at its estimates this is
     `fit.criterion` (nAGQ > 1: plus 2·fit.loglik_constant on the Python engine),
@@ -280,6 +371,7 @@ def glmer_objective(
         "glmer", formula, data, weights=weights, offset=offset, family=family, link=link, nagq=nagq
     )
     check_theta_length(frame, theta, "theta")
+    nb = _nb_theta_argument(family, nb_theta, "nb_theta")
     return float(
         engines.get(engine).glmer_objective(
             formula,
@@ -294,6 +386,7 @@ def glmer_objective(
             control=ctrl,
             **_r_options(engine, transport, timeout),
             **_prepared(engine, frame),
+            **nb,
         )
     )
 

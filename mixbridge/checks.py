@@ -37,9 +37,11 @@ FAMILY_LINKS: dict[str, tuple[str, ...]] = {
     "quasibinomial": ("logit", "probit", "cauchit", "log", "cloglog"),
     "quasipoisson": ("log", "identity", "sqrt"),
 }
+# MASS's negative.binomial(theta): glmer only (bayesglm's families are stats' own)
+NB_LINKS = ("log",)
 FAMILIES = {
     "lmer": ("gaussian",),
-    "glmer": ("binomial", "poisson", "Gamma", "inverse.gaussian", "gaussian"),
+    "glmer": ("binomial", "poisson", "Gamma", "inverse.gaussian", "gaussian", "negative.binomial"),
     "bayesglm": tuple(FAMILY_LINKS),
 }
 
@@ -177,10 +179,10 @@ def _check_family(model: str, family: str | None, link: str | None) -> str:
                 f"{', '.join(FAMILIES[model])}",
                 "family",
             )
-    if link is not None and link not in FAMILY_LINKS[fam]:
+    links = NB_LINKS if fam == "negative.binomial" else FAMILY_LINKS[fam]
+    if link is not None and link not in links:
         raise ArgumentError(
-            f"link {link!r} is not available for family {fam!r}; available: "
-            f"{', '.join(FAMILY_LINKS[fam])}",
+            f"link {link!r} is not available for family {fam!r}; available: {', '.join(links)}",
             "link",
         )
     return fam
@@ -194,7 +196,7 @@ def _check_response_range(y: np.ndarray, fam: str, name: str) -> None:
             f"(R: y values must be 0 <= y <= 1); {len(bad)} value(s) are not, e.g. {y[bad[0]]:g}",
             column=name,
         )
-    if fam in ("poisson", "quasipoisson") and (y < 0).any():
+    if fam in ("poisson", "quasipoisson", "negative.binomial") and (y < 0).any():
         raise DataError(
             f"poisson response {name!r} has negative values (R: negative values not allowed "
             "for the 'Poisson' family)",

@@ -103,6 +103,7 @@ class FitCall:
     nagq: int = 1
     weights: Any = None
     offset: Any = None
+    nb_theta: float | None = None  # negative.binomial: θ given (glmer) or estimated (glmer_nb)
 
 
 class Deferred(Generic[T]):
@@ -346,6 +347,7 @@ class MixedFit(DeferredFields):
     dropped_columns: list[str] = field(default_factory=list)
     vcov_rx: pd.DataFrame | None = field(default=None, repr=False, compare=False)
     loglik_constant: float = 0.0
+    nb_theta: float | None = None  # negative binomial θ (getME(fit, "glmer.nb.theta"))
     methods: FitMethods = field(default_factory=FitMethods, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # Set by the public calls (mixbridge.lmer/glmer); None for fits made another way.
@@ -615,7 +617,10 @@ def format_mixed_summary(fit: MixedFit) -> str:
         lines.append(
             f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']"
         )
-        lines.append(f" Family: {fit.family}  ( {fit.link} )")
+        family = fit.family
+        if fit.nb_theta is not None:  # lme4 prints MASS's family name
+            family = f"Negative Binomial({fit.nb_theta:.4g})"
+        lines.append(f" Family: {family}  ( {fit.link} )")
     lines.append(f"Formula: {fit.formula}")
     lines.append(f"Engine: {fit.engine}")
     lines.append("")

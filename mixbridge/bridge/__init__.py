@@ -415,8 +415,12 @@ def glmer(
     control: Mapping[str, Any] | None,
     transport: str | None = None,
     timeout: float | None = None,
+    nb_theta: float | None = None,
+    estimate_nb_theta: bool = False,
 ) -> MixedFit:
-    """lme4::glmer(formula, data, family(link), nAGQ = nagq, weights, offset, control)."""
+    """lme4::glmer(formula, data, family(link), nAGQ = nagq, weights, offset, control);
+    family "negative.binomial": MASS::negative.binomial(nb_theta), or with
+    `estimate_nb_theta` lme4::glmer.nb (θ estimated; the fit's hooks use the final θ)."""
     timeout = _check_call_options(transport, timeout)
     ctrl = _check_control("glmer", control)
     columns, nrow, wo = _encode("glmer", formula, data, weights, offset)
@@ -428,11 +432,23 @@ def glmer(
         "nAGQ": int(nagq),
         **wo,
         "control": ctrl,
+        **({} if nb_theta is None else {"nb_theta": float(nb_theta)}),
     }
     keep = _fit_options(transport)
-    res = _run("mb_glmer", transport, {**base, **keep}, columns, nrow, timeout)
-    value = build.check(res, "glmer")
+    if estimate_nb_theta:
+        nb_args = {k: v for k, v in base.items() if k not in ("family", "nb_theta")}
+        res = _run("mb_glmer_nb", transport, {**nb_args, **keep}, columns, nrow, timeout)
+        value = build.check(res, "glmer_nb")
+    else:
+        res = _run("mb_glmer", transport, {**base, **keep}, columns, nrow, timeout)
+        value = build.check(res, "glmer")
     fit = _mixed_fit(res, "glmer", formula, transport, timeout)
+    if "nb_theta" in value:  # getME(fit, "glmer.nb.theta"): the hooks refit at this θ
+        fit.nb_theta = float(np.ravel(value["nb_theta"])[0])
+        fit.family = "negative.binomial"
+        base = {**base, "family": "negative.binomial", "nb_theta": fit.nb_theta}
+        if "nb_evals" in value:
+            fit.extra["nb_evals"] = int(np.ravel(value["nb_evals"])[0])
     if "tol_pwrss" in value:  # the PIRLS tolerance of lme4's deviance function (glmerControl)
         fit.optimizer["tol_pwrss"] = float(np.ravel(value["tol_pwrss"])[0])
     n_params = len(fit.theta) if int(nagq) == 0 else None
@@ -446,6 +462,36 @@ def glmer(
     )
     _finish(fit, transport, note)
     return fit
+
+
+def glmer_nb(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    link: str | None,
+    nagq: int,
+    weights: Any,
+    offset: Any,
+    control: Mapping[str, Any] | None,
+    transport: str | None = None,
+    timeout: float | None = None,
+    theta_start: float | None = None,
+    **_: Any,
+) -> MixedFit:
+    """lme4::glmer.nb(formula, data, nAGQ = nagq, weights, offset, control): the merMod at the
+    estimated θ, `fit.nb_theta` = getME(fit, "glmer.nb.theta"). lme4 has no start for θ:
+    `theta_start` is refused here."""
+    if theta_start is not None:
+        raise ArgumentError(
+            "theta_start= is not available on engine='r': lme4's glmer.nb always starts from "
+            "theta.ml on a poisson fit",
+            "theta_start",
+        )
+    return glmer(
+        formula, data, family="negative.binomial", link=link, nagq=nagq, weights=weights,
+        offset=offset, control=control, transport=transport, timeout=timeout,
+        estimate_nb_theta=True,
+    )  # fmt: skip
 
 
 def lmer_objective(
@@ -489,6 +535,7 @@ def glmer_objective(
     control: Mapping[str, Any] | None,
     transport: str | None = None,
     timeout: float | None = None,
+    nb_theta: float | None = None,
 ) -> float:
     """glmer's deviance function at c(theta, beta) (stage 2; nAGQ = 0: stage 1 at theta)."""
     timeout = _check_call_options(transport, timeout)
@@ -506,6 +553,7 @@ def glmer_objective(
         "nAGQ": int(nagq),
         **wo,
         "control": ctrl,
+        **({} if nb_theta is None else {"nb_theta": float(nb_theta)}),
     }
     res = _run("mb_glmer_objective", transport, args, columns, nrow, timeout)
     value = build.check(res, "glmer_objective")

@@ -38,6 +38,13 @@ def glmer(formula: str, data: Any, **kwargs: Any):
         return fit(formula, data, **kwargs)
 
 
+def glmer_nb(formula: str, data: Any, **kwargs: Any):
+    from mixbridge.python_impl.glmer_nb import glmer_nb as fit
+
+    with blas_single_thread():
+        return fit(formula, data, **kwargs)
+
+
 def glmer_objective(formula: str, data: Any, **kwargs: Any) -> float:
     from mixbridge.python_impl.glmer import glmer_objective as objective
 

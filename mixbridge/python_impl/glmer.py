@@ -71,10 +71,22 @@ def glmer(
     offset: Any = None,
     control: Mapping[str, Any] | None = None,
     frame: ModelFrame | None = None,
+    nb_theta: float | None = None,
     **_: Any,
 ) -> MixedFit:
     """Fit `glmer(formula, data, family, nAGQ = nagq)` (spec §3.4) and build the MixedFit.
-    `frame`: the evaluated model frame from the input checks (None: evaluate here)."""
+    `frame`: the evaluated model frame from the input checks (None: evaluate here);
+    `nb_theta`: θ of family "negative.binomial" (MASS's negative.binomial(theta))."""
+    if family == "negative.binomial":  # not canonical: the general path (no lean/Dask kernel)
+        if is_dask(data):
+            raise ArgumentError(
+                "negative.binomial is not fitted on a Dask DataFrame; compute() the data", "data"
+            )
+        spec = glmer_spec(
+            formula, data, family=family, link=link, nagq=nagq, weights=weights, offset=offset,
+            control=control, frame=frame, nb_theta=nb_theta,
+        )  # fmt: skip
+        return fit_spec(spec)
     if is_dask(data):  # out of core: (1|g), canonical link, nAGQ = 1 (distributed_glmer)
         from mixbridge.python_impl.distributed_glmer import glmer_dask
 
@@ -117,6 +129,7 @@ def glmer_objective(
     offset: Any = None,
     control: Mapping[str, Any] | None = None,
     frame: ModelFrame | None = None,
+    nb_theta: float | None = None,
     **_: Any,
 ) -> float:
     """lme4's `glmer(..., devFunOnly = TRUE)` evaluated at (θ, β): the stage-2 deviance function
@@ -138,6 +151,7 @@ def glmer_objective(
         offset=offset,
         control=control,
         frame=frame,
+        nb_theta=nb_theta,
     )
     model = GlmerModel.build(spec)
     theta = np.asarray(theta, dtype=float).reshape(-1)
@@ -359,6 +373,7 @@ def _glmer_fit(
         nagq=int(model.nagq),
         vcov_rx=vcov_rx,
         loglik_constant=float(const),
+        nb_theta=getattr(resp.family, "theta", None),
     )
     trials = resp.n_trials if np.any(resp.n_trials > 1) else resp.weights
     pred = FitPredictions(

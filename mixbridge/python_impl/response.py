@@ -90,6 +90,13 @@ class GlmResponse:
             self.dev_const = 2.0 * w * (special.xlogy(y, y) - y)
             self._aic_const = 2.0 * float(np.sum(w * special.gammaln(y + 1.0)))
             exact = True
+        elif self.family_name == "negative.binomial":
+            # MASS's negative.binomial(θ) with lme4's C++ deviance and aic (families.py); with
+            # unit weights aic(μ) − Σ dev(μ) is free of μ, as for poisson
+            th = float(self.family.theta)  # type: ignore[attr-defined]
+            self.nb_theta = th
+            self.dev_const = 2.0 * w * (special.xlogy(y, y) - (y + th) * np.log(y + th))
+            exact = self.unit_weights
         else:
             raise ValueError(f"glmer family {self.family_name!r} is not supported")
         # aic(μ) = Σ dev(μ) + aic(y) whenever the binomial counts are integers (always for
@@ -110,6 +117,8 @@ class GlmResponse:
     def variance(self, mu: np.ndarray) -> np.ndarray:
         if self.family_name == "binomial":
             return np.maximum(EPS, mu * (1.0 - mu))
+        if self.family_name == "negative.binomial":
+            return mu + mu * mu / self.nb_theta
         return mu
 
     def working(
@@ -134,6 +143,9 @@ class GlmResponse:
             return self.dev_const - 2.0 * w * (
                 special.xlogy(y, mu) + special.xlogy(1.0 - y, 1.0 - mu)
             )
+        if self.family_name == "negative.binomial":
+            th = self.nb_theta
+            return self.dev_const - 2.0 * w * (special.xlogy(y, mu) - (y + th) * np.log(mu + th))
         return self.dev_const - 2.0 * w * (special.xlogy(y, mu) - mu)
 
     def aic(self, mu: np.ndarray) -> float:
@@ -144,6 +156,8 @@ class GlmResponse:
         if self.family_name == "binomial":
             ll = special.xlogy(self._aic_k, mu) + special.xlogy(self._aic_mk, 1.0 - mu)
             return self._aic_const - 2.0 * float(np.sum(self._aic_coef * ll))
+        if self.family_name == "negative.binomial":
+            return self.family.aic(self.y, self.n_trials, mu, self.weights, 0.0)
         return self._aic_const - 2.0 * float(
             np.sum(self.weights * (special.xlogy(self.y, mu) - mu))
         )

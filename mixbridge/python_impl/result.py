@@ -57,6 +57,7 @@ class FitEstimates:
     nagq: int = 1
     vcov_rx: np.ndarray | None = None
     loglik_constant: float = 0.0
+    nb_theta: float | None = None
     versions: dict[str, str] = field(default_factory=output.versions)
 
 
@@ -113,6 +114,7 @@ def build_fit(
         dropped_columns=list(est.dropped_columns),
         vcov_rx=None if vcov_rx is None else pd.DataFrame(vcov_rx, index=names, columns=names),
         loglik_constant=float(est.loglik_constant),
+        nb_theta=est.nb_theta,
     )
     return fit.attach(objective=objective, predict=predict, simulate=simulate)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from mixbridge.control import check_control
 from mixbridge.errors import ArgumentError, DataError
-from mixbridge.python_impl.families import Family, get_family
+from mixbridge.python_impl.families import Family, NegativeBinomial, get_family
 from mixbridge.results import Message
 
 if TYPE_CHECKING:
@@ -195,9 +195,10 @@ def glmer_spec(
     offset: Any = None,
     control: Mapping[str, Any] | None = None,
     frame: ModelFrame | None = None,
+    nb_theta: float | None = None,
 ) -> GlmerSpec:
     settings = glmer_settings(control)
-    fam = glmer_family(family, link)
+    fam = glmer_family(family, link, nb_theta)
     if not 0 <= nagq <= MAX_NAGQ:
         raise ArgumentError(f"nagq must be an integer from 0 to {MAX_NAGQ}, got {nagq}", "nagq")
     terms = mixed_terms(
@@ -229,8 +230,38 @@ def glmer_spec(
     )
 
 
-def glmer_family(family: str, link: str | None) -> Family:
-    """The glmer family with lme4's C++ link (ArgumentError for what this engine lacks)."""
+def check_nb_theta(theta: Any, name: str = "theta") -> float:
+    """The negative-binomial θ as a positive finite float (ArgumentError naming `name`)."""
+    if isinstance(theta, bool):
+        raise ArgumentError(f"{name} must be a positive number, got {theta!r}", name)
+    try:
+        value = float(theta)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{name} must be a positive number, got {theta!r}", name) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ArgumentError(f"{name} must be a positive finite number, got {theta!r}", name)
+    return value
+
+
+def glmer_family(family: str, link: str | None, nb_theta: float | None = None) -> Family:
+    """The glmer family with lme4's C++ link (ArgumentError for what this engine lacks);
+    "negative.binomial" needs its θ (`nb_theta`, MASS's negative.binomial(theta))."""
+    if family == "negative.binomial":
+        if link not in (None, "log"):
+            raise ArgumentError(
+                f"link {link!r} is not supported for glmer negative.binomial; use 'log'", "link"
+            )
+        if nb_theta is None:
+            raise ArgumentError(
+                "family='negative.binomial' needs theta= (MASS's negative.binomial(theta)); "
+                "glmer_nb estimates it",
+                "theta",
+            )
+        return NegativeBinomial(check_nb_theta(nb_theta))
+    if nb_theta is not None:
+        raise ArgumentError(
+            f"theta= is the negative.binomial family's parameter; family is {family!r}", "theta"
+        )
     if family not in GLMER_LINKS:
         raise ArgumentError(
             f"glmer (engine='python') supports families {', '.join(GLMER_LINKS)}, not {family!r}",
@@ -348,7 +379,7 @@ def check_glmer_response(
             raise DataError(f"cbind() response {name!r} has negative counts", name)
     if np.ptp(y) == 0:
         raise DataError(f"response {name!r} is constant", name)
-    if fam.family == "poisson" and np.any(y < 0):
+    if fam.family in ("poisson", "negative.binomial") and np.any(y < 0):
         raise DataError(f"poisson response {name!r} has negative values", name)
 
 

@@ -123,7 +123,11 @@ mb_versions <- function() .mb_capture(.mb_versions())
 .mb_families <- c("gaussian", "binomial", "poisson", "Gamma", "inverse.gaussian",
                   "quasibinomial", "quasipoisson")
 
-.mb_family <- function(family, link) {
+.mb_family <- function(family, link, nb_theta = NULL) {
+  if (identical(family, "negative.binomial")) {  # MASS's negative.binomial(theta), log link
+    if (is.null(nb_theta)) stop("family 'negative.binomial' needs theta")
+    return(MASS::negative.binomial(theta = as.numeric(nb_theta)))
+  }
   if (!is.character(family) || length(family) != 1L || !(family %in% .mb_families)) {
     stop(sprintf("unsupported family '%s'", paste(family, collapse = " ")))
   }
@@ -358,16 +362,40 @@ mb_lmer <- function(formula, data, REML = TRUE, weights_col = NULL, offset_col =
 
 mb_glmer <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
                      weights_col = NULL, offset_col = NULL, control = list(),
-                     keep_fit = FALSE, defer = character(0)) {
+                     keep_fit = FALSE, defer = character(0), nb_theta = NULL) {
   .mb_capture({
     fml <- .mb_formula(formula)
-    fam <- .mb_family(family, link)
+    fam <- .mb_family(family, link, nb_theta)
     nAGQ <- as.integer(nAGQ)
     ctrl <- .mb_glmer_control(control)
     fit <- eval(.mb_mer_call(TRUE, weights_col, offset_col))
     out <- .mb_extract_mer(fit, glmm = TRUE, cond_var = control$cond_var,
                            defer = if (isTRUE(keep_fit)) defer else character(0))
     out$tol_pwrss <- as.numeric(ctrl$tolPwrss)  # the deviance function's PIRLS tolerance
+    if (!is.null(nb_theta)) out$nb_theta <- as.numeric(lme4::getME(fit, "glmer.nb.theta"))
+    if (isTRUE(keep_fit)) out$fit <- fit
+    out
+  })
+}
+
+# lme4::glmer.nb: θ of the negative binomial estimated (initial poisson glmer, theta.ml, then
+# optimize() over log θ of -2 logLik of refits); the merMod is a glmer at the final θ.
+mb_glmer_nb <- function(formula, data, link = NULL, nAGQ = 1L, weights_col = NULL,
+                        offset_col = NULL, control = list(), keep_fit = FALSE,
+                        defer = character(0)) {
+  .mb_capture({
+    fml <- .mb_formula(formula)
+    nAGQ <- as.integer(nAGQ)
+    ctrl <- .mb_glmer_control(control)
+    cl <- quote(lme4::glmer.nb(formula = fml, data = data, nAGQ = nAGQ, control = ctrl))
+    if (!is.null(weights_col)) cl$weights <- as.name(.mb_col(weights_col))
+    if (!is.null(offset_col)) cl$offset <- as.name(.mb_col(offset_col))
+    fit <- eval(cl)
+    out <- .mb_extract_mer(fit, glmm = TRUE, cond_var = control$cond_var,
+                           defer = if (isTRUE(keep_fit)) defer else character(0))
+    out$tol_pwrss <- as.numeric(ctrl$tolPwrss)
+    out$nb_theta <- as.numeric(lme4::getME(fit, "glmer.nb.theta"))
+    out$nb_evals <- as.integer(attr(fit, "nevals"))
     if (isTRUE(keep_fit)) out$fit <- fit
     out
   })
@@ -411,10 +439,11 @@ mb_lmer_devfun <- function(formula, data, REML = TRUE, weights_col = NULL, offse
 # glmer with nAGQ >= 1 and devFunOnly runs stage 1 and returns the stage-2 function of
 # c(theta, beta); with nAGQ = 0 it returns the stage-1 function of theta.
 mb_glmer_devfun <- function(formula, data, family = "binomial", link = NULL, nAGQ = 1L,
-                            weights_col = NULL, offset_col = NULL, control = list()) {
+                            weights_col = NULL, offset_col = NULL, control = list(),
+                            nb_theta = NULL) {
   .mb_capture({
     fml <- .mb_formula(formula)
-    fam <- .mb_family(family, link)
+    fam <- .mb_family(family, link, nb_theta)
     nAGQ <- as.integer(nAGQ)
     ctrl <- .mb_glmer_control(control)
     eval(.mb_mer_call(TRUE, weights_col, offset_col, dev_fun_only = TRUE))
@@ -436,8 +465,9 @@ mb_lmer_objective <- function(formula, data, theta, REML = TRUE, weights_col = N
 
 mb_glmer_objective <- function(formula, data, params, family = "binomial", link = NULL,
                                nAGQ = 1L, weights_col = NULL, offset_col = NULL,
-                               control = list()) {
-  d <- mb_glmer_devfun(formula, data, family, link, nAGQ, weights_col, offset_col, control)
+                               control = list(), nb_theta = NULL) {
+  d <- mb_glmer_devfun(formula, data, family, link, nAGQ, weights_col, offset_col, control,
+                       nb_theta)
   if (!d$ok) return(d)
   r <- mb_call_devfun(d$value, params)
   r$messages <- c(d$messages, r$messages)

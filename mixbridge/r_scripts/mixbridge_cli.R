@@ -21,7 +21,7 @@
   req <- jsonlite::fromJSON(argv[[1]], simplifyVector = TRUE, simplifyDataFrame = FALSE,
                             simplifyMatrix = FALSE)
   fn_name <- req[["function"]]
-  allowed <- c("mb_lmer", "mb_glmer", "mb_bayesglm", "mb_lmer_objective",
+  allowed <- c("mb_lmer", "mb_glmer", "mb_glmer_nb", "mb_bayesglm", "mb_lmer_objective",
                "mb_glmer_objective", "mb_dataset", "mb_versions", "mb_describe_df",
                "mb_ping", "mb_predict_refit", "mb_tests_refit", "mb_allfit")
   if (!(fn_name %in% allowed)) stop("unknown function ", fn_name)

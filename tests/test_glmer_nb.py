@@ -1,0 +1,213 @@
+"""Negative-binomial GLMMs: MASS's negative.binomial(theta) in glmer (θ fixed) and glmer_nb
+(θ estimated as lme4's glmer.nb), both engines, judged against lme4 run live.
+
+Agreement is judged by the objective, as for glmer: at the final NB θ our criterion is never
+worse than lme4's value at its own optimum (evaluated by lme4's deviance function), beyond the
+glmer policy's one-sided slack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixbridge
+from mixbridge.conformance.tolerance import POLICIES
+from mixbridge.errors import ArgumentError, DataError
+from mixbridge.python_impl.families import NegativeBinomial
+
+QUINE_FORMULA = "Days ~ Sex + Lrn + (1 | grp)"
+
+
+@pytest.fixture(scope="module")
+def quine(r_dataset) -> pd.DataFrame:
+    q = r_dataset("quine", "MASS")
+    # a grouping constructed from the design: ethnicity × age class (8 groups)
+    q["grp"] = q["Eth"].astype(str) + ":" + q["Age"].astype(str)
+    return q
+
+
+def _criterion_slack() -> float:
+    return POLICIES["glmer"].tols["criterion"].abs
+
+
+def test_family_numerics_against_mass(needs_r):
+    """variance, deviance residuals and aic as MASS/lme4 compute them (R evaluated live)."""
+    from r_helpers import r_call
+
+    y = np.array([0.0, 1.0, 3.0, 7.0, 0.0, 12.0])
+    mu = np.array([0.4, 1.5, 2.5, 6.0, 1.2, 9.0])
+    wt = np.ones_like(y)
+    ref = r_call(
+        "function(y, mu, wt, th) { f <- MASS::negative.binomial(th); "
+        "list(v = f$variance(mu), d = f$dev.resids(y, mu, wt), a = f$aic(y, 1, mu, wt, 0), "
+        "ms = { nobs <- length(y); weights <- wt; eval(f$initialize); mustart }) }",
+        y=y, mu=mu, wt=wt, th=2.5,
+    )  # fmt: skip
+    fam = NegativeBinomial(2.5)
+    np.testing.assert_allclose(fam.variance(mu), ref["v"], rtol=1e-14)
+    np.testing.assert_allclose(fam.dev_resids(y, mu, wt), ref["d"], rtol=1e-12)
+    # MASS's aic is one constant (2·Σ lgamma(y+1)...) per θ apart from the likelihood; lme4's
+    # C++ aic equals MASS's for unit weights
+    assert fam.aic(y, 1.0, mu, wt, 0.0) == pytest.approx(float(ref["a"][0]), rel=1e-13)
+    np.testing.assert_allclose(fam.initialize(y, wt).mustart, ref["ms"], rtol=1e-15)
+
+
+def test_bad_theta_arguments(quine):
+    with pytest.raises(ArgumentError, match="needs theta") as info:
+        mixbridge.glmer(QUINE_FORMULA, quine, family="negative.binomial")
+    assert info.value.argument == "theta"
+    with pytest.raises(ArgumentError, match="positive finite") as info:
+        mixbridge.glmer(QUINE_FORMULA, quine, family="negative.binomial", theta=-1.0)
+    assert info.value.argument == "theta"
+    with pytest.raises(ArgumentError, match="negative.binomial family's parameter"):
+        mixbridge.glmer(QUINE_FORMULA, quine, family="poisson", theta=2.0)
+    with pytest.raises(ArgumentError, match="link"):
+        mixbridge.glmer(QUINE_FORMULA, quine, family="negative.binomial", link="sqrt", theta=2)
+    bad = quine.copy()
+    bad.loc[3, "Days"] = -1
+    with pytest.raises(DataError, match="Days"):
+        mixbridge.glmer(QUINE_FORMULA, bad, family="negative.binomial", theta=2.0)
+
+
+@pytest.mark.parametrize("nb_theta", [0.7, 2.0, 50.0])
+def test_fixed_theta_matches_lme4(quine, nb_theta):
+    """glmer(family = MASS::negative.binomial(θ)) on both engines: criterion by lme4's deviance
+    function, estimates within the glmer policy."""
+    kw = dict(family="negative.binomial", theta=nb_theta)
+    py = mixbridge.glmer(QUINE_FORMULA, quine, **kw)
+    r = mixbridge.glmer(QUINE_FORMULA, quine, engine="r", **kw)
+    assert py.family == r.family == "negative.binomial"
+    assert py.nb_theta == r.nb_theta == nb_theta
+    # lme4's deviance function at lme4's optimum vs at ours (same function, same θ)
+    r_at_r = mixbridge.glmer_objective(
+        QUINE_FORMULA, quine, r.theta, r.fixef.to_numpy(), family="negative.binomial",
+        nb_theta=nb_theta, engine="r",
+    )  # fmt: skip
+    r_at_py = mixbridge.glmer_objective(
+        QUINE_FORMULA, quine, py.theta, py.fixef.to_numpy(), family="negative.binomial",
+        nb_theta=nb_theta, engine="r",
+    )  # fmt: skip
+    assert r_at_r == pytest.approx(r.criterion, abs=1e-9)
+    assert r_at_py <= r_at_r + _criterion_slack()
+    assert py.criterion == pytest.approx(r_at_py, abs=POLICIES["glmer"].tols["objective"].abs)
+    np.testing.assert_allclose(py.theta, r.theta, rtol=1e-3, atol=1e-2)
+    se = r.fixef_se.to_numpy()
+    assert np.all(
+        np.abs(py.fixef.to_numpy() - r.fixef.to_numpy())
+        <= 1e-3 * np.maximum(np.abs(r.fixef.to_numpy()), se)
+    )
+    assert py.deviance == pytest.approx(r.deviance, rel=1e-5)
+    assert "Negative Binomial(" in py.summary()
+
+
+# ---------------------------------------------------------------------------------------------
+# glmer_nb: θ estimated
+
+
+QUINE_NB = "Days ~ Eth + Sex + Age + Lrn + (1 | grp)"
+
+
+def _judge_nb(py, r, formula, data) -> dict[str, float]:
+    """Objective-based agreement of two glmer_nb fits: lme4's deviance function at each fit's
+    final NB θ (r.objective is lme4's at lme4's θ). Our criterion at our optimum must not be
+    worse than lme4's function at lme4's optimum; an NB θ gap beyond 1e-3 rel must sit on a
+    flat profile (criteria within the glmer policy's flat_abs)."""
+    lme4_at_lme4 = r.objective(r.theta, r.fixef.to_numpy())
+    lme4_fun_at_ours = mixbridge.glmer_objective(
+        formula, data, py.theta, py.fixef.to_numpy(), family="negative.binomial",
+        nb_theta=py.nb_theta, engine="r",
+    )  # fmt: skip
+    slack = _criterion_slack()
+    assert py.criterion <= lme4_at_lme4 + slack, (py.criterion, lme4_at_lme4)
+    assert lme4_fun_at_ours <= lme4_at_lme4 + slack, (lme4_fun_at_ours, lme4_at_lme4)
+    # same function at our estimates: ours and lme4's deviance functions agree
+    assert py.criterion == pytest.approx(
+        lme4_fun_at_ours, abs=POLICIES["glmer"].tols["objective"].abs
+    )
+    rel = abs(py.nb_theta - r.nb_theta) / r.nb_theta
+    if rel > 1e-3:
+        assert abs(py.criterion - lme4_at_lme4) <= POLICIES["glmer"].flat_abs, (
+            f"NB theta {py.nb_theta} vs lme4 {r.nb_theta} on a profile that is not flat"
+        )
+    return {"criterion_gap": py.criterion - lme4_at_lme4, "nb_theta_rel": rel}
+
+
+@pytest.fixture(scope="module")
+def quine_nb(quine):
+    return mixbridge.glmer_nb(QUINE_NB, quine)
+
+
+def test_quine_glmer_nb_matches_lme4(quine, quine_nb):
+    py = quine_nb
+    r = mixbridge.glmer_nb(QUINE_NB, quine, engine="r")
+    assert r.nb_theta is not None and py.nb_theta is not None
+    assert py.family == r.family == "negative.binomial"
+    gaps = _judge_nb(py, r, QUINE_NB, quine)
+    assert gaps["nb_theta_rel"] < 1e-3
+    np.testing.assert_allclose(py.theta, r.theta, rtol=2e-3, atol=1e-2)
+    assert f"Negative Binomial({py.nb_theta:.4g})" in py.summary()
+    info = py.optimizer["nb"]
+    assert info["start"] == "theta.ml on the poisson fit" and info["n_evals"] >= 5
+    # the fit is the glmer at its θ: fit.objective is that deviance function
+    assert py.objective(py.theta, py.fixef.to_numpy()) == pytest.approx(py.criterion, abs=1e-9)
+
+
+def test_theta_start_reaches_the_same_optimum(quine, quine_nb):
+    """theta_start (which lme4 cannot set) skips the poisson fit; from a start the interval
+    (start·e^±3) contains, the search finds the same θ."""
+    default = quine_nb
+    started = mixbridge.glmer_nb(QUINE_NB, quine, theta_start=4.0)
+    assert started.optimizer["nb"]["start"] == "theta_start"
+    assert started.optimizer["nb"]["theta_start"] == 4.0
+    assert started.nb_theta == pytest.approx(default.nb_theta, rel=1e-3)
+    assert started.criterion == pytest.approx(default.criterion, abs=1e-4)
+    with pytest.raises(ArgumentError, match="theta_start") as info:
+        mixbridge.glmer_nb(QUINE_NB, quine, theta_start=0.0)
+    assert info.value.argument == "theta_start"
+
+
+def test_r_engine_refuses_theta_start(quine, needs_r):
+    with pytest.raises(ArgumentError, match="theta_start"):
+        mixbridge.glmer_nb(QUINE_NB, quine, engine="r", theta_start=2.0)
+
+
+def test_poisson_data_reports_the_poisson_limit():
+    """Counts with no overdispersion: θ runs to the top of its interval; a warning message,
+    not an error, and the fit is the glmer at that θ."""
+    rng = np.random.default_rng(7)
+    g = np.repeat(np.arange(20), 15)
+    x = rng.normal(size=g.size)
+    b = rng.normal(scale=0.3, size=20)
+    y = rng.poisson(np.exp(0.5 + 0.3 * x + b[g]))
+    d = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+    fit = mixbridge.glmer_nb("y ~ x + (1 | g)", d, theta_start=50.0)
+    codes = [m.code for m in fit.messages]
+    assert "nb_theta_bound" in codes
+    text = next(m.text for m in fit.messages if m.code == "nb_theta_bound")
+    assert "Poisson limit" in text
+    assert fit.nb_theta == pytest.approx(50.0 * np.exp(3.0), rel=1e-3)
+    pois = mixbridge.glmer("y ~ x + (1 | g)", d, family="poisson")
+    # near the Poisson limit the NB fit approaches the poisson one
+    np.testing.assert_allclose(fit.fixef.to_numpy(), pois.fixef.to_numpy(), atol=0.02)
+
+
+@pytest.mark.slow
+def test_grouseticks_glmer_nb_matches_lme4(r_dataset):
+    g = r_dataset("grouseticks")
+    formula = "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)"
+    py = mixbridge.glmer_nb(formula, g)
+    r = mixbridge.glmer_nb(formula, g, engine="r")
+    _judge_nb(py, r, formula, g)
+
+
+@pytest.mark.slow
+def test_r_subprocess_transport_matches_embedded(quine):
+    """mb_glmer_nb through Rscript (the subprocess transport) gives lme4's same fit."""
+    emb = mixbridge.glmer_nb(QUINE_FORMULA, quine, engine="r")
+    sub = mixbridge.glmer_nb(QUINE_FORMULA, quine, engine="r", transport="subprocess")
+    assert sub.nb_theta == pytest.approx(emb.nb_theta, rel=1e-12)
+    assert sub.criterion == pytest.approx(emb.criterion, rel=1e-12)
+    assert sub.objective(sub.theta, sub.fixef.to_numpy()) == pytest.approx(
+        emb.objective(emb.theta, emb.fixef.to_numpy()), rel=1e-12
+    )
