@@ -189,18 +189,18 @@ def scalar_ri_fit(
 
     messages: list[Message] = []
     converged = True
-    # A log-spaced grid around the data's own scale finds the basin (the criterion can have a
-    # local minimum at 0 and another inside); Brent then polishes within the best bracket.
+    # A log-spaced grid around the data's own scale finds the basins (the criterion can have a
+    # local minimum at 0 and another inside, even one between two grid points whose values both
+    # exceed the value at 0): every grid local minimum, and every interval where the derivative
+    # in θ² turns from negative to positive, is polished; the best of them wins.
     t0 = _start_theta(stats)
-    grid = [0.0] + list(t0 * np.logspace(-4, 3, 10))
+    grid = [0.0] + list(t0 * np.logspace(-4, 3, 36))
     vals = [f(t) for t in grid]
     i = int(np.argmin(vals))
     while i == len(grid) - 1 and grid[-1] < 1e12:  # minimum beyond the grid: extend upwards
         grid.append(grid[-1] * 10.0)
         vals.append(f(grid[-1]))
         i = int(np.argmin(vals))
-    lo = grid[max(i - 1, 0)]
-    hi = grid[min(i + 1, len(grid) - 1)]
     if i == len(grid) - 1:
         converged = False
         theta = grid[i]
@@ -209,12 +209,27 @@ def scalar_ri_fit(
                 "warning", "theta did not reach a minimum (unbounded)", "python", code="convergence"
             )
         )
-    elif hi > lo:
-        theta = _polish(f, lambda t: _dcriterion_dphi(t * t, stats, reml), lo, hi, grid[i])
-        if vals[i] < f(theta):  # never return worse than the best grid point
-            theta = grid[i]
     else:
-        theta = grid[i]
+
+        def g(t: float) -> float:
+            return _dcriterion_dphi(t * t, stats, reml)
+
+        last = len(grid) - 1
+        brackets = {
+            (max(j - 1, 0), min(j + 1, last))
+            for j in range(last)
+            if vals[j] <= vals[max(j - 1, 0)] and vals[j] <= vals[j + 1]
+        }
+        slopes = [g(t) for t in grid[1:]]
+        brackets |= {(j, j + 1) for j in range(1, last) if slopes[j - 1] < 0.0 < slopes[j]}
+        theta, best = grid[i], vals[i]  # never return worse than the best grid point
+        for lo, hi in sorted(brackets):
+            if grid[hi] <= grid[lo]:
+                continue
+            mid = lo if vals[lo] <= vals[hi] else hi
+            cand = _polish(f, g, grid[lo], grid[hi], grid[mid])
+            if f(cand) < best:
+                theta, best = cand, f(cand)
     # lme4's check.boundary: snap to the bound if that does not worsen the criterion.
     if 0.0 < theta < boundary_tol and f(0.0) <= f(theta):
         theta = 0.0
