@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special  # not scipy.stats: its import alone takes seconds
 
 from mixbridge.errors import ArgumentError
 from mixbridge.inference import params
@@ -51,7 +51,7 @@ def percentile_interval(t: np.ndarray, level: float) -> tuple[float, float]:
         elif k >= r:
             out.append(float(t[r - 1]))
         else:
-            q = stats.norm.ppf
+            q = special.ndtri
             z, z1, z2 = q(alpha), q(k / (r + 1)), q((k + 1) / (r + 1))
             tk, tk1 = float(t[k - 1]), float(t[k])
             out.append(tk + (z - z1) / (z2 - z1) * (tk1 - tk))
@@ -65,8 +65,12 @@ def quantile_mc_se(t: np.ndarray, alpha: float) -> float:
     if t.size < 2:
         return math.nan
     sd = float(np.std(t, ddof=1))
-    z = stats.norm.ppf(alpha)
-    return sd * math.sqrt(alpha * (1.0 - alpha) / t.size) / float(stats.norm.pdf(z))
+    z = float(special.ndtri(alpha))
+    return (
+        sd
+        * math.sqrt(alpha * (1.0 - alpha) / t.size)
+        / (math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi))
+    )
 
 
 class Progress:

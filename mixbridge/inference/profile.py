@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize, special
 
 from mixbridge.errors import ArgumentError
 from mixbridge.inference import params
@@ -280,10 +280,11 @@ def _lmer_profile(fit: MixedFit, wanted: list[str], z: float) -> dict[str, tuple
 
     terms = _lmer_terms(fit)
     with blas_single_thread():
-        ml = _ml_fit(fit, terms)
+        scalar = _scalar_pieces(terms)
+        pieces = scalar or _LmerPieces(terms)
+        ml = scalar.ml_estimates(fit) if scalar is not None else _ml_fit(fit, terms)
         sizes = [t.p for t in terms.reterms]
         kinds = params.sv_kinds(sizes) + ["sigma"]
-        pieces = _scalar_pieces(terms) or _LmerPieces(terms)
         n, ldW = pieces.n, pieces.ldW
         two_pi = 2.0 * math.pi
         sigma_hat = float(ml.sigma)
@@ -303,7 +304,7 @@ def _lmer_profile(fit: MixedFit, wanted: list[str], z: float) -> dict[str, tuple
         scale = np.array([1.0 if k in ("cor", "sigma") else abs(v) if v > 0 else sigma_hat
                           for k, v in zip(kinds, x_hat, strict=True)])  # fmt: skip
         var_problem = _Problem(dev_var, x_hat, lower, upper, scale)
-        names, n_var = _names(ml)
+        names, n_var = _names(fit)
         out: dict[str, tuple[float, float]] = {}
         se = ml.fixef_se.to_numpy()
         for name in wanted:
@@ -429,7 +430,7 @@ def profile_confint(fit: MixedFit, level: float, wanted: list[str]) -> pd.DataFr
     """confint(fit, method = "profile") for the Python engine (see the module docstring)."""
     from mixbridge.inference.confint import frame
 
-    z = float(stats.norm.ppf((1.0 + level) / 2.0))
+    z = float(special.ndtri((1.0 + level) / 2.0))
     if fit.model == "lmer":
         found = _lmer_profile(fit, wanted, z)
     else:
