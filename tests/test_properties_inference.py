@@ -4,6 +4,9 @@ tolerance policy (mixbridge.inference.compare). Hypothesis profile: HYPOTHESIS_P
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 from hypothesis import assume, event, given, note
 
 import mixbridge
@@ -11,6 +14,7 @@ from mixbridge.inference.compare import compare_anova, compare_intervals
 from mixbridge.testing.strategies import grouped_data, mixed_data, profile_settings
 
 
+@pytest.mark.slow
 @profile_settings(max_examples=6)
 @given(d=grouped_data(family="gaussian", min_groups=4, max_groups=25, max_rows=300,
                       sd_ratio=(0.1, 10.0)))  # fmt: skip
@@ -39,13 +43,20 @@ def test_wald_profile_and_lrt_match_lme4(needs_r, d):
         compare_anova(a, b, model="lmer").assert_ok()
 
 
+@pytest.mark.slow
 @profile_settings(max_examples=4)
 @given(d=mixed_data(structure="corr_slope", max_groups=15, max_size=15))
 def test_lrt_of_a_random_slope_matches_lme4(needs_r, d):
     note(d.describe())
     fits = {}
     for engine in ("python", "r"):
-        big = mixbridge.lmer(d.formula(), d.data, engine=engine)
-        small = mixbridge.lmer(d.formula(random="(1 | g)"), d.data, engine=engine)
-        fits[engine] = mixbridge.anova(small, big)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            big = mixbridge.lmer(d.formula(), d.data, engine=engine)
+            small = mixbridge.lmer(d.formula(random="(1 | g)"), d.data, engine=engine)
+            fits[engine] = mixbridge.anova(small, big)
+        if engine == "r":
+            # lme4 stopping early (its convergence warnings) leaves its logLik below the
+            # optimum ours reaches (seen: 1.9e-3 lower with bobyqa code 3): not comparable
+            assume(not any(issubclass(w.category, mixbridge.RWarning) for w in caught))
     compare_anova(fits["python"], fits["r"], model="lmer").assert_ok()
