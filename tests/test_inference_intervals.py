@@ -215,3 +215,45 @@ def test_profile_solves_the_crossing(r_dataset):
         d = data.assign(off=b * data["Days"])
         held = mixbridge.lmer("Reaction ~ 1 + (1 | Subject)", d, reml=False, offset="off")
         assert abs((-2 * held.loglik) - (-2 * ml.loglik) - z2) < 1e-6
+
+
+def test_profile_exact_where_lme4_spline_is_off(needs_r):
+    """Five rows, four groups (found by the property test): the ML fit is singular and the
+    profile steep. Our bounds are where ζ = ±z, checked against the marginal likelihood
+    computed independently (dense V, nuisance parameters minimized by a 1-D search); lme4's
+    spline puts the lower .sigma bound where |ζ| is 2.28, not 1.96 (a known divergence of lme4,
+    not ours)."""
+    from scipy import optimize
+
+    d = pd.DataFrame({"y": [0.590061, 1.487325, 2.171895, 2.587504, 0.401165],
+                      "g": ["G00", "G00", "G01", "G02", "G03"]})  # fmt: skip
+    y = d["y"].to_numpy()
+    same = (d["g"].to_numpy()[:, None] == d["g"].to_numpy()[None, :]).astype(float)
+
+    def dev(sb, s):  # ML deviance with the mean profiled out, from V = s²I + sb² ZZ'
+        v = s * s * np.eye(5) + sb * sb * same
+        vi = np.linalg.inv(v)
+        one = np.ones(5)
+        r = y - (one @ vi @ y) / (one @ vi @ one)
+        return 5 * np.log(2 * np.pi) + np.linalg.slogdet(v)[1] + r @ vi @ r
+
+    base = -2 * mixbridge.lmer("y ~ 1 + (1 | g)", d, reml=False).loglik
+
+    def zeta_sigma(s):  # |ζ| with σ held at s, sd_b profiled
+        res = optimize.minimize_scalar(lambda sb: dev(sb, s), bounds=(0, 20), method="bounded",
+                                       options={"xatol": 1e-10})  # fmt: skip
+        return np.sqrt(res.fun - base)
+
+    def zeta_sd(sb):
+        res = optimize.minimize_scalar(lambda ls: dev(sb, np.exp(ls)), bounds=(-8, 3),
+                                       method="bounded", options={"xatol": 1e-10})  # fmt: skip
+        return np.sqrt(res.fun - base)
+
+    ours = mixbridge.lmer("y ~ 1 + (1 | g)", d).confint("profile")
+    ref = lme4_confint(d, "y ~ 1 + (1 | g)", "profile")
+    z = stats.norm.ppf(0.975)
+    for bound in ours.loc[".sigma"]:
+        assert abs(zeta_sigma(bound) - z) < 1e-4
+    assert abs(zeta_sd(ours.loc[".sig01", "upper"]) - z) < 1e-4
+    assert ours.loc[".sig01", "lower"] == ref.loc[".sig01", "lower"] == 0.0
+    assert zeta_sigma(ref.loc[".sigma", "lower"]) > 2.2  # lme4's spline, 15% below the crossing

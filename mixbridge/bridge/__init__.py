@@ -364,6 +364,23 @@ def _tests_hook(
     return tests
 
 
+def _confint_hook(
+    model: str,
+    transport: str,
+    fit_args: dict[str, Any],
+    columns: list[Column],
+    nrow: int,
+    timeout: float | None,
+) -> Callable[..., pd.DataFrame]:
+    """fit.confint(...) for an R fit: lme4's confint.merMod (mixbridge.inference.r_engine)."""
+    from mixbridge.inference.r_engine import confint_hook
+
+    def run(function: str, args: dict[str, Any]) -> dict[str, Any]:
+        return _run(function, transport, args, columns, nrow, timeout)
+
+    return confint_hook(run, model, fit_args)
+
+
 # ---------------------------------------------------------------------------------------------
 # Engine protocol
 
@@ -398,6 +415,7 @@ def lmer(
         tests=_tests_hook(
             transport, {**base, "control": ctrl}, columns, nrow, value.get("fit"), timeout
         ),
+        confint=_confint_hook("lmer", transport, {**base, "control": ctrl}, columns, nrow, timeout),
     )  # fmt: skip
     _finish(fit, transport, note)
     return fit
@@ -459,6 +477,7 @@ def glmer(
         predict=_predict_hook(
             "glmer", transport, base, columns, nrow, data, offset, value.get("fit"), timeout
         ),
+        confint=_confint_hook("glmer", transport, base, columns, nrow, timeout),
     )
     _finish(fit, transport, note)
     return fit

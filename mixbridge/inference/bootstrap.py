@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special  # not scipy.stats: its import alone takes seconds
 
 from mixbridge.errors import ArgumentError
 from mixbridge.inference import params
@@ -51,7 +51,7 @@ def percentile_interval(t: np.ndarray, level: float) -> tuple[float, float]:
         elif k >= r:
             out.append(float(t[r - 1]))
         else:
-            q = stats.norm.ppf
+            q = special.ndtri
             z, z1, z2 = q(alpha), q(k / (r + 1)), q((k + 1) / (r + 1))
             tk, tk1 = float(t[k - 1]), float(t[k])
             out.append(tk + (z - z1) / (z2 - z1) * (tk1 - tk))
@@ -65,8 +65,12 @@ def quantile_mc_se(t: np.ndarray, alpha: float) -> float:
     if t.size < 2:
         return math.nan
     sd = float(np.std(t, ddof=1))
-    z = stats.norm.ppf(alpha)
-    return sd * math.sqrt(alpha * (1.0 - alpha) / t.size) / float(stats.norm.pdf(z))
+    z = float(special.ndtri(alpha))
+    return (
+        sd
+        * math.sqrt(alpha * (1.0 - alpha) / t.size)
+        / (math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi))
+    )
 
 
 class Progress:
@@ -120,7 +124,7 @@ def boot_replicates(
             "fit",
         )
     names, _ = parameter_names(fit)
-    refit = _refitter(fit)
+    refit, draw = _refitter(fit)
     n = int(fit.nobs)
     chunk = max(1, min(nsim, _CHUNK_ROWS // max(n, 1)))
     seeds = np.random.SeedSequence(seed).spawn(math.ceil(nsim / chunk))
@@ -129,10 +133,12 @@ def boot_replicates(
     done = 0
     for s in seeds:
         k = min(chunk, nsim - done)
-        ys = fit.simulate(k, seed=np.random.default_rng(s).integers(2**63))
+        rng = np.random.default_rng(s)
+        ys = None if draw is not None else fit.simulate(k, seed=rng.integers(2**63))
         for i in range(k):
+            y = draw(rng) if draw is not None else np.asarray(ys[:, i], float)  # type: ignore[index]
             try:
-                out[done + i] = refit(np.asarray(ys[:, i], float))
+                out[done + i] = refit(y)
             except (ArithmeticError, ValueError, np.linalg.LinAlgError):
                 pass  # bootMer keeps a failed refit as NA
         done += k
@@ -162,7 +168,12 @@ def boot_confint(
 # Refitting a simulated response
 
 
-def _refitter(fit: MixedFit) -> Callable[[np.ndarray], np.ndarray]:
+Draw = Callable[[np.random.Generator], np.ndarray] | None
+
+
+def _refitter(fit: MixedFit) -> tuple[Callable[[np.ndarray], np.ndarray], Draw]:
+    """The refit of one simulated response, and (for the (1|g) path) a draw of one response
+    minus its offset (None: responses come from fit.simulate)."""
     if fit.call is None:
         raise ArgumentError(
             "this fit was not made by mixbridge.lmer/glmer (it has no call): the bootstrap "
@@ -171,10 +182,10 @@ def _refitter(fit: MixedFit) -> Callable[[np.ndarray], np.ndarray]:
         )
     if fit.model == "lmer":
         return _lmer_refitter(fit)
-    return _glmer_refitter(fit)
+    return _glmer_refitter(fit), None
 
 
-def _lmer_refitter(fit: MixedFit) -> Callable[[np.ndarray], np.ndarray]:
+def _lmer_refitter(fit: MixedFit) -> tuple[Callable[[np.ndarray], np.ndarray], Draw]:
     from mixbridge.python_impl.lmer import fit_terms
     from mixbridge.python_impl.lmm_scalar import scalar_ri_fit
     from mixbridge.python_impl.pls import blas_single_thread, select_core
@@ -182,35 +193,48 @@ def _lmer_refitter(fit: MixedFit) -> Callable[[np.ndarray], np.ndarray]:
     from mixbridge.python_impl.spec import check_lmer_terms, mixed_terms
 
     call = fit.call
+    assert call is not None
     terms = mixed_terms(
         call.formula, call.data, weights=call.weights, offset=call.offset, model="lmer"
     )
     check_lmer_terms(terms)
     sizes = [t.p for t in terms.reterms]
-    off = None if terms.offset is None else np.asarray(terms.offset, float)
-    if off is not None and not np.any(off):
-        off = None
     reml = bool(fit.reml)
     core = select_core(terms, weights_vary=False)
     if isinstance(core, DiagonalCore):
         w = None if terms.weights is None else np.asarray(terms.weights, float)
         if w is not None and np.all(w == 1.0):
             w = None
+        # simulate.merMod for (1|g), without the offset (the refit would only subtract it):
+        # y = Xβ̂ + σθ·z[g] + σ/√w·ε, z and ε standard normal
+        beta = fit.fixef.to_numpy(float)
+        pop = terms.x_times(beta)
+        codes = np.asarray(terms.reterms[0].codes)
+        n_groups = terms.reterms[0].n_levels
+        sd_b = float(fit.sigma) * float(fit.theta[0])
+        sd_e = float(fit.sigma) / np.sqrt(w) if w is not None else float(fit.sigma)
+
+        def draw(rng: np.random.Generator) -> np.ndarray:
+            y = rng.standard_normal(pop.size)
+            y *= sd_e
+            y += pop
+            y += (sd_b * rng.standard_normal(n_groups))[codes]
+            return y
 
         def scalar(y: np.ndarray) -> np.ndarray:
             with blas_single_thread():
-                res = scalar_ri_fit(core.group_stats(y if off is None else y - off, w), reml)
+                res = scalar_ri_fit(core.group_stats(y, w), reml)
             sv = params.theta_to_sv(np.array([res.theta]), sizes, res.sigma)
             return np.concatenate([sv, [res.sigma], np.asarray(res.beta, float)])
 
-        return scalar
+        return scalar, draw
 
     def general(y: np.ndarray) -> np.ndarray:
         refit = fit_terms(dataclasses.replace(terms, y=y), formula=fit.formula, reml=reml)
         sv = params.theta_to_sv(refit.theta, sizes, refit.sigma)
         return np.concatenate([sv, [refit.sigma], refit.fixef.to_numpy(float)])
 
-    return general
+    return general, None
 
 
 def _glmer_refitter(fit: MixedFit) -> Callable[[np.ndarray], np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from mixbridge.errors import ArgumentError
 from mixbridge.inference import params
@@ -85,7 +85,7 @@ def confint(
 def wald(fit: MixedFit, level: float) -> pd.DataFrame:
     """lme4's `confint(method = "Wald")`: β̂ ± qnorm((1 + level)/2)·se; NaN for the rest."""
     names, n_var = parameter_names(fit)
-    z = stats.norm.ppf((1.0 + level) / 2.0)
+    z = float(special.ndtri((1.0 + level) / 2.0))
     se = fit.fixef_se.to_numpy()
     beta = fit.fixef.to_numpy(dtype=float)
     lower = np.concatenate([np.full(n_var, np.nan), beta - z * se])

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from mixbridge.errors import ArgumentError, MixbridgeWarning
 from mixbridge.results import MixedFit
@@ -62,7 +62,7 @@ def lrt_table(fits: list[MixedFit], names: list[str], refitted: list[str]) -> pd
     chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(llk))])
     df = np.concatenate([[np.nan], np.diff(npar)])
     with np.errstate(invalid="ignore"):
-        p = np.where(df == 0, np.nan, stats.chi2.sf(chisq, np.where(df > 0, df, np.nan)))
+        p = np.where(df == 0, np.nan, special.chdtrc(np.where(df > 0, df, np.nan), chisq))
     p[0] = np.nan
     table = pd.DataFrame(
         {

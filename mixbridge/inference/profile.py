@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize, special
 
 from mixbridge.errors import ArgumentError
 from mixbridge.inference import params
@@ -95,8 +95,16 @@ class _Problem:
                 return val if math.isfinite(val) else 1e300
 
             bounds = list(zip(self.lower[free] / sc, self.upper[free] / sc, strict=True))
-            y0 = np.clip(start(v) / sc, [b[0] for b in bounds], [b[1] for b in bounds])
-            best_y, best = y0, f(y0)
+            lo, hi = [b[0] for b in bounds], [b[1] for b in bounds]
+            # the extrapolated start, unless the nearest solution itself is better (an
+            # extrapolation clipped at a bound can land where the deviance is huge and flat)
+            best_y, best = None, math.inf
+            nearest = solved[min(solved, key=lambda t: abs(t - v))]
+            for cand in (start(v), nearest):
+                y0 = np.clip(cand / sc, lo, hi)
+                f0 = f(y0)
+                if best_y is None or f0 < best:
+                    best_y, best = y0, f0
             for _ in range(2):  # one restart when a numerical gradient stopped L-BFGS-B early
                 res = optimize.minimize(
                     f, best_y, method="L-BFGS-B", bounds=bounds, options=_INNER_OPTIONS
@@ -105,6 +113,17 @@ class _Problem:
                     best_y, best = np.asarray(res.x, float), float(res.fun)
                 if res.success:
                     break
+            # A standard deviation (or θ) at its bound 0 is a stationary point of the deviance,
+            # which is even in it: L-BFGS-B cannot leave it. Try again from 1 (the scale) there.
+            at_zero = (self.lower[free] == 0.0) & (best_y == 0.0)
+            if np.any(at_zero):
+                y1 = best_y.copy()
+                y1[at_zero] = 1.0
+                res = optimize.minimize(
+                    f, y1, method="L-BFGS-B", bounds=bounds, options=_INNER_OPTIONS
+                )
+                if res.fun < best:
+                    best_y, best = np.asarray(res.x, float), float(res.fun)
             solved[float(v)] = best_y * sc
             return best
 
@@ -261,29 +280,31 @@ def _lmer_profile(fit: MixedFit, wanted: list[str], z: float) -> dict[str, tuple
 
     terms = _lmer_terms(fit)
     with blas_single_thread():
-        ml = _ml_fit(fit, terms)
+        scalar = _scalar_pieces(terms)
+        pieces = scalar or _LmerPieces(terms)
+        ml = scalar.ml_estimates(fit) if scalar is not None else _ml_fit(fit, terms)
         sizes = [t.p for t in terms.reterms]
         kinds = params.sv_kinds(sizes) + ["sigma"]
-        pieces = _scalar_pieces(terms) or _LmerPieces(terms)
         n, ldW = pieces.n, pieces.ldW
         two_pi = 2.0 * math.pi
         sigma_hat = float(ml.sigma)
-        x_hat = np.append(params.theta_to_sv(ml.theta, sizes, sigma_hat), sigma_hat)
+        # σ enters as log σ: unbounded, so no line search runs into σ = 0, where the deviance
+        # is infinite (its profile is solved in log σ and mapped back)
+        x_hat = np.append(params.theta_to_sv(ml.theta, sizes, sigma_hat), math.log(sigma_hat))
 
         def dev_var(x: np.ndarray) -> float:
-            sigma = x[-1]
-            if sigma <= 0:
-                return math.inf
+            sigma = math.exp(x[-1])
             theta = params.sv_to_theta(x[:-1], sizes, sigma)
             ld, r2 = pieces.basic(theta)
             return ld - ldW + r2 / (sigma * sigma) + n * math.log(two_pi * sigma * sigma)
 
-        lower = np.array([0.0 if k == "sd" else -1.0 if k == "cor" else 1e-12 for k in kinds])
+        lower = np.array([0.0 if k == "sd" else -1.0 if k == "cor" else -math.inf for k in kinds])
         upper = np.array([math.inf if k != "cor" else 1.0 for k in kinds])
-        scale = np.array([1.0 if k == "cor" else max(abs(v), 1e-3 * sigma_hat)
+        # a zero sd (singular fit) gets σ̂ as its scale: profiles move it by about that much
+        scale = np.array([1.0 if k in ("cor", "sigma") else abs(v) if v > 0 else sigma_hat
                           for k, v in zip(kinds, x_hat, strict=True)])  # fmt: skip
         var_problem = _Problem(dev_var, x_hat, lower, upper, scale)
-        names, n_var = _names(ml)
+        names, n_var = _names(fit)
         out: dict[str, tuple[float, float]] = {}
         se = ml.fixef_se.to_numpy()
         for name in wanted:
@@ -294,11 +315,12 @@ def _lmer_profile(fit: MixedFit, wanted: list[str], z: float) -> dict[str, tuple
                 est = float(x_hat[k])
                 if kind == "cor":
                     step = 0.25
-                elif kind == "sigma":
-                    step = max(est * z / math.sqrt(2.0 * n), 1e-3 * est)
+                elif kind == "sigma":  # in log σ: its se is about 1/sqrt(2n)
+                    step = max(z / math.sqrt(2.0 * n), 1e-3)
                 else:
                     step = max(0.5 * est, 0.05 * sigma_hat)
-                out[name] = _interval(var_problem, k, kind, step, z, prof)
+                lo, hi = _interval(var_problem, k, kind, step, z, prof)
+                out[name] = (math.exp(lo), math.exp(hi)) if kind == "sigma" else (lo, hi)
             else:
                 j = k - n_var
                 out[name] = _fixed_interval(pieces, ml, j, float(se[j]), z, prof)
@@ -408,7 +430,7 @@ def profile_confint(fit: MixedFit, level: float, wanted: list[str]) -> pd.DataFr
     """confint(fit, method = "profile") for the Python engine (see the module docstring)."""
     from mixbridge.inference.confint import frame
 
-    z = float(stats.norm.ppf((1.0 + level) / 2.0))
+    z = float(special.ndtri((1.0 + level) / 2.0))
     if fit.model == "lmer":
         found = _lmer_profile(fit, wanted, z)
     else:

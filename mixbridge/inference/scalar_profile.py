@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,22 @@ class ScalarPieces:
         self.n = int(self.stats.n)
         self.ldW = float(self.stats.ldW)
         self.theta_lower = np.zeros(1)
+
+    def ml_estimates(self, fit: Any) -> Any:
+        """The ML estimates (lme4's refitML) from the same group sums: θ̂, σ̂, β̂ and the SEs,
+        as the attributes the profile reads (no second pass over the rows)."""
+        import pandas as pd
+
+        from mixbridge.python_impl.lmm_scalar import scalar_ri_fit
+
+        res = scalar_ri_fit(self.stats, False)
+        names = list(fit.fixef.index)
+        se = np.sqrt(np.diag(np.asarray(res.vcov_unscaled))) * res.sigma
+        return SimpleNamespace(
+            theta=np.array([res.theta]), sigma=float(res.sigma),
+            fixef=pd.Series(np.asarray(res.beta, float), index=names),
+            fixef_se=pd.Series(se, index=names),
+        )  # fmt: skip
 
     def basic(self, theta: np.ndarray) -> tuple[float, float]:
         ld, r2, _, _ = scalar_ri_profile_pieces(float(np.ravel(theta)[0]), self.stats)

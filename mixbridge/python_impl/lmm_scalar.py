@@ -145,6 +145,65 @@ def scalar_ri_pieces(
     return ev.ldL2, ev.ldRX2, ev.pwrss, res.vcov_unscaled
 
 
+def _grid_values(
+    thetas: np.ndarray, stats: GroupStats, reml: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The criterion and its derivative in φ = θ² at many θ at once (stacked Cholesky factors
+    and solves: the search's grid in one pass instead of one Python call per point). The same
+    formulas as `_evaluate` and `_dcriterion_dphi`; non-positive-definite points give inf/NaN."""
+    c = stats.pooled()
+    p = stats.p
+    t2 = np.asarray(thetas, float) ** 2
+    den = 1.0 + np.outer(t2, c.s)  # (m, K)
+    upper = c.aug_upper[None, :] - (t2[:, None] / den) @ c.M.T  # (m, T)
+    m = t2.size
+    aug = np.empty((m, p + 1, p + 1))
+    aug[:, c.iu, c.ju] = upper
+    aug[:, c.ju, c.iu] = upper
+    dupper = (1.0 / (den * den)) @ c.M.T
+    D = np.empty((m, p + 1, p + 1))
+    D[:, c.iu, c.ju] = dupper
+    D[:, c.ju, c.iu] = dupper
+    ldL2 = np.log1p(t2[:, None] * c.s[None, :]) @ c.count
+    dldL2 = (c.s[None, :] / den) @ c.count
+    crit = np.full(m, np.inf)
+    slope = np.full(m, np.nan)
+    n, nmp = stats.n, stats.n - p
+    two_pi = 2.0 * math.pi
+    try:
+        L = np.linalg.cholesky(aug)
+        ok = np.ones(m, bool)
+    except np.linalg.LinAlgError:
+        L = np.zeros_like(aug)
+        ok = np.zeros(m, bool)
+        for k in range(m):
+            try:
+                L[k] = np.linalg.cholesky(aug[k])
+                ok[k] = True
+            except np.linalg.LinAlgError:
+                continue
+    diag = np.diagonal(L, axis1=1, axis2=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pwrss = diag[:, p] ** 2
+        ldRX2 = 2.0 * np.sum(np.log(diag[:, :p]), axis=1)
+        if reml:
+            crit = ldL2 + ldRX2 - stats.ldW + nmp * (1.0 + np.log(two_pi * pwrss / nmp))
+        else:
+            crit = ldL2 - stats.ldW + n * (1.0 + np.log(two_pi * pwrss / n))
+        A = aug[:, :p, :p]
+        rhs = np.concatenate([aug[:, :p, p : p + 1], D[:, :p, :p]], axis=2)
+        sol = np.linalg.solve(np.where(ok[:, None, None], A, np.eye(p)), rhs)
+        v = np.concatenate([-sol[:, :, 0], np.ones((m, 1))], axis=1)
+        dpwrss = -np.einsum("mi,mij,mj->m", v, D, v)
+        if reml:
+            slope = dldL2 - np.trace(sol[:, :, 1:], axis1=1, axis2=2) + nmp * dpwrss / pwrss
+        else:
+            slope = dldL2 + n * dpwrss / pwrss
+    crit = np.where(ok & np.isfinite(crit), crit, np.inf)
+    slope = np.where(ok, slope, np.nan)
+    return crit, slope
+
+
 def scalar_ri_criterion(theta: float, stats: GroupStats, reml: bool) -> float:
     """lme4's profiled deviance d(θ) (ML) or REML criterion d_R(θ) (spec §2.2)."""
     return _evaluate(abs(float(theta)), stats, reml).criterion
@@ -199,18 +258,24 @@ def scalar_ri_fit(
 
     messages: list[Message] = []
     converged = True
-    # A log-spaced grid around the data's own scale finds the basin (the criterion can have a
-    # local minimum at 0 and another inside); Brent then polishes within the best bracket.
+    # A log-spaced grid around the data's own scale finds the basins (the criterion can have a
+    # local minimum at 0 and another inside, even one between two grid points whose values both
+    # exceed the value at 0): every grid local minimum, and every interval where the derivative
+    # in θ² turns from negative to positive, is polished; the best of them wins.
     t0 = _start_theta(stats)
-    grid = [0.0] + list(t0 * np.logspace(-4, 3, 10))
-    vals = [f(t) for t in grid]
+    grid = [0.0] + list(t0 * np.logspace(-4, 3, 36))
+    gvals, gslopes = _grid_values(np.array(grid), stats, reml)
+    evals += len(grid)
+    vals = [float(v) for v in gvals]
+    slopes = [float(v) for v in gslopes[1:]]
+    for t, v in zip(grid, vals, strict=True):
+        cache[float(t)] = v
     i = int(np.argmin(vals))
     while i == len(grid) - 1 and grid[-1] < 1e12:  # minimum beyond the grid: extend upwards
         grid.append(grid[-1] * 10.0)
         vals.append(f(grid[-1]))
+        slopes.append(_dcriterion_dphi(grid[-1] ** 2, stats, reml))
         i = int(np.argmin(vals))
-    lo = grid[max(i - 1, 0)]
-    hi = grid[min(i + 1, len(grid) - 1)]
     if i == len(grid) - 1:
         converged = False
         theta = grid[i]
@@ -219,12 +284,26 @@ def scalar_ri_fit(
                 "warning", "theta did not reach a minimum (unbounded)", "python", code="convergence"
             )
         )
-    elif hi > lo:
-        theta = _polish(f, lambda t: _dcriterion_dphi(t * t, stats, reml), lo, hi, grid[i])
-        if vals[i] < f(theta):  # never return worse than the best grid point
-            theta = grid[i]
     else:
-        theta = grid[i]
+
+        def g(t: float) -> float:
+            return _dcriterion_dphi(t * t, stats, reml)
+
+        last = len(grid) - 1
+        brackets = {
+            (max(j - 1, 0), min(j + 1, last))
+            for j in range(last)
+            if vals[j] <= vals[max(j - 1, 0)] and vals[j] <= vals[j + 1]
+        }
+        brackets |= {(j, j + 1) for j in range(1, last) if slopes[j - 1] < 0.0 < slopes[j]}
+        theta, best = grid[i], vals[i]  # never return worse than the best grid point
+        for lo, hi in sorted(brackets):
+            if grid[hi] <= grid[lo]:
+                continue
+            mid = lo if vals[lo] <= vals[hi] else hi
+            cand = _polish(f, g, grid[lo], grid[hi], grid[mid])
+            if f(cand) < best:
+                theta, best = cand, f(cand)
     # lme4's check.boundary: snap to the bound if that does not worsen the criterion.
     if 0.0 < theta < boundary_tol and f(0.0) <= f(theta):
         theta = 0.0

@@ -745,3 +745,67 @@ mb_allfit <- function(model, formula, data, REML = TRUE, family = "gaussian", li
          versions = .mb_versions())
   })
 }
+
+# ---------------------------------------------------------------------------------------------
+# Inference (mixbridge/inference): lme4's confint.merMod and anova.merMod on lme4's own fit of
+# the model (refitted here: deterministic, and both transports work the same way).
+
+.mb_refit <- function(model, formula, data, REML = TRUE, family = "binomial", link = NULL,
+                      nAGQ = 1L, weights_col = NULL, offset_col = NULL, control = list()) {
+  fml <- .mb_formula(formula)
+  glmm <- model == "glmer"
+  cl <- .mb_mer_call(glmm, weights_col, offset_col)
+  # control and family go into the call as values: bootMer's refit evaluates them again
+  # from the call, where this function's variables are gone
+  cl$control <- if (glmm) .mb_glmer_control(control) else .mb_lmer_control(control)
+  if (glmm) {
+    cl$family <- .mb_family(family, link)
+    cl$nAGQ <- as.integer(nAGQ)
+  } else {
+    cl$REML <- isTRUE(REML)
+  }
+  eval(cl)
+}
+
+# method: "wald", "profile" or "boot"; parm: parameter names (NULL: all); seed: set.seed first.
+mb_confint_refit <- function(model, fit_args, data, method = "profile", level = 0.95,
+                             parm = NULL, nsim = 1000L, seed = NULL) {
+  .mb_capture({
+    fit <- do.call(.mb_refit, c(list(model = model, data = data), fit_args))
+    m <- c(wald = "Wald", profile = "profile", boot = "boot")[[method]]
+    if (!is.null(seed)) set.seed(as.integer(seed))
+    if (m == "boot") {
+      # what confint.merMod(method = "boot") does (bootMer with these parameters, then
+      # boot.ci percentile intervals), in two steps so the replicates come back too
+      glmm <- !lme4::isLMM(fit)
+      fun <- function(x) {
+        th <- lme4::getME(x, "theta")
+        nv <- lengths(x@cnms)
+        sv <- if (lme4::isLMM(x)) lme4:::Cv_to_Sv(th, nv, s = stats::sigma(x))
+              else lme4:::Cv_to_Sv(th, nv)
+        c(sv, lme4::fixef(x))
+      }
+      bb <- suppressMessages(lme4::bootMer(fit, fun, nsim = as.integer(nsim)))
+      ci <- stats::confint(bb, type = "perc", level = as.numeric(level))
+      nms <- c(sprintf(".sig%02d", seq_along(lme4::getME(fit, "theta"))),
+               if (!glmm) ".sigma", names(lme4::fixef(fit)))
+      list(names = nms, lower = as.numeric(ci[, 1]), upper = as.numeric(ci[, 2]),
+           replicates = as.numeric(bb$t), n_rep = nrow(bb$t))
+    } else {
+      args <- list(fit, level = as.numeric(level), method = m, oldNames = TRUE)
+      if (!is.null(parm) && m != "Wald") args$parm <- as.character(parm)
+      ci <- suppressMessages(do.call(stats::confint, args))
+      list(names = rownames(ci), lower = as.numeric(ci[, 1]), upper = as.numeric(ci[, 2]))
+    }
+  })
+}
+
+# models: a named list (the row names) of fit_args lists, each with its `model`.
+mb_anova_refit <- function(models, data, refit = TRUE) {
+  .mb_capture({
+    mods <- lapply(models, function(a) do.call(.mb_refit, c(list(data = data), a)))
+    a <- suppressMessages(do.call(stats::anova, c(unname(mods), list(
+      refit = isTRUE(refit), model.names = names(models)))))
+    c(list(names = rownames(a)), lapply(as.list(a), as.numeric))
+  })
+}

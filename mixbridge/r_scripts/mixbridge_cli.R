@@ -23,7 +23,8 @@
   fn_name <- req[["function"]]
   allowed <- c("mb_lmer", "mb_glmer", "mb_glmer_nb", "mb_bayesglm", "mb_lmer_objective",
                "mb_glmer_objective", "mb_dataset", "mb_versions", "mb_describe_df",
-               "mb_ping", "mb_predict_refit", "mb_tests_refit", "mb_allfit")
+               "mb_ping", "mb_predict_refit", "mb_tests_refit", "mb_allfit",
+               "mb_confint_refit", "mb_anova_refit")
   if (!(fn_name %in% allowed)) stop("unknown function ", fn_name)
   args <- req$args
   if (is.null(args)) args <- list()
