@@ -174,6 +174,7 @@ def _optimize(devfun: LmerDevfun, theta0: np.ndarray, settings: dict[str, Any]) 
         theta0,
         devfun.lower,
         value_grad=devfun.profiled_grad,
+        curvature=devfun.curvature_guess,
         **settings,
     )
 

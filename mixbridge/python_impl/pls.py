@@ -50,6 +50,34 @@ def blas_single_thread() -> contextlib.AbstractContextManager:
     return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
+# Dense blocks of at least this order are factored with BLAS on every core of the process
+# (`blas_for_order`): a 5000² Cholesky is ~4e10 flops, where threads pay off; below it the
+# single-thread rule of `blas_single_thread` holds.
+BIG_BLOCK_ORDER = 2000
+
+
+def blas_for_order(order: int) -> contextlib.AbstractContextManager:
+    """BLAS threads for one dense factorization of the given order: every core available to
+    the process (os.sched_getaffinity) for order ≥ BIG_BLOCK_ORDER, else no change."""
+    if order < BIG_BLOCK_ORDER:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext()
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if not _BLAS_CONTROLLER:
+        import scipy.linalg  # noqa: F401
+
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=cores, user_api="blas")
+
+
 # ---------------------------------------------------------------------------------------------
 # Λ_θ's layout
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from mixbridge.python_impl.pls import blas_for_order
+
 # `profile` enumerates the pairs of non-zeros of A21 within each first-term level once; beyond
 # this many (memory: ~40 bytes each) it forms A21 W1 A21' by sparse products per θ instead.
 PAIRS_MAX = 50_000_000
@@ -41,9 +43,12 @@ def _dlauum(*args: Any, **kwargs: Any) -> Any:
     return lapack.dlauum(*args, **kwargs)
 
 
-def _pair_map(a21: sp.csr_matrix, l1: int, p1: int, stride: int) -> sp.csr_matrix | None:
-    """The linear map vec(W1) -> lower triangle of A21 W1 A21', as a sparse matrix whose rows
-    are positions i·stride + k in a row-major buffer with row length `stride`.
+def _pair_map(
+    a21: sp.csr_matrix, l1: int, p1: int, stride: int
+) -> tuple[sp.csr_matrix, np.ndarray] | None:
+    """The linear map vec(W1) -> lower triangle of A21 W1 A21', as (M, positions): row r of the
+    sparse M is the entry at position positions[r] = i·stride + k of a row-major buffer with
+    row length `stride` (only positions with pairs have rows).
 
     W1 is block diagonal with one p1×p1 block per level j of the first term, so entry (i, k)
     sums A21[i, c] W1_j[a, b] A21[k, c'] over pairs of non-zeros in the columns c = j p1 + a,
@@ -84,22 +89,19 @@ def _pair_map(a21: sp.csr_matrix, l1: int, p1: int, stride: int) -> sp.csr_matri
         o = o[np.argsort(ri[o].astype(np.uint16), kind="stable")]
     else:
         o = np.argsort(pos, kind="stable")
-    nrow = a.shape[0] * stride
-    indptr = np.zeros(nrow + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pos, minlength=nrow), out=indptr[1:])
+    # rows: only the buffer positions that have pairs (an indptr over every position would be
+    # (q2+p+1)² int64s: 3.2 GB at q2 = 2e4)
+    pos = pos[o]
+    new = np.empty(pos.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(pos[1:], pos[:-1], out=new[1:])
+    upos = pos[new]
+    indptr = np.append(np.flatnonzero(new), pos.size).astype(np.int64)
+    del pos, new
     e, f = e[o], f[o]
     wcol = lev[e] if p1 == 1 else lev[e] * p1 * p1 + (col[e] % p1) * p1 + col[f] % p1
-    return sp.csr_matrix((a.data[e] * a.data[f], wcol, indptr), shape=(nrow, l1 * p1 * p1))
-
-
-def _accumulate(m: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> None:
-    """out += m @ x in place (m is CSR; out a contiguous 1-D buffer)."""
-    try:
-        from scipy.sparse import _sparsetools
-
-        _sparsetools.csr_matvec(m.shape[0], m.shape[1], m.indptr, m.indices, m.data, x, out)
-    except (ImportError, AttributeError, TypeError, ValueError):  # private API moved: copy
-        out += m @ x
+    m = sp.csr_matrix((a.data[e] * a.data[f], wcol, indptr), shape=(upos.size, l1 * p1 * p1))
+    return m, upos
 
 
 class AugmentedProfile:
@@ -148,6 +150,9 @@ class AugmentedProfile:
             b33 = ps["xtx"] - np.einsum("jam,jan->mn", zx1, wzx1)
         else:
             b33 = ps["xtx"]
+        self._prof_diag = False
+        if q2 > 0 and self._diagonal_s22(pairs, theta, w1):
+            return self._profile_diagonal(pairs, ps, theta, ld, w1, b33)
         if q2 > 0:
             self._fill_s22(pairs, h, theta, w1)
             c2 = ps["zx2"]
@@ -162,13 +167,53 @@ class AugmentedProfile:
         h[q2:, q2:] = b33
         # h holds the lower triangle row-major; its transpose (a free view) is column-major
         # with that triangle as the upper one: LAPACK's upper Cholesky U'U = H in place.
-        u, info = _dpotrf(h.T, lower=0, clean=0, overwrite_a=1)
+        with blas_for_order(m):
+            u, info = _dpotrf(h.T, lower=0, clean=0, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError("augmented PLS matrix is not positive definite")
         d = np.diagonal(u)
         ld += 2.0 * float(np.log(d[:q2]).sum())
         ldrx = 2.0 * float(np.log(np.abs(d[q2 : q2 + p])).sum()) if p > 0 else 0.0
         return ld, ldrx, float(d[m - 1] ** 2)
+
+    def _diagonal_s22(
+        self, pairs: dict[str, Any], theta: np.ndarray, w1: np.ndarray | None
+    ) -> bool:
+        """S22 is diagonal at θ: every dense-block θ is 0 (S22 = I), or the first term's θ is 0
+        (W1 = 0) and A22 is diagonal (one more scalar term) — e.g. the boundary probes."""
+        lam = pairs["lam2_diag"]
+        if lam is None:
+            return False
+        if not np.any(theta[lam]):
+            return True
+        return pairs["a22_diag"] is not None and (w1 is None or not np.any(w1))
+
+    def _profile_diagonal(
+        self,
+        pairs: dict[str, Any],
+        ps: dict[str, Any],
+        theta: np.ndarray,
+        ld: float,
+        w1: np.ndarray | None,
+        b33: np.ndarray,
+    ) -> tuple[float, float, float]:
+        """`profile` when S22 = D is diagonal: the augmented Cholesky is √D, C'/√D and the
+        Cholesky of the (p+1)² Schur complement b33 − C'D⁻¹C; no dense q2² work."""
+        self._prof_diag = True
+        q1, p = self.q1, self.p
+        lam = theta[pairs["lam2_diag"]]
+        a22 = pairs["a22_diag"] if pairs["a22_diag"] is not None else 0.0
+        d = lam**2 * a22 + 1.0
+        c2 = ps["zx2"]
+        if q1 > 0 and w1 is not None and np.any(w1):
+            c2 = c2 - self.A21 @ np.einsum("jab,jbm->jam", w1, ps["zx1"]).reshape(q1, p + 1)
+        c2 = lam[:, None] * c2
+        schur = b33 - c2.T @ (c2 / d[:, None])
+        u = np.linalg.cholesky(schur)
+        dg = np.diagonal(u)
+        ld += float(np.log(d).sum())
+        ldrx = 2.0 * float(np.log(np.abs(dg[:p])).sum()) if p > 0 else 0.0
+        return ld, ldrx, float(dg[p] ** 2)
 
     def profile_gradient_sums(self) -> np.ndarray | None:
         """For the analytic gradient of `profile`'s criterion when every term is scalar: per
@@ -184,7 +229,7 @@ class AugmentedProfile:
         term's diagonal is 1/v_j + ω_j' H_s⁻¹ ω_j / v_j² with ω_j its column of Ω — whose
         Z-Z part is the pair map's transpose applied to Λ2 H⁻¹ Λ2, as in `cond_var`.
         """
-        if any(pk != 1 for pk in self.pk):
+        if any(pk != 1 for pk in self.pk) or getattr(self, "_prof_diag", False):
             return None
         ps, pairs = self._ps, self._pairs
         q1, q2, p = self.q1, self.q2, self.p
@@ -192,12 +237,14 @@ class AugmentedProfile:
             return None
         theta = self._prof_theta
         buf = ps["buf"]
-        rinv, info = _dtrtri(buf.T, lower=0, overwrite_c=1)
+        with blas_for_order(buf.shape[0]):
+            rinv, info = _dtrtri(buf.T, lower=0, overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError("singular augmented factor")
         rc = np.array(rinv[:, q2:])  # R's [X y] columns (R is upper triangular)
         r = rc[:, -1]  # U⁻¹ e_last: H⁻¹ − blockdiag(H2⁻¹, 0) = r r'
-        hinv, info = _dlauum(rinv, lower=0, overwrite_c=1)  # H⁻¹ = R R', in place
+        with blas_for_order(buf.shape[0]):
+            hinv, info = _dlauum(rinv, lower=0, overwrite_c=1)  # H⁻¹ = R R', in place
         if info != 0:
             raise np.linalg.LinAlgError("augmented inverse failed")
         hdiag = np.diagonal(hinv)[:q2].copy()
@@ -221,8 +268,7 @@ class AugmentedProfile:
                 for ib, lo_b, hi_b in pairs["lam2_blocks"][: a + 1]:
                     s22[lo_a:hi_a, lo_b:hi_b] *= theta[ia] * theta[ib]
             s22[np.diag_indices(q2)] *= 0.5
-            flat = buf.reshape(-1)[: pairs["pairs"].shape[0]]
-            kk = 2.0 * np.asarray(pairs["pairs"].T @ flat)[:-1]
+            kk = 2.0 * np.asarray(pairs["pairs"].T @ buf.reshape(-1)[pairs["positions"]])
             zx = ps["zx1"][:, 0, :]  # Z1'W[X y], (ℓ1, p+1)
             cx = np.asarray(self.A21.T @ (lamz[:, None] * hxz.T))  # Σ_i a_ij λ_i H⁻¹[i, x]
             ar = np.asarray(self.A21.T @ (lamz[:, None] * rc[:q2]))  # Σ_i a_ij λ_i R[i, c]
@@ -245,12 +291,12 @@ class AugmentedProfile:
         q1, q2 = self.q1, self.q2
         s22 = buf[:q2, :q2]
         pmap = pairs["pairs"]
-        if pmap is not None:  # A22's lower triangle is the map's last column (coefficient 1)
+        if pmap is not None:
             s22.fill(0.0)
-            x = np.empty(pmap.shape[1])
-            x[:-1] = -w1.ravel()
-            x[-1] = 1.0
-            _accumulate(pmap, x, buf.reshape(-1))
+            flat = buf.reshape(-1)
+            flat[pairs["positions"]] = pmap @ -w1.ravel()
+            pos22, val22 = pairs["a22_low"]
+            flat[pos22] += val22
         else:
             s22[...] = pairs["a22"]
             if q1 > 0:
@@ -266,6 +312,15 @@ class AugmentedProfile:
             s22[...] = np.asarray(lam2.T @ np.asarray(lam2.T @ full).T)
         s22[np.diag_indices(q2)] += 1.0
 
+    def _release_profile_buffer(self) -> np.ndarray | None:
+        """Hand `profile`'s (q2+p+1)² buffer to the caller (`update`, which reuses the memory):
+        after it the next `profile` allocates a new one. One dense block in memory, not two."""
+        ps = getattr(self, "_ps", None)
+        if ps is None or "buf" not in ps:
+            return None
+        buf = ps.pop("buf")
+        return buf
+
     def _pair_setup(self) -> dict[str, Any] | None:
         """θ-independent pieces for assembling S22 with the prior weights (built once)."""
         self._set_weights(None)
@@ -274,16 +329,25 @@ class AugmentedProfile:
             return pairs
         q1, q2, p = self.q1, self.q2, self.p
         stride = q2 + p + 1
-        a22 = self.A22.toarray() if sp.issparse(self.A22) else np.asarray(self.A22)
         pmap = _pair_map(self.A21, self.l1, self.p1, stride) if q1 > 0 else None
+        # dense A22 only without the pair map (which carries A22's lower triangle itself)
+        a22 = (
+            (self.A22.toarray() if sp.issparse(self.A22) else np.asarray(self.A22))
+            if pmap is None
+            else None
+        )
+        pairs: dict[str, Any] = {"a22": a22, "pairs": None, "positions": None}
         if pmap is not None:
             low = sp.tril(sp.coo_matrix(self.A22)).tocoo()
-            col22 = sp.csr_matrix(
-                (low.data, (low.row.astype(np.int64) * stride + low.col, np.zeros(low.nnz, int))),
-                shape=(pmap.shape[0], 1),
-            )
-            pmap = sp.hstack([pmap, col22], format="csr")
-        pairs = {"a22": a22 if pmap is None else None, "pairs": pmap}
+            pos22 = low.row.astype(np.int64) * stride + low.col
+            pairs.update(pairs=pmap[0], positions=pmap[1], a22_low=(pos22, low.data))
+        if sp.issparse(self.A22):
+            a22_diag = self.A22.diagonal()
+            off = self.A22.nnz - np.count_nonzero(a22_diag)
+        else:
+            a22_diag = np.diagonal(self.A22)
+            off = np.count_nonzero(self.A22) - np.count_nonzero(a22_diag)
+        pairs["a22_diag"] = np.array(a22_diag, dtype=float) if off == 0 else None
         # Λ2 diagonal (every dense-block term scalar): (θ index, first, end column) per term
         k2 = self._k2
         if all(pk == 1 for pk in self.pk[k2:]):
@@ -306,6 +370,8 @@ class AugmentedProfile:
         self._set_weights(None)
         ps = getattr(self, "_ps", None)
         if ps is not None and np.array_equal(ps["y"], y):
+            if "buf" not in ps:  # handed to `update` (see `_release_profile_buffer`)
+                ps["buf"] = np.zeros((self.q2 + self.p + 1, self.q2 + self.p + 1))
             return ps
         q1, q2, p = self.q1, self.q2, self.p
         xy = np.column_stack([self.X, y])

@@ -68,7 +68,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from mixbridge.python_impl.pls import lambda_blocks, theta_layout
+from mixbridge.python_impl.pls import blas_for_order, lambda_blocks, theta_layout
 from mixbridge.python_impl.pls_augmented import AugmentedProfile
 
 if TYPE_CHECKING:
@@ -77,6 +77,12 @@ if TYPE_CHECKING:
 # Up to this many random effects the factorization is done densely: for small q, a handful of
 # LAPACK calls beats the fixed overhead of sparse operations (sleepstudy q = 36, Pastes q = 40).
 DENSE_Q_MAX = 400
+
+
+def _dpotrf(*args: Any, **kwargs: Any) -> Any:
+    from scipy.linalg import lapack
+
+    return lapack.dpotrf(*args, **kwargs)
 
 
 def _dpotri(*args: Any, **kwargs: Any) -> Any:
@@ -226,17 +232,27 @@ class BlockedCore(AugmentedProfile):
             self.L11 = self.L11inv = np.zeros((0, self.p1, self.p1))
             r1 = np.zeros((0, p))
         pairs = self._pair_setup() if sqrt_w is None else None
-        if pairs is not None:
+        self._l22_inplace = False
+        if pairs is not None and q2 > 0:
             # the same assembly as `profile` (lower triangle in a row-major buffer)
-            buf = np.empty((q2 + p + 1, q2 + p + 1))
+            m = q2 + p + 1
+            buf = self._release_profile_buffer()
+            if buf is None or buf.shape != (m, m):
+                buf = np.empty((m, m))
             h = buf[: q2 + p, : q2 + p]
-            if q2 > 0:
-                w1 = self._w1(theta)[1] if q1 > 0 else None
-                self._fill_s22(pairs, buf, theta, w1)
-                c2 = np.asarray(lam[q1:, q1:].T @ self.ZtWX[q1:])
-                if q1 > 0:
-                    c2 -= self._l21_mul(r1)
-                h[q2:, :q2] = c2.T
+            w1 = self._w1(theta)[1] if q1 > 0 else None
+            self._fill_s22(pairs, buf, theta, w1)
+            c2 = np.asarray(lam[q1:, q1:].T @ self.ZtWX[q1:])
+            if q1 > 0:
+                c2 -= self._l21_mul(r1)
+            h[q2:, :q2] = c2.T
+            h[q2:, q2:] = self.XtWX - r1.T @ r1
+            buf[m - 1, :] = 0.0  # a unit last pivot: the leading factor is unchanged
+            buf[m - 1, m - 1] = 1.0
+            self._factor_in_place(buf, ld, r1)
+            return
+        if pairs is not None:
+            h = np.empty((q2 + p, q2 + p))
         else:
             h = np.empty((q2 + p, q2 + p))
             if q2 > 0:
@@ -259,6 +275,36 @@ class BlockedCore(AugmentedProfile):
         self.RZX = np.vstack([r1, lh[q2:, :q2].T])
         self.RX = np.ascontiguousarray(lh[q2:, q2:].T)
         self.ldRX2 = float(2.0 * np.log(np.abs(np.diag(self.RX))).sum()) if p > 0 else 0.0
+
+    def _factor_in_place(self, buf: np.ndarray, ld: float, r1: np.ndarray) -> None:
+        """Factor the augmented block (row-major lower triangle in buf, (m, m), its last row a
+        unit pivot) in place and keep L22 in the same memory: one q2² buffer, no copies (the
+        block is 3.2 GB at q2 = 2e4). LAPACK's upper factor U of buf.T is column-major with
+        leading dimension m; its [X] columns are copied out, then its leading q2 columns are
+        moved together (column j from j·m to j·q2; never forward over unread data) so that
+        L22 = U22' is a C-contiguous view that LAPACK and solve_triangular take as is."""
+        q2, p = self.q2, self.p
+        m = buf.shape[0]
+        with blas_for_order(m):
+            u, info = _dpotrf(buf.T, lower=0, clean=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("PLS matrix is not positive definite")
+        rzx2 = np.array(u[:q2, q2 : q2 + p])  # L's [X] rows below L22, transposed
+        self.RX = np.triu(u[q2 : q2 + p, q2 : q2 + p])
+        flat = buf.reshape(-1)  # U's column j is flat[j·m : j·m + m]
+        for j in range(1, q2):
+            flat[j * q2 : (j + 1) * q2] = flat[j * m : j * m + q2]
+        self.L22 = flat[: q2 * q2].reshape(q2, q2)  # = U22' (lower; the upper part is unused)
+        self._l22_inplace = True
+        ld += 2.0 * np.log(np.diagonal(self.L22)).sum()
+        self.ldL2 = float(ld)
+        self.RZX = np.vstack([r1, rzx2])
+        self.ldRX2 = float(2.0 * np.log(np.abs(np.diag(self.RX))).sum()) if p > 0 else 0.0
+
+    def _ensure_factor(self) -> None:
+        """Refactor at the current θ after `_vinv_diag_blocks` inverted L22 in place."""
+        if self.L22 is None and self.theta is not None:
+            self.update(self.theta)
 
     def _l21_matrix(self) -> sp.csr_matrix:
         """L21 = Λ2' A21 Λ1 L11⁻ᵀ explicitly, with Λ1 L11⁻ᵀ = blockdiag(T1 L11_j⁻ᵀ)."""
@@ -311,6 +357,7 @@ class BlockedCore(AugmentedProfile):
     def _tri(self, r: np.ndarray, trans: bool) -> np.ndarray:
         if self.q2 == 0:
             return r
+        self._ensure_factor()
         return sla.solve_triangular(
             self.L22, r, lower=True, trans="T" if trans else "N", check_finite=False
         )
@@ -381,6 +428,17 @@ class BlockedCore(AugmentedProfile):
         Λ2 S22⁻¹ Λ2': O(pairs) instead of q2 triangular solves with ℓ1 p1 right-hand sides.
         """
         p1, l1, q1, q2 = self.p1, self.l1, self.q1, self.q2
+        self._ensure_factor()
+        pairs = getattr(self, "_pairs", None) if self.L21 is None else None
+        if (
+            q1 > 0
+            and q2 > 0
+            and self._l22_inplace
+            and pairs is not None
+            and pairs["pairs"] is not None
+            and pairs["lam2_diag"] is not None
+        ):
+            return self._vinv_diag_blocks_in_place(pairs)
         out = []
         sinv = None
         if q2 > 0:
@@ -402,9 +460,11 @@ class BlockedCore(AugmentedProfile):
                     g = np.asarray(lam2 @ np.asarray(lam2 @ sinv).T)
                 g = np.tril(g)
                 g[np.diag_indices(q2)] *= 0.5  # K = K̃ + K̃' counts the diagonal twice
-                gbuf = np.zeros((q2, q2 + self.p + 1))
-                gbuf[:, :q2] = g
-                kt = np.asarray(pairs["pairs"].T @ gbuf.ravel())[:-1].reshape(l1, p1, p1)
+                # the pair map's positions are in a row-major buffer of row length q2 + p + 1
+                pos = pairs["positions"]
+                stride = q2 + self.p + 1
+                gvals = g[pos // stride, pos % stride]
+                kt = np.asarray(pairs["pairs"].T @ gvals).reshape(l1, p1, p1)
                 k = kt + kt.transpose(0, 2, 1)
                 t1 = self.lambda_blocks(self.theta)[0]
                 vt = np.einsum("jab,cb->jac", first, t1)  # V11_j⁻¹ T1'
@@ -427,6 +487,38 @@ class BlockedCore(AugmentedProfile):
                 r = base[:, None, None] + np.arange(pk)[None, :, None]
                 c = base[:, None, None] + np.arange(pk)[None, None, :]
                 out.append(sinv[r, c])
+        return out
+
+    def _vinv_diag_blocks_in_place(self, pairs: dict[str, Any]) -> list[np.ndarray]:
+        """`_vinv_diag_blocks` for Λ2 diagonal with the pair map, inverting L22's memory in
+        place (LAPACK potri on U22 = L22'): S22⁻¹'s upper triangle is read at the pair map's
+        positions and on the dense-block terms' diagonal blocks; no q2² copy is made. The
+        factor is gone afterwards (`_ensure_factor` refactors when a solve needs it)."""
+        p1, l1, q2 = self.p1, self.l1, self.q2
+        with blas_for_order(q2):
+            up, info = _dpotri(self.L22.T, lower=0, overwrite_c=1)
+        self.L22 = None
+        self._l22_inplace = False
+        if info != 0:
+            raise np.linalg.LinAlgError("singular L22")
+        lam = self.theta[pairs["lam2_diag"]]
+        pos = pairs["positions"]
+        stride = q2 + self.p + 1
+        i, k = pos // stride, pos % stride  # lower-triangle positions: i ≥ k
+        gvals = up[k, i] * lam[i] * lam[k]
+        gvals[i == k] *= 0.5  # K = K̃ + K̃' counts the diagonal twice
+        kt = np.asarray(pairs["pairs"].T @ gvals).reshape(l1, p1, p1)
+        k_ = kt + kt.transpose(0, 2, 1)
+        first = np.einsum("jca,jcb->jab", self.L11inv, self.L11inv)  # V11_j⁻¹
+        t1 = self.lambda_blocks(self.theta)[0]
+        vt = np.einsum("jab,cb->jac", first, t1)  # V11_j⁻¹ T1'
+        out = [first + np.einsum("jab,jbc,jdc->jad", vt, k_, vt)]
+        for kk in range(self._k2, len(self.reterms)):
+            lo, pk, nl = self.gp[kk] - self.q1, self.pk[kk], self.nlev[kk]
+            base = lo + np.arange(nl) * pk
+            r = base[:, None, None] + np.arange(pk)[None, :, None]
+            c = base[:, None, None] + np.arange(pk)[None, None, :]
+            out.append(up[np.minimum(r, c), np.maximum(r, c)])
         return out
 
     def cond_var(self, sigma: float) -> list[np.ndarray]:
