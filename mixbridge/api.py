@@ -148,7 +148,7 @@ def glmer(
     )
     fit.call = FitCall(
         "glmer", formula, data, reml=False, family=family, link=link, nagq=int(nagq),
-        weights=weights, offset=offset,
+        weights=weights, offset=offset, nb_theta=nb.get("nb_theta"),
     )  # fmt: skip
     return fit
 

@@ -98,6 +98,9 @@ def test_fixed_theta_matches_lme4(quine, nb_theta):
         <= 1e-3 * np.maximum(np.abs(r.fixef.to_numpy()), se)
     )
     assert py.deviance == pytest.approx(r.deviance, rel=1e-5)
+    # lme4 counts a scale for this family although θ is fixed (useSc): logLik's df, AIC, BIC
+    assert py.df == r.df
+    assert py.aic - r.aic == pytest.approx(py.loglik * -2 - r.loglik * -2, abs=1e-6)
     assert "Negative Binomial(" in py.summary()
 
 

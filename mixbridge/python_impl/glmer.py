@@ -360,7 +360,9 @@ def _glmer_fit(
         vcov=vcov,
         cond_var=cv,
         criterion=fval - 2.0 * const,
-        df=len(terms.x_names) + theta.size,
+        # lme4 counts a scale for every family but binomial and poisson (useSc), even where it
+        # is fixed (negative.binomial(θ)): logLik's df and so AIC/BIC
+        df=len(terms.x_names) + theta.size + (resp.family_name not in ("binomial", "poisson")),
         deviance=float(np.sum(devres)),
         reml_criterion=None,
         fitted=mu_rows,
