@@ -214,3 +214,26 @@ def test_r_subprocess_transport_matches_embedded(quine):
     assert sub.objective(sub.theta, sub.fixef.to_numpy()) == pytest.approx(
         emb.objective(emb.theta, emb.fixef.to_numpy()), rel=1e-12
     )
+
+
+def test_simulate_draws_negative_binomial_counts():
+    """simulate() of a negative.binomial(θ) fit draws from NB (MASS's rnegbin, as lme4's
+    simulate), not poisson: the rows' variance across draws is the marginal variance
+    E[μ] + E[μ²]/θ + Var(μ) over b ~ N(0, τ²), computed in closed form for the log link."""
+    rng = np.random.default_rng(4)
+    n, groups, nb_theta = 400, 20, 1.5
+    g = rng.integers(0, groups, n)
+    x = rng.normal(size=n)
+    mu = np.exp(1.0 + 0.3 * x + rng.normal(0, 0.4, groups)[g])
+    y = rng.negative_binomial(nb_theta, nb_theta / (nb_theta + mu))
+    data = pd.DataFrame({"y": y, "x": x, "g": g})
+    fit = mixbridge.glmer("y ~ x + (1|g)", data, family="negative.binomial", theta=nb_theta)
+    sims = fit.simulate(4000, seed=1)
+    eta = fit.fixef["(Intercept)"] + fit.fixef["x"] * x
+    tau2 = float(fit.theta[0]) ** 2
+    e_mu, e_mu2 = np.exp(eta + tau2 / 2), np.exp(2 * eta + 2 * tau2)
+    expected = e_mu + e_mu2 / nb_theta + (e_mu2 - e_mu**2)
+    ratio = float(np.sum(sims.var(axis=1)) / np.sum(expected))
+    # poisson draws would give sum(e_mu + Var μ) / sum(expected) ≈ 0.5 here
+    assert ratio == pytest.approx(1.0, abs=0.05)
+    assert np.allclose(sims.mean(axis=1).sum() / e_mu.sum(), 1.0, atol=0.03)

@@ -244,7 +244,7 @@ def _glmer_refitter(fit: MixedFit) -> Callable[[np.ndarray], np.ndarray]:
     call = fit.call
     spec0 = glmer_spec(
         call.formula, call.data, family=call.family, link=call.link, nagq=call.nagq,
-        weights=call.weights, offset=call.offset,
+        weights=call.weights, offset=call.offset, nb_theta=call.nb_theta,
     )  # fmt: skip
     terms0 = spec0.terms
     fam = spec0.family

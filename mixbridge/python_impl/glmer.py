@@ -37,6 +37,7 @@ from mixbridge.python_impl.checkconv import (
     deriv12,
     optimum_doubts,
 )
+from mixbridge.python_impl.families import NegativeBinomial
 from mixbridge.python_impl.glmer_devfun import Devfun, GlmerModel
 from mixbridge.python_impl.glmer_gradient import (
     NoFastPath,
@@ -375,7 +376,7 @@ def _glmer_fit(
         nagq=int(model.nagq),
         vcov_rx=vcov_rx,
         loglik_constant=float(const),
-        nb_theta=getattr(resp.family, "theta", None),
+        nb_theta=resp.family.theta if isinstance(resp.family, NegativeBinomial) else None,
     )
     trials = resp.n_trials if np.any(resp.n_trials > 1) else resp.weights
     pred = FitPredictions(
@@ -390,6 +391,7 @@ def _glmer_fit(
         fitted_link=model.unsort(state.eta),
         fitted_response=mu_rows,
         trials=model.unsort(np.asarray(trials, dtype=float)),
+        nb_theta=resp.family.theta if isinstance(resp.family, NegativeBinomial) else None,
     )
     return build_fit(
         est, objective=_objective(model, dev), predict=pred.predict, simulate=pred.simulate

@@ -35,8 +35,9 @@ class FitPredictions:
     scale). `population` gives Xβ + offset on the fitted rows (in the data's order);
     `fitted_link`: η at the fit itself, returned for predict() with all random effects (glmer's
     PIRLS η, and `fitted_response` its μ; None: recomputed, lmer). `linkinv`: lme4's inverse
-    link (None: identity). `family`: "gaussian", "binomial" or "poisson" (simulate's
-    response); `weights`: the prior weights; `trials`: binomial trials per row (simulate)."""
+    link (None: identity). `family`: "gaussian", "binomial", "poisson" or "negative.binomial"
+    (simulate's response; `nb_theta` its θ); `weights`: the prior weights; `trials`: binomial
+    trials per row (simulate)."""
 
     terms: MixedTerms
     beta: np.ndarray
@@ -50,6 +51,7 @@ class FitPredictions:
     fitted_response: np.ndarray | None = None
     weights: np.ndarray | None = None
     trials: np.ndarray | None = None
+    nb_theta: float | None = None
 
     def predict(
         self,
@@ -101,7 +103,7 @@ class FitPredictions:
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """simulate.merMod's default (use.u = FALSE): new random effects b ~ N(0, σ²ΛΛ'),
         then y | b: gaussian with variance σ²/w; binomial successes out of each row's trials
-        (0/1 for a Bernoulli response); poisson counts. Returns (n, nsim)."""
+        (0/1 for a Bernoulli response); poisson or negative-binomial counts. Returns (n, nsim)."""
         if not isinstance(nsim, (int, np.integer)) or nsim < 1:
             raise ArgumentError(f"nsim must be a positive integer, got {nsim!r}", "nsim")
         terms = self.terms
@@ -127,6 +129,13 @@ class FitPredictions:
         if self.family == "binomial":
             trials = np.round(w if self.trials is None else self.trials).astype(np.int64)
             return rng.binomial(trials[:, None], mu).astype(float)
+        if self.family == "negative.binomial":
+            # MASS's rnegbin(μ, θ), which lme4's simulate uses: a gamma-poisson mixture with
+            # mean μ and variance μ + μ²/θ
+            if self.nb_theta is None:
+                raise ArgumentError("a negative.binomial fit without its theta", "nb_theta")
+            th = float(self.nb_theta)
+            return rng.negative_binomial(th, th / (th + mu)).astype(float)
         return rng.poisson(mu).astype(float)
 
 
