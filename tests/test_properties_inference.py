@@ -38,6 +38,12 @@ def test_tests_match_lmertest_on_generated_data(request, needs_r, d):
     # fixed effects the criterion is flat in θ, the Hessian has a ~0 eigenvalue and whether it
     # passes lmerTest's 1e-8 cut (and so the df) is decided by rounding on either side
     assume(len(d.data) > 2 * d.n_groups + 3)
+    # σ_b/σ of 1e2-1e3 with groups of one row: R's side loses the digits the at-θ tolerances
+    # assume (under OPENBLAS_CORETYPE=Haswell pbkrtest's KR df came out 1.4e11 and 5.9e12
+    # where lmerTest's Satterthwaite df and ours are 1 and 7, and β at the same θ moved by
+    # 2e-9 of its SE); those designs are left to the fixed-data tests until the comparison
+    # has a recomputing check for R's conditioning (open, issue 13 note)
+    assume(d.sd_ratio <= 10)
     formula = d.formula()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # singular fits: lme4's and lmerTest's warnings
