@@ -163,7 +163,7 @@ function(d, formula) {
 """
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_grouseticks_three_terms_real(r_dataset):
     from tests.r_helpers import r_call
 
@@ -183,7 +183,7 @@ def test_grouseticks_three_terms_real(r_dataset):
     assert not rows["lme4 nlminbwrap"].agrees
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_r_fit_allfit_through_the_subprocess_transport(r_dataset):
     s = r_dataset("sleepstudy")
     formula = "Reaction ~ Days + (Days | Subject)"

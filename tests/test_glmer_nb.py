@@ -195,7 +195,7 @@ def test_poisson_data_reports_the_poisson_limit():
     np.testing.assert_allclose(fit.fixef.to_numpy(), pois.fixef.to_numpy(), atol=0.02)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_grouseticks_glmer_nb_matches_lme4(r_dataset):
     g = r_dataset("grouseticks")
     formula = "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)"
@@ -204,7 +204,7 @@ def test_grouseticks_glmer_nb_matches_lme4(r_dataset):
     _judge_nb(py, r, formula, g)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_r_subprocess_transport_matches_embedded(quine):
     """mb_glmer_nb through Rscript (the subprocess transport) gives lme4's same fit."""
     emb = mixbridge.glmer_nb(QUINE_FORMULA, quine, engine="r")

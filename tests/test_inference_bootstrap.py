@@ -67,7 +67,7 @@ def test_boot_lmer_within_monte_carlo_error_of_bootmer(r_dataset):
     _compare_with_bootmer(fit, data, SLEEP_RI, 200, False)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_boot_glmer_within_monte_carlo_error_of_bootmer(r_dataset):
     data = r_dataset("cbpp")
     fit = mixbridge.glmer(CBPP, data, family="binomial")

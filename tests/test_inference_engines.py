@@ -37,7 +37,7 @@ def test_engines_agree_on_glmer_intervals(r_dataset):
     ).assert_ok()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_engines_agree_on_glmer_profile(r_dataset):
     data = r_dataset("grouseticks")
     py = mixbridge.glmer(GROUSE, data, family="poisson")

@@ -193,7 +193,7 @@ def test_profile_matches_lme4(r_dataset, dataset, formula):
     _profile_case(r_dataset, dataset, formula)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize(
     ("dataset", "formula", "glmm"),
     [("sleepstudy", SLEEP_SLOPE, False), ("Penicillin", PENICILLIN, False), ("cbpp", CBPP, True)],

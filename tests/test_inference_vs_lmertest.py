@@ -235,7 +235,7 @@ def test_summary_prints_satterthwaite_table(r_dataset):
 
 
 @pytest.mark.parametrize(
-    "transport", ["embedded", pytest.param("subprocess", marks=pytest.mark.slow)]
+    "transport", ["embedded", pytest.param("subprocess", marks=pytest.mark.long)]
 )  # subprocess: every table refits in a fresh Rscript (~60 s in all)
 def test_r_engine_tests_and_compare(request, r_dataset, transport):
     """The R engine computes the same tables with lmerTest/pbkrtest; compare(tests=True) has

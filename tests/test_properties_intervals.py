@@ -14,7 +14,7 @@ from mixbridge.inference.compare import compare_anova, compare_intervals
 from mixbridge.testing.strategies import grouped_data, mixed_data, profile_settings
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @profile_settings(max_examples=6)
 @given(d=grouped_data(family="gaussian", min_groups=4, max_groups=25, max_rows=300,
                       sd_ratio=(0.1, 10.0)))  # fmt: skip
@@ -43,7 +43,7 @@ def test_wald_profile_and_lrt_match_lme4(needs_r, d):
         compare_anova(a, b, model="lmer").assert_ok()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @profile_settings(max_examples=4)
 @given(d=mixed_data(structure="corr_slope", max_groups=15, max_size=15))
 def test_lrt_of_a_random_slope_matches_lme4(needs_r, d):

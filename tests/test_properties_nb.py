@@ -56,7 +56,7 @@ def test_fixed_theta_never_worse_than_lme4(needs_r, case):
     assert py.criterion == pytest.approx(ours, abs=POLICIES["glmer"].tols["objective"].abs)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @profile_settings(max_examples=4)
 @given(case=nb_data())
 def test_glmer_nb_never_worse_than_lme4(needs_r, case):
