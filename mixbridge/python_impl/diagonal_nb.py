@@ -17,7 +17,8 @@ minimize the penalized deviance, whose curvature is the observed one:
 so `modes` takes Newton steps u ← θ(b H + R)/h, h_j = 1 + θ²Σ_{i∈j}H_i (quadratic convergence to
 the same modes PIRLS converges to linearly), and the gradient of D = Σ log d_j + ‖ũ‖² + Σ dev_i
 is, by the envelope theorem for the penalized deviance and implicit differentiation of its
-stationarity condition,
+stationarity condition (with prior weights the criterion's aic differs from Σ dev by a term
+linear in η, whose total derivative is added),
     dũ_j/dβ = −θ Σ_{i∈j} H_i x_i / h_j,        dũ_j/dθ = −(Σ_{i∈j} dev'_i + 2θ H_j ũ_j)/(2 h_j),
     ∂D = Σ_i dev'_i ∂η_i|_ũ + Σ_j [∂(θ²) S_j + θ² Σ_{i∈j} W'_i dη_i] / d_j,  W'_i = W_i k/(μ_i + k).
 Everything is a per-group sum: one O(n·p) pass.
@@ -69,6 +70,9 @@ class NbKernel:
         self.eta_coef = -2.0 * (y if self.unit else w * y)  # η-coefficient of the deviance
         self.log_coef = 2.0 * (y + self.k) * (1.0 if self.unit else w)  # of log(μ + k)
         self.dev_const = float(np.sum(resp.dev_const))
+        # η-coefficient of aic(μ) − Σ dev(μ) (nonzero with prior weights; see gradient_from)
+        self.aic_eta = None if self.unit else 2.0 * (w - 1.0) * y
+        self.aic_eta_sums = None if self.aic_eta is None else self.gsum(self.aic_eta)
         X = core.X
         self.ones_cols = [bool(np.all(X[:, j] == 1.0)) for j in range(X.shape[1])]
         self.scratch = np.empty(self.codes.size)
@@ -191,6 +195,14 @@ class NbKernel:
         v -= 2.0 * q * (self.y - mu)
         g_beta = X.T @ v + du_db.T @ az
         g_theta = float(u @ sdev1 + np.sum(2.0 * th * S / d) + u @ sa + az @ du_dt)
+        if self.aic_eta is not None:
+            # prior weights: lme4's aic weights only its log(μ + k) term, so the criterion's
+            # aic(μ) − Σ dev(μ) = Σ 2(w − 1) y η + const, which the modes do not make
+            # stationary: its total derivative through η = o + Xβ + θũ
+            c = self.aic_eta
+            C = self.aic_eta_sums
+            g_beta = g_beta + X.T @ c + th * (du_db.T @ C)
+            g_theta += float(u @ C + th * (C @ du_dt))
         return g_theta, g_beta, np.column_stack([du_dt, du_db])
 
     def modes(
