@@ -13,7 +13,7 @@ import pytest
 
 import mixbridge
 from mixbridge.conformance.tolerance import POLICIES
-from mixbridge.errors import ArgumentError, DataError
+from mixbridge.errors import ArgumentError, DataError, FormulaError
 from mixbridge.python_impl.families import NegativeBinomial
 
 QUINE_FORMULA = "Days ~ Sex + Lrn + (1 | grp)"
@@ -237,3 +237,24 @@ def test_simulate_draws_negative_binomial_counts():
     # poisson draws would give sum(e_mu + Var μ) / sum(expected) ≈ 0.5 here
     assert ratio == pytest.approx(1.0, abs=0.05)
     assert np.allclose(sims.mean(axis=1).sum() / e_mu.sum(), 1.0, atol=0.03)
+
+
+def test_engine_without_glmer_nb_is_refused():
+    """glmer_nb is a capability of an engine (a callable in the engine protocol): an engine
+    without it gets the registry's error naming the engine, after the usual input checks."""
+    from mixbridge import engines
+
+    class GlmerOnly:
+        def glmer(self, *args, **kwargs):  # pragma: no cover - never called
+            raise AssertionError
+
+    d = pd.DataFrame({"y": [1.0, 2, 3, 4, 0, 1] * 5, "x": np.arange(30.0), "g": list("abcdef") * 5})
+    engines.register("glmer_only", GlmerOnly())
+    try:
+        with pytest.raises(ArgumentError, match="does not support glmer_nb") as info:
+            mixbridge.glmer_nb("y ~ x + (1 | g)", d, engine="glmer_only")
+        assert info.value.argument == "engine"
+        with pytest.raises(FormulaError, match="nope"):  # the input checks run first
+            mixbridge.glmer_nb("nope ~ x + (1 | g)", d, engine="glmer_only")
+    finally:
+        engines.unregister("glmer_only")
