@@ -170,6 +170,24 @@ def test_theta_start_reaches_the_same_optimum(quine, quine_nb):
     assert info.value.argument == "theta_start"
 
 
+def test_to_r_of_a_glmer_nb_fit(quine, quine_nb):
+    """fit.to_r() of an NB fit: lme4's merMod with family MASS::negative.binomial(θ̂), whose
+    getME(, "glmer.nb.theta"), logLik and fixef are the fit's (lme4 computes them)."""
+    from r_helpers import r_call
+
+    out = r_call(
+        "function(m) list(fam = family(m)$family, th = lme4::getME(m, 'glmer.nb.theta'), "
+        "ll = as.numeric(logLik(m)), b = unname(lme4::fixef(m)))",
+        m=quine_nb.to_r(),
+    )
+    assert str(np.ravel(out["fam"])[0]).startswith("Negative Binomial(")
+    assert float(np.ravel(out["th"])[0]) == pytest.approx(quine_nb.nb_theta, rel=1e-14)
+    assert float(np.ravel(out["ll"])[0]) == pytest.approx(
+        quine_nb.loglik, abs=POLICIES["glmer"].tols["objective"].abs
+    )
+    np.testing.assert_allclose(np.ravel(out["b"]), quine_nb.fixef.to_numpy(), rtol=1e-14)
+
+
 def test_r_engine_refuses_theta_start(quine, needs_r):
     with pytest.raises(ArgumentError, match="theta_start"):
         mixbridge.glmer_nb(QUINE_NB, quine, engine="r", theta_start=2.0)
