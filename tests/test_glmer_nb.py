@@ -14,7 +14,7 @@ import pytest
 import mixbridge
 from mixbridge.conformance.tolerance import POLICIES
 from mixbridge.errors import ArgumentError, DataError, FormulaError
-from mixbridge.python_impl.families import NegativeBinomial
+from mixbridge.python_impl.family_nb import NegativeBinomial
 
 QUINE_FORMULA = "Days ~ Sex + Lrn + (1 | grp)"
 

@@ -37,7 +37,7 @@ from mixbridge.python_impl.checkconv import (
     deriv12,
     optimum_doubts,
 )
-from mixbridge.python_impl.families import NegativeBinomial
+from mixbridge.python_impl.family_nb import NegativeBinomial
 from mixbridge.python_impl.glmer_devfun import Devfun, GlmerModel
 from mixbridge.python_impl.glmer_gradient import (
     NoFastPath,

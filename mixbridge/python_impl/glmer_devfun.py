@@ -23,7 +23,7 @@ from mixbridge.python_impl import spec as model_spec
 from mixbridge.python_impl.agq import agq_deviance, agq_deviance_fast
 from mixbridge.python_impl.diagonal_canonical import CanonicalKernel
 from mixbridge.python_impl.diagonal_nb import NbKernel
-from mixbridge.python_impl.families import NegativeBinomial
+from mixbridge.python_impl.family_nb import NegativeBinomial
 from mixbridge.python_impl.pirls import PirlsState, pirls
 from mixbridge.python_impl.pls import (
     PlsCore,

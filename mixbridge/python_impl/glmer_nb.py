@@ -37,7 +37,7 @@ import numpy as np
 from scipy import optimize, special
 
 from mixbridge.python_impl import optimizers
-from mixbridge.python_impl.families import NegativeBinomial
+from mixbridge.python_impl.family_nb import NegativeBinomial
 from mixbridge.python_impl.glmer import fit_model, fit_spec
 from mixbridge.python_impl.glmer_devfun import GlmerModel
 from mixbridge.python_impl.glmer_gradient import central_hessian
