@@ -37,10 +37,11 @@ import numpy as np
 from scipy import optimize, special
 
 from mixbridge.python_impl import optimizers
+from mixbridge.python_impl.diagonal_nb import NbKernel
 from mixbridge.python_impl.family_nb import NegativeBinomial
-from mixbridge.python_impl.glmer import fit_model, fit_spec
+from mixbridge.python_impl.glmer import fit_model, fit_spec, glmer
 from mixbridge.python_impl.glmer_devfun import GlmerModel
-from mixbridge.python_impl.glmer_gradient import central_hessian
+from mixbridge.python_impl.glmer_gradient import central_hessian, initial_hessian
 from mixbridge.python_impl.spec import GlmerSpec, check_nb_theta, glmer_spec
 from mixbridge.results import Message, MixedFit
 
@@ -116,10 +117,12 @@ def glmer_nb(
     )
     messages: list[Message] = []
     g0: MixedFit | None = None
+    # one spec; each trial θ swaps the family (the start η depends only on y: MASS's mustart)
+    base = glmer_spec(formula, data, family="negative.binomial", nb_theta=1.0, **common)  # type: ignore[arg-type]
     if theta_start is None:
-        spec0 = glmer_spec(formula, data, family="poisson", **common)  # type: ignore[arg-type]
-        g0 = fit_spec(spec0)
-        th0, warns = theta_ml(spec0.y, np.asarray(g0.fitted), spec0.weights)
+        # glmer's own poisson fit (big (1|g) data: the lean group-sum path)
+        g0 = glmer(formula, data, family="poisson", **common)  # type: ignore[arg-type]
+        th0, warns = theta_ml(base.y, np.asarray(g0.fitted), base.weights)
         for text in warns:
             messages.append(Message("warning", text, "python", code="nb_theta_start"))
         if not (math.isfinite(th0) and th0 > 0):
@@ -129,8 +132,7 @@ def glmer_nb(
     else:
         th0 = check_nb_theta(theta_start, "theta_start")
         start_how = "theta_start"
-    # one spec; each trial θ swaps the family (the start η depends only on y: MASS's mustart)
-    base = glmer_spec(formula, data, family="negative.binomial", nb_theta=th0, **common)  # type: ignore[arg-type]
+    base = dataclasses.replace(base, family=NegativeBinomial(th0))
     model0 = GlmerModel.build(base)
     fast = ProfileFast.applies(model0)
     fits: dict[float, MixedFit] = {}
@@ -222,8 +224,6 @@ class ProfileFast:
 
     @staticmethod
     def applies(model: GlmerModel) -> ProfileFast | None:
-        from mixbridge.python_impl.diagonal_nb import NbKernel
-
         ok = isinstance(model.kernel, NbKernel) and model.gradient and model.nagq == 1
         ok = ok and PROFILE_FAST
         return ProfileFast() if ok else None
@@ -238,7 +238,26 @@ class ProfileFast:
             x0 = np.r_[model.theta0, np.asarray(dev.state.beta, dtype=float)]
         x0 = np.asarray(x0, dtype=float).copy()
         x0[0] = max(x0[0], 0.1)
-        self._pending = (x0, np.zeros(model.core.n_levels))
+        b0 = np.zeros(model.core.n_levels)
+        self._pending: tuple[np.ndarray, np.ndarray, np.ndarray | None] = (x0, b0, None)
+        kernel = model.kernel
+        assert isinstance(kernel, NbKernel)
+        th = float(x0[0])
+        r = kernel.modes(th, model.resp.offset + model.X @ x0[1:], b0, model.tol)
+        if r is None:
+            return  # the metric by central differences in `criterion`
+        st, W, S, _ = r
+        # the BFGS metric glmer's gradient path starts from (`initial_hessian`), at the NB
+        # weights of these modes: the factorization a joint PIRLS step would install
+        X = model.X
+        d = 1.0 + th * th * S
+        XW = X * W[:, None]
+        sx = np.column_stack(
+            [S if one else kernel.gsum(XW[:, j]) for j, one in enumerate(kernel.ones_cols)]
+        )
+        rx = XW.T @ X - sx.T @ (sx * (th * th / d)[:, None])
+        model.core.set_factorization(th, S, d, W, sx, rx)
+        self._pending = (x0, th * st.u, initial_hessian(model, x0[:1]))
 
     def start_for(self, t: float) -> tuple[np.ndarray | None, np.ndarray | None]:
         if not self.starts:
@@ -259,7 +278,7 @@ class ProfileFast:
             near = min(self.starts, key=lambda s: abs(s - t))
             x0, h0, b0 = self.starts[near]
         else:
-            (x0, b0), h0 = self._pending, None
+            x0, b0, h0 = self._pending
         warm: dict[str, Any] = {"b": b0}
         X, base = model.X, model.resp.offset
 
