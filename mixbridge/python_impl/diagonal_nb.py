@@ -68,6 +68,8 @@ class NbKernel:
         self.y = y
         self.wk = self.k * (1.0 if self.unit else w)  # w·k (a scalar with unit weights)
         self.eta_coef = -2.0 * (y if self.unit else w * y)  # η-coefficient of the deviance
+        self.eta_coef_sums = self.gsum(self.eta_coef)
+        self.ypk = y + self.k
         self.log_coef = 2.0 * (y + self.k) * (1.0 if self.unit else w)  # of log(μ + k)
         self.dev_const = float(np.sum(resp.dev_const))
         # η-coefficient of aic(μ) − Σ dev(μ) (nonzero with prior weights; see gradient_from)
@@ -151,13 +153,21 @@ class NbKernel:
             return None
 
     # -- the gradient phase: converged modes and the analytic gradient --
-    def _sums(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
-        """W, S = Σ_j W and (H_i, Σ_j H, Σ_j q(y − μ)) at μ."""
-        q, W = self.q_weights(mu)
+    def _sums(
+        self, mu: np.ndarray, tm: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """W, S = Σ_j W and (H_i, Σ_j H, Σ_j q(y − μ), q(y − μ), μ + k) at μ (`tm`: μ + k when
+        already computed)."""
+        if tm is None:
+            tm = mu + self.k
+        q = np.divide(self.wk, tm)
+        W = q * mu
         S = self.gsum(W)
-        Hrow = W * (self.y + self.k) / (mu + self.k)
-        R = self.gsum(q * (self.y - mu))
-        return W, S, (Hrow, self.gsum(Hrow), R, q)
+        Hrow = W * self.ypk
+        Hrow /= tm
+        r = np.subtract(self.y, mu)
+        r *= q
+        return W, S, (Hrow, self.gsum(Hrow), self.gsum(r), r, tm)
 
     def gradient(self, state: PirlsState, theta: float) -> tuple[float, np.ndarray, np.ndarray]:
         """The gradient at `state` (converged modes) and dũ/d(θ, β) (see `gradient_from`)."""
@@ -175,7 +185,7 @@ class NbKernel:
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """(∂D/∂θ, ∂D/∂β, dũ/d(θ, β)) from the sums at the modes (module docstring); the last
         is the next evaluation's warm start."""
-        Hrow, H, R, q = extra
+        Hrow, H, R, r, tm = extra
         X = self.core.X
         t2 = th * th
         d = 1.0 + t2 * S
@@ -184,7 +194,8 @@ class NbKernel:
         sxh = np.column_stack(
             [H if one else self.gsum(Hrow * X[:, c]) for c, one in enumerate(self.ones_cols)]
         )
-        dW = W * self.k / (mu + self.k)  # dW/dη
+        dW = W * self.k
+        dW /= tm  # dW/dη
         sa = t2 * self.gsum(dW) / d  # Σ_{i∈j} a_i, a_i = θ² W'_i / d_j
         az = th * sa
         du_db = -th * sxh / h[:, None]
@@ -192,7 +203,7 @@ class NbKernel:
         # per-row η-derivative weight: dev'_i + a_i
         v = self.expand(t2 / d)
         v *= dW
-        v -= 2.0 * q * (self.y - mu)
+        v -= 2.0 * r
         g_beta = X.T @ v + du_db.T @ az
         g_theta = float(u @ sdev1 + np.sum(2.0 * th * S / d) + u @ sa + az @ du_dt)
         if self.aic_eta is not None:
@@ -222,32 +233,45 @@ class NbKernel:
         self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
     ) -> tuple[PirlsState, np.ndarray, np.ndarray, tuple[np.ndarray, ...]] | None:
         off_max = float(np.max(np.abs(offset)))
-        n = self.codes.size
-        eta, mu = np.empty(n), np.empty(n)
         b = np.asarray(b_start, dtype=float)
         if th <= 0 or off_max + float(np.max(np.abs(b), initial=0.0)) > ETA_BOUND:
             # a far extrapolated start (e.g. from θ = 0, where ũ = 0 but dũ/dθ is not): the
             # penalized deviance is convex in u, so start from u = 0
             b = np.zeros(self.G)
+        # at a fixed offset μ = exp(o)·exp(b)[g] and Σ η-terms = const + b·Σ_j: one exp over
+        # the rows per call, not per step
+        e_off = np.exp(offset)
+        c_off = float(self.eta_coef @ offset)
+        n = self.codes.size
+        mu, tm, lg = np.empty(n), np.empty(n), np.empty(n)
+
+        def move(bb: np.ndarray) -> float:
+            if off_max + float(np.max(np.abs(bb), initial=0.0)) > ETA_BOUND:
+                raise OutOfRange
+            np.multiply(self.expand(np.exp(bb)), e_off, out=mu)
+            np.add(mu, self.k, out=tm)
+            np.log(tm, out=lg)
+            eta_terms = c_off + float(bb @ self.eta_coef_sums)
+            return self.dev_const + eta_terms + float(self.log_coef @ lg)
+
         u = b / th if th > 0 else np.zeros(self.G)
-        pdev = self.move(b, offset, off_max, eta, mu) + float(u @ u)
+        pdev = move(b) + float(u @ u)
         it, converged = 0, False
         while True:
-            W, S, extra = self._sums(mu)
+            W, S, extra = self._sums(mu, tm)
             if converged:
                 break
             it += 1
             if it > maxit:
                 return None
-            _, H, R, _ = extra
+            _, H, R, _, _ = extra
             u_new = th * (b * H + R) / (1.0 + th * th * H)
             # Newton steps with step halving (pdev is strictly convex in u: dev'' > 0); the
             # stopping test only on full steps
             halving = 0
             while True:
                 try:
-                    pdev_new = self.move(th * u_new, offset, off_max, eta, mu)
-                    pdev_new += float(u_new @ u_new)
+                    pdev_new = move(th * u_new) + float(u_new @ u_new)
                 except OutOfRange:
                     pdev_new = np.inf
                 if np.isfinite(pdev_new) and pdev_new <= pdev + max(tol, 1e-11) * abs(pdev):
@@ -259,6 +283,7 @@ class NbKernel:
             converged = halving == 0 and abs(pdev - pdev_new) < tol * abs(pdev_new)
             u, b, pdev = u_new, th * u_new, pdev_new
         ldL2 = float(np.sum(np.log1p(th * th * S)))
+        eta = offset + self.expand(b)
         return PirlsState(u, None, eta, mu, ldL2, pdev, it, True), W, S, extra
 
 
