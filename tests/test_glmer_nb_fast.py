@@ -29,7 +29,7 @@ TIGHT = {"tol_pwrss": 1e-12}
 
 def nb_data(
     n: int, groups: int, seed: int, *, shape: float = 2.0, sd: float = 0.5, weights: bool = False,
-    offset: bool = False, unbalanced: bool = False,
+    offset: bool = False, unbalanced: bool = False, sort: bool = False,
 ) -> pd.DataFrame:  # fmt: skip
     rng = np.random.default_rng(seed)
     if unbalanced:  # group sizes from 1 row up
@@ -47,6 +47,8 @@ def nb_data(
         d["w"] = rng.choice([1.0, 2.0, 0.5], size=n)
     if offset:
         d["off"] = off
+    if sort:  # rows ordered by group: the kernel's segment sums (reduceat/repeat), not bincount
+        d = d.sort_values("g", kind="stable").reset_index(drop=True)
     return d
 
 
@@ -55,6 +57,7 @@ CASES = {
     "weights": dict(n=2000, groups=80, seed=5, weights=True),
     "offset": dict(n=2000, groups=60, seed=11, offset=True, shape=0.7),
     "unbalanced": dict(n=1500, groups=120, seed=17, unbalanced=True, sd=1.0, shape=5.0),
+    "sorted": dict(n=2500, groups=90, seed=29, sort=True, weights=True),
 }
 
 
@@ -136,7 +139,7 @@ def test_gradient_path_reaches_the_generic_optimum(case, monkeypatch):
     assert np.max(np.abs(fused.optimizer["gradient"])) < 1e-5
 
 
-@pytest.mark.parametrize("case", ["plain", "weights", "offset", "unbalanced"])
+@pytest.mark.parametrize("case", ["plain", "weights", "offset", "unbalanced", "sorted"])
 def test_profile_fast_equals_full_fits(case, monkeypatch):
     """glmer_nb on the converged deviance: the warm-started profile (optimum values only) and a
     full fit from lme4's start at every trial θ give the same profile, so Brent's search ends at
