@@ -266,6 +266,22 @@ class ProfileFast:
         x, metric, _ = self.starts[near]
         return x, metric
 
+    def _predict(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The start at t: the optimum (θ, β, modes) at the nearest trial, moved along the
+        line through the two nearest trials when t is not far outside them (x*(t) is smooth:
+        Brent's later trials fall between earlier ones), and the nearest trial's metric."""
+        near = sorted(self.starts, key=lambda s: abs(s - t))
+        x0, h0, b0 = self.starts[near[0]]
+        if len(near) >= 2:
+            ta, tb = near[0], near[1]
+            if abs(t - ta) <= 2.0 * abs(tb - ta):
+                (xa, _, ba), (xb, _, bb) = self.starts[ta], self.starts[tb]
+                c = (t - ta) / (tb - ta)
+                x1 = xa + c * (xb - xa)
+                if x1[0] > 0:
+                    x0, b0 = x1, ba + c * (bb - ba)
+        return x0, h0, b0
+
     def criterion(self, model: GlmerModel, t: float) -> float | None:
         """min over (θ, β) of the converged Laplace deviance at NB θ = e^t, or None (the
         caller fits the full model) when the fused kernel cannot evaluate it."""
@@ -275,8 +291,7 @@ class ProfileFast:
         assert kernel is not None
         lower = np.r_[model.theta_lower, np.full(model.X.shape[1], -np.inf)]
         if self.starts:
-            near = min(self.starts, key=lambda s: abs(s - t))
-            x0, h0, b0 = self.starts[near]
+            x0, h0, b0 = self._predict(t)
         else:
             x0, b0, h0 = self._pending
         warm: dict[str, Any] = {"b": b0}
