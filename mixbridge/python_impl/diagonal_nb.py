@@ -34,6 +34,7 @@ from mixbridge.python_impl.pls_diagonal import DiagonalCore
 from mixbridge.python_impl.response import GlmResponse
 
 MAX_HALVINGS = 30  # of a Newton step in `modes`
+TIGHT_MODES_TOL = 1e-12  # `gradient`'s modes: the converged deviance's tolerance (TIGHT_TOL)
 
 
 def nb_kernel_applies(core: object, resp: GlmResponse) -> bool:
@@ -170,9 +171,21 @@ class NbKernel:
         return W, S, (Hrow, self.gsum(Hrow), self.gsum(r), r, tm)
 
     def gradient(self, state: PirlsState, theta: float) -> tuple[float, np.ndarray, np.ndarray]:
-        """The gradient at `state` (converged modes) and dũ/d(θ, β) (see `gradient_from`)."""
+        """The gradient of the converged Laplace deviance and dũ/d(θ, β) (`gradient_from`) at
+        the (θ, β) of `state`, an lme4-style PIRLS result: Fisher scoring converges linearly
+        for this link, so its modes are first made exact by Newton steps from there (at
+        PIRLS's own stopping point the gradient is not yet the converged deviance's: the
+        gradient path's optimizer then wandered, 43 evaluations instead of 12 at 2e5 rows)."""
+        th = float(theta)
+        u = state.u
+        if state.beta is None and th > 0:
+            offset = state.eta - self.expand(th * u)
+            r = self.modes(th, offset, th * u, TIGHT_MODES_TOL)
+            if r is not None:
+                st, W, S, extra = r
+                return self.gradient_from(th, W, S, extra, st.mu, st.u)
         W, S, extra = self._sums(state.mu)
-        return self.gradient_from(float(theta), W, S, extra, state.mu, state.u)
+        return self.gradient_from(th, W, S, extra, state.mu, u)
 
     def gradient_from(
         self,
