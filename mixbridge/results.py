@@ -228,8 +228,10 @@ class DeferredFields:
             new.__dict__[key] = value if key in self._HOOKS else copy.deepcopy(value, memo)
         return new
 
-    def _no_engine_function(self, hook: str, what: str) -> NotImplementedError:
-        """The error for a missing engine function (objective, predict, simulate)."""
+    def missing_engine_function(self, what: str, hook: str = "methods") -> NotImplementedError:
+        """The error to raise when the engine attached no function for `what` (objective,
+        predict, simulate, tests: e.g. "predict()") in the hook field `hook`: an unpickled fit
+        says the functions stayed in the fitting process, any other that the engine lacks it."""
         engine = self.__dict__.get("engine")
         if hook in self.__dict__.get("_unpickled_without", ()):
             return NotImplementedError(
@@ -402,7 +404,7 @@ class MixedFit(DeferredFields):
         """
         fn = self.methods.objective
         if fn is None:
-            raise self._no_engine_function("methods", "objective()")
+            raise self.missing_engine_function("objective()")
         if control is None:
             return float(fn(*params))
         if self.model != "glmer":
@@ -431,7 +433,7 @@ class MixedFit(DeferredFields):
 
         allow = check_flag(allow_new_levels, "allow_new_levels")
         if self.methods.predict is None:
-            raise self._no_engine_function("methods", "predict()")
+            raise self.missing_engine_function("predict()")
         newdata = as_pandas(newdata, argument="newdata")
         if newdata is not None and self.call is not None and self.call.offset is not None:
             warnings.warn(
@@ -446,7 +448,7 @@ class MixedFit(DeferredFields):
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""
         if self.methods.simulate is None:
-            raise self._no_engine_function("methods", "simulate()")
+            raise self.missing_engine_function("simulate()")
         return self.methods.simulate(nsim, seed)
 
     def summary(self) -> str:

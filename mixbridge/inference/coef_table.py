@@ -86,7 +86,7 @@ def coef_table(fit: MixedFit, ddf: str = "satterthwaite") -> pd.DataFrame:
         )
     fn = fit.methods.tests
     if fn is None:
-        raise fit._no_engine_function("methods", "coef_table()")
+        raise fit.missing_engine_function("coef_table()")
     table = fn(fit, "coef_table", method, None)
     return table[COLUMNS]
 

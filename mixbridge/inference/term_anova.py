@@ -279,5 +279,5 @@ def term_anova(fit: MixedFit, type: object = 3, ddf: str = "satterthwaite") -> p
         )
     fn = fit.methods.tests
     if fn is None:
-        raise fit._no_engine_function("methods", "anova()")
+        raise fit.missing_engine_function("anova()")
     return fn(fit, "anova", method, t)[COLUMNS]
