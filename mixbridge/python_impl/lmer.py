@@ -392,9 +392,7 @@ def _row_fields(terms: MixedTerms, fitted: np.ndarray | Callable[[], np.ndarray]
 def python_tests(spec: LmerSpec, model: DevianceModel) -> PythonTests:
     """The fit's tests hook (Satterthwaite / Kenward-Roger, `mixbridge.inference`)."""
     if isinstance(model, ScalarDevianceModel):
-        w = spec.terms.weights
-        weighted = w is not None and not np.all(np.asarray(w, float) == 1.0)
-        kr = kenward_roger.scalar_builder(model.stats, weighted)
+        kr = kenward_roger.scalar_builder(model.stats, spec.weighted)
     else:
         kr = kenward_roger.general_builder(model.devfun)
     terms = spec.terms
