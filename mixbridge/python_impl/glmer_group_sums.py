@@ -1,4 +1,4 @@
-"""The estimates of a glmer fit over group sums (`group_sum_kernel`), for every place the rows
+"""The estimates of a glmer fit over group sums (`group_sum_fit`), for every place the rows
 live (in memory: `glmer_lean`; Dask partitions: `distributed_glmer`): the fit, lme4's
 checkConv, the Hessian-based vcov, glmer's divergence warnings, and the `FitEstimates` (the
 caller gives what is per row: fitted values and residuals, eager or lazy)."""
@@ -18,7 +18,8 @@ from mixbridge.python_impl.checkconv import (
 )
 from mixbridge.python_impl.families import Family
 from mixbridge.python_impl.glmer import divergence_messages, vcov_from_hessian
-from mixbridge.python_impl.group_sum_kernel import GroupSumKernel, fit_group_sums
+from mixbridge.python_impl.group_sum_fit import fit_group_sums
+from mixbridge.python_impl.group_sum_kernel import GroupSumKernel
 from mixbridge.python_impl.output import TermLabels
 from mixbridge.python_impl.pls import lambda_blocks
 from mixbridge.python_impl.result import FitEstimates
