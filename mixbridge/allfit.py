@@ -246,7 +246,7 @@ class _PythonModel:
                 else:
                     self.fit = mixbridge.glmer(
                         call.formula, call.data, family=call.family, link=call.link,
-                        nagq=call.nagq, **args,
+                        nagq=call.nagq, theta=call.nb_theta, **args,
                     )  # fmt: skip
         from mixbridge.python_impl.pls import lower_bounds, theta_start
         from mixbridge.python_impl.spec import mixed_terms

@@ -119,20 +119,9 @@ def glmer(
     criterion at every size").
     """
     family = check_family_name(family, "glmer")
-    nagq = check_nagq(nagq)
-    ctrl = check_control("glmer", control, _engine_name(engine))
     nb = _nb_theta_argument(family, theta)
-    if is_dask(data):
-        impl = _dask_engine(engine)
-        check_dask_inputs("glmer", formula, data, weights=weights, offset=offset)
-        prepared: dict[str, Any] = {}
-    else:
-        data, weights, offset = _inputs(data, formula, weights, offset)
-        frame = check_inputs(
-            "glmer", formula, data, weights=weights, offset=offset, family=family, link=link,
-            nagq=nagq,
-        )  # fmt: skip
-        impl, prepared = engines.get(engine), _prepared(engine, frame)
+    g = _glmer_inputs(formula, data, family, link, nagq, weights, offset, engine, control)
+    data, weights, offset, nagq, ctrl, impl, prepared = g
     fit = impl.glmer(
         formula,
         data,
@@ -177,8 +166,6 @@ def glmer_nb(
     `theta_start` (Python engine) starts the search there instead (lme4 cannot). A θ that runs
     to the end of its interval (upper end: the Poisson limit) is a warning in `fit.messages`.
     """
-    nagq = check_nagq(nagq)
-    ctrl = check_control("glmer", control, _engine_name(engine))
     if theta_start is not None:
         from mixbridge.python_impl.spec import check_nb_theta
 
@@ -187,15 +174,14 @@ def glmer_nb(
         raise ArgumentError(
             "glmer_nb needs the data in memory; compute() the Dask DataFrame", "data"
         )
-    data, weights, offset = _inputs(data, formula, weights, offset)
-    frame = check_inputs(
-        "glmer", formula, data, weights=weights, offset=offset, family="negative.binomial",
-        link=link, nagq=nagq,
-    )  # fmt: skip
-    impl = engines.get(engine)
-    if not hasattr(impl, "glmer_nb"):
-        raise ArgumentError(f"engine {engine!r} does not fit glmer_nb", "engine")
-    fit = impl.glmer_nb(
+    g = _glmer_inputs(
+        formula, data, "negative.binomial", link, nagq, weights, offset, engine, control
+    )
+    data, weights, offset, nagq, ctrl, _, prepared = g
+    # an engine without glmer_nb: the registry's clear error (engines.call)
+    fit = engines.call(
+        engine,
+        "glmer_nb",
         formula,
         data,
         link=link,
@@ -205,13 +191,41 @@ def glmer_nb(
         control=ctrl,
         theta_start=theta_start,
         **_r_options(engine, transport, timeout),
-        **_prepared(engine, frame),
+        **prepared,
     )
     fit.call = FitCall(
         "glmer", formula, data, reml=False, family="negative.binomial", link=link,
         nagq=int(nagq), weights=weights, offset=offset, nb_theta=fit.nb_theta,
     )  # fmt: skip
     return fit
+
+
+def _glmer_inputs(
+    formula: str,
+    data: DataLike,
+    family: str,
+    link: str | None,
+    nagq: int,
+    weights: ArrayOrColumn,
+    offset: ArrayOrColumn,
+    engine: str,
+    control: Mapping[str, Any] | None,
+) -> tuple[Any, Any, Any, int, Any, Any, dict[str, Any]]:
+    """glmer's and glmer_nb's input handling: nagq and control checked, the data read (or a
+    Dask DataFrame checked for its engine), the model frame evaluated once. Returns (data,
+    weights, offset, nagq, control, engine, engine keyword arguments)."""
+    nagq = check_nagq(nagq)
+    ctrl = check_control("glmer", control, _engine_name(engine))
+    if is_dask(data):
+        impl = _dask_engine(engine)
+        check_dask_inputs("glmer", formula, data, weights=weights, offset=offset)
+        return data, weights, offset, nagq, ctrl, impl, {}
+    data, weights, offset = _inputs(data, formula, weights, offset)
+    frame = check_inputs(
+        "glmer", formula, data, weights=weights, offset=offset, family=family, link=link,
+        nagq=nagq,
+    )  # fmt: skip
+    return data, weights, offset, nagq, ctrl, engines.get(engine), _prepared(engine, frame)
 
 
 def _nb_theta_argument(family: str, theta: Any, name: str = "theta") -> dict[str, float]:

@@ -13,6 +13,10 @@ exactly as named here; a missing one means "not supported by this engine"):
     lmer_objective(formula, data, *, theta, reml, weights, offset, **engine_options) -> float
     glmer_objective(formula, data, *, theta, beta, family, link, nagq, weights, offset, control,
                     **engine_options) -> float
+    glmer_nb(formula, data, *, link, nagq, weights, offset, control, theta_start,
+             **engine_options) -> MixedFit
+
+glmer and glmer_objective also take `nb_theta` (family "negative.binomial").
 
 The public calls check every argument first (`mixbridge.checks`); `control` arrives with
 `mixbridge.control`'s keys, checked and normalized, for the built-in engines. The built-in

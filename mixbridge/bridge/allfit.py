@@ -106,6 +106,8 @@ def run_allfit(
         **wo,
         "n_par": int(n_par),
     }
+    if call.nb_theta is not None:  # negative.binomial: refits at the fit's θ (lme4's allFit too)
+        args["nb_theta"] = float(call.nb_theta)
     if vectors:
         args["score"] = np.concatenate(vectors)
     res = _run("mb_allfit", transport, args, columns, nrow, timeout)

@@ -118,6 +118,8 @@ def to_mermod(fit: MixedFit, name: str | None = None) -> Any:
         "hessian": None if hessian is None else hessian.ravel(order="F"),
         "optimizer": f"mixbridge:{fit.engine}",
     }
+    if call.family == "negative.binomial":  # MASS::negative.binomial(theta) at the fit's θ
+        args["nb_theta"] = float(fit.nb_theta if fit.nb_theta is not None else call.nb_theta)
     with embedded.LOCK:
         ri, env = embedded.session()
         conv = _conversion_env(ri, env)

@@ -521,12 +521,50 @@ def check_pirls_tolerance(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
     return CheckOutcome(True, not problems, detail)
 
 
+def check_glmer_nb_refit_chain(a: Any, b: Any, ctx: RowContext) -> CheckOutcome:
+    """One fit is lme4's glmer.nb (R engine, `nb_theta` estimated: `extra["nb_evals"]`), whose
+    reported -2 logLik is that of its refit chain (each trial θ's PIRLS restarted from the
+    previous trial's fit), not of its deviance function evaluated afresh at its estimates
+    (grouseticks: 2.8e-3 below it). Recomputed: lme4's fresh deviance function at lme4's
+    estimates (the R fit's objective, lme4's mkGlmerDevfun at the final θ); with it in place of
+    the reported value the row must be within its tolerance."""
+    if ctx.signed_diff is None or ctx.quantity not in _CRITERION_ROWS:
+        return CheckOutcome(False)
+
+    def is_nb_chain(fit: Any) -> bool:
+        extra = getattr(fit, "extra", None) or {}
+        return _is_lme4(fit) and getattr(fit, "nb_theta", None) is not None and "nb_evals" in extra
+
+    if is_nb_chain(a) == is_nb_chain(b):
+        return CheckOutcome(False)
+    lme4 = a if is_nb_chain(a) else b
+    if getattr(lme4, "objective", None) is None or int(getattr(lme4, "nagq", 1)) != 1:
+        return CheckOutcome(False)
+    fresh = float(lme4.objective(lme4.theta, lme4.fixef.to_numpy(dtype=float)))
+    shift = float(lme4.criterion) - fresh  # reported minus fresh, criterion units
+    if shift == 0.0:
+        return CheckOutcome(False)
+    factor = -0.5 if ctx.quantity == "loglik" else 1.0  # criterion/AIC/BIC: -2 logLik + const
+    sign = 1.0 if lme4 is b else -1.0  # a - b moves by -shift when b's value is shifted
+    expected = -sign * factor * shift
+    residual = ctx.signed_diff - expected
+    holds = abs(residual) <= ctx.bound
+    detail = (
+        f"lme4's glmer.nb reports {float(lme4.criterion):.10g}, its deviance function afresh at "
+        f"the same estimates gives {fresh:.10g} (refit chain {shift:+.4g}); a - b = "
+        f"{ctx.signed_diff:.6g}, expected {expected:.6g}; residual {residual:.3g} vs tolerance "
+        f"{ctx.bound:.3g}"
+    )
+    return CheckOutcome(True, holds, detail)
+
+
 CHECKS: dict[str, Callable[[Any, Any, RowContext], CheckOutcome]] = {
     "check_agq_saturated_constant": check_agq_saturated_constant,
     "check_pirls_tolerance": check_pirls_tolerance,
     "check_arm_binomial_aic": check_arm_binomial_aic,
     "check_bayesglm_own_dispersion": check_bayesglm_own_dispersion,
     "check_other_column_dropped": check_other_column_dropped,
+    "check_glmer_nb_refit_chain": check_glmer_nb_refit_chain,
 }
 
 

@@ -37,7 +37,7 @@ from mixbridge.python_impl.checkconv import (
     deriv12,
     optimum_doubts,
 )
-from mixbridge.python_impl.families import NegativeBinomial
+from mixbridge.python_impl.family_nb import NegativeBinomial
 from mixbridge.python_impl.glmer_devfun import Devfun, GlmerModel
 from mixbridge.python_impl.glmer_gradient import (
     NoFastPath,
@@ -170,7 +170,16 @@ def glmer_objective(
 
 
 def fit_spec(spec: GlmerSpec) -> MixedFit:
-    model = GlmerModel.build(spec)
+    return fit_model(GlmerModel.build(spec))
+
+
+def fit_model(
+    model: GlmerModel, start: np.ndarray | None = None, h0: np.ndarray | None = None
+) -> MixedFit:
+    """The fit of a built model. `start` (θ, β) and `h0` (its approximate Hessian): the
+    gradient path's starting point and metric instead of the initial PIRLS fit's (glmer_nb
+    passes the optimum at a neighbouring NB θ); the optimizer's start only, the optimum of the
+    converged deviance does not depend on it. Ignored elsewhere."""
     dev = Devfun(model)
     opt1 = stage1(dev, model)
     beta1 = np.asarray(dev.state.beta, dtype=float)
@@ -194,7 +203,10 @@ def fit_spec(spec: GlmerSpec) -> MixedFit:
     f2 = optimizers.safe(dev.stage2)
     opt2: OptSummary | None = None
     if model.gradient:
-        h0 = initial_hessian(model, opt1.final)
+        if start is not None:
+            x0 = np.maximum(np.asarray(start, dtype=float), lower)
+        if h0 is None or start is None:
+            h0 = initial_hessian(model, x0[: model.n_theta])
         try:
             opt2 = probe_bound(dev, model, optimize_stage2(dev, model, x0, lower, h0), lower)
         except NoFastPath:

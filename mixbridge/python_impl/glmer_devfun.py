@@ -22,6 +22,8 @@ import numpy as np
 from mixbridge.python_impl import spec as model_spec
 from mixbridge.python_impl.agq import agq_deviance, agq_deviance_fast
 from mixbridge.python_impl.diagonal_canonical import CanonicalKernel
+from mixbridge.python_impl.diagonal_nb import NbKernel
+from mixbridge.python_impl.family_nb import NegativeBinomial
 from mixbridge.python_impl.pirls import PirlsState, pirls
 from mixbridge.python_impl.pls import (
     PlsCore,
@@ -36,6 +38,11 @@ from mixbridge.python_impl.spec import GlmerSettings, GlmerSpec
 
 if TYPE_CHECKING:
     from mixbridge.formula.frames import MixedTerms
+
+
+# The fused (1|g) negative-binomial kernel (`diagonal_nb`); False: the generic PIRLS on the
+# diagonal core (the tests compare the two paths)
+NB_FUSED = True
 
 
 @dataclass
@@ -54,16 +61,19 @@ class GlmerModel:
     tol: float
     maxit: int
     rows: np.ndarray | None = None
-    kernel: CanonicalKernel | None = None
+    kernel: CanonicalKernel | NbKernel | None = None
 
     @classmethod
     def build(cls, spec: GlmerSpec) -> GlmerModel:
         terms, fam = spec.terms, spec.family
         core = select_core(terms, weights_vary=True)
         canonical = (fam.family, fam.link) in CANONICAL
+        # (1|g) negative.binomial: the fused NB kernel (Laplace only: no fused AGQ for it)
+        nb = NB_FUSED and fam.family == "negative.binomial" and fam.link == "log"
+        nb = nb and spec.nagq <= 1
         y0, w0, n0, off, eta_init = spec.y, spec.weights, spec.n_trials, spec.offset, spec.eta_init
         rows = None
-        fused = isinstance(core, DiagonalCore) and core.zvals is None and canonical
+        fused = isinstance(core, DiagonalCore) and core.zvals is None and (canonical or nb)
         if fused and terms.n >= max(2, model_spec.GRADIENT_MIN_ROWS):
             # every group's rows contiguous: per-group sums become np.add.reduceat over
             # segments and ZΛu an np.repeat (no scattered memory access in the O(n) passes)
@@ -73,7 +83,9 @@ class GlmerModel:
                 y0, w0, n0, off, eta_init = (_rows_of(a, rows) for a in (y0, w0, n0, off, eta_init))
         resp = GlmResponse(fam, y0, w0, off, n0)
         reterms = list(terms.reterms)
-        kernel = CanonicalKernel(core, resp) if fused else None
+        kernel: CanonicalKernel | NbKernel | None = None
+        if fused:
+            kernel = CanonicalKernel(core, resp) if canonical else NbKernel(core, resp)
         assert isinstance(core, DiagonalCore) or kernel is None
         return cls(
             spec,
@@ -87,6 +99,18 @@ class GlmerModel:
             rows,
             kernel,
         )
+
+    def with_nb_theta(self, theta: float) -> GlmerModel:
+        """The same negative.binomial model (terms, ordered core) at another NB θ: a new
+        response and kernel, no rebuilt core (glmer_nb's trial θ's)."""
+        fam = NegativeBinomial(theta)
+        r = self.resp
+        resp = GlmResponse(fam, r.y, r.weights, r.offset, r.n_trials)
+        kernel = None
+        if isinstance(self.kernel, NbKernel):
+            assert isinstance(self.core, DiagonalCore)
+            kernel = NbKernel(self.core, resp)
+        return replace(self, spec=replace(self.spec, family=fam), resp=resp, kernel=kernel)
 
     def with_settings(self, settings: GlmerSettings) -> GlmerModel:
         """The same model (response, core) with other PIRLS controls."""
@@ -112,6 +136,8 @@ class GlmerModel:
         AGQ: the fused (1|g) kernel)."""
         if not isinstance(self.core, DiagonalCore):
             return False
+        if isinstance(self.kernel, NbKernel):  # (1|g) negative.binomial, Laplace
+            return True
         canonical = (self.resp.family_name, self.resp.link) in CANONICAL
         return canonical and (self.nagq <= 1 or self.core.zvals is None)
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from mixbridge.control import check_control
 from mixbridge.errors import ArgumentError, DataError
-from mixbridge.python_impl.families import Family, NegativeBinomial, get_family
+from mixbridge.python_impl.families import Family, get_family
+from mixbridge.python_impl.family_nb import NegativeBinomial
 from mixbridge.results import Message
 
 if TYPE_CHECKING:

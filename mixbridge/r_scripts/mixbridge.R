@@ -677,7 +677,7 @@ mb_tests_refit <- function(fit_args, data, tests_args = list()) {
 # deviance function.
 mb_allfit <- function(model, formula, data, REML = TRUE, family = "gaussian", link = NULL,
                       nAGQ = 1L, weights_col = NULL, offset_col = NULL, score = NULL,
-                      n_par = 0L) {
+                      n_par = 0L, nb_theta = NULL) {
   .mb_capture({
     glmm <- identical(model, "glmer")
     env <- new.env(parent = globalenv())
@@ -686,7 +686,7 @@ mb_allfit <- function(model, formula, data, REML = TRUE, family = "gaussian", li
     environment(env$fml) <- env
     env$REML <- isTRUE(REML)
     env$nAGQ <- as.integer(nAGQ)
-    if (glmm) env$fam <- .mb_family(family, link)
+    if (glmm) env$fam <- .mb_family(family, link, nb_theta)
     cl <- .mb_mer_call(glmm, weights_col, offset_col)
     cl$control <- NULL
     # values, not symbols, in the call: when a refit fails, update() evaluates the call again
@@ -713,7 +713,8 @@ mb_allfit <- function(model, formula, data, REML = TRUE, family = "gaussian", li
       type = "message"
     )
     dev <- if (glmm) {
-      mb_glmer_devfun(formula, data, family, link, nAGQ, weights_col, offset_col)
+      mb_glmer_devfun(formula, data, family, link, nAGQ, weights_col, offset_col,
+                      nb_theta = nb_theta)
     } else {
       mb_lmer_devfun(formula, data, REML, weights_col, offset_col)
     }

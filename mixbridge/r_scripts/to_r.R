@@ -13,8 +13,12 @@
 
 # The family as a call, e.g. binomial(link = "logit"): the merMod's call stays evaluable, so
 # update(), lmerTest and emmeans can re-run or inspect it.
-.mb_family_call <- function(family, link) {
-  fam <- .mb_family(family, link)
+# negative.binomial: MASS::negative.binomial(theta = <the fit's NB theta>).
+.mb_family_call <- function(family, link, nb_theta = NULL) {
+  fam <- .mb_family(family, link, nb_theta)
+  if (identical(family, "negative.binomial")) {
+    return(as.call(list(quote(MASS::negative.binomial), theta = as.numeric(nb_theta))))
+  }
   as.call(list(as.name(family), link = fam$link))
 }
 
@@ -36,7 +40,8 @@ mb_as_mermod <- function(model, formula, data, theta, beta = NULL, stage1_theta 
                          REML = TRUE,
                          family = "binomial", link = NULL, nAGQ = 1L,
                          weights_col = NULL, offset_col = NULL,
-                         gradient = NULL, hessian = NULL, optimizer = "mixbridge") {
+                         gradient = NULL, hessian = NULL, optimizer = "mixbridge",
+                         nb_theta = NULL) {
   .mb_capture({
     glmm <- identical(model, "glmer")
     # The data live in the formula's environment under one name, so the merMod's call can be
@@ -47,7 +52,7 @@ mb_as_mermod <- function(model, formula, data, theta, beta = NULL, stage1_theta 
     environment(fml) <- home
     theta <- as.numeric(theta)
     nAGQ <- as.integer(nAGQ)
-    fam_call <- if (glmm) .mb_family_call(family, link) else NULL
+    fam_call <- if (glmm) .mb_family_call(family, link, nb_theta) else NULL
     build <- .mb_model_call("lFormula", fml, glmm, fam_call, isTRUE(REML), NULL,
                             weights_col, offset_col)
     build[[1]] <- if (glmm) quote(lme4::glFormula) else quote(lme4::lFormula)
