@@ -7,14 +7,15 @@ Sizes (rows, levels of a, levels of b; a and b crossed at random, y = 1 + x/2 + 
 
     check  2e4 rows, 2e3 × 100    every engine, lme4 included: the others are checked against it
     5k     1e6 rows, 1e5 × 5e3    the issue's main size (lme4 does not finish in 15 minutes)
-    20k    1e6 rows, 1e5 × 2e4    the dense block is 3.2 GB; ours only
+    20k    1e6 rows, 1e5 × 2e4    the dense block is 3.2 GB; ours and glmm (within --cap)
 
 Engines, each in its own subprocess (time of the fit call, peak RSS above the process's size
 just before it, from VmHWM):
 
-    mixbridge  the Python engine (project venv); also reports where the time goes: criterion
-               evaluations, the dense Cholesky factorizations (count, time each), the gradient's
-               inverse (trtri + lauum), and the rest
+    mixbridge  the Python engine (project venv); also reports CPU time, the load average, and
+               where the time goes: criterion evaluations, the dense Cholesky factorizations
+               (count, time each), the gradients' inverses (trtri + lauum), the final state
+               (its factorization), and the rest
     glmm       glmm 0.6.2 (Rust; the project's `peers` extra, in the project venv)
     interlace  interlace-lme 0.3.2 in its own venv, benchmarks/.venv-interlace (Python 3.13;
                created by `--setup`, with scikit-sparse when it builds; not committed)
@@ -137,31 +138,38 @@ def worker_mixbridge(cols: dict[str, np.ndarray]) -> dict:
     mixbridge.lmer(FORMULA, _frame(make_data(2000, 200, 20, seed=1)), engine="python")
     times = _timed_lapack()
     rss0 = _rss_mb()
-    t = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    t, cpu = time.perf_counter(), time.process_time()
     fit = mixbridge.lmer(FORMULA, df, engine="python")
     elapsed = time.perf_counter() - t
+    cpu = time.process_time() - cpu
     pot = times["profile_potrf"]
     big = [x for x in pot if x > 0.2 * max(pot)] if pot else []  # the dense ones (not probes)
     one = float(np.median(big)) if big else float("nan")
     n_evals = int(fit.optimizer["n_evals"])
     return {
         "time": elapsed,
+        "cpu": cpu,
+        "load": [load0, os.getloadavg()[0]],  # 1-minute load average before and after
         "peak_mb": _hwm_mb() - rss0,
         "theta": np.asarray(fit.theta).tolist(),
         "beta": np.asarray(fit.fixef).tolist(),
         "sigma": float(fit.sigma),
         "criterion": float(fit.reml_criterion),
+        "start": list(fit.optimizer["start"]),
         "breakdown": {
             "evaluations": n_evals,
             "dense_factorizations": len(big),
             "one_factorization_s": one,
             "factorizations_s": float(np.sum(pot)),
+            "gradients": len(times["grad_inverse"]) // 2,
             "gradient_inverse_s": float(np.sum(times["grad_inverse"])),
             "final_state_s": float(np.sum(times["final"])),
             "rest_s": elapsed
             - float(np.sum(pot) + np.sum(times["grad_inverse"]) + np.sum(times["final"])),
             "floor_s": n_evals * one,
             "time_over_floor": elapsed / (n_evals * one) if big else float("nan"),
+            "time_over_dense_floor": elapsed / (len(big) * one) if big else float("nan"),
         },
     }
 
@@ -176,13 +184,17 @@ def worker_glmm(cols: dict[str, np.ndarray]) -> dict:
     }
     glmm.fit(small, FORMULA, reml=True, satterthwaite=False)  # warm-up
     rss0 = _rss_mb()
-    t = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    t, cpu = time.perf_counter(), time.process_time()
     f = glmm.fit(data, FORMULA, reml=True, satterthwaite=False)
     elapsed = time.perf_counter() - t
+    cpu = time.process_time() - cpu
     disp = float(f.dispersion)
     tau2 = [float(np.asarray(v).ravel()[0]) for v in f.varcorr]
     return {
         "time": elapsed,
+        "cpu": cpu,
+        "load": [load0, os.getloadavg()[0]],
         "peak_mb": _hwm_mb() - rss0,
         "theta": [float(np.sqrt(v / disp)) for v in tau2],
         "beta": np.asarray(f.beta).tolist(),
@@ -316,8 +328,8 @@ def main() -> None:
             for engine in engines:
                 if engine == "lme4" and size != "check":
                     continue  # lme4 did not finish in 15 minutes at 5k (issue 15)
-                if engine in ("glmm", "interlace") and size == "20k":
-                    continue  # the dense 2e4 block: ours only
+                if engine == "interlace" and size == "20k":
+                    continue  # the dense 2e4 block: ours and glmm's (within --cap)
                 r = run_engine(engine, d, args.cap)
                 r.update(size=size, engine=engine, n=n, levels=[na, nb])
                 if "theta" in r and size == "check":
@@ -340,30 +352,33 @@ def main() -> None:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| size | engine | time | peak RSS | θ | vs lme4 (criterion, max θ diff) |",
-        "|---|---|---|---|---|---|",
+        "| size | engine | time | CPU | peak RSS | θ | vs lme4 (criterion, max θ diff) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['engine']} | {r['error']} | | | |")
+            lines.append(f"| {r['size']} | {r['engine']} | {r['error']} | | | | |")
             continue
         vs = r.get("vs_lme4")
         vs_txt = f"{vs['criterion']:+.2e}, {vs['theta']:.1e}" if vs else ""
         theta = ", ".join(f"{t:.5f}" for t in r["theta"])
+        cpu = f"{r['cpu']:.1f} s" if "cpu" in r else ""
         lines.append(
-            f"| {r['size']} | {r['engine']} | {r['time']:.1f} s | {r['peak_mb'] / 1024:.2f} GB "
-            f"| {theta} | {vs_txt} |"
+            f"| {r['size']} | {r['engine']} | {r['time']:.1f} s | {cpu} "
+            f"| {r['peak_mb'] / 1024:.2f} GB | {theta} | {vs_txt} |"
         )
     for r in results:
         if "breakdown" in r:
             b = r["breakdown"]
             lines.append(
-                f"\nmixbridge {r['size']}: {b['evaluations']} evaluations, "
+                f"\nmixbridge {r['size']}: wall {r['time']:.1f} s, CPU {r.get('cpu', 0):.1f} s, "
+                f"load {r.get('load', ['?'])[0]}; {b['evaluations']} evaluations, "
                 f"{b['dense_factorizations']} dense factorizations of "
-                f"{b['one_factorization_s']:.2f} s ({b['factorizations_s']:.1f} s), gradient "
-                f"inverses {b['gradient_inverse_s']:.1f} s, final state {b['final_state_s']:.1f} s,"
-                f" rest {b['rest_s']:.1f} s; time / (evaluations × one factorization) = "
-                f"{b['time_over_floor']:.2f}"
+                f"{b['one_factorization_s']:.2f} s ({b['factorizations_s']:.1f} s), "
+                f"{b.get('gradients', '?')} gradients (inverses {b['gradient_inverse_s']:.1f} s),"
+                f" final state {b['final_state_s']:.1f} s, rest {b['rest_s']:.1f} s; time / "
+                f"(evaluations × one factorization) = {b['time_over_floor']:.2f}, / (dense "
+                f"evaluations × one) = {b.get('time_over_dense_floor', float('nan')):.2f}"
             )
     return "\n".join(lines)
 

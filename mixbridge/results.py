@@ -3,38 +3,49 @@
 Field names keep lme4's and arm's meanings in snake_case. Every engine fills the same fields, so
 fits from different engines can be compared field by field (`mixbridge.compare`).
 
-Deferred fields: a result type declares which of its fields may be computed when first read
-(`DeferredField`; MixedFit: ranef, cond_var, fitted, residuals; BayesGLMFit: fitted). An engine
-may give such a field a `Deferred(fetch)` instead of its value: the first read runs `fetch`
-once, under the Deferred's lock, stores the value in the field and returns it; every later read
-is a plain attribute read. Readers never see the difference (`compare`, `to_dict`, `tidy`,
-`to_r`, `==`, copies and pickling all read the values). `fit.deferred_fields()` names the fields
-not fetched yet, `fit.fetch_deferred()` fetches them now.
+Deferred fields (`mixbridge.deferred`): a result type declares which of its fields may be
+computed when first read (`DeferredField`; MixedFit: ranef, cond_var, fitted, residuals;
+BayesGLMFit: fitted). Readers never see the difference (`compare`, `to_dict`, `tidy`, `to_r`,
+`==`, copies and pickling all read the values). `fit.deferred_fields()` names the fields not
+fetched yet, `fit.fetch_deferred()` fetches them now. MixedFit's tests, intervals and allfit
+methods come from `mixbridge.inference.fit_methods.InferenceMethods`.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import inspect
 import math
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
 from mixbridge.checks import check_flag, named_arguments
+from mixbridge.deferred import Deferred, DeferredField, DeferredFields
 from mixbridge.errors import ArgumentError, MixbridgeWarning, RWarning
+from mixbridge.inference.fit_methods import InferenceMethods
+
+__all__ = [
+    "ALLFIT_POINTER",
+    "BayesGLMFit",
+    "Deferred",
+    "DeferredField",
+    "DeferredFields",
+    "FitCall",
+    "FitMethods",
+    "Message",
+    "MixedFit",
+    "emit_warnings",
+    "format_bayesglm_summary",
+    "format_mixed_summary",
+]
 
 MessageKind = Literal["warning", "message", "error", "note"]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,148 +117,6 @@ class FitCall:
     nb_theta: float | None = None  # negative.binomial: θ given (glmer) or estimated (glmer_nb)
 
 
-class Deferred(Generic[T]):
-    """A field value computed when first read: `fetch()` runs once, under `lock`.
-
-    `lock`: the lock the fetch needs anyway (the R engine passes the embedded R session's lock,
-    so a fetch never waits on a second lock while holding R's); default a lock of its own.
-    `source` says where the value comes from (shown by repr before it is fetched). A fetch that
-    raises leaves the Deferred unfetched: the next read tries again. Once fetched, the Deferred
-    drops `fetch` and with it whatever it held (e.g. the R object).
-    """
-
-    def __init__(
-        self,
-        fetch: Callable[[], T],
-        *,
-        lock: AbstractContextManager[Any] | None = None,
-        source: str = "",
-    ) -> None:
-        self._fetch: Callable[[], T] | None = fetch
-        self._lock = lock if lock is not None else threading.Lock()
-        self._value: T | None = None
-        self.source = source
-
-    @property
-    def fetched(self) -> bool:
-        return self._fetch is None
-
-    def get(self) -> T:
-        """The value, fetched now if it was not yet."""
-        if self._fetch is not None:
-            with self._lock:
-                if self._fetch is not None:  # another thread may have fetched it meanwhile
-                    self._value = self._fetch()
-                    self._fetch = None
-        return self._value  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return f"<deferred: {self.source or 'not fetched yet'}>"
-
-
-class DeferredField:
-    """A dataclass field that may hold a `Deferred`: the first read fetches and stores the value.
-
-    Declared in the class body as `name: type = DeferredField()`; the field stays required in
-    the constructor (reading the descriptor on the class raises AttributeError, which dataclasses
-    take as "no default").
-    """
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is None:
-            raise AttributeError(self.name)
-        try:
-            value = obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
-        if isinstance(value, Deferred):
-            fetched = value.get()
-            if obj.__dict__.get(self.name) is value:  # unless set anew meanwhile
-                obj.__dict__[self.name] = fetched
-            return fetched
-        return value
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__[self.name] = value
-
-
-class DeferredFields:
-    """What a result type with `DeferredField`s offers: which fields are not fetched yet, fetch
-    them now, and copies and pickles that carry values (the fetched ones)."""
-
-    # fields holding the engine's functions: not pickled (see __getstate__); each holds an
-    # object that is false when empty and whose type() is its empty value (FitMethods)
-    _HOOKS: ClassVar[tuple[str, ...]] = ()
-
-    def deferred_fields(self) -> tuple[str, ...]:
-        """Names of the fields whose value has not been fetched yet."""
-        return tuple(
-            name
-            for name, value in self.__dict__.items()
-            if isinstance(value, Deferred) and not value.fetched
-        )
-
-    def fetch_deferred(self, *names: str) -> None:
-        """Fetch these deferred fields now (all of them when none are named), e.g. before the
-        engine's session goes away. Fields that hold their value already are left alone."""
-        for name in names or self.deferred_fields():
-            if not isinstance(type(self).__dict__.get(name), DeferredField):
-                raise ArgumentError(f"{type(self).__name__} has no deferred field {name!r}", name)
-            getattr(self, name)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled: every field with its value (deferred ones fetched first). The engine's
-        functions (objective, predict, simulate) are closures over the engine's live state and
-        stay in the process that fitted: an unpickled fit has all fields, not those methods."""
-        self.fetch_deferred()
-        state = dict(self.__dict__)
-        dropped = [hook for hook in self._HOOKS if state.get(hook)]
-        for hook in dropped:
-            state[hook] = type(state[hook])()
-        if dropped:
-            state["_unpickled_without"] = tuple(dropped)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def __copy__(self) -> Any:
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)  # shares the Deferreds: a fetch serves both
-        return new
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        self.fetch_deferred()
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            # the engine's functions are shared, not copied (closures over live state)
-            new.__dict__[key] = value if key in self._HOOKS else copy.deepcopy(value, memo)
-        return new
-
-    def _no_engine_function(self, hook: str, what: str) -> NotImplementedError:
-        """The error for a missing engine function (objective, predict, simulate)."""
-        engine = self.__dict__.get("engine")
-        if hook in self.__dict__.get("_unpickled_without", ()):
-            return NotImplementedError(
-                f"{what} is not available on an unpickled fit: engine {engine!r}'s functions "
-                "stay in the process that fitted it (every field was pickled)"
-            )
-        return NotImplementedError(f"engine {engine!r} does not implement {what}")
-
-    def __repr__(self) -> str:
-        shown = []
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if not f.repr:
-                continue
-            raw = self.__dict__.get(f.name)
-            shown.append(f"{f.name}={raw!r}")  # a Deferred shows as <deferred: ...>
-        return f"{type(self).__name__}({', '.join(shown)})"
-
-
 @dataclass(frozen=True)
 class FitMethods:
     """What an engine computes from a fit beyond its fields, attached with `MixedFit.attach`:
@@ -279,7 +148,7 @@ class FitMethods:
 
 
 @dataclass(repr=False)
-class MixedFit(DeferredFields):
+class MixedFit(InferenceMethods, DeferredFields):
     """A fitted linear or generalized linear mixed model, as lme4 reports it.
 
     Conventions (all engines):
@@ -402,7 +271,7 @@ class MixedFit(DeferredFields):
         """
         fn = self.methods.objective
         if fn is None:
-            raise self._no_engine_function("methods", "objective()")
+            raise self.missing_engine_function("objective()")
         if control is None:
             return float(fn(*params))
         if self.model != "glmer":
@@ -431,7 +300,7 @@ class MixedFit(DeferredFields):
 
         allow = check_flag(allow_new_levels, "allow_new_levels")
         if self.methods.predict is None:
-            raise self._no_engine_function("methods", "predict()")
+            raise self.missing_engine_function("predict()")
         newdata = as_pandas(newdata, argument="newdata")
         if newdata is not None and self.call is not None and self.call.offset is not None:
             warnings.warn(
@@ -446,56 +315,13 @@ class MixedFit(DeferredFields):
     def simulate(self, nsim: int = 1, seed: int | None = None) -> np.ndarray:
         """New responses drawn from the fitted model (n x nsim), like simulate.merMod."""
         if self.methods.simulate is None:
-            raise self._no_engine_function("methods", "simulate()")
+            raise self.missing_engine_function("simulate()")
         return self.methods.simulate(nsim, seed)
 
     def summary(self) -> str:
         """A text summary in lme4's print layout (lmer: lmerTest's, with Satterthwaite df and
         p-values, when the engine computes them)."""
         return format_mixed_summary(self)
-
-    # -- tests and degrees of freedom (mixbridge.inference; lmerTest, pbkrtest) ---------------
-
-    def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
-        """The fixed effects' tests as lmerTest's summary: columns estimate, std_error, df,
-        statistic, p_value. lmer `ddf`: "satterthwaite", "kenward-roger" (pbkrtest's adjusted
-        covariance and df) or "lme4" (t values; df and p NaN); glmer: Wald z tests."""
-        from mixbridge.inference.coef_table import coef_table
-
-        return coef_table(self, ddf=ddf)
-
-    def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
-        """lmerTest's anova(): one F test per fixed term (types 1, 2, 3), columns sum_sq,
-        mean_sq, num_df, den_df, f_value, p_value, rows named as R names the terms."""
-        from mixbridge.inference.term_anova import term_anova
-
-        return term_anova(self, type=type, ddf=ddf)
-
-    # -- inference: confidence intervals (mixbridge.inference.confint) --
-    def confint(
-        self,
-        method: str = "profile",
-        level: float = 0.95,
-        parm: Any = None,
-        nsim: int = 1000,
-        seed: int | None = None,
-        progress: bool | Callable[[int, int], None] | None = None,
-    ) -> pd.DataFrame:
-        """lme4's confint.merMod: columns lower, upper; rows .sig01, …, .sigma, fixed effects.
-        `method`: "wald", "profile" (lme4's profile, crossing solved exactly) or "boot"
-        (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`; `progress`: None
-        prints progress to stderr once a run takes over 5 s, True always, False never, or a
-        callable(done, total))."""
-        from mixbridge.inference.confint import confint
-
-        return confint(self, method, level, parm, nsim=nsim, seed=seed, progress=progress)
-
-    def allfit(self, **options: Any) -> Any:
-        """Refit with several optimizers and starts and judge a convergence warning:
-        `mixbridge.allfit(self, **options)` (an `AllfitResult` with a table and a verdict)."""
-        from mixbridge.allfit import allfit
-
-        return allfit(self, **options)
 
     def tidy(
         self,

@@ -102,3 +102,18 @@ def require_r_packages(config: pytest.Config, *packages: str) -> None:
     if _r_required(config):
         pytest.fail(f"R packages required but unavailable: {why}", pytrace=False)
     pytest.skip(f"R packages unavailable: {why}")
+
+
+@pytest.fixture(scope="session")
+def cluster_client():
+    """A local Dask cluster (2 worker processes, 1 thread each) and its client, started once
+    for the session's Dask tests (test_dask.py, test_dask_glmer.py; see tests/dask_harness.py)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = Client(cluster)
+    yield cluster, client
+    client.close()
+    cluster.close()

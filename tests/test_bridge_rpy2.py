@@ -207,7 +207,10 @@ def _installed(python: Path, package: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# `long`: a real pip install (~45 s on 2 cores); the fallback, its message and the fix it names
+# are checked in the default suite by the simulated rpy2 tests above
 @pytest.mark.slow
+@pytest.mark.long
 def test_fresh_venv_pip_install_r_extra(fresh_venv, reference_theta):
     python = fresh_venv
     assert _r_is_older_than_4_5(), "the broken pairing needs R < 4.5"

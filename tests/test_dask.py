@@ -11,7 +11,7 @@ import dask.dataframe as dd  # the test extra installs dask: a missing one is a 
 import numpy as np
 import pandas as pd
 import pytest
-from distributed.diagnostics.plugin import SchedulerPlugin
+from dask_harness import parquet_partitions, recorded_task_sizes
 
 import mixbridge
 from mixbridge.errors import ArgumentError, DataError, FormulaError
@@ -59,52 +59,15 @@ def _data(n: int, G: int, seed: int = 1) -> pd.DataFrame:
     return df
 
 
-@pytest.fixture(scope="module")
-def cluster_client():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    client = Client(cluster)
-    yield cluster, client
-    client.close()
-    cluster.close()
-
-
-class _TaskSizes(SchedulerPlugin):
-    """Scheduler plugin: the size of every task result the workers report (bytes)."""
-
-    name = "mixbridge-task-sizes"
-
-    def __init__(self, scheduler) -> None:
-        self.sizes: dict[str, int] = {}
-        self.scheduler = scheduler
-
-    def transition(self, key, start, finish, *args, **kwargs) -> None:
-        if finish == "memory":
-            ts = self.scheduler.tasks.get(key)
-            nbytes = kwargs.get("nbytes") or (ts.nbytes if ts is not None else 0)
-            self.sizes[str(key)] = int(nbytes or 0)
-
-
 def test_dask_fit_equals_in_memory_and_stays_on_workers(cluster_client, tmp_path):
     cluster, client = cluster_client
     n, G, nparts = 1_000_000, 5_000, 8
     df = _data(n, G)
     # The data set lives in files that the workers read; the client never holds a partition.
-    bounds = np.linspace(0, n, nparts + 1).astype(int)
-    for k in range(nparts):
-        df.iloc[bounds[k] : bounds[k + 1]].to_parquet(tmp_path / f"part{k}.parquet")
-    ddf = dd.read_parquet(str(tmp_path / "*.parquet"))
-    assert ddf.npartitions == nparts
+    ddf = parquet_partitions(df, tmp_path, nparts)
 
-    plugin = _TaskSizes(cluster.scheduler)
-    cluster.scheduler.add_plugin(plugin, name=plugin.name)
-    try:
+    with recorded_task_sizes(cluster) as plugin:
         fit = mixbridge.lmer("y ~ x1 + x2 + x3 + (1|g)", ddf, reml=True)
-    finally:
-        cluster.scheduler.remove_plugin(name=plugin.name)
     ref = mixbridge.lmer("y ~ x1 + x2 + x3 + (1|g)", df, reml=True, engine="python")
     _assert_same_fit(fit, ref)
 

@@ -12,7 +12,7 @@ import dask.dataframe as dd  # the test extra installs dask: a missing one is a 
 import numpy as np
 import pandas as pd
 import pytest
-from distributed.diagnostics.plugin import SchedulerPlugin
+from dask_harness import parquet_partitions, recorded_task_sizes
 
 import mixbridge
 from mixbridge.errors import ArgumentError, FormulaError
@@ -58,35 +58,6 @@ def _data(n: int, G: int, seed: int = 1) -> pd.DataFrame:
     return df
 
 
-class _Tasks(SchedulerPlugin):
-    """Scheduler plugin: the size of every task result, and how often each task ran."""
-
-    name = "mixbridge-glmer-tasks"
-
-    def __init__(self, scheduler) -> None:
-        self.sizes: dict[str, int] = {}
-        self.scheduler = scheduler
-
-    def transition(self, key, start, finish, *args, **kwargs) -> None:
-        if finish == "memory":
-            ts = self.scheduler.tasks.get(key)
-            nbytes = kwargs.get("nbytes") or (ts.nbytes if ts is not None else 0)
-            self.sizes[str(key)] = int(nbytes or 0)
-
-
-@pytest.fixture(scope="module")
-def cluster_client():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    client = Client(cluster)
-    yield cluster, client
-    client.close()
-    cluster.close()
-
-
 @pytest.mark.parametrize(
     "family,formula", [("binomial", "y ~ x1 + x2 + (1|g)"), ("poisson", "k ~ x1 + x2 + (1|g)")]
 )
@@ -94,17 +65,10 @@ def test_dask_glmer_equals_in_memory_on_a_cluster(cluster_client, tmp_path, fami
     cluster, client = cluster_client
     n, G, nparts = 60_000, 400, 6  # above GRADIENT_MIN_ROWS: the in-memory default is the same
     df = _data(n, G)
-    bounds = np.linspace(0, n, nparts + 1).astype(int)
-    for k in range(nparts):  # files the workers read: the client never holds a partition
-        df.iloc[bounds[k] : bounds[k + 1]].to_parquet(tmp_path / f"part{k}.parquet")
-    ddf = dd.read_parquet(str(tmp_path / "*.parquet"))
+    ddf = parquet_partitions(df, tmp_path, nparts)  # the client never holds a partition
 
-    plugin = _Tasks(cluster.scheduler)
-    cluster.scheduler.add_plugin(plugin, name=plugin.name)
-    try:
+    with recorded_task_sizes(cluster) as plugin:
         fit = mixbridge.glmer(formula, ddf, family=family)
-    finally:
-        cluster.scheduler.remove_plugin(name=plugin.name)
     ref = mixbridge.glmer(formula, df, family=family)
     assert ref.optimizer["stage2"]["method"] == fit.optimizer["stage2"]["method"]
     _assert_same_fit(fit, ref)

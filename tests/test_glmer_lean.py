@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import mixbridge
-from mixbridge.python_impl import glmer_lean, group_sum_kernel
+from mixbridge.python_impl import glmer_lean, group_sum_rows
 
 # the same algorithm and criterion; the optimum polished by Newton steps on the analytic
 # gradient, so the two paths agree to ~1e-11 (measured); 1e-8 as for the Dask path
@@ -23,13 +23,13 @@ TIGHT = {"tol_pwrss": 1e-12}
 def lean(monkeypatch):
     """Switch the lean path on for any size, with chunks of ~500 rows (many chunks)."""
     monkeypatch.setattr(glmer_lean, "LEAN_MIN_ROWS", 0)
-    init = group_sum_kernel.SortedColumns.__init__
+    init = group_sum_rows.SortedColumns.__init__
 
     def small_chunks(self, *args, **kwargs):
         kwargs["chunk_rows"] = 500
         init(self, *args, **kwargs)
 
-    monkeypatch.setattr(group_sum_kernel.SortedColumns, "__init__", small_chunks)
+    monkeypatch.setattr(group_sum_rows.SortedColumns, "__init__", small_chunks)
 
 
 def _data(n: int, G: int, seed: int) -> pd.DataFrame:

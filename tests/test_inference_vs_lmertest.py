@@ -284,6 +284,12 @@ def test_clear_errors_where_a_method_does_not_apply(r_dataset, monkeypatch):
     with pytest.raises(mixbridge.errors.ArgumentError, match="unweighted"):
         fit.coef_table(ddf="kenward-roger")
     assert np.isfinite(fit.coef_table()["df"]).all()  # Satterthwaite takes weights (lmerTest)
+    # the O(G) (1|g) path: the spec records whether weights other than 1 were given
+    scalar = "Reaction ~ Days + (1 | Subject)"
+    with pytest.raises(mixbridge.errors.ArgumentError, match="unweighted"):
+        mixbridge.lmer(scalar, weighted, weights="w").coef_table(ddf="kenward-roger")
+    ones = mixbridge.lmer(scalar, weighted.assign(w=1.0), weights="w").coef_table("kenward-roger")
+    pd.testing.assert_frame_equal(ones, mixbridge.lmer(scalar, sleep).coef_table("kenward-roger"))
     monkeypatch.setattr(kenward_roger, "MAX_DENSE_Q", 10)
     big = mixbridge.lmer("Reaction ~ Days + (Days | Subject)", sleep)
     with pytest.raises(mixbridge.errors.ArgumentError, match="q = 36 random effects"):

@@ -250,7 +250,14 @@ def test_lmer_rank_deficient_x(needs_r):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
+@pytest.mark.parametrize(
+    "reml",
+    # ML under `long` (lme4 alone takes ~30 s here): the full-size blocked factorization is
+    # checked by REML in the default suite, and the ML criterion of crossed designs by the
+    # optimum sweep (test_optimum_sweep.py: crossed, nested, three_terms, half of them ML)
+    [True, pytest.param(False, marks=pytest.mark.long)],
+    ids=["REML", "ML"],
+)
 def test_lmer_insteval_crossed(r_dataset, reml):
     """73k rows, crossed s x d x dept (q = 4114): the blocked factorization at full size.
 

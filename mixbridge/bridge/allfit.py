@@ -59,19 +59,24 @@ def _strings(x: Any) -> list[str]:
     return [str(v) for v in x if v is not None]
 
 
+def _float_or_nan(x: Any) -> float:
+    """R's number, NaN when R sent an empty vector (the optimizer reported none)."""
+    return build.r_float(x) if len(np.atleast_1d(x)) else float("nan")
+
+
 def _one(x: dict[str, Any]) -> RAllfitFit:
-    name = build._s(x["name"])
-    secs = build._f(x["seconds"]) if len(np.atleast_1d(x.get("seconds", []))) else float("nan")
-    if not build._b(x["ok"]):
+    name = build.r_str(x["name"])
+    secs = _float_or_nan(x.get("seconds", []))
+    if not build.r_bool(x["ok"]):
         return RAllfitFit(name, False, messages=_strings(x.get("error")), seconds=secs)
     return RAllfitFit(
         name,
         True,
         theta=np.atleast_1d(np.asarray(x["theta"], dtype=float)),
-        fixef=build._series(x["beta"]),
-        criterion=build._f(x["criterion"]),
+        fixef=build.r_series(x["beta"]),
+        criterion=build.r_float(x["criterion"]),
         messages=_strings(x.get("messages")),
-        opt_code=build._f(x["opt_code"]) if len(np.atleast_1d(x["opt_code"])) else float("nan"),
+        opt_code=_float_or_nan(x["opt_code"]),
         seconds=secs,
     )
 

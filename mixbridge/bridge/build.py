@@ -18,27 +18,33 @@ from mixbridge.errors import RModelError
 from mixbridge.results import BayesGLMFit, Deferred, Message, MixedFit, emit_warnings
 
 
-def _f(x: Any) -> float:
+def r_float(x: Any) -> float:
+    """The first element of an R numeric vector (as decoded by a transport) as a float."""
     return float(np.asarray(x, dtype=float)[0])
 
 
-def _i(x: Any) -> int:
+def r_int(x: Any) -> int:
+    """The first element of an R integer vector as an int."""
     return int(x[0])
 
 
-def _b(x: Any) -> bool:
+def r_bool(x: Any) -> bool:
+    """The first element of an R logical vector as a bool."""
     return bool(x[0])
 
 
-def _s(x: Any) -> str:
+def r_str(x: Any) -> str:
+    """The first element of an R character vector; "" for an empty vector or NA."""
     return "" if not x or x[0] is None else str(x[0])
 
 
-def _series(nv: dict[str, Any]) -> pd.Series:
+def r_series(nv: dict[str, Any]) -> pd.Series:
+    """A named R numeric vector ({"names": [...], "values": [...]}) as a float Series."""
     return pd.Series(np.asarray(nv["values"], dtype=float), index=list(nv["names"]))
 
 
-def _matrix(m: dict[str, Any]) -> pd.DataFrame:
+def r_matrix(m: dict[str, Any]) -> pd.DataFrame:
+    """An R matrix ({"dim", "data" column-major, "rownames", "colnames"}) as a DataFrame."""
     nr, nc = (int(d) for d in m["dim"])
     data = np.asarray(m["data"], dtype=float).reshape((nr, nc), order="F")
     return pd.DataFrame(
@@ -62,13 +68,13 @@ def message_code(text: str) -> str:
 def messages(res: dict[str, Any]) -> list[Message]:
     out = []
     for m in res.get("messages") or []:
-        text = _s(m["text"])
+        text = r_str(m["text"])
         out.append(
             Message(
-                kind=_s(m["kind"]),
+                kind=r_str(m["kind"]),
                 text=text,
                 origin="R",
-                call=_s(m["call"]),
+                call=r_str(m["call"]),
                 code=message_code(text),
             )  # fmt: skip
         )
@@ -77,9 +83,9 @@ def messages(res: dict[str, Any]) -> list[Message]:
 
 def check(res: dict[str, Any], function: str) -> dict[str, Any]:
     """The value of a successful call; R's error (message and call) as RModelError otherwise."""
-    if not _b(res["ok"]):
+    if not r_bool(res["ok"]):
         err = res.get("error") or {}
-        raise RModelError(_s(err.get("text")), _s(err.get("call")), function=function)
+        raise RModelError(r_str(err.get("text")), r_str(err.get("call")), function=function)
     return res["value"]
 
 
@@ -100,7 +106,7 @@ def cond_var(value: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     for r in value or []:
         nc, _, nl = (int(d) for d in r["dim"])
         arr = np.asarray(r["values"], dtype=float).reshape((nl, nc, nc)).transpose(0, 2, 1)
-        out[_s(r["factor"])] = arr
+        out[r_str(r["factor"])] = arr
     return out
 
 
@@ -175,9 +181,9 @@ def mixed_fit(
     )
     ranef: dict[str, pd.DataFrame] = {}
     for r in v["ranef"]:
-        modes = _matrix(r["modes"])
+        modes = r_matrix(r["modes"])
         modes.index = [str(i) for i in modes.index]
-        ranef[_s(r["factor"])] = modes
+        ranef[r_str(r["factor"])] = modes
     left_out = set(v.get("deferred") or [])
     if left_out and fetch_field is None:
         raise ValueError(f"R left out {sorted(left_out)} and nothing can fetch them")
@@ -188,42 +194,42 @@ def mixed_fit(
         for name in FIELDS
     }
     ng = v["ngrps"]
-    vcov_rx = _matrix(v["vcov_rx"]) if "vcov_rx" in v else None
+    vcov_rx = r_matrix(v["vcov_rx"]) if "vcov_rx" in v else None
     rc = v.get("reml_criterion")
     return MixedFit(
         model=model,  # type: ignore[arg-type]
         formula=formula,
-        family=_s(v["family"]),
-        link=_s(v["link"]),
-        reml=_b(v["reml"]),
-        fixef=_series(v["fixef"]),
-        vcov=_matrix(v["vcov"]),
+        family=r_str(v["family"]),
+        link=r_str(v["link"]),
+        reml=r_bool(v["reml"]),
+        fixef=r_series(v["fixef"]),
+        vcov=r_matrix(v["vcov"]),
         theta=np.asarray(v["theta"]["values"], dtype=float),
         theta_names=list(v["theta"]["names"]),
         varcorr=varcorr,
-        sigma=_f(v["sigma"]),
+        sigma=r_float(v["sigma"]),
         ranef=ranef,
         cond_var=deferrable["cond_var"],
-        loglik=_f(v["loglik"]),
-        df=_i(v["df"]),
-        deviance=_f(v["deviance"]),
-        reml_criterion=None if rc is None else _f(rc),
-        aic=_f(v["aic"]),
-        bic=_f(v["bic"]),
-        nobs=_i(v["nobs"]),
+        loglik=r_float(v["loglik"]),
+        df=r_int(v["df"]),
+        deviance=r_float(v["deviance"]),
+        reml_criterion=None if rc is None else r_float(rc),
+        aic=r_float(v["aic"]),
+        bic=r_float(v["bic"]),
+        nobs=r_int(v["nobs"]),
         ngroups={str(k): int(n) for k, n in zip(ng["names"], ng["values"], strict=True)},
         fitted=deferrable["fitted"],
         residuals=deferrable["residuals"],
-        singular=_b(v["singular"]),
+        singular=r_bool(v["singular"]),
         converged=converged,
         messages=msgs,
         engine="r",
         versions=versions_,
-        nagq=_i(v["nagq"]),
+        nagq=r_int(v["nagq"]),
         optimizer={
             "name": list(oi["optimizer"]),
             "code": oi["code"][0] if oi["code"] else None,
-            "message": _s(oi["message"]),
+            "message": r_str(oi["message"]),
             "feval": oi["feval"][0] if oi["feval"] else None,
             "warnings": list(oi["warnings"]),
             "lme4_messages": list(oi["lme4_messages"]),
@@ -239,7 +245,7 @@ def _derivs(optinfo: dict[str, Any]) -> dict[str, list]:
     """lme4's optinfo$derivs as the Python engine reports its own: gradient, hessian (lists)."""
     if optinfo.get("gradient") is None or optinfo.get("hessian") is None:
         return {}
-    hessian = _matrix(optinfo["hessian"]).to_numpy()
+    hessian = r_matrix(optinfo["hessian"]).to_numpy()
     return {
         "gradient": np.asarray(optinfo["gradient"], dtype=float).tolist(),
         "hessian": hessian.tolist(),
@@ -250,28 +256,28 @@ def bayesglm_fit(res: dict[str, Any], *, formula: str, versions_: dict[str, str]
     v = res["value"]
     return BayesGLMFit(
         formula=formula,
-        family=_s(v["family"]),
-        link=_s(v["link"]),
-        coef=_series(v["coef"]),
-        se=_series(v["se"]),
-        se_display=_series(v["se_display"]),
-        vcov=_matrix(v["vcov"]),
-        dispersion=_f(v["dispersion"]),
-        dispersion_pearson=_f(v["dispersion_pearson"]),
-        deviance=_f(v["deviance"]),
-        null_deviance=_f(v["null_deviance"]),
-        aic=_f(v["aic"]),
-        df_residual=_i(v["df_residual"]),
-        iterations=_i(v["iter"]),
-        converged=_b(v["converged"]),
+        family=r_str(v["family"]),
+        link=r_str(v["link"]),
+        coef=r_series(v["coef"]),
+        se=r_series(v["se"]),
+        se_display=r_series(v["se_display"]),
+        vcov=r_matrix(v["vcov"]),
+        dispersion=r_float(v["dispersion"]),
+        dispersion_pearson=r_float(v["dispersion_pearson"]),
+        deviance=r_float(v["deviance"]),
+        null_deviance=r_float(v["null_deviance"]),
+        aic=r_float(v["aic"]),
+        df_residual=r_int(v["df_residual"]),
+        iterations=r_int(v["iter"]),
+        converged=r_bool(v["converged"]),
         prior_mean=np.asarray(v["prior_mean"], dtype=float),
         prior_scale=np.asarray(v["prior_scale"], dtype=float),
         prior_df=np.asarray(v["prior_df"], dtype=float),
         prior_sd=np.asarray(v["prior_sd"], dtype=float),
         fitted=np.asarray(v["fitted"], dtype=float),
-        nobs=_i(v["nobs"]),
+        nobs=r_int(v["nobs"]),
         messages=messages(res),
         engine="r",
         versions=versions_,
-        extra={"fixed_dispersion": _b(v["fixed_dispersion"])},
+        extra={"fixed_dispersion": r_bool(v["fixed_dispersion"])},
     )

@@ -23,7 +23,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
-from mixbridge.conformance.compare import FAIL, Comparison, Row
+from mixbridge.conformance.rows import FAIL, Comparison, Row
 
 SCHEMA = "mixbridge.conformance/1"
 _ROW_HEADER = ("quantity", "max|a-b|", "max rel", "where", "tolerance", "status", "reason")

@@ -7,6 +7,7 @@ Pipeline: align each quantity by label (coefficient, θ name, group level) -> di
 the way the policy says (fixef by SE, ranef by the term's sd, ...) -> rows beyond tolerance are
 offered first to the flat-optimum evidence (each engine's objective at the other's parameters),
 then to the known-divergence registry -> status ok / explained / FAIL with the reason.
+The result types and the element-wise rows are `mixbridge.conformance.rows`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ import numpy as np
 import pandas as pd
 
 from mixbridge.conformance import divergences as div
+from mixbridge.conformance.rows import (
+    EXPLAINED,
+    FAIL,
+    OK,
+    Comparison,
+    Row,
+    RowElements,
+    aligned_row,
+    element_row,
+    scalar_row,
+)
 from mixbridge.conformance.tolerance import (
     A_EARLY,
     B_EARLY,
@@ -30,129 +42,24 @@ from mixbridge.conformance.tolerance import (
     PARAMETER_QUANTITIES,
     GapCost,
     Policy,
-    Tol,
     gap_verdict,
     policy_for,
 )
 from mixbridge.results import BayesGLMFit, MixedFit
 
-OK, EXPLAINED, FAIL = "ok", "explained", "FAIL"
-
-
-@dataclass
-class RowElements:
-    """Every compared value of a row: labels, a's and b's values, each value's allowed |a - b|
-    (the conformance report plots (a - b) / bound against b)."""
-
-    labels: list[str]
-    a: np.ndarray
-    b: np.ndarray
-    bound: np.ndarray
-
-
-@dataclass
-class Row:
-    """One compared quantity: worst differences, where, the tolerance, the verdict and why."""
-
-    quantity: str
-    max_abs: float
-    max_rel: float
-    where: str
-    tolerance: str
-    status: str
-    reason: str = ""
-    n: int = 1
-    signed_diff: float | None = field(default=None, repr=False)
-    bound: float = field(default=0.0, repr=False)
-    elements: RowElements | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class Comparison:
-    """The result of `compare(a, b)`: one Row per quantity, plus notes."""
-
-    a: str
-    b: str
-    model: str
-    policy: str
-    rows: list[Row]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status != FAIL for r in self.rows)
-
-    @property
-    def failures(self) -> list[Row]:
-        return [r for r in self.rows if r.status == FAIL]
-
-    def row(self, quantity: str) -> Row:
-        for r in self.rows:
-            if r.quantity == quantity:
-                return r
-        raise KeyError(f"no row {quantity!r}; rows: {[r.quantity for r in self.rows]}")
-
-    def to_frame(self) -> pd.DataFrame:
-        cols = ["quantity", "max_abs", "max_rel", "where", "tolerance", "status", "reason", "n"]
-        return pd.DataFrame([{c: getattr(r, c) for c in cols} for r in self.rows], columns=cols)
-
-    def to_dict(self) -> dict[str, Any]:
-        keys = ("quantity", "max_abs", "max_rel", "where", "tolerance", "status", "reason", "n")
-        rows = [{k: getattr(r, k) for k in keys} for r in self.rows]
-        return {
-            "a": self.a,
-            "b": self.b,
-            "model": self.model,
-            "policy": self.policy,
-            "ok": self.ok,
-            "rows": rows,
-            "notes": list(self.notes),
-        }
-
-    def __str__(self) -> str:
-        head = f"compare {self.model}: a = {self.a}, b = {self.b}  (policy {self.policy})"
-        table = [("quantity", "max|a-b|", "max rel", "where", "tolerance", "status", "reason")]
-        for r in self.rows:
-            table.append(
-                (
-                    r.quantity,
-                    _num(r.max_abs),
-                    _num(r.max_rel),
-                    _clip(r.where, 28),
-                    r.tolerance,
-                    r.status,
-                    r.reason,
-                )
-            )
-        widths = [max(len(t[i]) for t in table) for i in range(6)]
-        lines = [head]
-        for t in table:
-            cells = [t[i].ljust(widths[i]) for i in range(6)]
-            lines.append("  ".join(cells) + ("  " + t[6] if t[6] else ""))
-        verdict = "OK" if self.ok else f"FAIL ({len(self.failures)} quantities)"
-        lines.append(f"verdict: {verdict}")
-        lines.extend(f"note: {n}" for n in self.notes)
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        from mixbridge.display import comparison_html
-
-        return comparison_html(self)
-
-    def assert_ok(self) -> None:
-        if not self.ok:
-            names = ", ".join(r.quantity for r in self.failures)
-            raise AssertionError(f"fits disagree beyond tolerance: {names}\n{self}")
-
-
-def _num(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.2e}"
-
-
-def _clip(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
+# Comparison, Row, RowElements and the statuses are imported from here too
+__all__ = [
+    "EXPLAINED",
+    "FAIL",
+    "OK",
+    "Comparison",
+    "Flatness",
+    "Row",
+    "RowElements",
+    "compare",
+    "optimum_gap",
+    "recording",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,84 +111,6 @@ def recording() -> Iterator[list[Comparison]]:
         yield made
     finally:  # by identity: recorders nest (pytester), and empty lists compare equal
         _RECORDERS[:] = [m for m in _RECORDERS if m is not made]
-
-
-# ---------------------------------------------------------------------------------------------
-# Element-wise rows
-
-
-def _row(
-    quantity: str,
-    labels: list[str],
-    va: np.ndarray,
-    vb: np.ndarray,
-    scales: np.ndarray,
-    tol: Tol,
-) -> Row:
-    va, vb = np.asarray(va, dtype=float), np.asarray(vb, dtype=float)
-    scales = np.broadcast_to(np.asarray(scales, dtype=float), va.shape)
-    if va.size == 0:
-        return Row(quantity, 0.0, 0.0, "", tol.describe(), OK, "nothing to compare", n=0)
-    both_nan = np.isnan(va) & np.isnan(vb)
-    d = np.where(both_nan, 0.0, np.abs(va - vb))
-    d = np.where(np.isnan(d), np.inf, d)
-    bounds = np.array([tol.bound(s) for s in scales])
-    # relative to the quantity's scale; absolute-tolerance rows (scale 0) relative to |b|
-    denom = np.where(np.abs(scales) > 0, np.maximum(np.abs(scales), tol.floor), np.abs(vb))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(d == 0, 0.0, d / denom)
-    if tol.one_sided:
-        signed = np.where(both_nan, 0.0, va - vb)
-        excess = np.where(np.isnan(signed), np.inf, signed) - bounds
-    else:
-        excess = d - bounds
-    i = int(np.argmax(excess)) if np.any(np.isfinite(excess)) else 0
-    failed = bool(np.any(excess > 0))
-    signed_diff = float(va[0] - vb[0]) if va.size == 1 else None
-    elements = RowElements(list(labels), va, vb, bounds)
-    return Row(
-        quantity=quantity,
-        max_abs=float(np.max(d)),
-        max_rel=float(np.max(rel)),
-        where=labels[int(np.argmax(d))] if not failed else labels[i],
-        tolerance=tol.describe(),
-        status=FAIL if failed else OK,
-        reason="" if not failed else f"{labels[i]}: a={va[i]:.10g}, b={vb[i]:.10g}",
-        n=int(va.size),
-        signed_diff=signed_diff,
-        bound=float(bounds[i]),
-        elements=elements,
-    )
-
-
-def _aligned(quantity: str, sa: pd.Series, sb: pd.Series, scale_of: Any, tol: Tol) -> Row:
-    """Rows for labelled values; labels missing on one side fail, naming them."""
-    la, lb = [str(x) for x in sa.index], [str(x) for x in sb.index]
-    only_a = [x for x in la if x not in lb]
-    only_b = [x for x in lb if x not in la]
-    if only_a or only_b:
-        parts = []
-        if only_b:
-            parts.append(f"missing in a: {', '.join(only_b)}")
-        if only_a:
-            parts.append(f"missing in b: {', '.join(only_a)}")
-        where = (only_b or only_a)[0]
-        return Row(quantity, math.nan, math.nan, where, tol.describe(), FAIL, "; ".join(parts))
-    sa = pd.Series(sa.to_numpy(dtype=float), index=la)
-    sb = pd.Series(sb.to_numpy(dtype=float), index=lb)
-    sa = sa.loc[lb]
-    scales = np.array([scale_of(lbl) for lbl in lb], dtype=float)
-    return _row(quantity, lb, sa.to_numpy(), sb.to_numpy(), scales, tol)
-
-
-def _scalar(quantity: str, va: float | None, vb: float | None, scale: float, tol: Tol) -> Row:
-    if va is None or vb is None:
-        missing = "a" if va is None else "b"
-        if va is None and vb is None:
-            return Row(quantity, 0.0, 0.0, "", tol.describe(), OK, "not reported by either", 0)
-        return Row(quantity, math.nan, math.nan, quantity, tol.describe(), FAIL,
-                   f"not reported by {missing}")  # fmt: skip
-    return _row(quantity, [quantity], np.array([va]), np.array([vb]), np.array([scale]), tol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +264,7 @@ def _cross_objectives(a: MixedFit, b: MixedFit, policy: Policy) -> tuple[Row | N
     if not pairs:
         return None, flat
     labels = [p[0] for p in pairs]
-    row = _row(
+    row = element_row(
         "objective",
         labels,
         np.array([p[1] for p in pairs]),
@@ -463,7 +292,7 @@ def _compare_mixed(
         notes.append("a and b differ in REML/ML: criteria are not comparable")
     rows: list[Row] = []
     t = policy.tols
-    rows.append(_scalar("nobs", a.nobs, b.nobs, 0.0, t["nobs"]))
+    rows.append(scalar_row("nobs", a.nobs, b.nobs, 0.0, t["nobs"]))
     obj_row, flat = _cross_objectives(a, b, policy)
     if obj_row is not None:
         rows.append(obj_row)
@@ -473,14 +302,16 @@ def _compare_mixed(
             "differences cannot be attributed to a flat optimum"
         )
     crit_a, crit_b = a.criterion, b.criterion
-    rows.append(_scalar("criterion", crit_a, crit_b, abs(crit_b or 0.0), t["criterion"]))
-    rows.append(_scalar("loglik", a.loglik, b.loglik, 0.0, t["loglik"]))
-    rows.append(_scalar("aic", a.aic, b.aic, 0.0, t["aic"]))
-    rows.append(_scalar("bic", a.bic, b.bic, 0.0, t["bic"]))
-    rows.append(_aligned("theta", _theta_series(a), _theta_series(b), _theta_scale(b), t["theta"]))
+    rows.append(scalar_row("criterion", crit_a, crit_b, abs(crit_b or 0.0), t["criterion"]))
+    rows.append(scalar_row("loglik", a.loglik, b.loglik, 0.0, t["loglik"]))
+    rows.append(scalar_row("aic", a.aic, b.aic, 0.0, t["aic"]))
+    rows.append(scalar_row("bic", a.bic, b.bic, 0.0, t["bic"]))
+    rows.append(
+        aligned_row("theta", _theta_series(a), _theta_series(b), _theta_scale(b), t["theta"])
+    )
     se_b = b.fixef_se
     rows.append(
-        _aligned(
+        aligned_row(
             "fixef",
             a.fixef,
             b.fixef,
@@ -488,13 +319,13 @@ def _compare_mixed(
             t["fixef"],
         )
     )
-    rows.append(_aligned("fixef_se", a.fixef_se, se_b, lambda k: float(se_b[k]), t["fixef_se"]))
-    rows.append(_scalar("sigma", a.sigma, b.sigma, abs(b.sigma), t["sigma"]))
+    rows.append(aligned_row("fixef_se", a.fixef_se, se_b, lambda k: float(se_b[k]), t["fixef_se"]))
+    rows.append(scalar_row("sigma", a.sigma, b.sigma, abs(b.sigma), t["sigma"]))
     vca, _ = _varcorr_series(a)
     vcb, is_cor = _varcorr_series(b)
     sig = abs(b.sigma) if b.sigma else 1.0
     rows.append(
-        _aligned(
+        aligned_row(
             "varcorr",
             vca,
             vcb,
@@ -503,14 +334,16 @@ def _compare_mixed(
         )
     )
     rows.append(
-        _aligned("ranef", _ranef_series(a), _ranef_series(b), _ranef_scale(a, b), t["ranef"])
+        aligned_row("ranef", _ranef_series(a), _ranef_series(b), _ranef_scale(a, b), t["ranef"])
     )
     cva, _ = _cond_var_series(a)
     cvb, cscale = _cond_var_series(b)
     # a term at the boundary (sd < 1e-3 σ, as for varcorr) has conditional variances ~0 on both
     # sides: compare them on the scale (1e-3 σ)^2, not relative to ~0
     cv_floor = (1e-3 * sig) ** 2
-    rows.append(_aligned("cond_var", cva, cvb, lambda k: max(cscale[k], cv_floor), t["cond_var"]))
+    rows.append(
+        aligned_row("cond_var", cva, cvb, lambda k: max(cscale[k], cv_floor), t["cond_var"])
+    )
     if tests:
         rows += _test_rows(a, b, t, notes)
     theta_row = next(r for r in rows if r.quantity == "theta") if a.model == "lmer" else None
@@ -537,7 +370,7 @@ def _test_rows(a: MixedFit, b: MixedFit, t: dict[str, Any], notes: list[str]) ->
         notes.append(f"coefficient tests not compared: {type(exc).__name__}: {exc}")
         return []
     return [
-        _aligned(q, ta[q], tb[q], lambda k, q=q: abs(float(tb.loc[k, q])), t[q])
+        aligned_row(q, ta[q], tb[q], lambda k, q=q: abs(float(tb.loc[k, q])), t[q])
         for q in ("df", "statistic", "p_value")
     ]
 
@@ -637,25 +470,25 @@ def _compare_bayesglm(
         notes.append(f"families differ: a={a.family}, b={b.family}")
     se_b = b.se
     rows = [
-        _scalar("nobs", a.nobs, b.nobs, 0.0, t["nobs"]),
-        _aligned(
+        scalar_row("nobs", a.nobs, b.nobs, 0.0, t["nobs"]),
+        aligned_row(
             "coef",
             a.coef,
             b.coef,
             lambda k: max(abs(float(b.coef[k])), abs(float(se_b.get(k, 0.0)))),
             t["coef"],
         ),
-        _aligned("se", a.se, se_b, lambda k: abs(float(se_b[k])), t["se"]),
-        _aligned(
+        aligned_row("se", a.se, se_b, lambda k: abs(float(se_b[k])), t["se"]),
+        aligned_row(
             "se_display",
             a.se_display,
             b.se_display,
             lambda k: abs(float(b.se_display[k])),
             t["se_display"],
         ),
-        _scalar("dispersion", a.dispersion, b.dispersion, abs(b.dispersion), t["dispersion"]),
-        _scalar("deviance", a.deviance, b.deviance, abs(b.deviance), t["deviance"]),
-        _scalar("aic", a.aic, b.aic, abs(b.aic), t["aic"]),
+        scalar_row("dispersion", a.dispersion, b.dispersion, abs(b.dispersion), t["dispersion"]),
+        scalar_row("deviance", a.deviance, b.deviance, abs(b.deviance), t["deviance"]),
+        scalar_row("aic", a.aic, b.aic, abs(b.aic), t["aic"]),
     ]
     for r in rows:
         _judge(r, "bayesglm", a, b, policy, None, registry)
@@ -697,8 +530,8 @@ def _compare_shrinkage(
     prior_b = pd.Series(np.concatenate([np.full(len(pm), mu), np.full(len(ps), tau)]),
                         index=prior_a.index)  # fmt: skip
     rows = [
-        _aligned("prior", prior_a, prior_b, lambda k: abs(float(prior_b[k])), t["prior"]),
-        _aligned("group_means", coef, means, lambda k: abs(float(means[k])), t["group_means"]),
+        aligned_row("prior", prior_a, prior_b, lambda k: abs(float(prior_b[k])), t["prior"]),
+        aligned_row("group_means", coef, means, lambda k: abs(float(means[k])), t["group_means"]),
     ]
     notes = [f"bayesglm {bayes.family} dispersion {bayes.dispersion:.10g}; "
              f"mixed σ² {mixed.sigma**2:.10g} ({'REML' if mixed.reml else 'ML'})"]  # fmt: skip

@@ -34,7 +34,8 @@ except ModuleNotFoundError:  # pragma: no cover
 
 import mixbridge
 from mixbridge.checks import check_flag
-from mixbridge.conformance.compare import FAIL, Comparison, compare
+from mixbridge.conformance.compare import compare
+from mixbridge.conformance.rows import FAIL, Comparison
 
 MODELS = ("lmer", "glmer", "bayesglm", "shrinkage")
 _CASE_KEYS = {"name", "model", "formula", "data", "engine_a", "engine_b", "tolerance", "slow",

@@ -7,7 +7,8 @@
 
 Modules: `parse` (tokens, AST, R deparse), `validate` (allow-list), `terms` (R's terms.formula and
 lme4's bar expansion), `evaluate` (variables on data, predvars), `levels` (R's level order),
-`model_matrix` (contrasts, column names, rank dropping), `frames` (the pipeline and result types).
+`model_matrix` (contrasts, column names, rank dropping, finite checks), `model_frame` (the
+evaluated frame), `term_types` (the result types), `frames` (the pipeline).
 """
 
 from mixbridge.formula.frames import (

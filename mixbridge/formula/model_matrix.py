@@ -14,6 +14,7 @@ including the normalized constant `^0` column (arm's contr.bayes.ordered).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -366,3 +367,48 @@ def _clearly_full_rank(x: np.ndarray, tol: float) -> bool:
     count as clear; then dqrdc2 moves no column and keeps all. Anything else goes through the
     exact left-to-right emulation."""
     return clearly_full_rank_gram(x.T @ x, tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finite values (a clear error naming the columns, as R would fail later with a vaguer one)
+
+
+def check_finite(x: np.ndarray, names: list[str], what: str) -> None:
+    """A DataError naming the columns of the model matrix `x` (`what`) with Inf/NaN values."""
+    # a column's sum is finite unless the column has an Inf/NaN (or its sum overflows: those
+    # few columns are then checked element by element)
+    with np.errstate(over="ignore", invalid="ignore"):
+        suspect = np.flatnonzero(~np.isfinite(x.sum(axis=0)))
+    bad = np.zeros(x.shape[1], dtype=bool)
+    for j in suspect:
+        bad[j] = not np.isfinite(x[:, j]).all()
+    if bad.any():
+        cols = [names[j] for j in np.flatnonzero(bad)]
+        raise DataError(
+            f"column(s) {', '.join(map(repr, cols))} of the {what} have infinite values "
+            "(e.g. log(0)); transform or filter the data",
+            column=cols[0],
+        )
+
+
+def check_finite_columns(columns: list[np.ndarray | None], names: list[str], what: str) -> None:
+    """`check_finite` on a model matrix given as its columns (None: the intercept)."""
+    for c, name in zip(columns, names, strict=True):
+        if c is not None and not math.isfinite(float(np.sum(c))) and not np.isfinite(c).all():
+            raise DataError(
+                f"column(s) {name!r} of the {what} have infinite values (e.g. log(0)); "
+                "transform or filter the data",
+                column=name,
+            )
+
+
+def check_finite_sparse(x: sp.csc_matrix, names: list[str], what: str) -> None:
+    """`check_finite` on a sparse (CSC) model matrix."""
+    bad = ~np.isfinite(x.data)
+    if bad.any():
+        cols = np.unique(np.repeat(np.arange(x.shape[1]), np.diff(x.indptr))[bad])
+        raise DataError(
+            f"column(s) {', '.join(repr(names[j]) for j in cols)} of the {what} have infinite "
+            "values (e.g. log(0)); transform or filter the data",
+            column=names[cols[0]],
+        )

@@ -15,31 +15,12 @@ import pandas as pd
 from scipy import stats
 
 from mixbridge.errors import ArgumentError
+from mixbridge.inference.engine_tests import check_ddf, engine_tests
 
 if TYPE_CHECKING:
     from mixbridge.results import MixedFit
 
 COLUMNS = ["estimate", "std_error", "df", "statistic", "p_value"]
-DDF_METHODS = {
-    "satterthwaite": "satterthwaite",
-    "kenward-roger": "kenward-roger",
-    "kenward_roger": "kenward-roger",
-    "kr": "kenward-roger",
-    "lme4": "lme4",
-}
-
-
-def check_ddf(
-    ddf: object, allowed: tuple[str, ...] = ("satterthwaite", "kenward-roger", "lme4")
-) -> str:
-    """The ddf method's canonical name (case-insensitive, lmerTest's spellings accepted)."""
-    key = ddf.strip().lower() if isinstance(ddf, str) else None
-    method = DDF_METHODS.get(key) if key is not None else None
-    if method is None or method not in allowed:
-        raise ArgumentError(
-            f"ddf must be one of {', '.join(map(repr, allowed))}, got {ddf!r}", "ddf"
-        )
-    return method
 
 
 def wald_table(fit: MixedFit, *, normal: bool) -> pd.DataFrame:
@@ -79,15 +60,7 @@ def coef_table(fit: MixedFit, ddf: str = "satterthwaite") -> pd.DataFrame:
         return wald_table(fit, normal=True)
     if method == "lme4":
         return wald_table(fit, normal=False)
-    if method == "kenward-roger" and not fit.reml:
-        raise ArgumentError(
-            "Kenward-Roger's method is only available for REML model fits (fit with reml=True)",
-            "ddf",
-        )
-    fn = fit.methods.tests
-    if fn is None:
-        raise fit._no_engine_function("methods", "coef_table()")
-    table = fn(fit, "coef_table", method, None)
+    table = engine_tests(fit, method, "coef_table()")(fit, "coef_table", method, None)
     return table[COLUMNS]
 
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from mixbridge.conformance.compare import FAIL, OK, Comparison, Row, RowElements
+from mixbridge.conformance.rows import FAIL, OK, Comparison, Row, RowElements
 from mixbridge.conformance.tolerance import BOOT_MC_K, INFERENCE_TOLS, Tol
 from mixbridge.errors import ArgumentError
 from mixbridge.inference.bootstrap import quantile_mc_se

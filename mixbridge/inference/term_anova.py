@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from mixbridge.errors import ArgumentError
+from mixbridge.inference.engine_tests import check_ddf, engine_tests
 
 if TYPE_CHECKING:
     from mixbridge.results import MixedFit
@@ -266,18 +267,8 @@ def check_type(type: object) -> int:  # noqa: A002
 
 def term_anova(fit: MixedFit, type: object = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
     """See `MixedFit.anova`."""
-    from mixbridge.inference.coef_table import check_ddf
-
     t = check_type(type)
     method = check_ddf(ddf, ("satterthwaite", "kenward-roger"))
     if fit.model != "lmer":
         raise ArgumentError("anova() F tests apply to lmer fits (lmerTest)", "fit")
-    if method == "kenward-roger" and not fit.reml:
-        raise ArgumentError(
-            "Kenward-Roger's method is only available for REML model fits (fit with reml=True)",
-            "ddf",
-        )
-    fn = fit.methods.tests
-    if fn is None:
-        raise fit._no_engine_function("methods", "anova()")
-    return fn(fit, "anova", method, t)[COLUMNS]
+    return engine_tests(fit, method, "anova()")(fit, "anova", method, t)[COLUMNS]

@@ -61,25 +61,77 @@ def deriv12(
 
 
 def derivs_from_gradient(
-    value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.ndarray, rel: float = 1e-6
+    value_grad: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x: np.ndarray,
+    rel: float = 1e-6,
+    near: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Gradient and Hessian at x from an analytic gradient: the gradient itself and forward
     differences of it (m + 1 gradient evaluations instead of deriv12's ~2m²). Steps go up, so
     they stay feasible at a lower bound. On InstEval this Hessian agrees with deriv12's (whose
-    own truncation error is the larger) to 2e-5 relative. None if a component is unavailable."""
+    own truncation error is the larger) to 2e-5 relative. None if a component is unavailable.
+
+    `near`: points (x_i, g_i) whose gradient is known already (the optimizer's last iterates,
+    when a gradient costs a big factorization): those within NEAR_STEP_MAX of x (relative)
+    stand in for difference steps along their directions (`_difference_steps`), and only the
+    directions they leave out cost new gradients. Their secant error is O(|x_i − x|) relative
+    (≤ ~1e-3), well inside what checkConv's tests need."""
     fx, g = value_grad(x)
     if not np.isfinite(fx) or not np.all(np.isfinite(g)):
         return None
-    h = np.empty((x.size, x.size))
-    for i in range(x.size):
-        step = rel * max(1.0, abs(x[i]))
-        xp = x.copy()
-        xp[i] += step
-        fp, gp = value_grad(xp)
+    m = x.size
+    steps, diffs = _difference_steps(x, g, near or [])
+    for i in range(m):
+        if len(steps) == m:
+            break
+        step = np.zeros(m)
+        step[i] = rel * max(1.0, abs(x[i]))
+        if not _independent(steps, step):
+            continue
+        fp, gp = value_grad(x + step)
         if not np.isfinite(fp) or not np.all(np.isfinite(gp)):
             return None
-        h[:, i] = (gp - g) / step
+        steps.append(step)
+        diffs.append(gp - g)
+    # H D = G for the steps D and gradient differences G (D diagonal without `near` points)
+    h = np.linalg.solve(np.array(steps), np.array(diffs)).T
     return g, (h + h.T) / 2.0
+
+
+# `derivs_from_gradient`'s known points: at most this far from x (relative, per component), at
+# least this far (a difference below it is rounding), and each new direction's part orthogonal
+# to the ones taken at least NEAR_INDEPENDENT of its length (a well-conditioned system).
+NEAR_STEP_MAX = 1e-3
+NEAR_STEP_MIN = 1e-8
+NEAR_INDEPENDENT = 0.2
+
+
+def _independent(steps: list[np.ndarray], d: np.ndarray) -> bool:
+    if not steps:
+        return True
+    q, _ = np.linalg.qr(np.array(steps).T)
+    rest = d - q @ (q.T @ d)
+    return bool(np.linalg.norm(rest) >= NEAR_INDEPENDENT * np.linalg.norm(d))
+
+
+def _difference_steps(
+    x: np.ndarray, g: np.ndarray, near: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Steps x_i − x and gradient differences g_i − g from the known points, nearest first."""
+    scale = np.maximum(np.abs(x), 1.0)
+    cands = []
+    for xi, gi in near:
+        d = np.asarray(xi, dtype=float) - x
+        r = float(np.max(np.abs(d) / scale))
+        if NEAR_STEP_MIN < r <= NEAR_STEP_MAX and np.all(np.isfinite(gi)):
+            cands.append((r, d, np.asarray(gi, dtype=float) - g))
+    steps: list[np.ndarray] = []
+    diffs: list[np.ndarray] = []
+    for _, d, dg in sorted(cands, key=lambda c: c[0]):
+        if len(steps) < x.size and _independent(steps, d):
+            steps.append(d)
+            diffs.append(dg)
+    return steps, diffs
 
 
 def check_conv(

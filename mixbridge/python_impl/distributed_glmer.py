@@ -1,6 +1,6 @@
 """glmer on a Dask DataFrame: `(1|g)` with a canonical link (binomial logit, poisson log),
 nAGQ = 1. The model rows are built once on the workers and stay there (persisted); every step
-of the fit is one map-reduce over them (`group_sum_kernel.row_pass` per partition, the sums
+of the fit is one map-reduce over them (`group_sum_rows.row_pass` per partition, the sums
 added in a tree), so only O(G) group sums leave the workers:
 
     1. the levels of g and of the fixed-effect factors (`distributed`'s aggregates), the
@@ -8,7 +8,7 @@ added in a tree), so only O(G) group sums leave the workers:
     2. map: each partition -> its model rows (X, codes, y, weights, offset, η from mustart),
        persisted; one pass for the data-only sums (response checks, X'X for lme4's rank check,
        the deviance's constant)
-    3. the fit: `group_sum_kernel.fit_group_sums` — the in-memory big-data path's algorithm
+    3. the fit: `group_sum_fit.fit_group_sums` — the in-memory big-data path's algorithm
        (initial joint PIRLS, BFGS on the converged Laplace deviance with its analytic
        gradient), each PIRLS iteration one pass
     4. the same MixedFit as in memory; fitted values and residuals stay lazy Dask Series
@@ -41,14 +41,8 @@ from mixbridge.python_impl.distributed import (
     tree_reduce,
 )
 from mixbridge.python_impl.glmer_group_sums import estimate
-from mixbridge.python_impl.group_sum_kernel import (
-    Constants,
-    GroupSumKernel,
-    Request,
-    Rows,
-    add,
-    row_pass,
-)
+from mixbridge.python_impl.group_sum_kernel import Constants, GroupSumKernel
+from mixbridge.python_impl.group_sum_rows import Request, Rows, add, row_pass
 from mixbridge.python_impl.pls import blas_single_thread
 from mixbridge.python_impl.response import CANONICAL, GlmResponse
 from mixbridge.python_impl.result import build_fit

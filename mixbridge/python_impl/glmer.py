@@ -442,14 +442,28 @@ def _objective(model: GlmerModel, dev: Devfun) -> Callable[..., float]:
 def _divergence_messages(
     model: GlmerModel, dev: Devfun, state: PirlsState, beta: np.ndarray, converged: bool
 ) -> list[Message]:
-    """Warnings for separated / degenerate data: PIRLS that never settled, and fitted values
-    pinned at the edge of the parameter space (glm's "fitted probabilities numerically 0 or 1")."""
+    """`divergence_messages` for this fit: the fitted values pinned at the edge counted here."""
+    mu, resp = state.mu, model.resp
+    edge = (mu <= 1e-10) | (mu >= 1 - 1e-10) if resp.family_name == "binomial" else mu <= 1e-10
+    return divergence_messages(
+        state.converged, dev.pirls_failures, int(edge.sum()), resp.family_name, model.maxit
+    )
+
+
+def divergence_messages(
+    pirls_converged: bool, pirls_failures: int, edge_rows: int, family: str, maxit: int
+) -> list[Message]:
+    """Warnings for separated / degenerate data, shared by every glmer path (rows in memory and
+    group sums): PIRLS that never settled at the final estimates (`pirls_converged` False
+    after `maxit` iterations), PIRLS that hit its limit at `pirls_failures` trial values, and
+    `edge_rows` fitted values pinned at the edge of the parameter space (glm's "fitted
+    probabilities numerically 0 or 1"; means numerically 0 for the other families)."""
     out = []
-    if not state.converged:
+    if not pirls_converged:
         out.append(
             Message(
                 "warning",
-                f"PIRLS did not converge in {model.maxit} iterations at the final estimates: "
+                f"PIRLS did not converge in {maxit} iterations at the final estimates: "
                 "some estimates diverge (complete or quasi-complete separation, or a group whose "
                 "responses are all at one extreme); lme4 stops with 'pwrssUpdate did not "
                 "converge in (maxit) iterations' here",
@@ -457,24 +471,22 @@ def _divergence_messages(
                 code="pirls",
             )
         )
-    elif dev.pirls_failures:
+    elif pirls_failures:
         out.append(
             Message(
                 "note",
-                f"PIRLS hit its iteration limit at {dev.pirls_failures} trial parameter values "
+                f"PIRLS hit its iteration limit at {pirls_failures} trial parameter values "
                 "during optimization",
                 "python",
                 code="pirls_trial",
             )
         )
-    mu, resp = state.mu, model.resp
-    edge = (mu <= 1e-10) | (mu >= 1 - 1e-10) if resp.family_name == "binomial" else mu <= 1e-10
-    if np.any(edge):
-        what = "probabilities" if resp.family_name == "binomial" else "means"
+    if edge_rows:
+        what = "probabilities" if family == "binomial" else "means"
         out.append(
             Message(
                 "warning",
-                f"fitted {what} numerically 0 or 1 occurred in {int(edge.sum())} rows: "
+                f"fitted {what} numerically 0 or 1 occurred in {edge_rows} rows: "
                 "estimates may be diverging (separation)",
                 "python",
                 code="separation",

@@ -1,4 +1,4 @@
-"""The estimates of a glmer fit over group sums (`group_sum_kernel`), for every place the rows
+"""The estimates of a glmer fit over group sums (`group_sum_fit`), for every place the rows
 live (in memory: `glmer_lean`; Dask partitions: `distributed_glmer`): the fit, lme4's
 checkConv, the Hessian-based vcov, glmer's divergence warnings, and the `FitEstimates` (the
 caller gives what is per row: fitted values and residuals, eager or lazy)."""
@@ -17,8 +17,9 @@ from mixbridge.python_impl.checkconv import (
     optimum_doubts,
 )
 from mixbridge.python_impl.families import Family
-from mixbridge.python_impl.glmer import vcov_from_hessian
-from mixbridge.python_impl.group_sum_kernel import GroupSumKernel, fit_group_sums
+from mixbridge.python_impl.glmer import divergence_messages, vcov_from_hessian
+from mixbridge.python_impl.group_sum_fit import fit_group_sums
+from mixbridge.python_impl.group_sum_kernel import GroupSumKernel
 from mixbridge.python_impl.output import TermLabels
 from mixbridge.python_impl.pls import lambda_blocks
 from mixbridge.python_impl.result import FitEstimates
@@ -144,44 +145,3 @@ def estimate(
         messages=messages,
         info=info,
     )
-
-
-def divergence_messages(
-    converged: bool, failures: int, edge: int, family: str, maxit: int
-) -> list[Message]:
-    """`glmer._divergence_messages` from the final pass's counts."""
-    out = []
-    if not converged:
-        out.append(
-            Message(
-                "warning",
-                f"PIRLS did not converge in {maxit} iterations at the final estimates: "
-                "some estimates diverge (complete or quasi-complete separation, or a group whose "
-                "responses are all at one extreme); lme4 stops with 'pwrssUpdate did not "
-                "converge in (maxit) iterations' here",
-                "python",
-                code="pirls",
-            )
-        )
-    elif failures:
-        out.append(
-            Message(
-                "note",
-                f"PIRLS hit its iteration limit at {failures} trial parameter values "
-                "during optimization",
-                "python",
-                code="pirls_trial",
-            )
-        )
-    if edge:
-        what = "probabilities" if family == "binomial" else "means"
-        out.append(
-            Message(
-                "warning",
-                f"fitted {what} numerically 0 or 1 occurred in {edge} rows: "
-                "estimates may be diverging (separation)",
-                "python",
-                code="separation",
-            )
-        )
-    return out

@@ -1,8 +1,8 @@
 """glmer's big-data path in memory: a single `(1|g)` term, canonical link, nAGQ = 1, from
 LEAN_MIN_ROWS rows (issue 15, target 4). The same algorithm as the fused in-memory path and
-the Dask path (`group_sum_kernel`: every step reads the rows once for group sums), on the rows
-ordered by group and read in chunks of whole groups (`SortedColumns`), so memory stays near the
-input columns:
+the Dask path (`group_sum_kernel`, `group_sum_fit`: every step reads the rows once for group
+sums), on the rows ordered by group and read in chunks of whole groups (`SortedColumns`), so
+memory stays near the input columns:
 
     model terms with X as its columns (no n×p X), unit weights and a zero offset as read-only
     constants (no n-vectors); the columns gathered once in group order (the copies are the
@@ -24,7 +24,8 @@ import numpy as np
 from mixbridge.errors import ConvergenceError
 from mixbridge.python_impl import output
 from mixbridge.python_impl.glmer_group_sums import estimate
-from mixbridge.python_impl.group_sum_kernel import Constants, GroupSumKernel, SortedColumns
+from mixbridge.python_impl.group_sum_kernel import Constants, GroupSumKernel
+from mixbridge.python_impl.group_sum_rows import SortedColumns
 from mixbridge.python_impl.predict import FitPredictions
 from mixbridge.python_impl.response import CANONICAL, GlmResponse
 from mixbridge.python_impl.result import build_fit

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from mixbridge.errors import ArgumentError
 from mixbridge.python_impl.pls import lower_bounds
@@ -70,8 +71,12 @@ class LmerDevfun:
 
     def state(self, theta: np.ndarray) -> PLSState:
         pred = self.pred
-        pred.update(theta)
-        beta, u = pred.solve(self.y)
+        kept = pred.kept_state(theta, self.y)  # the gradient at θ solved the system already
+        if kept is None:
+            pred.update(theta)
+            beta, u = pred.solve(self.y)
+        else:
+            beta, u = kept
         r2 = pred.pwrss(self.y, beta, u)
         ml, rc = profiled_criteria(pred.ldL2, pred.ldRX2, self.ldW, r2, pred.n, pred.p)
         return PLSState(np.array(theta, float), beta, u, r2, pred.ldL2, pred.ldRX2, ml, rc)
@@ -116,14 +121,24 @@ class LmerDevfun:
         return f, g
 
     def curvature_guess(self, theta: np.ndarray) -> np.ndarray | None:
-        """A diagonal Hessian guess for the optimizer's first step (all terms scalar): 4ℓ_k/θ_k²,
-        the curvature of ℓ_k log(1 + θ_k² c) at c θ_k² ≫ 1; well-estimated terms are near it
-        (1e6 rows crossed: 0.6–0.95 of the true diagonal). None with vector-valued terms or a
-        θ_k on its bound."""
+        """A diagonal Hessian guess for the optimizer's first step (all terms scalar):
+        (4/θ_k²) Σ_j κ_j² over the levels of term k, κ_j = θ_k² n_j / (1 + θ_k² n_j) with n_j
+        the level's weighted Σ z². For one scalar term at its optimum the criterion is
+        ℓ log λ + (n − p) log(W + B/λ) in λ = 1 + θ²n, whose curvature in θ is that sum to a
+        factor (1 − ℓ/n); with 1e6 rows crossed (1e5 × 5e3 levels) it is within 5% of the true
+        diagonal (the former 4ℓ_k/θ_k², κ = 1, was 35% high for ten rows per level). None
+        with vector-valued terms or a θ_k on its bound."""
         theta = np.asarray(theta, dtype=float)
-        if any(pk != 1 for pk in self.pred.pk) or np.any(theta <= _GRAD_THETA_MIN):
+        pred = self.pred
+        if any(pk != 1 for pk in pred.pk) or np.any(theta <= _GRAD_THETA_MIN):
             return None
-        return 4.0 * np.asarray(self.pred.nlev, dtype=float) / theta**2
+        if getattr(self, "_zdiag", None) is None:
+            self._zdiag = np.asarray(pred.Z.multiply(pred.Z).T @ pred.prior_w).ravel()
+        out = np.empty(theta.size)
+        for k in range(theta.size):
+            t2n = theta[k] ** 2 * self._zdiag[int(pred.gp[k]) : int(pred.gp[k + 1])]
+            out[k] = 4.0 * float(np.sum((t2n / (1.0 + t2n)) ** 2)) / theta[k] ** 2
+        return out if np.all(out > 0) else None
 
 
 def scalar_start(terms: MixedTerms) -> np.ndarray | None:
@@ -146,3 +161,62 @@ def scalar_start(terms: MixedTerms) -> np.ndarray | None:
     if ve <= 0:
         return None
     return np.sqrt(np.array(vk) / ve)
+
+
+def moment_start(terms: MixedTerms, y: np.ndarray) -> np.ndarray | None:
+    """θ from the method of moments (ANOVA / Henderson I) when every term is a scalar (1|f) on
+    its own factor and the weights are 1: a start within about 1% of the REML/ML optimum on
+    large crossed designs (1e6 rows, 1e5 × 5e3 levels: 0.05%), where each criterion evaluation
+    costs a big dense factorization and lme4's start (`scalar_start`, 6% off there) costs
+    several more of them. None when the conditions fail or a variance comes out ≤ 0.
+
+    With r the OLS residuals of y (the offset removed) on X, factors k with level counts n_ki
+    and cross-tabulated counts m_kl,ij, the within-level sums of squares W_k and the total T
+    have the expectations (y = Xβ + Σ_k b_k + e; exact up to the p fitted columns)
+
+        E W_k = Σ_{l≠k} σ_l² (n − Σ_ij m_kl,ij² / n_ki) + σ² (n − G_k)
+        E T   = Σ_l σ_l² (n − Σ_i n_li² / n) + σ² (n − 1)
+
+    which are solved for (σ_1², ..., σ_K², σ²); θ_k = σ_k / σ. O(n) work, no factorization.
+    """
+    rts = terms.reterms
+    if not all(t.p == 1 and list(t.cnames) == ["(Intercept)"] for t in rts):
+        return None
+    if len({t.group for t in rts}) != len(rts):
+        return None
+    w = getattr(terms, "weights", None)
+    if w is not None and not np.all(np.asarray(w, dtype=float) == 1.0):
+        return None
+    x = np.asarray(terms.X, dtype=float)
+    n = x.shape[0]
+    y = np.asarray(y, dtype=float)
+    r = y - x @ np.linalg.lstsq(x, y, rcond=None)[0] if x.shape[1] else y - y.mean()
+    codes = [np.asarray(t.codes, dtype=np.int64) for t in rts]
+    counts = [np.bincount(c, minlength=int(t.n_levels)) for c, t in zip(codes, rts, strict=True)]
+    k_ = len(rts)
+    a = np.zeros((k_ + 1, k_ + 1))
+    rhs = np.zeros(k_ + 1)
+    rr = float(r @ r)
+    for k, c in enumerate(codes):
+        nk = counts[k]
+        seen = nk > 0
+        s = np.bincount(c, weights=r, minlength=nk.size)
+        rhs[k] = rr - float(np.sum(s[seen] ** 2 / nk[seen]))
+        a[k, k_] = n - np.count_nonzero(seen)
+        for m, cm in enumerate(codes):
+            if m != k:
+                tab = sp.csr_matrix((np.ones(n), (c, cm)), shape=(nk.size, counts[m].size))
+                tab.sum_duplicates()
+                per_row = np.repeat(nk, np.diff(tab.indptr))
+                a[k, m] = n - float(np.sum(tab.data**2 / per_row))
+    rhs[k_] = rr - float(r.sum()) ** 2 / n
+    for m in range(k_):
+        a[k_, m] = n - float(np.sum(counts[m].astype(float) ** 2)) / n
+    a[k_, k_] = n - 1.0
+    try:
+        sig2 = np.linalg.solve(a, rhs)
+    except np.linalg.LinAlgError:
+        return None
+    if not (np.all(np.isfinite(sig2)) and np.all(sig2 > 0)):
+        return None
+    return np.sqrt(sig2[:k_] / sig2[k_])

@@ -62,6 +62,7 @@ InstEval's size (q − q1 = 1142).
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -302,7 +303,8 @@ class BlockedCore(AugmentedProfile):
         self.ldRX2 = float(2.0 * np.log(np.abs(np.diag(self.RX))).sum()) if p > 0 else 0.0
 
     def _ensure_factor(self) -> None:
-        """Refactor at the current θ after `_vinv_diag_blocks` inverted L22 in place."""
+        """Refactor at the current θ after `_vinv_diag_blocks` inverted L22 in place, or after
+        `kept_state` set the state without a factor."""
         if self.L22 is None and self.theta is not None:
             self.update(self.theta)
 
@@ -343,6 +345,7 @@ class BlockedCore(AugmentedProfile):
 
     def _forward(self, rhs: np.ndarray) -> np.ndarray:
         """Solve L x = rhs (rhs q or q×m)."""
+        self._ensure_factor()
         vec = rhs.ndim == 1
         r = rhs.reshape(self.q, -1)
         m = r.shape[1]
@@ -364,6 +367,7 @@ class BlockedCore(AugmentedProfile):
 
     def _backward(self, rhs: np.ndarray) -> np.ndarray:
         """Solve L' x = rhs (rhs q or q×m)."""
+        self._ensure_factor()
         vec = rhs.ndim == 1
         r = rhs.reshape(self.q, -1)
         m = r.shape[1]
@@ -428,6 +432,11 @@ class BlockedCore(AugmentedProfile):
         Λ2 S22⁻¹ Λ2': O(pairs) instead of q2 triangular solves with ℓ1 p1 right-hand sides.
         """
         p1, l1, q1, q2 = self.p1, self.l1, self.q1, self.q2
+        if isinstance(self._weights_key, str) and self.theta is not None:
+            # the optimizer's gradient at this θ computed them already (no inverse needed)
+            kept = self.vinv_diag_at(self.theta)
+            if kept is not None:
+                return [kept[lo:hi].reshape(-1, 1, 1) for lo, hi in itertools.pairwise(self.gp)]
         self._ensure_factor()
         pairs = getattr(self, "_pairs", None) if self.L21 is None else None
         if (
@@ -495,7 +504,7 @@ class BlockedCore(AugmentedProfile):
         positions and on the dense-block terms' diagonal blocks; no q2² copy is made. The
         factor is gone afterwards (`_ensure_factor` refactors when a solve needs it)."""
         p1, l1, q2 = self.p1, self.l1, self.q2
-        with blas_for_order(q2):
+        with blas_for_order(q2, work=2.0):
             up, info = _dpotri(self.L22.T, lower=0, overwrite_c=1)
         self.L22 = None
         self._l22_inplace = False

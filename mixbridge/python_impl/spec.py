@@ -119,6 +119,18 @@ class LmerSpec:
     terms: MixedTerms
     reml: bool
     settings: LmerSettings = field(default_factory=LmerSettings)
+    # Whether the rows carry prior weights other than 1, recorded once here so later stages
+    # (the tests' Kenward-Roger builder) need no pass over the rows: without weights= the
+    # frame gives broadcast ones (one value to read); given weights that are all 1 count as none.
+    weighted: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        w = self.terms.weights
+        if w is None:
+            self.weighted = False
+        else:
+            w = np.asarray(w, dtype=float)
+            self.weighted = not np.all((w[:1] if w.strides == (0,) else w) == 1.0)
 
 
 @dataclass
