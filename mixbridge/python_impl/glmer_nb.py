@@ -41,7 +41,13 @@ from mixbridge.python_impl.diagonal_nb import NbKernel
 from mixbridge.python_impl.family_nb import NegativeBinomial
 from mixbridge.python_impl.glmer import fit_model, fit_spec, glmer
 from mixbridge.python_impl.glmer_devfun import GlmerModel
-from mixbridge.python_impl.glmer_gradient import central_hessian, initial_hessian
+from mixbridge.python_impl.glmer_gradient import (
+    ModesValue,
+    WarmStartedStage2,
+    central_hessian,
+    initial_hessian_from,
+    polish,
+)
 from mixbridge.python_impl.spec import GlmerSpec, check_nb_theta, glmer_spec
 from mixbridge.results import Message, MixedFit
 
@@ -247,8 +253,8 @@ class ProfileFast:
         if r is None:
             return  # the metric by central differences in `criterion`
         st, W, S, _ = r
-        # the BFGS metric glmer's gradient path starts from (`initial_hessian`), at the NB
-        # weights of these modes: the factorization a joint PIRLS step would install
+        # the BFGS metric glmer's gradient path starts from (`initial_hessian_from`), at the
+        # NB weights of these modes: R_X'R_X of the factorization a joint PIRLS step makes
         X = model.X
         d = 1.0 + th * th * S
         XW = X * W[:, None]
@@ -256,8 +262,7 @@ class ProfileFast:
             [S if one else kernel.gsum(XW[:, j]) for j, one in enumerate(kernel.ones_cols)]
         )
         rx = XW.T @ X - sx.T @ (sx * (th * th / d)[:, None])
-        model.core.set_factorization(th, S, d, W, sx, rx)
-        self._pending = (x0, th * st.u, initial_hessian(model, x0[:1]))
+        self._pending = (x0, th * st.u, initial_hessian_from(th, S, rx))
 
     def start_for(self, t: float) -> tuple[np.ndarray | None, np.ndarray | None]:
         if not self.starts:
@@ -284,53 +289,77 @@ class ProfileFast:
 
     def criterion(self, model: GlmerModel, t: float) -> float | None:
         """min over (θ, β) of the converged Laplace deviance at NB θ = e^t, or None (the
-        caller fits the full model) when the fused kernel cannot evaluate it."""
-        from mixbridge.python_impl.glmer_gradient import polish
-
-        kernel = model.kernel
-        assert kernel is not None
+        caller fits the full model) when the fused kernel cannot evaluate it. The evaluations
+        are glmer's warm-started ones (`glmer_gradient.WarmStartedStage2`) on `_ModesPath`."""
         lower = np.r_[model.theta_lower, np.full(model.X.shape[1], -np.inf)]
         if self.starts:
             x0, h0, b0 = self._predict(t)
         else:
             x0, b0, h0 = self._pending
-        warm: dict[str, Any] = {"b": b0}
-        X, base = model.X, model.resp.offset
-
-        class _Out(Exception):
-            pass
+        path = _ModesPath(model, b0)
+        evaluate = WarmStartedStage2(path)
 
         def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-            if "x" in warm and np.array_equal(x, warm["x"]):  # polish ends at its last point
-                return float(warm["f"]), warm["g"].copy()
-            self.n_evals += 1
-            th = float(x[0])
-            if "du" in warm:
-                b = th * (warm["u"] + warm["du"] @ (x - warm["x"]))
-            else:
-                b = warm["b"]
-            r = kernel.modes(th, base + X @ x[1:], b, model.tol)
-            if r is None:
-                raise _Out
-            st, W, S, extra = r
-            f = st.laplace(model.resp)
-            g_t, g_b, du = kernel.gradient_from(th, W, S, extra, st.mu, st.u)  # type: ignore[arg-type]
-            g = np.r_[g_t, g_b]
-            warm.update(u=st.u, du=du, x=np.array(x, dtype=float), b=th * st.u, f=f, g=g)
-            return f, g.copy()
+            return evaluate(x, False)
 
         try:
             if h0 is None:
                 h0 = central_hessian(fg, x0, lower, model.n_theta)
             run = optimizers.minimize("BFGS", _no_value, x0, lower, value_grad=fg, h0=h0)
             x = polish(fg, run.final, run.hessian, model.n_theta)
-            f, _ = fg(x)
-        except _Out:
+            f, _ = fg(x)  # the last evaluation when polish ended there (warm cache)
+        except _OutOfKernel:
             return None
+        finally:
+            self.n_evals += path.n_evals
         if not math.isfinite(f) or x[0] <= 1e-4:
             return None  # near θ = 0: the full fit (its boundary checks and probes)
-        self.starts[t] = (x, run.hessian, warm["b"].copy())
+        self.starts[t] = (x, run.hessian, float(x[0]) * evaluate.warm["u"])
         return float(f)
+
+
+class _OutOfKernel(Exception):
+    """The NB kernel's Newton modes did not converge at some trial point."""
+
+
+class _ModesPath:
+    """`glmer_gradient.Stage2Path` of the profile: every value and gradient from the NB
+    kernel's Newton-converged modes (`NbKernel.modes`, `gradient_from`), no PIRLS from lp0
+    (the optimum's value does not depend on the start); the first evaluation starts the modes
+    at `b_init`, the optimum modes at the nearest trial θ."""
+
+    def __init__(self, model: GlmerModel, b_init: np.ndarray) -> None:
+        kernel = model.kernel
+        assert isinstance(kernel, NbKernel)
+        self.model, self.kernel, self.b_init = model, kernel, b_init
+        self.n_evals = 0
+        self._last: ModesValue | None = None
+
+    def stage2(self, x: np.ndarray, b_start: np.ndarray | None = None) -> float:
+        raise NotImplementedError  # the profile reports the warm-started optimum's value
+
+    def warm_modes(
+        self, x: np.ndarray, b0: np.ndarray, agq: bool, laplace_gradient: bool
+    ) -> ModesValue | None:
+        m, k = self.model, self.kernel
+        self.n_evals += 1
+        th = float(x[0])
+        r = k.modes(th, m.resp.offset + m.X @ x[m.n_theta :], b0, m.tol)
+        if r is None:
+            return None
+        st, W, S, extra = r
+        g_t, g_b, du = k.gradient_from(th, W, S, extra, st.mu, st.u)
+        return ModesValue(st.laplace(m.resp), np.r_[g_t, g_b], st.u, du)
+
+    def pirls_value(self, x: np.ndarray, b0: np.ndarray | None) -> tuple[float, bool]:
+        self._last = self.warm_modes(x, self.b_init if b0 is None else b0, False, False)
+        if self._last is None:
+            raise _OutOfKernel
+        return self._last.f, True
+
+    def pirls_gradient(self, theta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        assert self._last is not None
+        return self._last.g, self._last.u, self._last.du_dx
 
 
 def _no_value(x: np.ndarray) -> float:  # "BFGS" works on value_grad alone
