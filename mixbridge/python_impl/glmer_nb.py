@@ -209,6 +209,7 @@ def glmer_nb(
         "n_evals": len(profile_values),
         "profile": sorted((math.exp(t), f) for t, f in profile_values.items()),
         "path": "fused (1|g) profile" if fast is not None else "glmer per trial theta",
+        "profile_evaluations": None if fast is None else fast.n_evals,  # value + gradient
     }
     return fit
 
