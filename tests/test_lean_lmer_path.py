@@ -120,6 +120,24 @@ def test_lazy_columns_and_the_matrix_agree():
     assert lazy.x_names == eager.x_names and lazy.n == eager.n and lazy.p == eager.p
 
 
+def test_gram_reuses_the_finiteness_sums_and_equals_x_transpose_x():
+    # the intercept row of X'X takes each column's sum from the finiteness pass (one read of
+    # the column fewer); it must be the very sum a fresh pass gives, and X'X itself
+    df = _data()
+    frame = check_inputs("lmer", "y ~ x1 + x2 + (1 | g)", df)
+    lazy = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df, frame=frame, lazy_x=True)
+    totals = [float(np.sum(df[c].to_numpy(dtype=float))) for c in ("x1", "x2")]
+    assert lazy.x_gram[0, 1:].tolist() == totals
+    x = build_mixed_terms("y ~ x1 + x2 + (1 | g)", df).X
+    np.testing.assert_allclose(lazy.x_gram, x.T @ x, rtol=1e-13)
+    # a column with a missing value is refound after na.omit: its sum is taken afresh
+    holed = df.assign(x1=df["x1"].where(df.index != 3))
+    frame = check_inputs("lmer", "y ~ x1 + x2 + (1 | g)", holed)
+    lazy = build_mixed_terms("y ~ x1 + x2 + (1 | g)", holed, frame=frame, lazy_x=True)
+    kept = holed["x1"].dropna().to_numpy()
+    assert lazy.x_gram[0, 1] == float(np.sum(kept)) and lazy.x_gram[0, 0] == kept.size
+
+
 def test_rank_deficient_columns_fall_back_to_the_exact_emulation():
     df = _data().assign(x3=lambda d: 2.0 * d["x1"])
     with warnings.catch_warnings():

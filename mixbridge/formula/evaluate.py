@@ -42,6 +42,9 @@ class Numeric:
     integer: bool = False
     # whether every value is finite (no NaN, no Inf), known after the first all_finite()
     finite: bool | None = field(default=None, compare=False, repr=False)
+    # the column's sum from that same pass (a 1-D float vector only): X'X's intercept row
+    # reuses it instead of reading the column again
+    total: float | None = field(default=None, compare=False, repr=False)
 
     def na_mask(self) -> np.ndarray:
         v = self.values
@@ -58,6 +61,8 @@ class Numeric:
                 with np.errstate(over="ignore", invalid="ignore"):
                     total = float(np.sum(v))
                 self.finite = bool(np.isfinite(total)) or bool(np.isfinite(v).all())
+                if v.ndim == 1 and v.dtype == np.float64:
+                    self.total = total
         return self.finite
 
     def take(self, rows: np.ndarray) -> Numeric:

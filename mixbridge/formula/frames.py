@@ -69,7 +69,7 @@ def build_mixed_terms(
     columns = fixed.design.column_views(frame.fixed_values) if lazy_x else None
     x_gram = None
     if columns is not None:
-        x_gram = column_gram(columns, frame.n)
+        x_gram = column_gram(columns, frame.n, fixed.design.column_totals(frame.fixed_values))
         if not np.all(np.isfinite(x_gram)):  # finite X'X: finite columns (one pass for both)
             check_finite_columns(columns, names, "fixed-effects model matrix")
         if not clearly_full_rank_gram(x_gram, RANK_TOL):

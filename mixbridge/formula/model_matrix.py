@@ -159,6 +159,15 @@ class Design:
             cols.append(np.asarray(val.values, dtype=float))
         return cols if len(cols) == len(self.names) else None
 
+    def column_totals(self, values: dict[int, Value]) -> list[float | None]:
+        """Each plain numeric column's sum where its finiteness pass already took it (None:
+        unknown or the intercept), aligned with `column_views`."""
+        totals: list[float | None] = [None] if self.info.intercept else []
+        for term in self.info.terms:
+            val = values.get(next(iter(term))) if len(term) == 1 else None
+            totals.append(val.total if isinstance(val, Numeric) else None)
+        return totals
+
     def sparse_matrix(self, values: dict[int, Value], n: int) -> sp.csc_matrix:
         """The same matrix as `matrix`, as scipy.sparse CSC: a factor with G levels costs O(n)
         entries, never an n x G array (interactions are row-wise Kronecker products)."""
@@ -322,9 +331,13 @@ def rank_keep(x: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
-def column_gram(columns: list[np.ndarray | None], n: int) -> np.ndarray:
-    """X'X from X's columns (None: the intercept), one dot product per pair."""
+def column_gram(
+    columns: list[np.ndarray | None], n: int, totals: list[float | None] | None = None
+) -> np.ndarray:
+    """X'X from X's columns (None: the intercept), one dot product per pair. `totals`: column
+    sums already known (None where not), which the intercept's row then takes as they are."""
     p = len(columns)
+    known = totals if totals is not None else [None] * p
     gram = np.empty((p, p))
     for i, a in enumerate(columns):
         for j in range(i, p):
@@ -332,7 +345,8 @@ def column_gram(columns: list[np.ndarray | None], n: int) -> np.ndarray:
             if a is None and b is None:
                 v = float(n)
             elif a is None or b is None:
-                v = float(np.sum(b if a is None else a))
+                t = known[j] if a is None else known[i]
+                v = float(np.sum(b if a is None else a)) if t is None else t
             else:
                 v = float(np.dot(a, b))
             gram[i, j] = gram[j, i] = v
