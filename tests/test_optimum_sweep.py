@@ -49,8 +49,9 @@ TIGHT_PIRLS = {"tol_pwrss": 1e-14}  # see the module docstring
 GLMER_DESIGNS = SWEEP_DESIGNS  # scalar-valued terms only (see GLMER_VECTOR_SEEDS)
 # glmer with vector-valued terms: the default suite's seeds (corr_slope seed 5: stage 2 stopped
 # at θ = [0, 0.53, 0.15], 0.83 above lme4's [0.38, -0.19, 0.44], and said converged; the better
-# basin is across the bound θ_0 = 0, with the correlation's sign flipped)
-GLMER_VECTOR_SEEDS = {"corr_slope": (0, 1, 2, 5), "three_terms": (0, 1)}
+# basin is across the bound θ_0 = 0, with the correlation's sign flipped). Seed 1 (binomial,
+# interior: the kind of seed 5) is left out; test_properties_glm.py draws more designs.
+GLMER_VECTOR_SEEDS = {"corr_slope": (0, 2, 5), "three_terms": (0, 1)}
 
 
 def sweep_seeds(model: str, structure: str) -> list[int]:
