@@ -10,9 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# `long`: `.ci/run` (ci/test.sh) already runs `benchmarks/run.py --quick`, which checks every
+# timed fit of every model against R, before the default suite; this --tiny run repeats a subset
+@pytest.mark.long
 def test_benchmark_tiny_runs_and_estimates_agree_with_r(needs_r, tmp_path):
     out = tmp_path / "latest.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--tiny", "--no-plot"]
