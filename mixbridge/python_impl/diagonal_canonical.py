@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from mixbridge.python_impl.diagonal_kernel import DiagonalKernel, OutOfRange
+from mixbridge.python_impl.diagonal_kernel import DiagonalKernel
 from mixbridge.python_impl.families import DBL_EPSILON as EPS
 from mixbridge.python_impl.pirls import PirlsState
 from mixbridge.python_impl.pls_diagonal import DiagonalCore
@@ -75,7 +75,7 @@ def scalar_laplace_gradient(
     return g_theta, g_beta
 
 
-class CanonicalKernel(DiagonalKernel):
+class CanonicalKernel(DiagonalKernel[np.ndarray]):
     """The fused (1|g) canonical-link computations for one (diagonal core, response) pair; see
     the module docstring."""
 
@@ -178,24 +178,11 @@ class CanonicalKernel(DiagonalKernel):
         g_theta = float(u @ sdev1 + np.sum(2.0 * th * S / d) + u @ sa + az @ du_dt)
         return g_theta, g_beta, np.column_stack([du_dt, du_db])
 
-    def modes(
-        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int = 50
-    ) -> tuple[PirlsState, np.ndarray, np.ndarray, np.ndarray] | None:
-        """Fully converged conditional modes at (θ, offset = o + Xβ), for the gradient phase:
-        Newton steps in u from the warm start b_start = θu₀ until the penalized deviance changes
-        by less than tol (relative) — the start's own pdev counts, so a good start needs one
-        step. Returns the state (log|L|² at the final weights: the smooth function the
-        gradients differentiate, not lme4's stopping quirk), W = wμ', S = Σ_j W and Σ_j wμ at
-        the modes; None if η leaves |η| ≤ ETA_BOUND or a step fails to decrease pdev (the
-        caller uses the lme4-style path instead)."""
-        try:
-            return self._modes(float(theta), offset, b_start, tol, maxit)
-        except OutOfRange:
-            return None
-
     def _modes(
         self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
     ) -> tuple[PirlsState, np.ndarray, np.ndarray, np.ndarray] | None:
+        """`modes` for a canonical link: Newton steps are PIRLS steps (dev'' = 2W), and the
+        start's own pdev counts, so a good start needs one step; the sums are Σ_j wμ."""
         off_max = float(np.max(np.abs(offset)))
         n = self.codes.size
         eta, mu = np.empty(n), np.empty(n)

@@ -17,6 +17,8 @@ factorization of the last step with `core.set_factorization`.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 import numpy as np
 
 from mixbridge.python_impl.pirls import PirlsState, run_pirls
@@ -32,7 +34,11 @@ class OutOfRange(Exception):
     """A linear predictor left |η| ≤ ETA_BOUND: the caller falls back to the generic PIRLS."""
 
 
-class DiagonalKernel:
+# the family's sums at the converged modes that its `gradient_from` takes
+ModeSums = TypeVar("ModeSums")
+
+
+class DiagonalKernel(Generic[ModeSums]):
     """The family-free part of a fused (1|g) kernel (see the module docstring). Subclasses
     check their family in `__init__` before calling this one."""
 
@@ -88,6 +94,27 @@ class DiagonalKernel:
         """(W, W z) per row for the joint step, z = η − o + (y − μ)/μ' (W an array of its
         own, kept by the core's factorization; W z may live in `scratch`)."""
         raise NotImplementedError
+
+    def _modes(
+        self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
+    ) -> tuple[PirlsState, np.ndarray, np.ndarray, ModeSums] | None:
+        """The family's Newton iteration for `modes` (may raise OutOfRange)."""
+        raise NotImplementedError
+
+    # -- the gradient phase: converged modes --
+    def modes(
+        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int = 50
+    ) -> tuple[PirlsState, np.ndarray, np.ndarray, ModeSums] | None:
+        """Fully converged conditional modes at (θ, offset = o + Xβ), for the gradient phase:
+        Newton steps in u from the warm start b_start = θu₀ until the penalized deviance changes
+        by less than tol (relative). Returns the state (log|L|² at the Fisher weights at the
+        modes: the smooth function the gradients differentiate, not lme4's stopping quirk), W,
+        S = Σ_j W and the family's sums for `gradient_from`; None if η leaves |η| ≤ ETA_BOUND
+        or a step fails to decrease pdev (the caller uses the lme4-style PIRLS instead)."""
+        try:
+            return self._modes(float(theta), offset, b_start, tol, maxit)
+        except OutOfRange:
+            return None
 
     # -- one pass: η, μ, Σ dev from the group effects b --
     def move(

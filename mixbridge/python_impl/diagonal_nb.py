@@ -48,7 +48,7 @@ def nb_kernel_applies(core: object, resp: GlmResponse) -> bool:
     )
 
 
-class NbKernel(DiagonalKernel):
+class NbKernel(DiagonalKernel[tuple[np.ndarray, ...]]):
     """The fused (1|g) negative-binomial computations for one (diagonal core, response) pair;
     see the module docstring."""
 
@@ -179,22 +179,11 @@ class NbKernel(DiagonalKernel):
             g_theta += float(u @ C + th * (C @ du_dt))
         return g_theta, g_beta, np.column_stack([du_dt, du_db])
 
-    def modes(
-        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int = 50
-    ) -> tuple[PirlsState, np.ndarray, np.ndarray, tuple[np.ndarray, ...]] | None:
-        """Fully converged conditional modes at (θ, offset = o + Xβ) by Newton steps from
-        b_start = θu₀ until the penalized deviance changes by less than tol (relative).
-        Returns the state (log|L|² from the Fisher weights at the modes), W, S = Σ_j W and the
-        sums `gradient_from` needs; None if η leaves |η| ≤ ETA_BOUND or a step fails to
-        decrease pdev (the caller uses the lme4-style PIRLS instead)."""
-        try:
-            return self._modes(float(theta), offset, b_start, tol, maxit)
-        except OutOfRange:
-            return None
-
     def _modes(
         self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
     ) -> tuple[PirlsState, np.ndarray, np.ndarray, tuple[np.ndarray, ...]] | None:
+        """`modes` for negative.binomial: Newton steps on the observed curvature H with step
+        halving (Fisher scoring converges only linearly here); the sums are `_sums`'."""
         off_max = float(np.max(np.abs(offset)))
         b = np.asarray(b_start, dtype=float)
         if th <= 0 or off_max + float(np.max(np.abs(b), initial=0.0)) > ETA_BOUND:
