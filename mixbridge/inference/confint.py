@@ -18,7 +18,7 @@ R-engine fits get lme4's own `confint` (`mixbridge.inference.r_engine`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,9 @@ from scipy import special
 
 from mixbridge.errors import ArgumentError
 from mixbridge.inference import params
-from mixbridge.results import MixedFit
+
+if TYPE_CHECKING:  # results imports this module (MixedFit.confint is `confint` below)
+    from mixbridge.results import MixedFit
 
 METHODS = ("wald", "profile", "boot")
 
@@ -61,8 +63,11 @@ def confint(
     seed: int | None = None,
     progress: bool | Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """See the module docstring; `progress` (boot): True prints progress to stderr, None only
-    once the run takes more than 5 s, False never, or a callable(done, total)."""
+    """lme4's confint.merMod: columns lower, upper; rows .sig01, …, .sigma, fixed effects.
+    `method`: "wald", "profile" (lme4's profile, crossing solved exactly) or "boot"
+    (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`; `progress`: None
+    prints progress to stderr once a run takes over 5 s, True always, False never, or a
+    callable(done, total)). This function is also the method `MixedFit.confint`."""
     method, level, nsim = check_args(method, level, nsim)
     names, n_var = parameter_names(fit)
     wanted = params.select_parm(names, n_var, parm)

@@ -1,15 +1,18 @@
 """The inference methods of a `MixedFit` (`mixbridge.results`), as a mixin: coefficient tables
 and F tests with Satterthwaite or Kenward–Roger df (lmerTest, pbkrtest), confidence intervals
 (lme4's confint.merMod) and the allfit convergence verdict. Each method is a thin entry to its
-module (`coef_table`, `term_anova`, `confint`, `mixbridge.allfit`), imported when first called.
+module (`coef_table`, `term_anova`, `mixbridge.allfit`), imported when first called; `confint`
+is `mixbridge.inference.confint.confint` itself (its heavy parts, profile and bootstrap, are
+imported when first called there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from mixbridge.inference.confint import confint as confint_function
 
 if TYPE_CHECKING:
     from mixbridge.results import MixedFit
@@ -37,23 +40,9 @@ class InferenceMethods:
 
     # -- confidence intervals (mixbridge.inference.confint) ---------------------------------
 
-    def confint(
-        self: MixedFit,
-        method: str = "profile",
-        level: float = 0.95,
-        parm: Any = None,
-        nsim: int = 1000,
-        seed: int | None = None,
-        progress: bool | Callable[[int, int], None] | None = None,
-    ) -> pd.DataFrame:
-        """lme4's confint.merMod: columns lower, upper; rows .sig01, …, .sigma, fixed effects.
-        `method`: "wald", "profile" (lme4's profile, crossing solved exactly) or "boot"
-        (bootMer's parametric bootstrap, percentile intervals; `nsim`, `seed`; `progress`: None
-        prints progress to stderr once a run takes over 5 s, True always, False never, or a
-        callable(done, total))."""
-        from mixbridge.inference.confint import confint
-
-        return confint(self, method, level, parm, nsim=nsim, seed=seed, progress=progress)
+    # the module's function itself, not a wrapper repeating its signature: its first
+    # parameter is the fit, so it binds as a method
+    confint = confint_function
 
     def allfit(self: MixedFit, **options: Any) -> Any:
         """Refit with several optimizers and starts and judge a convergence warning:

@@ -9,12 +9,9 @@ and the deviance is a closed form in η and log μ (logit) or μ (log):
     logit: dev_i = c_i − 2 w_i log μ_i + 2 w_i (1 − y_i) η_i,
     log:   dev_i = c_i + 2 w_i (μ_i − y_i η_i)
 (c_i = the data-only part). Per iteration: one gather, one exp (+ one log for logit), two
-bincounts and a few dot products, instead of ~20 elementwise passes. The iterations run in
-`pirls.run_pirls`, the one PIRLS loop (`UOnlyStep`, `JointStep`).
-
-The kernel binds a core to a response, which the core itself must not know (lme4: the
-predictor knows no family); it reads the core's public state only and installs the
-factorization of the last step with `core.set_factorization`.
+bincounts and a few dot products, instead of ~20 elementwise passes. The group bookkeeping and
+the PIRLS steps (run in `pirls.run_pirls`, the one PIRLS loop) are `diagonal_kernel`'s, shared
+with the negative-binomial kernel; this module has the canonical links' math.
 """
 
 from __future__ import annotations
@@ -22,18 +19,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from mixbridge.python_impl.diagonal_kernel import DiagonalKernel
 from mixbridge.python_impl.families import DBL_EPSILON as EPS
-from mixbridge.python_impl.pirls import PirlsState, run_pirls
+from mixbridge.python_impl.pirls import PirlsState
 from mixbridge.python_impl.pls_diagonal import DiagonalCore
 from mixbridge.python_impl.response import CANONICAL, GlmResponse
-
-# |η| bound under which lme4's clamps (μ in [ε, 1−ε] for logit, μ ≥ ε for log) are inactive, so
-# the closed forms below are lme4's quantities exactly (up to rounding)
-ETA_BOUND = 30.0
-
-
-class OutOfRange(Exception):
-    """A linear predictor left |η| ≤ ETA_BOUND: the caller falls back to the generic PIRLS."""
 
 
 def scalar_laplace_gradient(
@@ -85,53 +75,24 @@ def scalar_laplace_gradient(
     return g_theta, g_beta
 
 
-class CanonicalKernel:
+class CanonicalKernel(DiagonalKernel[np.ndarray]):
     """The fused (1|g) canonical-link computations for one (diagonal core, response) pair; see
     the module docstring."""
 
     def __init__(self, core: DiagonalCore, resp: GlmResponse) -> None:
         if core.zvals is not None or (resp.family_name, resp.link) not in CANONICAL:
             raise ValueError("CanonicalKernel needs (1|g) with a canonical link")
-        self.core, self.resp = core, resp
-        self.codes, self.G = core.codes, core.n_levels
-        # rows already ordered by group (glmer orders big models so): segment sums and repeats
-        counts = np.bincount(self.codes, minlength=self.G)
-        self.counts = counts
-        self.segmented = bool(
-            self.codes.size > 1 and np.all(counts > 0) and np.all(self.codes[1:] >= self.codes[:-1])
-        )
-        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if self.segmented else None
+        super().__init__(core, resp)
         self.logit = resp.link == "logit"
         w, y = resp.weights, resp.y
-        self.unit = resp.unit_weights
         self.w = None if self.unit else w
         self.sy = self.gsum(w * y)  # Σ_j w y
         # η-coefficient of the deviance: logit 2w(1 − y), log −2wy
         self.eta_coef = 2.0 * w * (1.0 - y) if self.logit else -2.0 * w * y
         self.n1 = self.gsum(w * (1.0 - y)) if self.logit else None  # Σ_j w (1 − y)
         self.dev_const = float(np.sum(resp.dev_const))
-        X = core.X
-        self.ones_cols = [bool(np.all(X[:, k] == 1.0)) for k in range(X.shape[1])]
-        self.scratch = np.empty(codes_len := self.codes.size)  # one n-vector, reused
-        self._weights_buf = np.empty(codes_len)
+        self._weights_buf = np.empty(self.codes.size)
 
-    def gsum(self, v: np.ndarray) -> np.ndarray:
-        """Σ_{i∈j} v_i for every group j."""
-        if self.segmented:
-            return np.add.reduceat(v, self.starts)
-        return np.bincount(self.codes, weights=v, minlength=self.G)
-
-    def expand(self, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """b[g_i] for every row i."""
-        if self.segmented:
-            r = np.repeat(b, self.counts)
-            if out is None:
-                return r
-            out[:] = r
-            return out
-        return np.take(b, self.codes, out=out)
-
-    # -- one pass: η, μ, Σ dev from the group effects b --
     def mean(self, eta: np.ndarray, mu: np.ndarray) -> None:
         """μ = g⁻¹(η) in place."""
         if self.logit:
@@ -139,27 +100,14 @@ class CanonicalKernel:
         else:
             np.exp(eta, out=mu)
 
-    def _dev(self, eta: np.ndarray, mu: np.ndarray) -> float:
+    def deviance(self, eta: np.ndarray, mu: np.ndarray) -> float:
+        """Σ dev: the closed forms of the module docstring."""
         if self.logit:
             lm = np.log(mu, out=self.scratch)
             s = float(lm.sum()) if self.unit else float(self.w @ lm)
             return self.dev_const - 2.0 * s + float(self.eta_coef @ eta)
         s = float(mu.sum()) if self.unit else float(self.w @ mu)
         return self.dev_const + 2.0 * s + float(self.eta_coef @ eta)
-
-    def move(
-        self, b: np.ndarray, offset: np.ndarray, off_max: float, eta: np.ndarray, mu: np.ndarray
-    ) -> float:
-        """η = offset + b[g], μ in place; returns Σ dev (OutOfRange beyond ETA_BOUND)."""
-        if off_max + float(np.max(np.abs(b), initial=0.0)) > ETA_BOUND:
-            raise OutOfRange
-        if self.segmented:
-            np.add(np.repeat(b, self.counts), offset, out=eta)
-        else:
-            np.take(b, self.codes, out=eta)
-            eta += offset
-        self.mean(eta, mu)
-        return self._dev(eta, mu)
 
     def weights(self, mu: np.ndarray) -> np.ndarray:
         """W = w·μ' at μ, in a buffer the next call overwrites."""
@@ -173,40 +121,22 @@ class CanonicalKernel:
             W *= self.w
         return W
 
-    # -- PIRLS (the one loop, `pirls.run_pirls`, with the fused steps) --
-    def pirls_u(
-        self,
-        theta: float,
-        offset: np.ndarray,
-        *,
-        eta_start: np.ndarray | None = None,
-        b_start: np.ndarray | None = None,
-        tol: float = 1e-7,
-        maxit: int = 100,
-        strict: bool = True,
-    ) -> PirlsState | None:
-        """u-only PIRLS from η = eta_start (any vector) or from η = offset + b_start[g].
-        Returns None when η would leave the |η| ≤ ETA_BOUND region (use `pirls` then)."""
-        try:
-            step = UOnlyStep(self, float(theta), offset, eta_start, b_start)
-            return run_pirls(step, tol, maxit, strict)
-        except OutOfRange:
-            return None
+    def pirls_sums(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W, R_j = Σ_j w (y − μ)): a canonical link's W z − W η needs no working response."""
+        W = self.weights(mu)
+        swmu = self.gsum(mu if self.unit else self.w * mu)
+        return W, self.sy - swmu
 
-    def pirls_joint(
-        self,
-        theta: float,
-        eta_start: np.ndarray,
-        offset: np.ndarray,
-        tol: float = 1e-7,
-        maxit: int = 100,
-    ) -> PirlsState | None:
-        """lme4's joint (β, u) PIRLS (stage 1, the initial fit) in the same fused form, as
-        `pirls(u_only=False, strict=False)`. None outside |η| ≤ ETA_BOUND."""
-        try:
-            return run_pirls(JointStep(self, float(theta), eta_start, offset), tol, maxit, False)
-        except OutOfRange:
-            return None
+    def working_rhs(
+        self, eta: np.ndarray, offset: np.ndarray, mu: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(W, W z) with W z = W (η − o) + w (y − μ)."""
+        W = self.weights(mu).copy()
+        wz = np.subtract(eta, offset, out=self.scratch)
+        wz *= W
+        wz += self.resp.y if self.unit else self.w * self.resp.y
+        wz -= mu if self.unit else self.w * mu
+        return W, wz
 
     # -- the gradient phase: converged modes and the analytic gradient --
     def gradient(self, state: PirlsState, theta: float) -> tuple[float, np.ndarray, np.ndarray]:
@@ -248,24 +178,11 @@ class CanonicalKernel:
         g_theta = float(u @ sdev1 + np.sum(2.0 * th * S / d) + u @ sa + az @ du_dt)
         return g_theta, g_beta, np.column_stack([du_dt, du_db])
 
-    def modes(
-        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int = 50
-    ) -> tuple[PirlsState, np.ndarray, np.ndarray, np.ndarray] | None:
-        """Fully converged conditional modes at (θ, offset = o + Xβ), for the gradient phase:
-        Newton steps in u from the warm start b_start = θu₀ until the penalized deviance changes
-        by less than tol (relative) — the start's own pdev counts, so a good start needs one
-        step. Returns the state (log|L|² at the final weights: the smooth function the
-        gradients differentiate, not lme4's stopping quirk), W = wμ', S = Σ_j W and Σ_j wμ at
-        the modes; None if η leaves |η| ≤ ETA_BOUND or a step fails to decrease pdev (the
-        caller uses the lme4-style path instead)."""
-        try:
-            return self._modes(float(theta), offset, b_start, tol, maxit)
-        except OutOfRange:
-            return None
-
     def _modes(
         self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
     ) -> tuple[PirlsState, np.ndarray, np.ndarray, np.ndarray] | None:
+        """`modes` for a canonical link: Newton steps are PIRLS steps (dev'' = 2W), and the
+        start's own pdev counts, so a good start needs one step; the sums are Σ_j wμ."""
         off_max = float(np.max(np.abs(offset)))
         n = self.codes.size
         eta, mu = np.empty(n), np.empty(n)
@@ -293,100 +210,3 @@ class CanonicalKernel:
             u, b, pdev = u_new, b_new, pdev_new
         ldL2 = float(np.sum(np.log1p(th * th * S)))
         return PirlsState(u, None, eta, mu, ldL2, pdev, it, True), W.copy(), S, swmu
-
-
-class UOnlyStep:
-    """lme4's u-only PIRLS step for (1|g), canonical link (see `pirls.PirlsStep`)."""
-
-    def __init__(
-        self,
-        kernel: CanonicalKernel,
-        theta: float,
-        offset: np.ndarray,
-        eta_start: np.ndarray | None,
-        b_start: np.ndarray | None,
-    ) -> None:
-        self.k, self.th, self.offset = kernel, theta, offset
-        self.off_max = float(np.max(np.abs(offset)))
-        n = kernel.codes.size
-        self.eta, self.mu = np.empty(n), np.empty(n)
-        self.b: np.ndarray | None
-        if b_start is not None:
-            self.b = np.asarray(b_start, dtype=float)
-            kernel.move(self.b, offset, self.off_max, self.eta, self.mu)
-        else:
-            self.eta[:] = eta_start
-            if float(np.max(np.abs(self.eta))) > ETA_BOUND:
-                raise OutOfRange
-            kernel.mean(self.eta, self.mu)
-            self.b = None
-        kernel.core.theta = theta
-
-    def solve(self) -> tuple[np.ndarray, None, float]:
-        k, th = self.k, self.th
-        W = k.weights(self.mu)
-        S = k.gsum(W)
-        swmu = k.gsum(self.mu if k.unit else k.w * self.mu)
-        if self.b is None:  # first iteration from an arbitrary η: Σ W (η − o) directly
-            np.subtract(self.eta, self.offset, out=k.scratch)
-            k.scratch *= W
-            swz = k.gsum(k.scratch)
-        else:
-            swz = self.b * S
-        swz += k.sy - swmu
-        d = 1.0 + th * th * S
-        ldL2 = float(np.sum(np.log1p(th * th * S)))  # weights at the start (lme4's quirk)
-        self.W, self.S, self.d = W, S, d
-        return th * swz / d, None, ldL2
-
-    def update(self, u: np.ndarray, beta: None) -> float:
-        self.b = self.th * u
-        return self.k.move(self.b, self.offset, self.off_max, self.eta, self.mu) + float(u @ u)
-
-    def finish(self) -> None:
-        """The core holds this factorization (cond_var, AGQ's sd, ldL2), as after `pirls`."""
-        self.k.core.set_factorization(self.th, self.S, self.d, self.W.copy())
-
-
-class JointStep:
-    """lme4's joint (β, u) PIRLS step for (1|g), canonical link (see `pirls.PirlsStep`)."""
-
-    def __init__(
-        self, kernel: CanonicalKernel, theta: float, eta_start: np.ndarray, offset: np.ndarray
-    ) -> None:
-        self.k, self.th, self.offset = kernel, theta, offset
-        self.eta = np.array(eta_start, dtype=float)
-        if float(np.max(np.abs(self.eta))) > ETA_BOUND:
-            raise OutOfRange
-        self.mu = np.empty_like(self.eta)
-        kernel.mean(self.eta, self.mu)
-
-    def solve(self) -> tuple[np.ndarray, np.ndarray, float]:
-        k, th, X = self.k, self.th, self.k.core.X
-        W = k.weights(self.mu).copy()
-        # W z = W (η − o) + w (y − μ)
-        wz = np.subtract(self.eta, self.offset, out=k.scratch)
-        wz *= W
-        wz += k.resp.y if k.unit else k.w * k.resp.y
-        wz -= self.mu if k.unit else k.w * self.mu
-        # the factorization of DiagonalCore.update/solve, from one X·W product
-        S = k.gsum(W)
-        d = 1.0 + th * th * S
-        XW = X * W[:, None]
-        sx = np.column_stack([S if one else k.gsum(XW[:, j]) for j, one in enumerate(k.ones_cols)])
-        omega = th * th / d
-        rx = XW.T @ X - sx.T @ (sx * omega[:, None])
-        k.core.set_factorization(th, S, d, W, sx, rx)
-        ldL2 = float(np.sum(np.log1p(th * th * S)))  # weights at the start (lme4's quirk)
-        sz = k.gsum(wz)
-        beta = np.linalg.solve(rx, X.T @ wz - sx.T @ (omega * sz))
-        return th * (sz - sx @ beta) / d, beta, ldL2
-
-    def update(self, u: np.ndarray, beta: np.ndarray | None) -> float:
-        assert beta is not None
-        fixed = self.offset + self.k.core.X @ beta
-        off_max = float(np.max(np.abs(fixed)))
-        return self.k.move(self.th * u, fixed, off_max, self.eta, self.mu) + float(u @ u)
-
-    def finish(self) -> None:
-        """The factorization is installed by every `solve`."""

@@ -3,7 +3,8 @@ link, not canonical): lme4's PIRLS steps in fused group-level form, the fully co
 conditional modes and the analytic gradient of the Laplace deviance — the negative-binomial
 counterpart of `diagonal_canonical` (same protocol: `pirls_u`, `pirls_joint`, `modes`,
 `gradient`, `gradient_from`), so that glmer's Devfun and its gradient stage 2
-(`glmer_gradient.optimize_stage2`) run on it unchanged.
+(`glmer_gradient.optimize_stage2`) run on it unchanged. The group bookkeeping and the PIRLS steps
+are `diagonal_kernel`'s; this module has the negative-binomial math.
 
 With μ = exp(η) (lme4's clamp μ ≥ ε is inactive for |η| ≤ ETA_BOUND) and q_i = w_i k/(μ_i + k):
     Fisher weight (lme4 sqrtWrkWt²)  W_i = w_i μ'²/V = q_i μ_i,
@@ -28,8 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixbridge.python_impl.diagonal_canonical import ETA_BOUND, OutOfRange
-from mixbridge.python_impl.pirls import PirlsState, run_pirls
+from mixbridge.python_impl.diagonal_kernel import ETA_BOUND, DiagonalKernel, OutOfRange
+from mixbridge.python_impl.pirls import PirlsState
 from mixbridge.python_impl.pls_diagonal import DiagonalCore
 from mixbridge.python_impl.response import GlmResponse
 
@@ -47,24 +48,16 @@ def nb_kernel_applies(core: object, resp: GlmResponse) -> bool:
     )
 
 
-class NbKernel:
+class NbKernel(DiagonalKernel[tuple[np.ndarray, ...]]):
     """The fused (1|g) negative-binomial computations for one (diagonal core, response) pair;
     see the module docstring."""
 
     def __init__(self, core: DiagonalCore, resp: GlmResponse) -> None:
         if not nb_kernel_applies(core, resp):
             raise ValueError("NbKernel needs (1|g) with the negative.binomial family, log link")
-        self.core, self.resp = core, resp
+        super().__init__(core, resp)
         self.k = float(resp.nb_theta)
-        self.codes, self.G = core.codes, core.n_levels
-        counts = np.bincount(self.codes, minlength=self.G)
-        self.counts = counts
-        self.segmented = bool(
-            self.codes.size > 1 and np.all(counts > 0) and np.all(self.codes[1:] >= self.codes[:-1])
-        )
-        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if self.segmented else None
         w, y = np.asarray(resp.weights, dtype=float), np.asarray(resp.y, dtype=float)
-        self.unit = resp.unit_weights
         self.w = None if self.unit else w
         self.y = y
         self.wk = self.k * (1.0 if self.unit else w)  # w·k (a scalar with unit weights)
@@ -76,41 +69,16 @@ class NbKernel:
         # η-coefficient of aic(μ) − Σ dev(μ) (nonzero with prior weights; see gradient_from)
         self.aic_eta = None if self.unit else 2.0 * (w - 1.0) * y
         self.aic_eta_sums = None if self.aic_eta is None else self.gsum(self.aic_eta)
-        X = core.X
-        self.ones_cols = [bool(np.all(X[:, j] == 1.0)) for j in range(X.shape[1])]
-        self.scratch = np.empty(self.codes.size)
 
-    def gsum(self, v: np.ndarray) -> np.ndarray:
-        """Σ_{i∈j} v_i for every group j."""
-        if self.segmented:
-            return np.add.reduceat(v, self.starts)
-        return np.bincount(self.codes, weights=v, minlength=self.G)
+    def mean(self, eta: np.ndarray, mu: np.ndarray) -> None:
+        """μ = exp(η) in place."""
+        np.exp(eta, out=mu)
 
-    def expand(self, b: np.ndarray) -> np.ndarray:
-        """b[g_i] for every row i."""
-        if self.segmented:
-            return np.repeat(b, self.counts)
-        return np.take(b, self.codes)
-
-    # -- one pass: η, μ, Σ dev from the group effects b --
-    def _dev(self, eta: np.ndarray, mu: np.ndarray) -> float:
+    def deviance(self, eta: np.ndarray, mu: np.ndarray) -> float:
+        """Σ dev: lme4's C++ deviance of the module docstring."""
         lg = np.add(mu, self.k, out=self.scratch)
         np.log(lg, out=lg)
         return self.dev_const + float(self.eta_coef @ eta) + float(self.log_coef @ lg)
-
-    def move(
-        self, b: np.ndarray, offset: np.ndarray, off_max: float, eta: np.ndarray, mu: np.ndarray
-    ) -> float:
-        """η = offset + b[g], μ = exp(η) in place; returns Σ dev (OutOfRange beyond ETA_BOUND)."""
-        if off_max + float(np.max(np.abs(b), initial=0.0)) > ETA_BOUND:
-            raise OutOfRange
-        if self.segmented:
-            np.add(np.repeat(b, self.counts), offset, out=eta)
-        else:
-            np.take(b, self.codes, out=eta)
-            eta += offset
-        np.exp(eta, out=mu)
-        return self._dev(eta, mu)
 
     def q_weights(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(q, W): q = w k/(μ + k) and the Fisher working weight W = q μ."""
@@ -118,40 +86,22 @@ class NbKernel:
         np.divide(self.wk, q, out=q)
         return q, q * mu
 
-    # -- PIRLS (the one loop, `pirls.run_pirls`, with the fused steps) --
-    def pirls_u(
-        self,
-        theta: float,
-        offset: np.ndarray,
-        *,
-        eta_start: np.ndarray | None = None,
-        b_start: np.ndarray | None = None,
-        tol: float = 1e-7,
-        maxit: int = 100,
-        strict: bool = True,
-    ) -> PirlsState | None:
-        """u-only PIRLS from η = eta_start or from η = offset + b_start[g]; None when η would
-        leave |η| ≤ ETA_BOUND (the caller uses the generic PIRLS then)."""
-        try:
-            step = NbUOnlyStep(self, float(theta), offset, eta_start, b_start)
-            return run_pirls(step, tol, maxit, strict)
-        except OutOfRange:
-            return None
+    def pirls_sums(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W, R_j = Σ_{i∈j} q_i (y_i − μ_i)), W z − W η = q (y − μ)."""
+        q, W = self.q_weights(mu)
+        q *= self.y - mu
+        return W, self.gsum(q)
 
-    def pirls_joint(
-        self,
-        theta: float,
-        eta_start: np.ndarray,
-        offset: np.ndarray,
-        tol: float = 1e-7,
-        maxit: int = 100,
-    ) -> PirlsState | None:
-        """lme4's joint (β, u) PIRLS (stage 1, the initial fit) in fused form, as
-        `pirls(u_only=False, strict=False)`. None outside |η| ≤ ETA_BOUND."""
-        try:
-            return run_pirls(NbJointStep(self, float(theta), eta_start, offset), tol, maxit, False)
-        except OutOfRange:
-            return None
+    def working_rhs(
+        self, eta: np.ndarray, offset: np.ndarray, mu: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(W, W z) with W z = W (η − o) + q (y − μ)."""
+        q, W = self.q_weights(mu)
+        wz = np.subtract(eta, offset)
+        wz *= W
+        q *= self.y - mu
+        wz += q
+        return W, wz
 
     # -- the gradient phase: converged modes and the analytic gradient --
     def _sums(
@@ -229,22 +179,11 @@ class NbKernel:
             g_theta += float(u @ C + th * (C @ du_dt))
         return g_theta, g_beta, np.column_stack([du_dt, du_db])
 
-    def modes(
-        self, theta: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int = 50
-    ) -> tuple[PirlsState, np.ndarray, np.ndarray, tuple[np.ndarray, ...]] | None:
-        """Fully converged conditional modes at (θ, offset = o + Xβ) by Newton steps from
-        b_start = θu₀ until the penalized deviance changes by less than tol (relative).
-        Returns the state (log|L|² from the Fisher weights at the modes), W, S = Σ_j W and the
-        sums `gradient_from` needs; None if η leaves |η| ≤ ETA_BOUND or a step fails to
-        decrease pdev (the caller uses the lme4-style PIRLS instead)."""
-        try:
-            return self._modes(float(theta), offset, b_start, tol, maxit)
-        except OutOfRange:
-            return None
-
     def _modes(
         self, th: float, offset: np.ndarray, b_start: np.ndarray, tol: float, maxit: int
     ) -> tuple[PirlsState, np.ndarray, np.ndarray, tuple[np.ndarray, ...]] | None:
+        """`modes` for negative.binomial: Newton steps on the observed curvature H with step
+        halving (Fisher scoring converges only linearly here); the sums are `_sums`'."""
         off_max = float(np.max(np.abs(offset)))
         b = np.asarray(b_start, dtype=float)
         if th <= 0 or off_max + float(np.max(np.abs(b), initial=0.0)) > ETA_BOUND:
@@ -298,99 +237,3 @@ class NbKernel:
         ldL2 = float(np.sum(np.log1p(th * th * S)))
         eta = offset + self.expand(b)
         return PirlsState(u, None, eta, mu, ldL2, pdev, it, True), W, S, extra
-
-
-class NbUOnlyStep:
-    """lme4's u-only PIRLS step for (1|g), negative.binomial (see `pirls.PirlsStep`)."""
-
-    def __init__(
-        self,
-        kernel: NbKernel,
-        theta: float,
-        offset: np.ndarray,
-        eta_start: np.ndarray | None,
-        b_start: np.ndarray | None,
-    ) -> None:
-        self.k, self.th, self.offset = kernel, theta, offset
-        self.off_max = float(np.max(np.abs(offset)))
-        n = kernel.codes.size
-        self.eta, self.mu = np.empty(n), np.empty(n)
-        self.b: np.ndarray | None
-        if b_start is not None:
-            self.b = np.asarray(b_start, dtype=float)
-            kernel.move(self.b, offset, self.off_max, self.eta, self.mu)
-        else:
-            self.eta[:] = eta_start
-            if float(np.max(np.abs(self.eta))) > ETA_BOUND:
-                raise OutOfRange
-            np.exp(self.eta, out=self.mu)
-            self.b = None
-        kernel.core.theta = theta
-
-    def solve(self) -> tuple[np.ndarray, None, float]:
-        k, th = self.k, self.th
-        q, W = k.q_weights(self.mu)
-        S = k.gsum(W)
-        q *= k.y - self.mu
-        r = k.gsum(q)  # Σ W (y − μ)/μ'
-        if self.b is None:  # first iteration from an arbitrary η: Σ W (η − o) directly
-            np.subtract(self.eta, self.offset, out=k.scratch)
-            k.scratch *= W
-            swz = k.gsum(k.scratch)
-        else:
-            swz = self.b * S
-        swz += r
-        d = 1.0 + th * th * S
-        ldL2 = float(np.sum(np.log1p(th * th * S)))  # weights at the start (lme4's quirk)
-        self.W, self.S, self.d = W, S, d
-        return th * swz / d, None, ldL2
-
-    def update(self, u: np.ndarray, beta: None) -> float:
-        self.b = self.th * u
-        return self.k.move(self.b, self.offset, self.off_max, self.eta, self.mu) + float(u @ u)
-
-    def finish(self) -> None:
-        """The core holds this factorization (cond_var, ldL2), as after `pirls`."""
-        self.k.core.set_factorization(self.th, self.S, self.d, self.W)
-
-
-class NbJointStep:
-    """lme4's joint (β, u) PIRLS step for (1|g), negative.binomial (see `pirls.PirlsStep`)."""
-
-    def __init__(
-        self, kernel: NbKernel, theta: float, eta_start: np.ndarray, offset: np.ndarray
-    ) -> None:
-        self.k, self.th, self.offset = kernel, theta, offset
-        self.eta = np.array(eta_start, dtype=float)
-        if float(np.max(np.abs(self.eta))) > ETA_BOUND:
-            raise OutOfRange
-        self.mu = np.exp(self.eta)
-
-    def solve(self) -> tuple[np.ndarray, np.ndarray, float]:
-        k, th, X = self.k, self.th, self.k.core.X
-        q, W = k.q_weights(self.mu)
-        # W z = W (η − o) + q (y − μ)
-        wz = np.subtract(self.eta, self.offset)
-        wz *= W
-        q *= k.y - self.mu
-        wz += q
-        S = k.gsum(W)
-        d = 1.0 + th * th * S
-        XW = X * W[:, None]
-        sx = np.column_stack([S if one else k.gsum(XW[:, j]) for j, one in enumerate(k.ones_cols)])
-        omega = th * th / d
-        rx = XW.T @ X - sx.T @ (sx * omega[:, None])
-        k.core.set_factorization(th, S, d, W, sx, rx)
-        ldL2 = float(np.sum(np.log1p(th * th * S)))  # weights at the start (lme4's quirk)
-        sz = k.gsum(wz)
-        beta = np.linalg.solve(rx, X.T @ wz - sx.T @ (omega * sz))
-        return th * (sz - sx @ beta) / d, beta, ldL2
-
-    def update(self, u: np.ndarray, beta: np.ndarray | None) -> float:
-        assert beta is not None
-        fixed = self.offset + self.k.core.X @ beta
-        off_max = float(np.max(np.abs(fixed)))
-        return self.k.move(self.th * u, fixed, off_max, self.eta, self.mu) + float(u @ u)
-
-    def finish(self) -> None:
-        """The factorization is installed by every `solve`."""

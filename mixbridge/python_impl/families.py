@@ -281,7 +281,7 @@ class Initialized:
     warnings: tuple[str, ...] = ()
 
 
-def _y_log_y(y: Array, mu: Array) -> Array:
+def y_log_y(y: Array, mu: Array) -> Array:
     # R's family.c y_log_y: 0 when y == 0 (whatever mu is)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(y != 0.0, y * np.log(np.where(y != 0.0, y, 1.0) / mu), 0.0)
@@ -371,7 +371,7 @@ class Binomial(Family):
         return bool(np.all(np.isfinite(mu)) and np.all((mu > 0) & (mu < 1)))
 
     def dev_resids(self, y: Array, mu: Array, wt: Array) -> Array:
-        return 2.0 * wt * (_y_log_y(y, mu) + _y_log_y(1.0 - y, 1.0 - mu))
+        return 2.0 * wt * (y_log_y(y, mu) + y_log_y(1.0 - y, 1.0 - mu))
 
     def aic(self, y: Array, n: Array, mu: Array, wt: Array, dev: float) -> float:
         # glm's definition (per-observation trials n); arm passes a scalar n.ok instead, which is
@@ -445,14 +445,7 @@ class Poisson(Family):
     def initialize(
         self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
     ) -> Initialized:
-        y = np.asarray(y, dtype=float)
-        if np.any(y < 0):
-            i = int(np.flatnonzero(y < 0)[0])
-            raise DataError(
-                f"negative values not allowed for the 'Poisson' family: response {response!r} "
-                f"row {i} is {y[i]:g}",
-                response,
-            )
+        y = nonnegative(y, "negative values not allowed for the 'Poisson' family", response)
         msgs: tuple[str, ...] = ()
         nonint = np.abs(y - np.round(y)) > 1e-7 * np.maximum(1.0, np.abs(y))
         if np.any(nonint):
@@ -487,6 +480,16 @@ class GammaFamily(Family):
         # R's message for Gamma
         y = _positive(y, "non-positive values not allowed for the 'Gamma' family", response)
         return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), y.copy())
+
+
+def nonnegative(y: Array, what: str, response: str) -> Array:
+    """y as floats, or DataError naming the first negative row (the count families: R's
+    messages, `what`, with the response column and row added)."""
+    y = np.asarray(y, dtype=float)
+    if np.any(y < 0):
+        i = int(np.flatnonzero(y < 0)[0])
+        raise DataError(f"{what}: response {response!r} row {i} is {y[i]:g}", response)
+    return y
 
 
 def _positive(y: Array, what: str, response: str) -> Array:
@@ -542,14 +545,8 @@ class QuasiPoisson(Poisson):
     def initialize(
         self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
     ) -> Initialized:
-        y = np.asarray(y, dtype=float)
-        if np.any(y < 0):
-            i = int(np.flatnonzero(y < 0)[0])
-            raise DataError(
-                f"negative values not allowed for the 'quasiPoisson' family: response "
-                f"{response!r} row {i} is {y[i]:g}",
-                response,
-            )
+        what = "negative values not allowed for the 'quasiPoisson' family"
+        y = nonnegative(y, what, response)
         return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), y + 0.1)
 
 

@@ -10,7 +10,15 @@ import numpy as np
 from scipy import special
 
 from mixbridge.errors import DataError
-from mixbridge.python_impl.families import LINKS, Array, Family, Initialized, Link, _y_log_y
+from mixbridge.python_impl.families import (
+    LINKS,
+    Array,
+    Family,
+    Initialized,
+    Link,
+    nonnegative,
+    y_log_y,
+)
 
 
 class NegativeBinomial(Family):
@@ -49,7 +57,7 @@ class NegativeBinomial(Family):
     def dev_resids(self, y: Array, mu: Array, wt: Array) -> Array:
         th = self.theta
         with np.errstate(divide="ignore", invalid="ignore"):
-            return 2.0 * wt * (_y_log_y(y, mu) - (y + th) * np.log((y + th) / (mu + th)))
+            return 2.0 * wt * (y_log_y(y, mu) - (y + th) * np.log((y + th) / (mu + th)))
 
     def aic(self, y: Array, n: Array, mu: Array, wt: Array, dev: float) -> float:
         """lme4's C++ aic: 2 Σ [w (y+θ) log(μ+θ) − y log μ + lgamma(y+1) − θ log θ + lgamma θ
@@ -70,14 +78,7 @@ class NegativeBinomial(Family):
     def initialize(
         self, y: Array, weights: Array, n_trials: Array | None = None, response: str = "y"
     ) -> Initialized:
-        y = np.asarray(y, dtype=float)
-        if np.any(y < 0):
-            i = int(np.flatnonzero(y < 0)[0])
-            raise DataError(
-                f"negative values not allowed for the negative binomial family: response "
-                f"{response!r} row {i} is {y[i]:g}",
-                response,
-            )
+        y = nonnegative(y, "negative values not allowed for the negative binomial family", response)
         # MASS: mustart <- y + (y == 0)/6
         mustart = y + (y == 0) / 6.0
         return Initialized(y, np.ones_like(y), np.asarray(weights, dtype=float), mustart)

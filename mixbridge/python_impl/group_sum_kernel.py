@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mixbridge.python_impl.diagonal_canonical import ETA_BOUND
+from mixbridge.python_impl.diagonal_kernel import ETA_BOUND
 from mixbridge.python_impl.group_sum_rows import Request, RowSource
 from mixbridge.python_impl.pirls import PirlsState, run_pirls
 
@@ -178,7 +178,7 @@ class GroupSumKernel:
 
 
 class _JointStep:
-    """lme4's joint (β, u) PIRLS step from η = eta_init (`diagonal_canonical.JointStep`)."""
+    """lme4's joint (β, u) PIRLS step from η = eta_init (`diagonal_kernel.JointStep`)."""
 
     def __init__(self, k: GroupSumKernel, theta: float) -> None:
         self.k, self.th = k, float(theta)
@@ -212,7 +212,7 @@ class _JointStep:
 
 
 class _UStep:
-    """lme4's u-only PIRLS step at fixed β (`diagonal_canonical.UOnlyStep`), from the linear
+    """lme4's u-only PIRLS step at fixed β (`diagonal_kernel.UOnlyStep`), from the linear
     predictor `start` = (β₀, b₀) or from the group effects `b_start`."""
 
     def __init__(
