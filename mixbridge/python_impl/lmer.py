@@ -179,9 +179,10 @@ def _optimize(devfun: LmerDevfun, theta0: np.ndarray, settings: dict[str, Any]) 
         devfun.lower,
         value_grad=devfun.profiled_grad,
         curvature=devfun.curvature_guess,
-        # a gradient costs a big dense factorization: the checkConv Hessian from the last
-        # iterates where they serve (saves up to one gradient per θ)
-        known_steps=devfun.pred.q2 >= pls.BIG_BLOCK_ORDER,
+        # each evaluation costs a big dense factorization: the checkConv Hessian from the last
+        # iterates where they serve (saves up to one gradient per θ), the floor stop vouched
+        # by the trapezoid rule
+        expensive=devfun.pred.q2 >= pls.BIG_BLOCK_ORDER,
         **settings,
     )
 

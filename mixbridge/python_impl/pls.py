@@ -65,7 +65,8 @@ class _ThreadChooser:
     against 0.95 s; when other processes hold a core, OpenBLAS's two threads wait on each
     other and take 6-8 s against 2 s for one (measured here). Each count is timed (seconds per
     order³ and unit of work, a running mean), the faster one used, the other re-timed every
-    BLAS_EXPLORE_EVERY calls."""
+    BLAS_EXPLORE_EVERY calls; while the load average says the machine is busy, one thread is
+    timed first."""
 
     def __init__(self) -> None:
         self.rate: dict[int, float] = {}
@@ -73,6 +74,8 @@ class _ThreadChooser:
 
     def pick(self, cores: int) -> int:
         options = [cores, 1] if cores > 1 else [1]
+        if cores > 1 and _busy(cores):
+            options = [1, cores]  # another job holds a core: time one thread first
         for t in options:
             if t not in self.rate:
                 return t
@@ -89,6 +92,18 @@ class _ThreadChooser:
 
 
 _THREADS = _ThreadChooser()
+
+
+def _busy(cores: int) -> bool:
+    """The 1-minute load average (this process's running thread included) says another job
+    holds a core: an untimed thread count starts at one (at q2 = 2e4 a mistimed first
+    factorization on every core costs minutes)."""
+    import os
+
+    try:
+        return os.getloadavg()[0] >= cores - 0.5
+    except OSError:
+        return False
 
 
 def _cores() -> int:
