@@ -157,3 +157,47 @@ def never_worse(py, r, params_of) -> str:
     if ours <= theirs + GAP_REL * abs(theirs) or flagged(py):
         return ""
     return f"lme4's criterion at ours {ours:.10g} > at lme4's {theirs:.10g}"
+
+
+def glmer_verdict(formula: str, data, family: str, control: dict) -> tuple[str, str]:
+    """(event, why) for "our glmer optimum is never worse than lme4's" on one design; why is ''
+    when the property holds.
+
+    Both engines fit with `control`. Where lme4 fits, ours must fit too and `never_worse` must
+    hold. Where lme4 itself fails (e.g. "PIRLS step-halvings failed" under a tight tol_pwrss),
+    the property still gives a verdict instead of erroring: ours may fail with a mixbridge error
+    (a raw exception propagates and fails the test), or its fit must be never worse than lme4 at
+    its default controls, when that fits, by that fit's deviance function."""
+    import mixbridge
+    from mixbridge.errors import MixbridgeError, RModelError
+
+    def params(f):
+        return (f.theta, f.fixef.to_numpy())
+
+    def judged(py, r) -> str:
+        try:
+            return never_worse(py, r, params)
+        except RModelError as e:  # lme4's deviance function fails at our estimate
+            return "" if flagged(py) else f"lme4's deviance function fails at ours: {e.r_message}"
+
+    try:
+        py, py_err = mixbridge.glmer(formula, data, family=family, control=control), None
+    except MixbridgeError as e:
+        py, py_err = None, e
+    try:
+        r, r_err = mixbridge.glmer(formula, data, family=family, control=control, engine="r"), None
+    except RModelError as e:
+        r, r_err = None, e
+    ours = "ours fits" if py is not None else f"ours: {type(py_err).__name__}"
+    if r is not None:
+        if py is None:
+            return f"lme4 fits, {ours}", f"our engine failed where lme4 fits: {py_err}"
+        return f"lme4 fits, {ours}", judged(py, r)
+    what = f"lme4 fails ({r_err.r_message.strip()[:50]})"
+    try:
+        ref = mixbridge.glmer(formula, data, family=family, engine="r")
+    except RModelError:
+        return f"{what}, at default controls too, {ours}", ""
+    if py is None:
+        return f"{what}, fits at default controls, {ours}", ""
+    return f"{what}, fits at default controls, {ours}", judged(py, ref)
