@@ -159,15 +159,22 @@ def never_worse(py, r, params_of) -> str:
     return f"lme4's criterion at ours {ours:.10g} > at lme4's {theirs:.10g}"
 
 
+def separated(fit) -> bool:
+    """The fit warns that fitted probabilities hit 0 or 1: the estimates may be diverging."""
+    return any(m.kind == "warning" and m.code == "separation" for m in fit.messages)
+
+
 def glmer_verdict(formula: str, data, family: str, control: dict) -> tuple[str, str]:
     """(event, why) for "our glmer optimum is never worse than lme4's" on one design; why is ''
     when the property holds.
 
     Both engines fit with `control`. Where lme4 fits, ours must fit too and `never_worse` must
-    hold. Where lme4 itself fails (e.g. "PIRLS step-halvings failed" under a tight tol_pwrss),
-    the property still gives a verdict instead of erroring: ours may fail with a mixbridge error
-    (a raw exception propagates and fails the test), or its fit must be never worse than lme4 at
-    its default controls, when that fits (see the judges below)."""
+    hold, unless ours warns of separation (no optimum exists: a lower criterion lies further out
+    on the diverging path for every point). Where lme4 itself fails (e.g. "PIRLS step-halvings
+    failed" under a tight tol_pwrss), the property still gives a verdict instead of erroring:
+    ours may fail with a mixbridge error (a raw exception propagates and fails the test), or its
+    fit must be never worse than lme4 at its default controls, when that fits (see the judges
+    below)."""
     import mixbridge
     from mixbridge.errors import MixbridgeError, RModelError
 
@@ -192,7 +199,12 @@ def glmer_verdict(formula: str, data, family: str, control: dict) -> tuple[str, 
     if r is not None:
         if py is None:
             return f"lme4 fits, {ours}", f"our engine failed where lme4 fits: {py_err}"
-        return f"lme4 fits, {ours}", judged(py, r)
+        why = judged(py, r)
+        if why and separated(py):
+            # no minimum: both estimates are points on a path the criterion decreases along
+            # (test_glmer_never_worse_regressions.py checks lme4's does); ours says so
+            return f"lme4 fits, {ours}, separation warned, lower criterion further out", ""
+        return f"lme4 fits, {ours}", why
     what = f"lme4 fails ({r_err.r_message.strip()[:50]})"
     try:
         ref = mixbridge.glmer(formula, data, family=family, engine="r")
