@@ -169,9 +169,10 @@ def glmer_verdict(formula: str, data, family: str, control: dict) -> tuple[str, 
     when the property holds.
 
     Both engines fit with `control`. Where lme4 fits, ours must fit too and `never_worse` must
-    hold, unless ours warns of separation (no optimum exists: a lower criterion lies further out
-    on the diverging path for every point). Where lme4 itself fails (e.g. "PIRLS step-halvings
-    failed" under a tight tol_pwrss), the property still gives a verdict instead of erroring:
+    hold, unless ours warns of separation and says it did not converge (no optimum exists: a
+    lower criterion lies further out on the diverging path for every point). Where lme4 itself
+    fails (e.g. "PIRLS step-halvings failed" under a tight tol_pwrss), the property still gives
+    a verdict instead of erroring:
     ours may fail with a mixbridge error (a raw exception propagates and fails the test), or its
     fit must be never worse than lme4 at its default controls, when that fits (see the judges
     below)."""
@@ -200,9 +201,10 @@ def glmer_verdict(formula: str, data, family: str, control: dict) -> tuple[str, 
         if py is None:
             return f"lme4 fits, {ours}", f"our engine failed where lme4 fits: {py_err}"
         why = judged(py, r)
-        if why and separated(py):
+        if why and separated(py) and not py.converged:
             # no minimum: both estimates are points on a path the criterion decreases along
-            # (test_glmer_never_worse_regressions.py checks lme4's does); ours says so
+            # (test_glmer_never_worse_regressions.py checks lme4's does); ours says so, and
+            # converged=False
             return f"lme4 fits, {ours}, separation warned, lower criterion further out", ""
         return f"lme4 fits, {ours}", why
     what = f"lme4 fails ({r_err.r_message.strip()[:50]})"

@@ -62,6 +62,9 @@ def test_pinned_separated_design_warns(needs_r):
     lme4 = r.objective(r.theta, r.fixef.to_numpy())
     at = r.objective(further.theta, further.fixef.to_numpy())
     assert at < lme4 - 1e-3, (at, lme4)
-    # ours: never worse, or (as on this design) worse with the separation warning
+    # ours: never worse, or (as on this design) worse with the separation warning and
+    # converged=False: never silently worse
     what, why = glmer_verdict(d.formula(), d.data, d.family, TIGHT_PIRLS)
     assert "ours fits" in what and not why, f"{what}: {why}"
+    ours = mixbridge.glmer(d.formula(), d.data, family=d.family, control=TIGHT_PIRLS)
+    assert any(m.code == "separation" for m in ours.messages) and not ours.converged
