@@ -110,6 +110,9 @@ def test_complete_separation_warns():
     # the slope diverges: lme4 warns through its convergence checks; we must not stay silent
     assert abs(fit.fixef["x"]) > 5
     assert any(m.kind == "warning" for m in fit.messages) or not fit.converged
+    # fitted probabilities pinned at 0/1: the criterion has no minimum, so no optimum was found
+    if any(m.code == "separation" for m in fit.messages):
+        assert not fit.converged
 
 
 def test_predict_and_fitted(data, fit):

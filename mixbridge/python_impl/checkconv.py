@@ -143,6 +143,11 @@ def check_conv(
     if singular:
         msgs.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
         return True, True, msgs
+    if not (np.all(np.isfinite(hess)) and np.all(np.isfinite(grad))):
+        # finite differences met a point where the deviance could not be evaluated: no check
+        # is possible (eigvalsh would raise LinAlgError, NaN comparisons would pass silently)
+        text = "Problem with Hessian check (infinite or missing values?)"
+        return False, False, [Message("warning", text, "python", code="convergence")]
     ok = True
     try:
         r = np.linalg.cholesky(hess).T  # upper R, R'R = H

@@ -351,7 +351,9 @@ def _glmer_fit(
     # lme4 1.1's AGQ deviance leaves out the saturated constant; we report the normalized one
     const = saturated_log_lik(resp) if model.nagq > 1 else 0.0
     messages += _divergence_messages(model, dev, state, beta, converged)
-    if any(m.code == "pirls" for m in messages):
+    # PIRLS that never settled, or fitted values pinned at the edge (separation): the
+    # criterion keeps falling along a diverging path, so no optimum was reached
+    if any(m.code in ("pirls", "separation") for m in messages):
         converged = False
     if singular and not any(m.code == "singular" for m in messages):
         messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))

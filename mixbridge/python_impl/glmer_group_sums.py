@@ -124,7 +124,9 @@ def estimate(
     messages += divergence_messages(
         st.converged, dev.pirls_failures, int(last["edge"]), family, maxit
     )
-    if any(m.code == "pirls" for m in messages):
+    # PIRLS that never settled, or fitted values pinned at the edge (separation): the
+    # criterion keeps falling along a diverging path, so no optimum was reached
+    if any(m.code in ("pirls", "separation") for m in messages):
         converged = False
     if singular and not any(m.code == "singular" for m in messages):
         messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))

@@ -97,6 +97,8 @@ class GroupedData:
     weights: str | None = None
     structure: str = "scalar"  # a key of STRUCTURES
     boundary: bool = False  # drawn with the slopes' (or the last term's) true variance 0
+    slope_sd: float = 0.5  # true sd of the slopes (slope structures, not boundary)
+    trials: int = 1
 
     @property
     def response(self) -> str:
@@ -115,10 +117,31 @@ class GroupedData:
     def describe(self) -> str:
         return (
             f"GroupedData(family={self.family}, groups={self.n_groups}, sizes={self.sizes}, "
-            f"sd_ratio={self.sd_ratio:.3g}, covariates={self.covariates}, "
+            f"sd_ratio={self.sd_ratio!r}, covariates={self.covariates}, "
             f"weights={self.weights}, seed={self.seed}, n={len(self.data)}, "
-            f"structure={self.structure}, boundary={self.boundary})"
+            f"structure={self.structure}, boundary={self.boundary}, "
+            f"slope_sd={self.slope_sd!r}, trials={self.trials})"
         )
+
+
+def rebuild(
+    family: str,
+    sizes: list[int],
+    sd_ratio: float,
+    covariates: list[str],
+    seed: int,
+    structure: str = "scalar",
+    boundary: bool = False,
+    slope_sd: float = 0.5,
+    weights: str | None = None,
+    trials: int = 1,
+) -> GroupedData:
+    """The data set a `describe()` line names (its fields as keyword arguments; floats are
+    printed exactly), e.g. to pin a failing generated example as a regression test."""
+    return _make(
+        list(sizes), family, len(covariates), sd_ratio, seed, weights is not None, trials,
+        structure, boundary, slope_sd,
+    )  # fmt: skip
 
 
 def _make(
@@ -180,6 +203,8 @@ def _make(
         weights,
         structure,
         boundary,
+        slope_sd,
+        trials,
     )
 
 
