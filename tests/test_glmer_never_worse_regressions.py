@@ -53,7 +53,9 @@ SEPARATED = dict(
 )  # fmt: skip
 
 
-@pytest.mark.slow  # ours takes 20-35 s chasing the divergence (lme4: 2-6 s)
+# long: ours takes 20-35 s chasing the divergence (lme4: 2-6 s); the default suite checks the
+# same rule (separation warned -> converged=False) on test_glmer_inputs' separated design
+@pytest.mark.long
 def test_pinned_separated_design_warns(needs_r):
     d = rebuild(**SEPARATED)
     r = mixbridge.glmer(d.formula(), d.data, family=d.family, control=TIGHT_PIRLS, engine="r")
