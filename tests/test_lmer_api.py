@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import mixbridge
+from mixbridge.checks import is_constant
 from mixbridge.errors import (
     ArgumentError,
     DataError,
@@ -202,6 +203,16 @@ def test_engine_check_terms_guards_direct_terms(small):
     terms.y = np.full(30, 2.5)
     with pytest.raises(DataError, match="constant"):
         check_lmer_terms(terms)
+    # the frame proved its own y finite; a y assigned afterwards is read again
+    terms = build_mixed_terms("y ~ x + (1|g)", small)
+    assert terms.response_finite
+    terms.y = np.where(np.arange(30) == 7, np.inf, terms.y)
+    assert not terms.response_finite
+    with pytest.raises(DataError, match="non-finite"):
+        check_lmer_terms(terms)
+    # constant after the first 1024 rows are not: read in full
+    y = np.full(3000, 1.0)
+    assert not is_constant(np.where(np.arange(3000) == 2999, 2.0, y)) and is_constant(y)
     with pytest.raises(MixbridgeError, match="unknown control key 'xtol' for lmer"):
         lmer_engine.fit_terms(
             build_mixed_terms("y ~ x + (1|g)", small), formula="f", reml=True, control={"xtol": 1}

@@ -114,6 +114,7 @@ def build_mixed_terms(
         reterms=reterms,
         x_columns=columns,
         x_gram=x_gram,
+        _finite_y=y if frame.response_finite() else None,
         _fixed=fixed,
         _keep=keep,
     )

@@ -211,6 +211,11 @@ class ModelFrame:
                 raise DataError(f"response {name!r} has infinite values", column=name)
         return np.asarray(y, dtype=float), None, w
 
+    def response_finite(self) -> bool:
+        """Whether `response()` proves y finite: a single numeric response, whose finiteness
+        it checks (cbind proportions and factor codes are not covered)."""
+        return not self.cbind and isinstance(self.resp[0], Numeric)
+
     def group_factor(self, k: int) -> Factor:
         """The grouping factor of bar `k` on the rows used, unused levels dropped (computed once
         per factor: `(x || g)` bars and the input checks share it)."""

@@ -150,6 +150,9 @@ class MixedTerms(_Common):
     # lmer path reads the columns and never needs it)
     x_columns: list[np.ndarray | None] | None = field(default=None, repr=False)
     x_gram: np.ndarray | None = field(default=None, repr=False)  # X'X of x_columns (rank check)
+    # the y the model frame proved finite (a numeric response, in its one finiteness pass), so
+    # that the engines' checks need not read it again; a y assigned later is checked afresh
+    _finite_y: np.ndarray | None = field(default=None, repr=False)
     _x: np.ndarray | None = field(default=None, repr=False)
     _fixed: FormulaPart | None = field(default=None, repr=False)
     _keep: np.ndarray | None = field(default=None, repr=False)
@@ -162,6 +165,11 @@ class MixedTerms(_Common):
             assert self.x_columns is not None
             self._x = assemble(self.x_columns, self.n)
         return self._x
+
+    @property
+    def response_finite(self) -> bool:
+        """Whether y is known to be finite without reading it."""
+        return self._finite_y is not None and self._finite_y is self.y
 
     @property
     def x_built(self) -> bool:

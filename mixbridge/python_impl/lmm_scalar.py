@@ -285,23 +285,34 @@ def scalar_ri_fit(
             )
         )
     else:
+        slope_cache: dict[float, float] = {}
 
         def g(t: float) -> float:
-            return _dcriterion_dphi(t * t, stats, reml)
+            # cached: each polish asks for its end points, and brentq asks for them again
+            t = float(t)
+            if t not in slope_cache:
+                slope_cache[t] = _dcriterion_dphi(t * t, stats, reml)
+            return slope_cache[t]
 
         last = len(grid) - 1
-        brackets = {
+        around_minima = {
             (max(j - 1, 0), min(j + 1, last))
             for j in range(last)
             if vals[j] <= vals[max(j - 1, 0)] and vals[j] <= vals[j + 1]
         }
-        brackets |= {(j, j + 1) for j in range(1, last) if slopes[j - 1] < 0.0 < slopes[j]}
+        sign_changes = {(j, j + 1) for j in range(1, last) if slopes[j - 1] < 0.0 < slopes[j]}
         theta, best = grid[i], vals[i]  # never return worse than the best grid point
-        for lo, hi in sorted(brackets):
+        polished: list[float] = []
+        for lo, hi in [*sorted(around_minima), *sorted(sign_changes - around_minima)]:
             if grid[hi] <= grid[lo]:
+                continue
+            if (lo, hi) in sign_changes and any(grid[lo] < c < grid[hi] for c in polished):
+                # a stationary point in this cell was already found from the wider bracket
+                # around a grid minimum: polishing the cell again lands on the same root
                 continue
             mid = lo if vals[lo] <= vals[hi] else hi
             cand = _polish(f, g, grid[lo], grid[hi], grid[mid])
+            polished.append(cand)
             if f(cand) < best:
                 theta, best = cand, f(cand)
     # lme4's check.boundary: snap to the bound if that does not worsen the criterion.

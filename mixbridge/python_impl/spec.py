@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mixbridge.checks import is_constant
 from mixbridge.control import check_control
 from mixbridge.errors import ArgumentError, DataError
 from mixbridge.python_impl.families import Family, get_family
@@ -302,10 +303,11 @@ def check_lmer_terms(terms: MixedTerms) -> None:
     y = np.asarray(terms.y)
     if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
         raise DataError("the response must be numeric for lmer", "response")
-    lo, hi = float(np.min(y)), float(np.max(y))  # NaN propagates: two passes check it all
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise DataError("the response has non-finite values (Inf or NaN)", "response")
-    if n > 1 and lo == hi:
+    if not terms.response_finite:  # else the model frame proved it
+        lo, hi = float(np.min(y)), float(np.max(y))  # NaN propagates: two passes check it all
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise DataError("the response has non-finite values (Inf or NaN)", "response")
+    if n > 1 and is_constant(y):
         name = getattr(terms, "response_name", "response")
         raise DataError(
             f"the response {name!r} is constant: a linear mixed model cannot be fitted", name
