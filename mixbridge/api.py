@@ -8,6 +8,7 @@ same result types (`MixedFit`, `BayesGLMFit`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -121,23 +122,22 @@ def glmer(
     family = check_family_name(family, "glmer")
     nb = _nb_theta_argument(family, theta)
     g = _glmer_inputs(formula, data, family, link, nagq, weights, offset, engine, control)
-    data, weights, offset, nagq, ctrl, impl, prepared = g
-    fit = impl.glmer(
+    fit = g.engine.glmer(
         formula,
-        data,
+        g.data,
         family=family,
         link=link,
-        nagq=nagq,
-        weights=weights,
-        offset=offset,
-        control=ctrl,
+        nagq=g.nagq,
+        weights=g.weights,
+        offset=g.offset,
+        control=g.control,
         **_r_options(engine, transport, timeout),
-        **prepared,
+        **g.prepared,
         **nb,
     )
     fit.call = FitCall(
-        "glmer", formula, data, reml=False, family=family, link=link, nagq=int(nagq),
-        weights=weights, offset=offset, nb_theta=nb.get("nb_theta"),
+        "glmer", formula, g.data, reml=False, family=family, link=link, nagq=int(g.nagq),
+        weights=g.weights, offset=g.offset, nb_theta=nb.get("nb_theta"),
     )  # fmt: skip
     return fit
 
@@ -177,27 +177,40 @@ def glmer_nb(
     g = _glmer_inputs(
         formula, data, "negative.binomial", link, nagq, weights, offset, engine, control
     )
-    data, weights, offset, nagq, ctrl, _, prepared = g
     # an engine without glmer_nb: the registry's clear error (engines.call)
     fit = engines.call(
         engine,
         "glmer_nb",
         formula,
-        data,
+        g.data,
         link=link,
-        nagq=nagq,
-        weights=weights,
-        offset=offset,
-        control=ctrl,
+        nagq=g.nagq,
+        weights=g.weights,
+        offset=g.offset,
+        control=g.control,
         theta_start=theta_start,
         **_r_options(engine, transport, timeout),
-        **prepared,
+        **g.prepared,
     )
     fit.call = FitCall(
-        "glmer", formula, data, reml=False, family="negative.binomial", link=link,
-        nagq=int(nagq), weights=weights, offset=offset, nb_theta=fit.nb_theta,
+        "glmer", formula, g.data, reml=False, family="negative.binomial", link=link,
+        nagq=int(g.nagq), weights=g.weights, offset=g.offset, nb_theta=fit.nb_theta,
     )  # fmt: skip
     return fit
+
+
+@dataclass
+class _GlmerInputs:
+    """glmer's checked inputs: the data as the engine takes them, nagq, the checked control,
+    the engine implementation and its extra keyword arguments (the evaluated model frame)."""
+
+    data: Any
+    weights: Any
+    offset: Any
+    nagq: int
+    control: Any
+    engine: Any
+    prepared: dict[str, Any]
 
 
 def _glmer_inputs(
@@ -210,22 +223,23 @@ def _glmer_inputs(
     offset: ArrayOrColumn,
     engine: str,
     control: Mapping[str, Any] | None,
-) -> tuple[Any, Any, Any, int, Any, Any, dict[str, Any]]:
+) -> _GlmerInputs:
     """glmer's and glmer_nb's input handling: nagq and control checked, the data read (or a
-    Dask DataFrame checked for its engine), the model frame evaluated once. Returns (data,
-    weights, offset, nagq, control, engine, engine keyword arguments)."""
+    Dask DataFrame checked for its engine), the model frame evaluated once."""
     nagq = check_nagq(nagq)
     ctrl = check_control("glmer", control, _engine_name(engine))
     if is_dask(data):
         impl = _dask_engine(engine)
         check_dask_inputs("glmer", formula, data, weights=weights, offset=offset)
-        return data, weights, offset, nagq, ctrl, impl, {}
+        return _GlmerInputs(data, weights, offset, nagq, ctrl, impl, {})
     data, weights, offset = _inputs(data, formula, weights, offset)
     frame = check_inputs(
         "glmer", formula, data, weights=weights, offset=offset, family=family, link=link,
         nagq=nagq,
     )  # fmt: skip
-    return data, weights, offset, nagq, ctrl, engines.get(engine), _prepared(engine, frame)
+    return _GlmerInputs(
+        data, weights, offset, nagq, ctrl, engines.get(engine), _prepared(engine, frame)
+    )
 
 
 def _nb_theta_argument(family: str, theta: Any, name: str = "theta") -> dict[str, float]:
