@@ -28,22 +28,13 @@ def test_engines_agree_on_intervals(sleep, method):
     compare_intervals(a, b, model="lmer", method=method).assert_ok()
 
 
-def test_engines_agree_on_glmer_intervals(r_dataset):
+@pytest.mark.parametrize("method", ["wald", pytest.param("profile", marks=pytest.mark.long)])
+def test_engines_agree_on_glmer_intervals(r_dataset, method):
     data = r_dataset("grouseticks")
     py = mixbridge.glmer(GROUSE, data, family="poisson")
     r = mixbridge.glmer(GROUSE, data, family="poisson", engine="r")
     compare_intervals(
-        py.confint("wald"), r.confint("wald"), model="glmer", method="wald"
-    ).assert_ok()
-
-
-@pytest.mark.long
-def test_engines_agree_on_glmer_profile(r_dataset):
-    data = r_dataset("grouseticks")
-    py = mixbridge.glmer(GROUSE, data, family="poisson")
-    r = mixbridge.glmer(GROUSE, data, family="poisson", engine="r")
-    compare_intervals(
-        py.confint("profile"), r.confint("profile"), model="glmer", method="profile"
+        py.confint(method), r.confint(method), model="glmer", method=method
     ).assert_ok()
 
 
