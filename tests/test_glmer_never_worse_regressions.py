@@ -70,3 +70,23 @@ def test_pinned_separated_design_warns(needs_r):
     assert "ours fits" in what and not why, f"{what}: {why}"
     ours = mixbridge.glmer(d.formula(), d.data, family=d.family, control=TIGHT_PIRLS)
     assert any(m.code == "separation" for m in ours.messages) and not ours.converged
+
+
+# A false alarm (found with --hypothesis-seed=2): a singular binomial fit whose five probe
+# rounds each found a point lower by rounding only (6e-11 ... 7e-14 on 44.0), so the fit said
+# converged=False ("a probe ... still found a lower criterion") while it beat lme4 (44.0036490963
+# against 44.0036491396 by lme4's function). A round that gains no more than rounding now
+# settles the probes (checkconv.rounding_gain).
+ROUNDING_PROBES = dict(
+    family="binomial", sizes=[4] * 10, sd_ratio=2.674529309514576, covariates=["x1", "x2"],
+    seed=45940, structure="diag_two_slopes", boundary=False, slope_sd=0.23267484909039313,
+)  # fmt: skip
+
+
+def test_rounding_level_probe_gains_do_not_flag_convergence(needs_r):
+    d = rebuild(**ROUNDING_PROBES)
+    what, why = glmer_verdict(d.formula(), d.data, d.family, TIGHT_PIRLS)
+    assert "ours fits" in what and not why, f"{what}: {why}"
+    ours = mixbridge.glmer(d.formula(), d.data, family=d.family, control=TIGHT_PIRLS)
+    assert ours.converged, [m.text for m in ours.messages]
+    assert ours.singular

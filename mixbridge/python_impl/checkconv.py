@@ -224,6 +224,16 @@ def check_conv(
 # optimum by more than this (relative) means the optimum was not reached; below it is rounding
 # of the criterion (~1e-13 relative).
 BEST_SLACK = 1e-10
+
+
+def rounding_gain(before: float, after: float) -> bool:
+    """Whether a restart lowered the criterion by no more than its rounding (BEST_SLACK): the
+    probes that led to it were lower by rounding only, so a probe round that gains this little
+    leaves nothing to find (a singular binomial fit gained 6e-11 ... 7e-14 on 44.0 in five
+    rounds, each round's probe a hair lower than the last optimum)."""
+    return before - after <= BEST_SLACK * max(1.0, abs(before))
+
+
 # lme4's checkConv gradient tolerance (0.002), applied at a singular fit, where lme4 checks
 # nothing, to the projected gradient: free parameters and descent directions off a bound.
 SINGULAR_GRAD_TOL = 0.002

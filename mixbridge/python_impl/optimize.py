@@ -35,6 +35,7 @@ from mixbridge.python_impl.checkconv import (
     derivs_from_gradient,
     optimum_doubts,
     projected_gradient,
+    rounding_gain,
 )
 from mixbridge.python_impl.optsummary import OptSummary
 from mixbridge.results import Message
@@ -428,7 +429,7 @@ def _probe_other_basin(
     optimum, for up to MAX_PROBE_ROUNDS rounds.
 
     Returns (θ, criterion, status, budget exhausted, settled): settled is False when the last
-    round still found a better probe (the optimum is then not certain)."""
+    round still gained more than rounding (`rounding_gain`; the optimum is then not certain)."""
     restarted = False
     for _ in range(MAX_PROBE_ROUNDS):
         best: tuple[np.ndarray, float] | None = None
@@ -440,12 +441,15 @@ def _probe_other_basin(
             if restarted:
                 status = f"{status} (restarted from a probe of the other basin)"
             return x, fx, status, False, True
+        before = fx
         x2, f2, status2, exhausted = _minimize(f, best[0], lower, maxeval)
         restarted = True
         if f2 < fx:
             x, fx, status = x2, f2, status2
         if exhausted:
             return x, fx, status, True, False
+        if rounding_gain(before, fx):
+            return x, fx, f"{status} (restarted from a probe of the other basin)", False, True
     return x, fx, status, False, False
 
 

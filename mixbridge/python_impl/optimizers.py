@@ -26,7 +26,7 @@ import numpy as np
 from scipy import optimize as sopt
 
 from mixbridge.errors import ConvergenceError
-from mixbridge.python_impl.checkconv import MAX_PROBE_ROUNDS
+from mixbridge.python_impl.checkconv import MAX_PROBE_ROUNDS, rounding_gain
 from mixbridge.python_impl.optimize import optimize_theta, probe_points
 from mixbridge.python_impl.optsummary import OptSummary
 
@@ -240,7 +240,7 @@ def _probe_theta_bounds(
     restarts from the best probe that beats the optimum, for up to MAX_PROBE_ROUNDS rounds.
 
     Returns (x, criterion, evaluations, settled): settled is False when the last round still
-    found a better probe."""
+    gained more than rounding (`rounding_gain`)."""
     nth, theta0 = theta_start
     theta_lower = lower[:nth]
     nfev = 0
@@ -254,8 +254,11 @@ def _probe_theta_bounds(
                 best = (xp, fp)
         if best is None:
             return x, fx, nfev, True
+        before = fx
         x2, f2, n2 = _nelder_mead(f, best[0], step, lower, NM_MAXFEV)
         nfev += n2
         if f2 < fx:
             x, fx = x2, f2
+        if rounding_gain(before, fx):
+            return x, fx, nfev, True
     return x, fx, nfev, False
