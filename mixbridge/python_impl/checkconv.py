@@ -227,10 +227,10 @@ BEST_SLACK = 1e-10
 
 
 def rounding_gain(before: float, after: float) -> bool:
-    """Whether a restart lowered the criterion by no more than its rounding (BEST_SLACK): the
-    probes that led to it were lower by rounding only, so a probe round that gains this little
-    leaves nothing to find (a singular binomial fit gained 6e-11 ... 7e-14 on 44.0 in five
-    rounds, each round's probe a hair lower than the last optimum)."""
+    """Whether a probe round lowered the criterion by no more than its rounding (BEST_SLACK):
+    `after` is the lowest value the round saw (its best probe or the restart's end). Such a
+    round leaves nothing to find (a singular binomial fit gained 6e-11 ... 7e-14 on 44.0 in
+    five rounds, each round's probe a hair lower than the last optimum)."""
     return before - after <= BEST_SLACK * max(1.0, abs(before))
 
 

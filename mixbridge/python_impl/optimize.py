@@ -448,7 +448,7 @@ def _probe_other_basin(
             x, fx, status = x2, f2, status2
         if exhausted:
             return x, fx, status, True, False
-        if rounding_gain(before, fx):
+        if rounding_gain(before, min(fx, best[1])):  # the probe itself was rounding
             return x, fx, f"{status} (restarted from a probe of the other basin)", False, True
     return x, fx, status, False, False
 

@@ -259,6 +259,6 @@ def _probe_theta_bounds(
         nfev += n2
         if f2 < fx:
             x, fx = x2, f2
-        if rounding_gain(before, fx):
+        if rounding_gain(before, min(fx, best[1])):  # the probe itself was rounding
             return x, fx, nfev, True
     return x, fx, nfev, False
