@@ -210,7 +210,7 @@ def test_engine_check_terms_guards_direct_terms(small):
     assert not terms.response_finite
     with pytest.raises(DataError, match="non-finite"):
         check_lmer_terms(terms)
-    # constant after the first 1024 rows are not: read in full
+    # the first 1024 rows equal and a later one not: read in full
     y = np.full(3000, 1.0)
     assert not is_constant(np.where(np.arange(3000) == 2999, 2.0, y)) and is_constant(y)
     with pytest.raises(MixbridgeError, match="unknown control key 'xtol' for lmer"):
