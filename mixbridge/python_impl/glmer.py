@@ -351,9 +351,7 @@ def _glmer_fit(
     # lme4 1.1's AGQ deviance leaves out the saturated constant; we report the normalized one
     const = saturated_log_lik(resp) if model.nagq > 1 else 0.0
     messages += _divergence_messages(model, dev, state, beta, converged)
-    # PIRLS that never settled, or fitted values pinned at the edge (separation): the
-    # criterion keeps falling along a diverging path, so no optimum was reached
-    if any(m.code in ("pirls", "separation") for m in messages):
+    if no_optimum_reached(messages):
         converged = False
     if singular and not any(m.code == "singular" for m in messages):
         messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))
@@ -450,6 +448,12 @@ def _divergence_messages(
     return divergence_messages(
         state.converged, dev.pirls_failures, int(edge.sum()), resp.family_name, model.maxit
     )
+
+
+def no_optimum_reached(messages: list[Message]) -> bool:
+    """PIRLS that never settled, or fitted values pinned at the edge (separation): the criterion
+    keeps falling along a diverging path, so the fit is not converged (every glmer path)."""
+    return any(m.code in ("pirls", "separation") for m in messages)
 
 
 def divergence_messages(

@@ -17,7 +17,11 @@ from mixbridge.python_impl.checkconv import (
     optimum_doubts,
 )
 from mixbridge.python_impl.families import Family
-from mixbridge.python_impl.glmer import divergence_messages, vcov_from_hessian
+from mixbridge.python_impl.glmer import (
+    divergence_messages,
+    no_optimum_reached,
+    vcov_from_hessian,
+)
 from mixbridge.python_impl.group_sum_fit import fit_group_sums
 from mixbridge.python_impl.group_sum_kernel import GroupSumKernel
 from mixbridge.python_impl.output import TermLabels
@@ -124,9 +128,7 @@ def estimate(
     messages += divergence_messages(
         st.converged, dev.pirls_failures, int(last["edge"]), family, maxit
     )
-    # PIRLS that never settled, or fitted values pinned at the edge (separation): the
-    # criterion keeps falling along a diverging path, so no optimum was reached
-    if any(m.code in ("pirls", "separation") for m in messages):
+    if no_optimum_reached(messages):
         converged = False
     if singular and not any(m.code == "singular" for m in messages):
         messages.append(Message("message", SINGULAR_TEXT, "python", code="singular"))

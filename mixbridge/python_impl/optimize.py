@@ -438,9 +438,7 @@ def _probe_other_basin(
             if fp < fx and (best is None or fp < best[1]):
                 best = (xp, fp)
         if best is None:
-            if restarted:
-                status = f"{status} (restarted from a probe of the other basin)"
-            return x, fx, status, False, True
+            break
         before = fx
         x2, f2, status2, exhausted = _minimize(f, best[0], lower, maxeval)
         restarted = True
@@ -449,8 +447,12 @@ def _probe_other_basin(
         if exhausted:
             return x, fx, status, True, False
         if rounding_gain(before, min(fx, best[1])):  # the probe itself was rounding
-            return x, fx, f"{status} (restarted from a probe of the other basin)", False, True
-    return x, fx, status, False, False
+            break
+    else:
+        return x, fx, status, False, False
+    if restarted:
+        status = f"{status} (restarted from a probe of the other basin)"
+    return x, fx, status, False, True
 
 
 def optimize_theta(
